@@ -1,0 +1,65 @@
+"""Settings of `cxr prepare`: which datasets, how their labels are read, how they are split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SourceKind = Literal["nih", "chexpert", "csv"]
+
+
+class SourceConfig(BaseModel):
+    """One raw dataset. `kind` picks the reader; `csv` is the generic schema for any other set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+    kind: SourceKind
+    path: Path
+    # Source label name -> canonical finding (or null to ignore the column/label).
+    label_map: dict[str, str | None] = Field(default_factory=dict)
+    # What an uncertain (-1) label becomes: the paper uses U-Ones.
+    uncertain: Literal["ones", "zeros", "ignore"] = "ones"
+    # What a blank cell means. Default: CheXpert negative (Stanford's convention), csv unknown.
+    blank: Literal["negative", "unknown"] | None = None
+    views: Literal["all", "frontal", "lateral"] = "all"
+
+    @property
+    def blank_value(self) -> Literal["negative", "unknown"]:
+        if self.blank is not None:
+            return self.blank
+        return "negative" if self.kind == "chexpert" else "unknown"
+
+
+class PrepareConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sources: list[SourceConfig] = Field(default_factory=list)
+    internal: str = "nih"
+    image_size: int = Field(default=320, ge=16, le=4096)
+    # Patient-level fallback splits (and NIH's train_val -> train/val, as the paper did).
+    val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    split_seed: int = 0
+    max_bad_fraction: float = Field(default=0.001, ge=0.0, le=1.0)
+    # Rows per Ray Data decode task.
+    batch_size: int = Field(default=64, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> PrepareConfig:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError(
+                f"prepare.val_fraction + prepare.test_fraction must be < 1 "
+                f"(got {self.val_fraction} + {self.test_fraction})"
+            )
+        names = [s.name for s in self.sources]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"prepare.sources: duplicate dataset names {duplicated}")
+        if self.sources and self.internal not in names:
+            raise ValueError(
+                f"prepare.internal={self.internal!r} is not one of the datasets {names}"
+            )
+        return self

@@ -1,0 +1,118 @@
+"""Canonical finding names, source spellings, and the 1 / 0 / -2 label encoding.
+
+Every prepared sample carries one value per finding of the union label space:
+POSITIVE (1), NEGATIVE (0) or UNKNOWN (-2, the sample's dataset does not label that finding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from data_prep.errors import DataPrepError
+
+POSITIVE = 1
+NEGATIVE = 0
+UNKNOWN = -2
+
+# The paper's Table I, in its order: the order of the union label space.
+CANONICAL_FINDINGS: tuple[str, ...] = (
+    "Emphysema",
+    "Fibrosis",
+    "Hernia",
+    "Infiltration",
+    "Pleural Thickening",
+    "Mass",
+    "Nodule",
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Effusion",
+    "Pneumonia",
+    "Pneumothorax",
+    "Enlarged Cardiomediastinum",
+    "Fracture",
+    "Pleural Other",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Support Devices",
+    "Tuberculosis",
+)
+
+# Spellings used by the public releases, keyed by their normalised form (see `_normalise`).
+_SYNONYMS: dict[str, str] = {
+    "pleural effusion": "Effusion",
+    "thickening": "Pleural Thickening",
+    "enlarged cardiomediastinum": "Enlarged Cardiomediastinum",
+    "enlarged cardiom": "Enlarged Cardiomediastinum",
+    "cardiomediastinum": "Enlarged Cardiomediastinum",
+    "support device": "Support Devices",
+    "lung opacity": "Lung Opacity",
+    "airspace opacity": "Lung Opacity",
+    "tb": "Tuberculosis",
+}
+
+# Not findings: rows that say this are simply negative for every labelled finding.
+NO_FINDING_NAMES = frozenset({"no finding", "normal"})
+
+
+def _normalise(name: str) -> str:
+    return " ".join(name.replace("_", " ").strip().lower().split())
+
+
+_CANONICAL_BY_NORMALISED = {_normalise(n): n for n in CANONICAL_FINDINGS}
+
+
+class LabelNameError(DataPrepError):
+    """A source label name that is neither canonical, a known synonym, nor mapped by the user."""
+
+
+def is_no_finding(name: str) -> bool:
+    return _normalise(name) in NO_FINDING_NAMES
+
+
+def canonical_name(
+    name: str, label_map: Mapping[str, str | None] | None = None, *, where: str = ""
+) -> str | None:
+    """Return the canonical finding for a source spelling.
+
+    `label_map` (from the user's config) wins: a value of None means "ignore this label".
+    Unknown names raise LabelNameError naming `where` (file / column) and what to do.
+    """
+    label_map = label_map or {}
+    if name in label_map:
+        return label_map[name]
+    key = _normalise(name)
+    for source, target in label_map.items():
+        if _normalise(source) == key:
+            return target
+    if key in _CANONICAL_BY_NORMALISED:
+        return _CANONICAL_BY_NORMALISED[key]
+    if key in _SYNONYMS:
+        return _SYNONYMS[key]
+    location = f" in {where}" if where else ""
+    raise LabelNameError(
+        f"unknown label name {name!r}{location}: not one of the canonical findings "
+        f"({', '.join(CANONICAL_FINDINGS)}) nor a known spelling of one. Map it with "
+        f"label_map: {{{name!r}: <finding name>}} or ignore it with label_map: {{{name!r}: null}}."
+    )
+
+
+def in_label_order(findings: Iterable[str]) -> list[str]:
+    """Distinct findings, canonical ones in Table I order, then user-defined ones sorted."""
+    distinct = set(findings)
+    canonical = [f for f in CANONICAL_FINDINGS if f in distinct]
+    return canonical + sorted(distinct - set(CANONICAL_FINDINGS))
+
+
+def union_label_space(finding_sets: Iterable[Iterable[str]]) -> list[str]:
+    return in_label_order(f for s in finding_sets for f in s)
+
+
+def common_findings(label_space: Sequence[str], finding_sets: Iterable[Iterable[str]]) -> list[str]:
+    """Findings labelled by every domain (the paper's ∩l), in label-space order."""
+    sets = [set(s) for s in finding_sets]
+    if not sets:
+        return []
+    shared = set.intersection(*sets)
+    return [f for f in label_space if f in shared]

@@ -1,0 +1,139 @@
+"""The prepared-directory format: Parquet shards per domain and split plus `manifest.json`.
+
+Layout:
+    PREPARED/manifest.json                          written last: its presence means complete
+    PREPARED/shards/domain=<d>/split=<s>/*.parquet  columns: sample_id, image_id, patient_id,
+                                                    image (raw uint8 size*size bytes), one int8
+                                                    column per finding of the label space
+Every reader goes through `PreparedDataset.load`, which checks `format_version`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from data_prep.errors import DataPrepError
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SHARDS_DIR = "shards"
+IMAGE_COLUMN = "image"
+
+
+def shard_dir(root: Path, domain: str, split: str) -> Path:
+    return root / SHARDS_DIR / f"domain={domain}" / f"split={split}"
+
+
+def images_from_arrow(column: pa.Array | pa.ChunkedArray, size: int) -> np.ndarray:
+    """A binary column of raw size*size images -> (n, size, size) uint8, without copying per row."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    arrays = []
+    for chunk in chunks:
+        if len(chunk) == 0:
+            continue
+        offsets = np.frombuffer(chunk.buffers()[1], np.int32, len(chunk) + 1, chunk.offset * 4)
+        data = np.frombuffer(chunk.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
+        arrays.append(data.reshape(len(chunk), size, size))
+    if not arrays:
+        return np.empty((0, size, size), np.uint8)
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+
+@dataclass(frozen=True)
+class PreparedDataset:
+    root: Path
+    manifest: dict
+
+    @classmethod
+    def load(cls, root: str | Path) -> PreparedDataset:
+        root = Path(root)
+        how = "run `cxr prepare ... --out {}` to (re)create it".format(root)
+        if not root.is_dir():
+            raise DataPrepError(f"prepared dataset {root} does not exist; {how}")
+        manifest_path = root / MANIFEST_NAME
+        if not manifest_path.exists():
+            raise DataPrepError(
+                f"{root} has no {MANIFEST_NAME}: not a prepared dataset, or its `cxr prepare` did "
+                f"not finish; {how}"
+            )
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise DataPrepError(f"{manifest_path} is not valid JSON ({exc}); {how}") from exc
+        version = manifest.get("format_version") if isinstance(manifest, dict) else None
+        if version != FORMAT_VERSION:
+            raise DataPrepError(
+                f"{manifest_path}: format_version {version!r}, this version of cxr-orchestra reads "
+                f"format_version {FORMAT_VERSION}; {how}"
+            )
+        dataset = cls(root, manifest)
+        for domain in dataset.domains:
+            for split, files in manifest["shards"][domain].items():
+                for name in files:
+                    if not (root / name).exists():
+                        raise DataPrepError(
+                            f"{root}: shard {name} of {domain}/{split} listed in {MANIFEST_NAME} "
+                            f"is missing; {how}"
+                        )
+        return dataset
+
+    @property
+    def label_space(self) -> list[str]:
+        return self.manifest["label_space"]
+
+    @property
+    def common(self) -> list[str]:
+        return self.manifest["common"]
+
+    @property
+    def internal(self) -> str:
+        return self.manifest["internal"]
+
+    @property
+    def internal_only(self) -> list[str]:
+        return self.manifest["internal_only"]
+
+    @property
+    def domains(self) -> list[str]:
+        """Domain names, internal first (domain index 0 is the internal one)."""
+        names = list(self.manifest["domains"])
+        return [self.internal] + [n for n in names if n != self.internal]
+
+    @property
+    def image_size(self) -> int:
+        return int(self.manifest["image_size"])
+
+    def domain_findings(self, domain: str) -> list[str]:
+        return self.manifest["domains"][domain]["findings"]
+
+    def num_samples(self, domain: str, split: str) -> int:
+        return int(self.manifest["domains"][domain]["splits"][split])
+
+    def shard_files(self, domain: str, split: str) -> list[Path]:
+        return [self.root / name for name in self.manifest["shards"][domain].get(split, [])]
+
+    def class_balance(self) -> dict[str, dict[str, int]]:
+        return self.manifest["train_class_balance"]
+
+    def iter_uint8_batches(
+        self, domain: str, split: str, batch_size: int
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(sample_id, images uint8 (n, s, s), labels int8 (n, C)) straight from the shards."""
+        columns = ["sample_id", IMAGE_COLUMN, *self.label_space]
+        for path in self.shard_files(domain, split):
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns):
+                labels = np.stack(
+                    [batch.column(f).to_numpy() for f in self.label_space], axis=1
+                ).astype(np.int8)
+                yield (
+                    batch.column("sample_id").to_numpy(),
+                    images_from_arrow(batch.column(IMAGE_COLUMN), self.image_size),
+                    labels,
+                )
