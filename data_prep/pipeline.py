@@ -90,7 +90,11 @@ def run_prepare(
     """Decode and write every image of `joined` under `out`; return the prepared dataset."""
     _prepare_out_dir(out, overwrite)
     skipped_dir = out / SKIPPED_DIR
-    ds = ray.data.from_pandas(joined.rows)
+    # One block per decode batch: from_pandas would make a single block, decoded by a single task.
+    rows = joined.rows
+    ds = ray.data.from_pandas(
+        [rows.iloc[i : i + config.batch_size] for i in range(0, len(rows), config.batch_size)]
+    )
     ds = ds.map_batches(
         _decode_batch,
         batch_format="pandas",

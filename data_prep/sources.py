@@ -191,12 +191,18 @@ _CHEXPERT_META = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")
 _CHEXPERT_FOLDERS = ("CheXpert-v1.0-small", "CheXpert-v1.0")
 
 
+def _table_file(folder: Path, stem: str) -> Path | None:
+    """folder/stem.csv, or its gzipped twin."""
+    for name in (f"{stem}.csv", f"{stem}.csv.gz"):
+        if (folder / name).exists():
+            return folder / name
+    return None
+
+
 def _find_chexpert_folder(path: Path) -> Path:
-    if (path / "train.csv").exists():
-        return path
-    for name in _CHEXPERT_FOLDERS:
-        if (path / name / "train.csv").exists():
-            return path / name
+    for folder in (path, *(path / name for name in _CHEXPERT_FOLDERS)):
+        if _table_file(folder, "train"):
+            return folder
     raise DataPrepError(
         f"{path}: no CheXpert train.csv here nor in {' or '.join(_CHEXPERT_FOLDERS)}/"
     )
@@ -204,9 +210,9 @@ def _find_chexpert_folder(path: Path) -> Path:
 
 def _read_chexpert(source: SourceConfig, find_images: bool) -> SourceTable:
     folder = _find_chexpert_folder(source.path)
-    parts = [(folder / "train.csv", "train")]
-    if (folder / "valid.csv").exists():
-        parts.append((folder / "valid.csv", "val"))
+    parts = [(_table_file(folder, "train"), "train")]
+    if _table_file(folder, "valid"):
+        parts.append((_table_file(folder, "valid"), "val"))
     tables = [_read_chexpert_csv(source, csv_path, split) for csv_path, split in parts]
     findings = tables[0][1]
     for csv_path, (_, other) in zip([p for p, _ in parts[1:]], tables[1:]):

@@ -15,20 +15,17 @@ SPLITS = ("train", "val", "test")
 
 
 def _patient_rank(patients: pd.Series, seed: int) -> pd.Series:
-    """Each patient's position in a seeded pseudo-random order, as a fraction in [0, 1)."""
+    """Each patient's position (0, 1, ...) in a seeded pseudo-random order of the patients."""
     unique = patients.unique()
     keys = [hashlib.sha256(f"{seed}:{p}".encode()).digest() for p in unique]
-    order = np.argsort(keys, kind="stable")
-    rank = np.empty(len(unique))
-    rank[order] = np.arange(len(unique)) / len(unique)
+    rank = np.empty(len(unique), np.int64)
+    rank[np.argsort(keys, kind="stable")] = np.arange(len(unique))
     return patients.map(dict(zip(unique, rank)))
 
 
-def _cut(fraction: float, n_patients: int) -> float:
-    """Rank threshold taking round(fraction * n) patients, at least one when fraction > 0."""
-    if fraction <= 0 or n_patients == 0:
-        return 0.0
-    return max(round(fraction * n_patients), 1) / n_patients
+def _count(fraction: float, n_patients: int) -> int:
+    """round(fraction * n) patients, at least one when fraction > 0."""
+    return 0 if fraction <= 0 or n_patients == 0 else max(round(fraction * n_patients), 1)
 
 
 def assign_splits(
@@ -42,16 +39,16 @@ def assign_splits(
     split = rows["split"].copy().astype(object)
     train_val = split == "train_val"
     if train_val.any():
-        rank = _patient_rank(rows["patient_id"][train_val], seed)
-        cut = _cut(val_fraction, rows["patient_id"][train_val].nunique())
-        split[train_val] = np.where(rank < cut, "val", "train")
+        patients = rows["patient_id"][train_val]
+        rank = _patient_rank(patients, seed)
+        split[train_val] = np.where(rank < _count(val_fraction, patients.nunique()), "val", "train")
     missing = split.isna()
     if missing.any():
         patients = rows["patient_id"][missing]
         rank = _patient_rank(patients, seed)
-        test_cut = _cut(test_fraction, patients.nunique())
-        val_cut = test_cut + _cut(val_fraction, patients.nunique())
-        split[missing] = np.select([rank < test_cut, rank < val_cut], ["test", "val"], default="train")
+        n_test = _count(test_fraction, patients.nunique())
+        n_val = _count(val_fraction, patients.nunique())
+        split[missing] = np.select([rank < n_test, rank < n_test + n_val], ["test", "val"], default="train")
     return split
 
 

@@ -36,7 +36,7 @@ class UsageError(ValueError):
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -133,7 +133,7 @@ def prepare(
         joined = load_sources(cfg.prepare, find_images=not dry_run)
         stats = dataset_stats(joined)
         for warning in joined.warnings:
-            console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+            console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
         if dry_run:
             Console().print(_table_one(stats))
         if stats_json:

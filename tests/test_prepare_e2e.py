@@ -1,0 +1,197 @@
+"""`cxr prepare` end to end on a small synthetic set with real Ray Data; shards read back and
+checked against counts and labels computed here from the raw CSVs."""
+
+import csv
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from data_prep.errors import DataPrepError
+from data_prep.prepared import MANIFEST_NAME, PreparedDataset
+from data_prep.synth import INHOUSE_FINDINGS
+from orchestration.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def damaged(synth_dir, tmp_path_factory):
+    """The synth set with one zero-byte, one truncated and one missing image."""
+    root = tmp_path_factory.mktemp("damaged")
+    shutil.copytree(synth_dir, root, dirs_exist_ok=True)
+    nih_image = sorted((root / "nih" / "images_001" / "images").glob("*.png"))[3]
+    nih_image.write_bytes(b"")
+    jpg = sorted((root / "chexpert").rglob("*.jpg"))[5]
+    jpg.write_bytes(jpg.read_bytes()[:-100])
+    inhouse = sorted((root / "inhouse" / "images").glob("*.png"))[2]
+    inhouse.unlink()
+    return root, {nih_image.name: "zero-byte file", jpg.name: "truncated JPEG", inhouse.name: "image file not found"}
+
+
+def _args(root, out, *extra):
+    return [
+        "prepare", "--nih", str(root / "nih"), "--chexpert", str(root / "chexpert"),
+        "--csv", f"inhouse={root / 'inhouse' / 'labels.csv'}", "--out", str(out), "--image-size", "32",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def prepared(ray_session, damaged, tmp_path_factory):
+    root, _ = damaged
+    out = tmp_path_factory.mktemp("prepared") / "p"
+    result = runner.invoke(app, _args(root, out, "--max-bad-fraction", "0.05"))
+    assert result.exit_code == 0, result.output
+    return PreparedDataset.load(out)
+
+
+def _nih_expected(root):
+    with open(root / "nih" / "Data_Entry_2017_v2020.csv", newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    test_list = set((root / "nih" / "test_list.txt").read_text().split())
+    return {r[0]: (r[1].split("|"), r[0] in test_list) for r in rows}
+
+
+def test_skipped_images_are_listed_with_reasons(prepared, damaged):
+    _, expected = damaged
+    skipped = {s["path"].rsplit("/", 1)[-1]: s["reason"] for s in prepared.manifest["skipped"]}
+    assert set(skipped) == set(expected)
+    for name, reason in expected.items():
+        assert reason in skipped[name]
+
+
+def test_counts_match_the_raw_tables(prepared, damaged):
+    root, bad = damaged
+    nih = _nih_expected(root)
+    kept_nih = {k: v for k, v in nih.items() if k not in bad}
+    assert prepared.num_samples("nih", "test") == sum(is_test for _, is_test in kept_nih.values())
+    assert sum(prepared.num_samples("nih", s) for s in ("train", "val", "test")) == len(kept_nih)
+    with open(root / "chexpert" / "CheXpert-v1.0-small" / "train.csv") as f:
+        chexpert_train = sum(1 for _ in f) - 1
+    assert prepared.num_samples("chexpert", "train") == chexpert_train - 1  # one truncated
+    read_back = {
+        d: sum(len(ids) for s in ("train", "val", "test") for ids, _, _ in prepared.iter_uint8_batches(d, s, 16))
+        for d in prepared.domains
+    }
+    assert read_back == {d: prepared.manifest["domains"][d]["num_images"] for d in prepared.domains}
+    assert prepared.manifest["num_samples"] == sum(read_back.values())
+    assert all(prepared.manifest["patient_disjoint"].values())
+
+
+def test_labels_in_shards_match_the_csv(prepared, damaged):
+    root, _ = damaged
+    nih = _nih_expected(root)
+    space = prepared.label_space
+    import pyarrow.parquet as pq
+
+    for split in ("train", "val", "test"):
+        for path in prepared.shard_files("nih", split):
+            table = pq.read_table(path).to_pydict()
+            for i, image_id in enumerate(table["image_id"]):
+                labels, is_test = nih[image_id]
+                assert is_test == (split == "test")
+                for finding in space:
+                    if finding in prepared.domain_findings("nih"):
+                        spelled = "Pleural_Thickening" if finding == "Pleural Thickening" else finding
+                        assert table[finding][i] == int(spelled in labels), (image_id, finding)
+                    else:
+                        assert table[finding][i] == -2
+
+
+def test_inhouse_label_and_image_round_trip(prepared, damaged):
+    root, _ = damaged
+    with open(root / "inhouse" / "labels.csv", newline="") as f:
+        rows = {r["path"]: r for r in csv.DictReader(f)}
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(prepared.shard_files("inhouse", "train")[0]).to_pydict()
+    image_id = table["image_id"][0]
+    for finding in INHOUSE_FINDINGS:
+        raw = rows[image_id][finding]
+        assert table[finding][0] == (-2 if raw == "" else int(raw))
+    # The stored pixels are the 16-bit source stretched to 8 bits and resized to 32x32.
+    source = cv2.imread(str(root / "inhouse" / image_id), cv2.IMREAD_UNCHANGED).astype(np.float32)
+    stretched = (source - source.min()) * 255 / (source.max() - source.min())
+    expected = cv2.resize(stretched.round().astype(np.uint8), (32, 32), interpolation=cv2.INTER_AREA)
+    stored = np.frombuffer(table["image"][0], np.uint8).reshape(32, 32)
+    assert np.abs(stored.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_sample_ids_are_unique_and_dense(prepared):
+    ids = np.concatenate([
+        ids for d in prepared.domains for s in ("train", "val", "test")
+        for ids, _, _ in prepared.iter_uint8_batches(d, s, 64)
+    ])
+    assert len(ids) == len(set(ids.tolist()))
+    assert ids.max() == prepared.manifest["max_sample_id"]
+    assert prepared.manifest["max_sample_id"] + 1 == len(ids) + len(prepared.manifest["skipped"])
+
+
+def test_manifest_contents(prepared):
+    m = prepared.manifest
+    assert prepared.domains[0] == "nih" and m["internal"] == "nih"
+    assert m["common"] == ["Atelectasis", "Cardiomegaly", "Consolidation", "Effusion", "Pneumonia", "Pneumothorax"]
+    assert m["internal_only"] == ["Emphysema"]  # the in-house set labels the other NIH findings
+    # P_c / N_c counted over the training shards of every domain.
+    col = prepared.label_space.index("Atelectasis")
+    train_labels = np.concatenate([lab for d in prepared.domains for _, _, lab in prepared.iter_uint8_batches(d, "train", 64)])
+    assert m["train_class_balance"]["Atelectasis"] == {
+        "positive": int((train_labels[:, col] == 1).sum()), "negative": int((train_labels[:, col] == 0).sum()),
+    }
+    assert m["config"]["prepare"]["image_size"] == 32
+
+
+def test_too_many_bad_images_fails_but_keeps_the_list(ray_session, damaged, tmp_path):
+    root, bad = damaged
+    out = tmp_path / "p"
+    result = runner.invoke(app, _args(root, out))
+    assert result.exit_code == 2
+    assert "3 of" in result.output and "--max-bad-fraction 0.001" in result.output
+    assert not (out / MANIFEST_NAME).exists()
+    assert len(json.loads((out / "skipped.json").read_text())) == len(bad)
+    with pytest.raises(DataPrepError, match="has no manifest.json"):
+        PreparedDataset.load(out)
+
+
+def test_existing_output_is_not_overwritten_by_accident(prepared, damaged):
+    root, _ = damaged
+    result = runner.invoke(app, _args(root, prepared.root))
+    assert result.exit_code == 2 and "--overwrite" in result.output
+
+
+def test_dry_run_needs_no_images(tmp_path, synth_dir):
+    root = tmp_path / "labels_only"
+    shutil.copytree(synth_dir, root, ignore=shutil.ignore_patterns("*.png", "*.jpg"))
+    stats_path = tmp_path / "stats.json"
+    result = runner.invoke(app, [*_args(root, tmp_path / "unused")[:-4], "--dry-run", "--stats-json", str(stats_path)])
+    assert result.exit_code == 0, result.output
+    assert "Findings per dataset" in result.output
+    stats = json.loads(stats_path.read_text())
+    assert set(stats) == {"label_space", "common", "domains"}
+    for d in stats["domains"].values():
+        assert set(d) == {"role", "findings", "num_images", "num_patients", "splits", "counts"}
+        assert set(d["splits"]) == {"train", "val", "test"}
+        for counts in d["counts"].values():
+            assert sum(counts.values()) == d["num_images"]
+    assert not (tmp_path / "unused").exists()
+
+
+def test_prepared_dir_checks(prepared, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(prepared.root, copy)
+    manifest = json.loads((copy / MANIFEST_NAME).read_text())
+    manifest["format_version"] = 999
+    (copy / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(DataPrepError, match="format_version 999.*re\\)create"):
+        PreparedDataset.load(copy)
+    manifest["format_version"] = prepared.manifest["format_version"]
+    (copy / MANIFEST_NAME).write_text(json.dumps(manifest))
+    next(copy.rglob("*.parquet")).unlink()
+    with pytest.raises(DataPrepError, match="is missing"):
+        PreparedDataset.load(copy)
+    with pytest.raises(DataPrepError, match="does not exist"):
+        PreparedDataset.load(tmp_path / "nowhere")

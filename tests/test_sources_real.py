@@ -1,0 +1,124 @@
+"""Readers against the real NIH and CheXpert label tables, checked with counts computed here
+independently (plain csv module, no pandas, no project code)."""
+
+import csv
+import gzip
+import json
+from collections import Counter
+
+import pytest
+
+from data_prep.config import PrepareConfig, SourceConfig
+from data_prep.join import dataset_stats, load_sources
+from data_prep.sources import read_source
+
+
+def _rows(path):
+    with gzip.open(path, "rt", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        return header, list(reader)
+
+
+@pytest.fixture(scope="module")
+def nih_independent(shared_data):
+    header, rows = _rows(shared_data / "nih" / "Data_Entry_2017_v2020.csv.gz")
+    positives = Counter(label for r in rows for label in r[1].split("|") if label != "No Finding")
+    return {"rows": rows, "positives": positives, "patients": {r[3] for r in rows}}
+
+
+@pytest.fixture(scope="module")
+def chexpert_independent(shared_data):
+    header, rows = _rows(shared_data / "chexpert" / "train.csv.gz")
+    return header, rows
+
+
+def test_nih_reader_matches_independent_counts(shared_data, nih_independent):
+    table = read_source(SourceConfig(name="nih", kind="nih", path=shared_data / "nih"), find_images=False)
+    assert len(table.rows) == len(nih_independent["rows"]) == 112_120
+    assert table.rows["patient_id"].nunique() == len(nih_independent["patients"]) == 30_805
+    assert nih_independent["positives"]["Infiltration"] == 19_894
+    assert int(table.rows["Infiltration"].sum()) == 19_894
+    # Pleural_Thickening (with the underscore) lands on the canonical name.
+    assert int(table.rows["Pleural Thickening"].sum()) == nih_independent["positives"]["Pleural_Thickening"]
+    assert len(table.findings) == 14 and "No Finding" not in table.findings
+    # The official lists are not in ../shared: a warning and the fallback, not a crash.
+    assert any("falling back" in w for w in table.warnings)
+
+
+def test_chexpert_reader_all_views_u_ones(shared_data, chexpert_independent):
+    header, rows = chexpert_independent
+    col = header.index("Atelectasis")
+    expected_positive = sum(r[col] in ("1.0", "-1.0") for r in rows)
+    assert expected_positive == 67_115
+    table = read_source(
+        SourceConfig(name="chexpert", kind="chexpert", path=shared_data / "chexpert"), find_images=False
+    )
+    assert len(table.rows) == 223_414
+    assert int((table.rows["Atelectasis"] == 1).sum()) == expected_positive
+    # "Pleural Effusion" is read as the canonical "Effusion".
+    eff = header.index("Pleural Effusion")
+    assert int((table.rows["Effusion"] == 1).sum()) == sum(r[eff] in ("1.0", "-1.0") for r in rows)
+    assert "No Finding" not in table.findings and len(table.findings) == 13
+
+
+@pytest.mark.parametrize("policy, uncertain_becomes", [("zeros", 0), ("ignore", -2)])
+def test_chexpert_uncertainty_policies(shared_data, chexpert_independent, policy, uncertain_becomes):
+    header, rows = chexpert_independent
+    col = header.index("Edema")
+    n_pos = sum(r[col] == "1.0" for r in rows)
+    n_unc = sum(r[col] == "-1.0" for r in rows)
+    n_zero = sum(r[col] == "0.0" for r in rows)
+    n_blank = sum(r[col] == "" for r in rows)
+    table = read_source(
+        SourceConfig(name="chexpert", kind="chexpert", path=shared_data / "chexpert",
+                     uncertain=policy, blank="unknown"),
+        find_images=False,
+    )
+    values = table.rows["Edema"].value_counts().to_dict()
+    expected = Counter({1: n_pos, 0: n_zero, -2: n_blank})
+    expected[uncertain_becomes] += n_unc
+    assert values == dict(expected)
+
+
+def test_chexpert_view_filter(shared_data):
+    frontal = read_source(
+        SourceConfig(name="c", kind="chexpert", path=shared_data / "chexpert", views="frontal"),
+        find_images=False,
+    )
+    lateral = read_source(
+        SourceConfig(name="c", kind="chexpert", path=shared_data / "chexpert", views="lateral"),
+        find_images=False,
+    )
+    assert len(frontal.rows) == 191_027 and len(lateral.rows) == 32_387
+
+
+def test_joined_stats_of_the_real_tables(shared_data, nih_independent, chexpert_independent, tmp_path):
+    config = PrepareConfig(
+        sources=[
+            SourceConfig(name="nih", kind="nih", path=shared_data / "nih"),
+            SourceConfig(name="chexpert", kind="chexpert", path=shared_data / "chexpert"),
+        ]
+    )
+    stats = dataset_stats(load_sources(config, find_images=False))
+    json.dumps(stats)  # the --stats-json document is plain JSON
+    assert stats["common"] == [
+        "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Pneumonia", "Pneumothorax"
+    ]
+    assert len(stats["label_space"]) == 20  # Table I less Tuberculosis
+    nih = stats["domains"]["nih"]
+    assert nih["role"] == "internal" and stats["domains"]["chexpert"]["role"] == "external"
+    assert nih["counts"]["Infiltration"] == {
+        "positive": 19_894, "negative": 112_120 - 19_894, "unknown": 0,
+    }
+    # A finding NIH does not label: every row unknown.
+    assert nih["counts"]["Support Devices"] == {"positive": 0, "negative": 0, "unknown": 112_120}
+    assert sum(nih["splits"].values()) == 112_120
+    header, rows = chexpert_independent
+    col = header.index("Atelectasis")
+    chexpert = stats["domains"]["chexpert"]["counts"]["Atelectasis"]
+    assert chexpert == {
+        "positive": sum(r[col] in ("1.0", "-1.0") for r in rows),
+        "negative": sum(r[col] in ("0.0", "") for r in rows),  # blank = 0 by default
+        "unknown": 0,
+    }
