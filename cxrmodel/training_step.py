@@ -1,0 +1,114 @@
+"""One training step of the full method, in plain PyTorch. Orchestration calls it once per batch.
+
+    step = TrainingStep(model, adam, rmsprop, alpha=alpha, beta=beta, num_domains=2,
+                        ensemble=ensemble, lambda_ute=30.0)
+    out = step(images_uint8, labels, domain, sample_id, h=schedule(progress))
+
+The backward reaches the discriminators through a gradient reversal (see discriminators.py), so
+one backward serves both optimizers; both step every iteration, as in the paper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cxrmodel.inference import _autocast
+from cxrmodel.inputs import to_model_input
+from cxrmodel.losses import adversarial_loss, ensemble_loss, partial_label_bce
+from cxrmodel.temporal_ensemble import TemporalEnsemble
+
+
+@dataclass
+class StepOutput:
+    losses: dict[str, torch.Tensor]  # detached scalars: cls, tat, ute, total (where switched on)
+    probs: torch.Tensor  # (B, C) detached sigmoid outputs
+
+
+class TrainingStep:
+    """
+    Args:
+        model: a CXRNet, possibly wrapped in DistributedDataParallel.
+        optimizer / discriminator_optimizer: Adam over the network, RMSprop over the discriminators
+            (None when the model has no adversary).
+        alpha, beta: per-finding weights of eq. 1.
+        ensemble: the temporal ensemble (None switches TE / UTE off).
+        lambda_ute: weight of the ensemble loss; λ_tat lives in the model's gradient reversal.
+        uncertainty: apply UTE's threshold H (False = plain TE).
+        hard_labels: 0/1 pseudo-labels instead of the soft z (Table VI i).
+        autocast_dtype: e.g. torch.bfloat16 on GPUs; None = full precision.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        discriminator_optimizer: torch.optim.Optimizer | None,
+        *,
+        alpha: torch.Tensor,
+        beta: torch.Tensor,
+        num_domains: int,
+        ensemble: TemporalEnsemble | None = None,
+        lambda_ute: float = 30.0,
+        uncertainty: bool = True,
+        hard_labels: bool = False,
+        autocast_dtype: torch.dtype | None = None,
+        channels_last: bool = False,
+    ):
+        self.model, self.optimizer, self.discriminator_optimizer = model, optimizer, discriminator_optimizer
+        self.device = next(model.parameters()).device
+        self.alpha, self.beta = alpha.to(self.device), beta.to(self.device)
+        self.num_domains = num_domains
+        self.ensemble, self.lambda_ute = ensemble, lambda_ute
+        self.uncertainty, self.hard_labels = uncertainty, hard_labels
+        self.autocast_dtype, self.channels_last = autocast_dtype, channels_last
+        self.lambda_tat = getattr(model, "module", model).adversarial_weight
+
+    def __call__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        domain: torch.Tensor,
+        sample_id: torch.Tensor,
+        *,
+        h: float = 0.0,
+    ) -> StepOutput:
+        device = self.device
+        x = to_model_input(images.to(device, non_blocking=True), flip=True, channels_last=self.channels_last)
+        labels = labels.to(device, non_blocking=True)
+        domain = domain.to(device, non_blocking=True).long()
+
+        with _autocast(device, self.autocast_dtype):
+            out = self.model(x, domain)
+        logits = out.logits.float()
+        probs = torch.sigmoid(logits)
+
+        losses = {"cls": partial_label_bce(logits, labels, self.alpha, self.beta)}
+        backward = losses["cls"]
+        total = losses["cls"]
+        if out.domain_logits is not None:
+            losses["tat"] = adversarial_loss(out.domain_logits.float(), domain, self.num_domains)
+            backward = backward + losses["tat"]  # reversed and scaled by λ_tat for the backbone
+            total = total - self.lambda_tat * losses["tat"]  # eq. 7: L_tat is eq. 3's log-likelihood, -BCE
+        if self.ensemble is not None:
+            z, has_target = self.ensemble.targets(sample_id)
+            losses["ute"] = ensemble_loss(
+                probs, z, has_target, labels,
+                threshold=h if self.uncertainty else None, hard_labels=self.hard_labels,
+            )
+            backward = backward + self.lambda_ute * losses["ute"]
+            total = total + self.lambda_ute * losses["ute"]
+        losses["total"] = total
+
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.discriminator_optimizer is not None:
+            self.discriminator_optimizer.zero_grad(set_to_none=True)
+        backward.backward()
+        self.optimizer.step()
+        if self.discriminator_optimizer is not None:
+            self.discriminator_optimizer.step()
+
+        if self.ensemble is not None:
+            self.ensemble.record(sample_id, probs)
+        return StepOutput({k: v.detach() for k, v in losses.items()}, probs.detach())
