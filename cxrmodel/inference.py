@@ -40,3 +40,14 @@ def predict_probs(
         for view in views:
             probs = probs + torch.sigmoid(model(view).logits.float())
     return probs / len(views)
+
+
+class ProbabilityModel(torch.nn.Module):
+    """A servable wrapper: uint8 images (B, H, W) -> probabilities (B, C). Logged to MLflow."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net.eval()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return predict_probs(self.net, images)

@@ -155,6 +155,42 @@ def prepare(
     )
 
 
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="Prepared dataset folder (from cxr prepare).")],
+    workers: Annotated[Optional[int], typer.Option(help="Data-parallel workers. Default: 1.")] = None,
+    gpu: Annotated[Optional[bool], typer.Option("--gpu/--cpu", help="One GPU per worker.")] = None,
+    run_name: Annotated[Optional[str], typer.Option(help="Name of the run; the same name again resumes it.")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: $RAY_ADDRESS or a local Ray).")] = None,
+    config: ConfigFiles = None,
+    overrides: Overrides = None,
+) -> None:
+    """Train DenseIBN-121 with TW + TAT + UTE on Ray Train; log everything to MLflow.
+
+    Settings: --config FILE and dotted overrides such as method.lambda_tat=0.03 train.epochs=8
+    (see README "Configuration"). Stop with Ctrl-C or SIGTERM: the run ends KILLED and the same
+    command with the same --run-name resumes from the last checkpoint.
+    """
+    from orchestration.train import TrainingStopped, default_run_name, run_training, stop_on_signals
+
+    flags = {"workers": workers, "gpu": gpu}
+    extra = [f"train.{k}={v}" for k, v in flags.items() if v is not None]
+    try:
+        cfg = load_config(config or [], [*extra, *(overrides or [])])
+        name = run_name or cfg.train.run_name or default_run_name()
+        console.print(f"run name: [bold]{name}[/] (resume with: cxr train --data {data} --run-name {name} ...)",
+                      highlight=False, soft_wrap=True)
+        with stop_on_signals():
+            outcome = run_training(cfg, data, address=address, run_name=name)
+    except (ConfigError, DataPrepError) as exc:
+        _fail(str(exc))
+    except TrainingStopped as exc:
+        console.print(f"[bold red]{exc}[/]: MLflow run ended KILLED; rerun with --run-name {name} to resume")
+        raise typer.Exit(code=exc.exit_code)
+    summary = {k: v for k, v in outcome.metrics.items() if k.startswith("test_") and "/" not in k}
+    console.print(f"finished run {outcome.run_name} (MLflow run {outcome.run_id}): {summary}", highlight=False)
+
+
 def main() -> None:
     app()
 

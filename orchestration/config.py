@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from cxrmodel.schedules import HSchedule
 from data_prep.config import PrepareConfig
 
 
@@ -22,10 +23,100 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message says which key and what is allowed."""
 
 
-class Config(BaseModel):
+class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+
+class HScheduleConfig(_Section):
+    name: Literal["constant", "linear", "cosine", "exponential", "step"] = "linear"
+    start: float = Field(default=0.4, ge=0.0, le=0.5)
+    end: float = Field(default=0.1, ge=0.0, le=0.5)
+    steps: int = Field(default=4, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> HScheduleConfig:
+        self.build()  # the schedule's own rules (end <= start, exponential end > 0)
+        return self
+
+    def build(self) -> HSchedule:
+        return HSchedule(self.name, self.start, self.end, self.steps)
+
+
+class MethodConfig(_Section):
+    """The paper's switches (Table VI) and weights (eq. 1, 7). Defaults: the paper's method."""
+
+    task_weighting: bool = True  # TW: α on common findings
+    adversarial: Literal["task", "holistic", "none"] = "task"  # TAT, HAT, or neither
+    temporal_ensemble: bool = True  # TE
+    uncertainty: bool = True  # UTE's threshold H (needs TE or hard labels)
+    hard_labels: bool = False  # 0/1 pseudo-labels from the ensemble (Table VI i)
+    multi_task: bool = False  # Table III baseline: common findings scored per domain
+    lambda_tat: float = Field(default=0.03, ge=0.0)
+    lambda_ute: float = Field(default=30.0, ge=0.0)
+    alpha: float = Field(default=3.0, gt=0.0)
+    alpha_overrides: dict[str, float] = Field(default_factory=dict)
+    gamma: float = Field(default=0.9, gt=0.0, lt=1.0)
+    h_schedule: HScheduleConfig = Field(default_factory=HScheduleConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> MethodConfig:
+        if self.uncertainty and not (self.temporal_ensemble or self.hard_labels):
+            raise ValueError("method.uncertainty needs method.temporal_ensemble or method.hard_labels")
+        if self.multi_task and self.adversarial != "none":
+            raise ValueError("method.multi_task is a baseline without adversarial training: set method.adversarial=none")
+        bad = {k: v for k, v in self.alpha_overrides.items() if v <= 0}
+        if bad:
+            raise ValueError(f"method.alpha_overrides must be > 0, got {bad}")
+        return self
+
+    @property
+    def uses_ensemble(self) -> bool:
+        return self.temporal_ensemble or self.hard_labels
+
+
+class ModelConfig(_Section):
+    weights: str | None = None  # local torchvision densenet121 or densenet121_ibn_a file
+    branch_features: int = Field(default=128, ge=1)
+    discriminator_hidden: int = Field(default=128, ge=1)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(default=8, ge=1)
+    batch_size: int = Field(default=32, ge=1)  # per worker and step, split equally over domains
+    # None: one pass over the internal dataset's training split per epoch.
+    steps_per_epoch: int | None = Field(default=None, ge=1)
+    domains: list[str] | None = None  # None: every prepared domain
+    lr: float = Field(default=1e-4, gt=0.0)
+    lr_milestones: list[int] = Field(default_factory=lambda: [3, 6])
+    lr_decay: float = Field(default=0.1, gt=0.0, le=1.0)
+    discriminator_lr: float = Field(default=1e-4, gt=0.0)
+    val_every_steps: int = Field(default=0, ge=0)  # 0: validate at epoch ends only
+    select_metric: Literal["val_mean_auc", "val_mean_com_auc", "val_mean_int_auc"] = "val_mean_auc"
+    eval_batch_size: int = Field(default=64, ge=1)
+    log_every_steps: int = Field(default=10, ge=1)
+    workers: int = Field(default=1, ge=1)
+    gpu: bool = False
+    cpus_per_worker: float | None = Field(default=None, gt=0.0)  # None: 1 with GPUs, 0.5 without
+    bf16: bool | None = None  # None: on GPUs only
+    channels_last: bool | None = None  # None: on GPUs only
+    max_failures: int = Field(default=0, ge=0)
+    seed: int = 0
+    run_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    storage_path: str = "ray_results"
+    test_tencrop: bool = False
+
+
+class MlflowConfig(_Section):
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here
+    experiment: str = "cxr-orchestra"
+
+
+class Config(_Section):
     prepare: PrepareConfig = Field(default_factory=PrepareConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:

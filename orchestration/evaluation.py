@@ -1,0 +1,131 @@
+"""Evaluating a network on a prepared split: predictions, per-finding AUC table, ROC curves.
+
+Evaluation reads the split's shards in a fixed order; rank r of a data-parallel group scores every
+world-th batch and the pieces are gathered, so every sample is scored exactly once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+from cxrmodel.inference import predict_probs  # noqa: E402
+from cxrmodel.metrics import AucReport, auc_report  # noqa: E402
+from data_prep.prepared import PreparedDataset  # noqa: E402
+
+
+@dataclass
+class Predictions:
+    sample_id: np.ndarray  # (N,)
+    probs: np.ndarray  # (N, C) float32
+    labels: np.ndarray  # (N, C) int8
+
+    def sorted(self) -> Predictions:
+        order = np.argsort(self.sample_id, kind="stable")
+        return Predictions(self.sample_id[order], self.probs[order], self.labels[order])
+
+
+def _gather(parts: Predictions) -> Predictions:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return parts.sorted()
+    gathered: list[Predictions | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, parts)
+    return Predictions(
+        np.concatenate([g.sample_id for g in gathered]),
+        np.concatenate([g.probs for g in gathered]),
+        np.concatenate([g.labels for g in gathered]),
+    ).sorted()
+
+
+def predict_split(
+    model: torch.nn.Module,
+    prepared: PreparedDataset,
+    domain: str,
+    split: str,
+    *,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    tencrop: bool = False,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> Predictions:
+    """Probabilities for every sample of one domain's split (gathered over ranks when distributed)."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+    was_training = model.training
+    model.eval()
+    ids, probs, labels = [], [], []
+    for i, (sample_id, images, batch_labels) in enumerate(prepared.iter_uint8_batches(domain, split, batch_size)):
+        if i % world != rank:
+            continue
+        batch = torch.from_numpy(images).to(device, non_blocking=True)
+        p = predict_probs(model, batch, tencrop=tencrop, autocast_dtype=autocast_dtype, channels_last=channels_last)
+        ids.append(sample_id)
+        probs.append(p.cpu().numpy())
+        labels.append(batch_labels)
+    model.train(was_training)
+    c = len(prepared.label_space)
+    part = Predictions(
+        np.concatenate(ids) if ids else np.empty(0, np.int64),
+        np.concatenate(probs) if probs else np.empty((0, c), np.float32),
+        np.concatenate(labels) if labels else np.empty((0, c), np.int8),
+    )
+    return _gather(part)
+
+
+def report_for(
+    predictions: Predictions, label_space: list[str], *, evaluated: list[str], common: list[str], internal_only: list[str]
+) -> AucReport:
+    return auc_report(
+        predictions.probs, predictions.labels, label_space,
+        evaluated=evaluated, common=common, internal_only=internal_only,
+    )
+
+
+def auc_table(report: AucReport, predictions: Predictions, label_space: list[str], *, common: list[str],
+              internal_only: list[str]) -> pd.DataFrame:
+    """One row per evaluated finding: group, AUC (blank where undefined, with the reason), counts."""
+    rows = []
+    for finding in [*report.auc, *report.undefined]:
+        c = label_space.index(finding)
+        y = predictions.labels[:, c]
+        group = "common" if finding in common else "internal only" if finding in internal_only else "other"
+        rows.append({
+            "finding": finding, "group": group, "auc": report.auc.get(finding),
+            "positives": int((y == 1).sum()), "negatives": int((y == 0).sum()),
+            "note": report.undefined.get(finding, ""),
+        })
+    order = {f: i for i, f in enumerate(label_space)}
+    return pd.DataFrame(rows).sort_values("finding", key=lambda s: s.map(order)).reset_index(drop=True)
+
+
+def roc_figure(predictions: Predictions, label_space: list[str], report: AucReport, title: str) -> plt.Figure:
+    """A grid of ROC curves, one panel per finding with a defined AUC."""
+    findings = list(report.auc)
+    cols = min(4, max(len(findings), 1))
+    rows = max(1, -(-len(findings) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_visible(False)
+    for ax, finding in zip(axes.flat, findings):
+        c = label_space.index(finding)
+        known = predictions.labels[:, c] >= 0
+        fpr, tpr, _ = roc_curve(predictions.labels[known, c] == 1, predictions.probs[known, c])
+        ax.set_visible(True)
+        ax.plot(fpr, tpr, lw=1.5)
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+        ax.set_title(f"{finding}\nAUC {report.auc[finding]:.3f}", fontsize=9)
+        ax.set_xlabel("1 - specificity", fontsize=8)
+        ax.set_ylabel("sensitivity", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
