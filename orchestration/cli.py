@@ -171,7 +171,7 @@ def train(
     (see README "Configuration"). Stop with Ctrl-C or SIGTERM: the run ends KILLED and the same
     command with the same --run-name resumes from the last checkpoint.
     """
-    from orchestration.train import TrainingStopped, default_run_name, run_training, stop_on_signals
+    from orchestration.train import default_run_name, run_training
 
     flags = {"workers": workers, "gpu": gpu}
     extra = [f"train.{k}={v}" for k, v in flags.items() if v is not None]
@@ -180,13 +180,9 @@ def train(
         name = run_name or cfg.train.run_name or default_run_name()
         console.print(f"run name: [bold]{name}[/] (resume with: cxr train --data {data} --run-name {name} ...)",
                       highlight=False, soft_wrap=True)
-        with stop_on_signals():
-            outcome = run_training(cfg, data, address=address, run_name=name)
+        outcome = run_training(cfg, data, address=address, run_name=name, handle_signals=True)
     except (ConfigError, DataPrepError) as exc:
         _fail(str(exc))
-    except TrainingStopped as exc:
-        console.print(f"[bold red]{exc}[/]: MLflow run ended KILLED; rerun with --run-name {name} to resume")
-        raise typer.Exit(code=exc.exit_code)
     summary = {k: v for k, v in outcome.metrics.items() if k.startswith("test_") and "/" not in k}
     console.print(f"finished run {outcome.run_name} (MLflow run {outcome.run_id}): {summary}", highlight=False)
 

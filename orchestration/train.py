@@ -7,7 +7,9 @@ latest checkpoint under `train.storage_path/<run name>`, and the same MLflow run
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,19 +34,24 @@ from orchestration.tracking import open_run, tracking_uri
 from orchestration.train_loop import BEST_MODEL_FILE, SUMMARY_FILE, TEST_FILE, build_network, train_loop_per_worker
 
 
-class TrainingStopped(Exception):
-    """SIGTERM / SIGINT reached the driver."""
-
-    def __init__(self, signum: int):
-        super().__init__(f"stopped by {signal.Signals(signum).name}")
-        self.exit_code = 128 + signum
-
-
 @contextmanager
-def stop_on_signals():
-    """Turn SIGTERM and SIGINT into TrainingStopped, so the MLflow run can be ended as KILLED."""
+def end_run_on_signals(client: MlflowClient, run_id: str, enabled: bool = True):
+    """On SIGTERM / SIGINT: end the MLflow run KILLED, then exit with 128 + signal number.
+
+    Exiting from the handler is deliberate: an exception raised there surfaces inside Ray's
+    blocking calls as a SystemError. The driver's exit takes its Ray workers down with it; the
+    last checkpoint stays, and the same command resumes. Enter after ray.init(): Ray's core
+    installs its own SIGTERM handler, which would abort."""
+    if not enabled:
+        yield
+        return
+
     def handler(signum, frame):
-        raise TrainingStopped(signum)
+        name = signal.Signals(signum).name
+        client.set_terminated(run_id, status="KILLED")
+        print(f"stopped by {name}: MLflow run {run_id} ended KILLED; run the same command to resume",
+              file=sys.stderr, flush=True)
+        os._exit(128 + signum)
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -86,10 +93,29 @@ def _scaling(config: Config) -> ray.train.ScalingConfig:
     return ray.train.ScalingConfig(num_workers=train.workers, use_gpu=train.gpu, resources_per_worker=resources)
 
 
+def _make_trainer(config: Config, plan: TrainingPlan, uri: str, run_id: str, run_name: str, storage: str) -> TorchTrainer:
+    local_storage = "://" not in storage
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": config.model_dump(mode="json"), "plan": plan.to_dict(), "tracking_uri": uri, "run_id": run_id,
+            "pid_dir": str(Path(storage) / run_name / "workers") if local_storage else None,
+        },
+        scaling_config=_scaling(config),
+        run_config=ray.train.RunConfig(
+            name=run_name, storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+        datasets=training_datasets(plan),
+    )
+
+
 def run_training(
     config: Config, data: str | Path, *, address: str | None = None, run_name: str | None = None,
-    parent_run_id: str | None = None, tags: dict[str, str] | None = None,
+    parent_run_id: str | None = None, tags: dict[str, str] | None = None, handle_signals: bool = False,
 ) -> TrainingOutcome:
+    """Train; `handle_signals` (main thread only) ends the MLflow run KILLED on SIGTERM / SIGINT."""
     plan = plan_training(config, data)  # every check that needs no Ray
     run_name = run_name or config.train.run_name or default_run_name()
     uri = tracking_uri(config)
@@ -97,33 +123,17 @@ def run_training(
     run_id, resumed = open_run(client, config, run_name, tags=tags, parent_run_id=parent_run_id)
     mlflow.set_tracking_uri(uri)
     storage = config.train.storage_path
-    local_storage = "://" not in storage
-    if local_storage:
+    if "://" not in storage:
         storage = str(Path(storage).resolve())
         Path(storage).mkdir(parents=True, exist_ok=True)
     with mlflow.start_run(run_id=run_id, log_system_metrics=True):
         try:
             init_ray(address)
             check_shared_storage({"prepared dataset": plan.data, "train.storage_path": storage}, uri)
-            trainer = TorchTrainer(
-                train_loop_per_worker,
-                train_loop_config={
-                    "config": config.model_dump(mode="json"), "plan": plan.to_dict(), "tracking_uri": uri,
-                    "run_id": run_id, "pid_dir": str(Path(storage) / run_name / "workers") if local_storage else None,
-                },
-                scaling_config=_scaling(config),
-                run_config=ray.train.RunConfig(
-                    name=run_name, storage_path=storage,
-                    failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
-                    checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-                ),
-                datasets=training_datasets(plan),
-            )
-            result = trainer.fit()
+            trainer = _make_trainer(config, plan, uri, run_id, run_name, storage)
+            with end_run_on_signals(client, run_id, handle_signals):
+                result = trainer.fit()
             _log_artifacts(config, plan, result.checkpoint)
-        except TrainingStopped:
-            mlflow.end_run("KILLED")
-            raise
         except BaseException:
             mlflow.end_run("FAILED")
             raise

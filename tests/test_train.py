@@ -1,0 +1,237 @@
+"""`cxr train` with real Ray Train workers and a real MLflow store, on a tiny prepared set.
+
+Few and small on purpose (each TorchTrainer start costs ~10 s here): a 2-worker run, a SIGTERM
+followed by a resume, a killed worker, and the input checks that need no Ray at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from conftest import ROOT
+from data_prep.config import PrepareConfig, SourceConfig
+from data_prep.join import load_sources
+from data_prep.pipeline import run_prepare
+from orchestration.cli import app
+from orchestration.config import ConfigError, load_config
+from orchestration.plan import plan_training
+from orchestration.train import run_training
+from orchestration.tracking import RUN_NAME_TAG, find_run
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def prepared_dir(ray_session, tmp_path_factory):
+    from data_prep.synth import synthesize
+
+    root = tmp_path_factory.mktemp("train_data")
+    synthesize(root / "raw", images_per_source=80, image_size=40, seed=5)
+    config = PrepareConfig(
+        sources=[
+            SourceConfig(name="nih", kind="nih", path=root / "raw" / "nih"),
+            SourceConfig(name="chexpert", kind="chexpert", path=root / "raw" / "chexpert"),
+            SourceConfig(name="inhouse", kind="csv", path=root / "raw" / "inhouse" / "labels.csv"),
+        ],
+        image_size=32,
+    )
+    run_prepare(load_sources(config), config, root / "prepared")
+    return root / "prepared"
+
+
+def _overrides(tmp: Path, **extra) -> list[str]:
+    values = {
+        "train.epochs": 2, "train.batch_size": 8, "train.domains": "[nih, chexpert]",
+        "train.log_every_steps": 1, "model.branch_features": 16, "model.discriminator_hidden": 16,
+        "mlflow.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}", "train.storage_path": str(tmp / "ray_results"),
+        **extra,
+    }
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def _history(client, run_id, key):
+    return [(int(m.step), m.value) for m in client.get_metric_history(run_id, key)]
+
+
+def _latest_state(storage: Path, run_name: str) -> dict:
+    checkpoints = sorted(p for p in (storage / run_name).glob("checkpoint_*") if p.is_dir())
+    return torch.load(checkpoints[-1] / "state.pt", map_location="cpu", weights_only=False)
+
+
+def test_two_worker_training_logs_one_finished_run(prepared_dir, tmp_path):
+    config = load_config([], _overrides(tmp_path, **{"train.workers": 2}))
+    outcome = run_training(config, prepared_dir, run_name="two-workers")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(outcome.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["method.lambda_tat"] == "0.03" and run.data.tags[RUN_NAME_TAG] == "two-workers"
+    plan = plan_training(config, prepared_dir)
+    steps = 2 * plan.steps_per_epoch
+    assert [v for _, v in _history(client, run.info.run_id, "epoch")] == [1.0, 2.0]
+    assert [s for s, _ in _history(client, run.info.run_id, "train/loss_cls")] == list(range(1, steps + 1))
+    assert [s for s, _ in _history(client, run.info.run_id, "val_mean_auc")] == [steps // 2, steps]
+    for key in ("test_mean_auc", "train/loss_tat", "train/loss_ute", "train/h", "train/lr"):
+        assert key in run.data.metrics, key
+    artifacts = {a.path for folder in ("config", "data", "evaluation") for a in client.list_artifacts(run.info.run_id, folder)}
+    assert {"config/resolved_config.yaml", "data/manifest_summary.json", "evaluation/test_auc.csv",
+            "evaluation/test_roc.png"} <= artifacts
+
+    # The temporal ensemble gathered predictions from both ranks: more samples were updated than
+    # one rank alone sees in an epoch (steps_per_epoch x per-domain batch x 2 domains).
+    state = _latest_state(tmp_path / "ray_results", "two-workers")
+    updated = int((state["ensemble"]["updates"] > 0).sum())
+    assert updated > plan.steps_per_epoch * plan.per_domain_batch * 2
+    assert int(state["ensemble"]["updates"].max()) == 2
+
+    # The logged model is servable: uint8 images in, one probability per finding out.
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    probs = model(torch.zeros(3, 32, 32, dtype=torch.uint8))
+    assert probs.shape == (3, len(plan.label_space)) and bool(((probs >= 0) & (probs <= 1)).all())
+
+
+def _cli(data: Path, run_name: str, overrides: list[str], address: str, log: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "orchestration.cli", "train", "--data", str(data), "--run-name", run_name,
+               "--address", address, *overrides]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(command, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+
+
+def _wait(condition, timeout: float, what: str, process: subprocess.Popen | None = None, log: Path | None = None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        if process is not None and process.poll() is not None:
+            break
+        time.sleep(0.5)
+    tail = log.read_text()[-3000:] if log else ""
+    raise AssertionError(f"timed out waiting for {what}\n{tail}")
+
+
+def _checkpoint_epochs(storage: Path, run_name: str) -> list[int]:
+    epochs = []
+    for summary in (storage / run_name).glob("checkpoint_*/summary.json"):
+        epochs.append(json.loads(summary.read_text())["epoch"])
+    return epochs
+
+
+def test_sigterm_ends_killed_and_the_same_command_resumes(prepared_dir, tmp_path, ray_session):
+    address = ray_session.get_runtime_context().gcs_address
+    overrides = _overrides(tmp_path, **{"train.steps_per_epoch": 30, "train.workers": 1})
+    storage, log = tmp_path / "ray_results", tmp_path / "first.log"
+    first = _cli(prepared_dir, "resumable", overrides, address, log)
+    _wait(lambda: 1 in _checkpoint_epochs(storage, "resumable"), 240, "the epoch-1 checkpoint", first, log)
+    time.sleep(2.0)  # into epoch 2, and time for the controller to register the checkpoint
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=60) == 128 + signal.SIGTERM
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = find_run(client, "cxr-orchestra", "resumable")
+    assert run.info.status == "KILLED"
+    epoch1 = _latest_state(storage, "resumable")
+    assert epoch1["progress"]["epoch"] == 1  # the last checkpoint is usable
+    assert int(epoch1["ensemble"]["updates"].max()) == 1
+
+    log2 = tmp_path / "second.log"
+    second = _cli(prepared_dir, "resumable", overrides, address, log2)
+    assert second.wait(timeout=300) == 0, log2.read_text()[-3000:]
+    assert "resumed after epoch 1" in log2.read_text()
+    runs = client.search_runs([run.info.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = 'resumable'")
+    assert len(runs) == 1 and runs[0].info.run_id == run.info.run_id
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    assert [v for _, v in _history(client, run.info.run_id, "epoch")] == [1.0, 2.0]
+    assert [s for s, _ in _history(client, run.info.run_id, "train/loss_cls")] == list(range(1, 61))
+    final = _latest_state(storage, "resumable")
+    # Optimizer and temporal ensemble continued from epoch 1: a fresh start would show 30 and 1.
+    adam_steps = {int(s["step"]) for s in final["optimizer"]["state"].values()}
+    assert adam_steps == {60}
+    assert int(final["ensemble"]["updates"].max()) == 2
+    assert torch.equal(final["ensemble"]["updates"] >= epoch1["ensemble"]["updates"],
+                       torch.ones_like(epoch1["ensemble"]["updates"], dtype=torch.bool))
+
+
+def test_a_killed_worker_is_replaced_and_the_run_finishes_once(prepared_dir, tmp_path, ray_session):
+    address = ray_session.get_runtime_context().gcs_address
+    overrides = _overrides(tmp_path, **{"train.steps_per_epoch": 25, "train.workers": 2, "train.max_failures": 1})
+    storage, log = tmp_path / "ray_results", tmp_path / "run.log"
+    process = _cli(prepared_dir, "failing", overrides, address, log)
+    pid_file = storage / "failing" / "workers" / "rank1.pid"
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    def training_started() -> bool:
+        run = find_run(client, "cxr-orchestra", "failing")
+        return pid_file.exists() and run is not None and len(_history(client, run.info.run_id, "train/loss_cls")) >= 3
+
+    _wait(training_started, 240, "training steps", process, log)
+    killed = int(pid_file.read_text())
+    os.kill(killed, signal.SIGKILL)
+    assert process.wait(timeout=400) == 0, log.read_text()[-3000:]
+    assert int(pid_file.read_text()) != killed  # a new worker group took over
+    run = find_run(client, "cxr-orchestra", "failing")
+    assert run.info.status == "FINISHED"
+    assert [v for _, v in _history(client, run.info.run_id, "epoch")] == [1.0, 2.0]
+    steps = [s for s, _ in _history(client, run.info.run_id, "train/loss_cls")]
+    assert steps == sorted(set(steps)) == list(range(1, 51))
+
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.domains=null", "train.batch_size=2"], "train.batch_size=2 is smaller than the number of domains \\(3\\)"),
+        (["method.alpha_overrides={Nodle: 2}"], "unknown finding\\(s\\) \\['Nodle'\\]"),
+        (["method.lambda_tat=-0.1"], "method.lambda_tat=-0.1: Input should be greater than or equal to 0"),
+        (["train.domains=[nih, mimic]"], "\\['mimic'\\] not in the prepared dataset"),
+        (["train.domains=[chexpert]"], "needs at least 2 training domains"),
+        (["model.weights=/nowhere/densenet121.pth"], "no such file"),
+    ],
+)
+def test_impossible_configs_fail_before_workers_start(prepared_dir, tmp_path, overrides, message):
+    result = runner.invoke(app, ["train", "--data", str(prepared_dir), *_overrides(tmp_path), *overrides])
+    assert result.exit_code == 2, result.output
+    assert "error:" in result.output
+    import re
+
+    assert re.search(message, result.output), result.output
+    assert not (tmp_path / "ray_results").exists()  # nothing was started
+
+
+def test_bad_prepared_dirs_are_refused(prepared_dir, tmp_path):
+    for path, message in [
+        (tmp_path / "missing", "does not exist"),
+        (tmp_path, "has no manifest.json"),
+    ]:
+        result = runner.invoke(app, ["train", "--data", str(path), *_overrides(tmp_path)])
+        assert result.exit_code == 2 and message in result.output, result.output
+    old = tmp_path / "old"
+    old.mkdir()
+    manifest = json.loads((prepared_dir / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps({**manifest, "format_version": 0}))
+    result = runner.invoke(app, ["train", "--data", str(old), *_overrides(tmp_path)])
+    assert result.exit_code == 2 and "format_version 0" in result.output and "cxr prepare" in result.output
+    with pytest.raises(ConfigError):
+        plan_training(load_config([], ["train.batch_size=1"]), prepared_dir)
+
+
+def test_secrets_never_reach_mlflow_params():
+    from orchestration.tracking import redact
+
+    safe = redact({"mlflow.tracking_uri": "https://alice:s3cret@mlflow.example/", "x.api_token": "abc", "train.lr": 0.1})
+    assert safe["mlflow.tracking_uri"] == "https://***@mlflow.example/"
+    assert safe["x.api_token"] == "***" and safe["train.lr"] == "0.1"
+    assert not any("s3cret" in v for v in safe.values())
