@@ -152,6 +152,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     rank = context.get_world_rank()
     device = ray.train.torch.get_device()
     on_gpu = device.type == "cuda"
+    if not on_gpu:
+        # Ray gives a fractional-CPU worker one thread; the node's cores belong to its workers.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // context.get_local_world_size()))
     bf16 = config.train.bf16 if config.train.bf16 is not None else on_gpu
     channels_last = config.train.channels_last if config.train.channels_last is not None else on_gpu
     autocast = torch.bfloat16 if bf16 else None
