@@ -104,7 +104,9 @@ def auc_table(report: AucReport, predictions: Predictions, label_space: list[str
             "note": report.undefined.get(finding, ""),
         })
     order = {f: i for i, f in enumerate(label_space)}
-    return pd.DataFrame(rows).sort_values("finding", key=lambda s: s.map(order)).reset_index(drop=True)
+    columns = ["finding", "group", "auc", "positives", "negatives", "note"]
+    table = pd.DataFrame(rows, columns=columns)
+    return table.sort_values("finding", key=lambda s: s.map(order)).reset_index(drop=True)
 
 
 def roc_figure(predictions: Predictions, label_space: list[str], report: AucReport, title: str) -> plt.Figure:

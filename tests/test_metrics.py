@@ -60,3 +60,14 @@ def test_tencrop_averages_ten_views():
     single = predict_probs(_MeanPixel(), images)
     assert torch.allclose(single[:, 0], torch.sigmoid(x.mean(dim=(1, 2, 3))))
     assert not torch.allclose(single, probs)
+
+
+def test_auc_table_of_an_empty_split_has_its_columns():
+    from orchestration.evaluation import Predictions, auc_table, report_for
+
+    empty = Predictions(np.empty(0, np.int64), np.empty((0, 2), np.float32), np.empty((0, 2), np.int8))
+    report = report_for(empty, ["Nodule", "Mass"], evaluated=["Nodule", "Mass"], common=["Mass"], internal_only=["Nodule"])
+    table = auc_table(report, empty, ["Nodule", "Mass"], common=["Mass"], internal_only=["Nodule"])
+    assert list(table.columns) == ["finding", "group", "auc", "positives", "negatives", "note"]
+    assert table["finding"].tolist() == ["Nodule", "Mass"]  # both listed, both undefined
+    assert table["auc"].isna().all() and table["note"].str.contains("only one class").all()

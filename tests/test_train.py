@@ -103,6 +103,16 @@ def test_two_worker_training_logs_one_finished_run(prepared_dir, tmp_path):
     assert probs.shape == (3, len(plan.label_space)) and bool(((probs >= 0) & (probs <= 1)).all())
 
 
+def test_an_exception_in_the_workers_ends_the_run_failed(prepared_dir, tmp_path):
+    not_weights = tmp_path / "not_weights.pth"
+    not_weights.write_text("not a state dict")  # exists, so only a worker finds out
+    config = load_config([], _overrides(tmp_path, **{"model.weights": str(not_weights)}))
+    with pytest.raises(Exception, match="not a PyTorch state dict"):
+        run_training(config, prepared_dir, run_name="broken")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert find_run(client, "cxr-orchestra", "broken").info.status == "FAILED"
+
+
 def _cli(data: Path, run_name: str, overrides: list[str], address: str, log: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "orchestration.cli", "train", "--data", str(data), "--run-name", run_name,
                "--address", address, *overrides]
