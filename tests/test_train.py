@@ -107,7 +107,9 @@ def test_an_exception_in_the_workers_ends_the_run_failed(prepared_dir, tmp_path)
     not_weights = tmp_path / "not_weights.pth"
     not_weights.write_text("not a state dict")  # exists, so only a worker finds out
     config = load_config([], _overrides(tmp_path, **{"model.weights": str(not_weights)}))
-    with pytest.raises(Exception, match="not a PyTorch state dict"):
+    import ray.train
+
+    with pytest.raises(ray.train.TrainingFailedError, match="_read_state_dict"):
         run_training(config, prepared_dir, run_name="broken")
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert find_run(client, "cxr-orchestra", "broken").info.status == "FAILED"
