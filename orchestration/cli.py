@@ -187,6 +187,105 @@ def train(
     console.print(f"finished run {outcome.run_name} (MLflow run {outcome.run_id}): {summary}", highlight=False)
 
 
+def _run_sweep(space_name: str, data: Path, settings_kwargs: dict, address: str | None,
+               config: list[Path] | None, overrides: list[str] | None) -> None:
+    from orchestration.spaces import load_space
+    from orchestration.tune import SweepSettings, run_sweep
+
+    try:
+        space = load_space(space_name)
+        base = load_config(config or [], overrides or [])
+        settings = SweepSettings(**settings_kwargs)
+        console.print(f"sweep [bold]{settings.sweep_name}[/] over {space.path} ({space.kind}); "
+                      f"continue it after a stop with --sweep-name {settings.sweep_name} --resume",
+                      highlight=False, soft_wrap=True)
+        outcome = run_sweep(space, base, data, settings, address=address, handle_signals=True)
+    except (ConfigError, DataPrepError) as exc:
+        _fail(str(exc))
+    table = Table(title=f"trials of {settings.sweep_name}")
+    described_by = "row" if space.kind == "ablation" else "params"
+    columns = ["trial_id", "status", described_by, *settings.metrics, "test_mean_auc"]
+    for column in dict.fromkeys(columns):
+        table.add_column(column)
+    for _, trial in outcome.trials.iterrows():
+        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in (trial.get(c) for c in dict.fromkeys(columns))])
+    Console().print(table)
+    if outcome.best_config_path:
+        console.print(f"best trial {outcome.best_updates['trial_id']}: {outcome.best_updates}", highlight=False, soft_wrap=True)
+        console.print(f"its config: {outcome.best_config_path} (cxr train --data {data} --config {outcome.best_config_path})",
+                      highlight=False, soft_wrap=True)
+    console.print(f"MLflow parent run: {outcome.parent_run_id}")
+
+
+def _default_sweep_name(prefix: str) -> str:
+    from datetime import datetime
+
+    return datetime.now().strftime(f"{prefix}-%Y%m%d-%H%M%S")
+
+
+@app.command()
+def tune(
+    space: Annotated[str, typer.Option(help="A built-in space (e.g. optuna_full, fig4_lambda_ute) or a YAML file.")],
+    data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
+    num_samples: Annotated[int, typer.Option(help="Trials to sample (search spaces; grids run every point).")] = 10,
+    max_concurrent: Annotated[int, typer.Option(help="Trials running at once.")] = 1,
+    scheduler: Annotated[str, typer.Option(help="asha (early stopping on the metric per epoch) or none.")] = "none",
+    metric: Annotated[str, typer.Option(help="Metric to optimise; two comma-separated for multi-objective, e.g. val_mean_com_auc,val_mean_int_auc.")] = "",
+    seeds: Annotated[int, typer.Option(help="Repeat every grid point with seeds 0..K-1.")] = 1,
+    search_seed: Annotated[int, typer.Option(help="Seed of Optuna's TPE sampler.")] = 0,
+    sweep_name: Annotated[Optional[str], typer.Option(help="Name of the sweep; with --resume, the one to continue.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a stopped or killed sweep.")] = False,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: $RAY_ADDRESS or a local Ray).")] = None,
+    config: ConfigFiles = None,
+    overrides: Overrides = None,
+) -> None:
+    """Sweep λ_tat, λ_ute, α, γ and the H schedule with Ray Tune + Optuna; one MLflow child run per trial.
+
+    Overrides set the base config of every trial (e.g. train.epochs=8 train.workers=2). The best
+    trial's full config is written as a YAML that `cxr train --config` accepts.
+    """
+    from orchestration.spaces import load_space
+
+    try:
+        metrics = tuple(m.strip() for m in metric.split(",") if m.strip()) or (load_space(space).metric,)
+    except ConfigError as exc:
+        _fail(str(exc))
+    if resume and not sweep_name:
+        _fail("--resume needs --sweep-name NAME (the name printed when the sweep started)")
+    settings = dict(sweep_name=sweep_name or _default_sweep_name("tune"), num_samples=num_samples,
+                    max_concurrent=max_concurrent, scheduler=scheduler, metrics=metrics, seeds=seeds,
+                    resume=resume, search_seed=search_seed)
+    _run_sweep(space, data, settings, address, config, overrides)
+
+
+@app.command()
+def ablate(
+    grid: Annotated[str, typer.Option(help="A built-in grid (ablation_table6, baselines_table3, cross_domain_table2, fig4_lambda_tat, fig4_lambda_ute, paper_default) or a YAML file.")],
+    data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
+    seeds: Annotated[int, typer.Option(help="Run every row with seeds 0..K-1.")] = 1,
+    max_concurrent: Annotated[int, typer.Option(help="Trials running at once.")] = 1,
+    sweep_name: Annotated[Optional[str], typer.Option(help="Name of the ablation; with --resume, the one to continue.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a stopped or killed ablation.")] = False,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: $RAY_ADDRESS or a local Ray).")] = None,
+    config: ConfigFiles = None,
+    overrides: Overrides = None,
+) -> None:
+    """Run every row of an ablation grid (× seeds) as a trial: Table VI a-i, Table III, Table II, Fig. 4."""
+    from orchestration.spaces import load_space
+
+    try:
+        loaded = load_space(grid)
+    except ConfigError as exc:
+        _fail(str(exc))
+    if loaded.kind == "search":
+        _fail(f"{loaded.path} is a search space: run it with cxr tune --space")
+    if resume and not sweep_name:
+        _fail("--resume needs --sweep-name NAME (the name printed when the ablation started)")
+    settings = dict(sweep_name=sweep_name or _default_sweep_name(loaded.name.replace("_", "-")),
+                    max_concurrent=max_concurrent, metrics=(loaded.metric,), seeds=seeds, resume=resume)
+    _run_sweep(grid, data, settings, address, config, overrides)
+
+
 def main() -> None:
     app()
 

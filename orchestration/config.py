@@ -142,18 +142,25 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def _nested_model(model: type[BaseModel], name: str, *, through_lists: bool = False) -> type[BaseModel] | None:
+    """The section model behind field `name` (Optional[...] unwrapped; list[...] too if asked)."""
+    field = model.model_fields.get(name)
+    annotation = getattr(field, "annotation", None)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if getattr(annotation, "__origin__", None) is list and not through_lists:
+        return None
+    inner = [a for a in getattr(annotation, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+    return inner[0] if inner else None
+
+
 def _allowed_keys(model: type[BaseModel], path: Sequence[str | int]) -> list[str]:
     for key in path:
         if isinstance(key, int):
             continue
-        field = model.model_fields.get(str(key))
-        annotation = getattr(field, "annotation", None)
-        inner = [a for a in getattr(annotation, "__args__", ()) if isinstance(a, type)]
-        candidates = [annotation, *inner]
-        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
-        if not nested:
+        model = _nested_model(model, str(key), through_lists=True)
+        if model is None:
             return []
-        model = nested[0]
     return sorted(model.model_fields)
 
 
@@ -170,8 +177,12 @@ def _describe(exc: ValidationError, model: type[BaseModel]) -> str:
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
-def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = (), base: dict | None = None) -> Config:
-    """Merge `base`, then each YAML file in order, then dotted overrides; validate once."""
+def load_config(
+    files: Sequence[str | Path] = (), overrides: Sequence[str] = (), base: dict | None = None,
+    updates: dict[str, Any] | None = None,
+) -> Config:
+    """Merge `base`, each YAML file in order, dotted overrides, then dotted `updates` (already-typed
+    values, e.g. a sweep trial's); validate once."""
     tree: dict = {}
     for section, values in (base or {}).items():
         tree[section] = dict(values)
@@ -189,6 +200,8 @@ def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = (),
             _set_dotted(tree, key, value)
     for text in overrides:
         _set_dotted(tree, *parse_override(text))
+    for key, value in (updates or {}).items():
+        _set_dotted(tree, key, value)
     return _validate(tree)
 
 
@@ -221,6 +234,18 @@ def _flatten(tree: dict, prefix: str = "") -> list[tuple[str, Any]]:
 
 # Mappings whose keys are data (label names, finding names), not config keys.
 _OPAQUE_MAPPINGS = {"label_map", "alpha_overrides"}
+
+
+def config_keys(model: type[BaseModel] = Config, prefix: str = "") -> set[str]:
+    """Every dotted key of the config, sections included (e.g. 'method', 'method.h_schedule.start')."""
+    keys = set()
+    for name in model.model_fields:
+        dotted = f"{prefix}{name}"
+        keys.add(dotted)
+        section = _nested_model(model, name)
+        if section is not None:
+            keys |= config_keys(section, dotted + ".")
+    return keys
 
 
 def flatten_config(config: Config) -> dict[str, Any]:

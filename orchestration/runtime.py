@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import stat
+from contextlib import contextmanager
 from pathlib import Path
 
 import ray
@@ -65,3 +67,28 @@ def check_shared_storage(paths: dict[str, str], tracking_uri: str) -> None:
                 f"node {node['NodeManagerAddress']} cannot see {', '.join(f'{m} {local[m]}' for m in missing)}: "
                 "on a multi-node cluster use a shared filesystem or an object-store URI"
             )
+
+
+@contextmanager
+def exit_on_signals(on_signal, enabled: bool = True):
+    """On SIGTERM / SIGINT: call `on_signal(name)` (which ends MLflow runs KILLED), then exit with
+    128 + the signal number.
+
+    Exiting from the handler is deliberate: an exception raised there surfaces inside Ray's
+    blocking calls as a SystemError. The driver's exit takes its Ray workers down with it; the
+    last checkpoint stays, and the same command resumes. Enter after ray.init(): Ray's core
+    installs its own SIGTERM handler, which would abort."""
+    if not enabled:
+        yield
+        return
+
+    def handler(signum, frame):
+        on_signal(signal.Signals(signum).name)
+        os._exit(128 + signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

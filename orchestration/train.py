@@ -7,10 +7,7 @@ latest checkpoint under `train.storage_path/<run name>`, and the same MLflow run
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -29,36 +26,9 @@ from data_prep.prepared import IMAGE_COLUMN, PreparedDataset
 from orchestration.config import Config
 from orchestration.evaluation import Predictions, auc_table, report_for, roc_figure
 from orchestration.plan import TrainingPlan, plan_training
-from orchestration.runtime import check_shared_storage, init_ray
+from orchestration.runtime import check_shared_storage, exit_on_signals, init_ray
 from orchestration.tracking import open_run, tracking_uri
 from orchestration.train_loop import BEST_MODEL_FILE, SUMMARY_FILE, TEST_FILE, build_network, train_loop_per_worker
-
-
-@contextmanager
-def end_run_on_signals(client: MlflowClient, run_id: str, enabled: bool = True):
-    """On SIGTERM / SIGINT: end the MLflow run KILLED, then exit with 128 + signal number.
-
-    Exiting from the handler is deliberate: an exception raised there surfaces inside Ray's
-    blocking calls as a SystemError. The driver's exit takes its Ray workers down with it; the
-    last checkpoint stays, and the same command resumes. Enter after ray.init(): Ray's core
-    installs its own SIGTERM handler, which would abort."""
-    if not enabled:
-        yield
-        return
-
-    def handler(signum, frame):
-        name = signal.Signals(signum).name
-        client.set_terminated(run_id, status="KILLED")
-        print(f"stopped by {name}: MLflow run {run_id} ended KILLED; run the same command to resume",
-              file=sys.stderr, flush=True)
-        os._exit(128 + signum)
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 @dataclass
@@ -93,7 +63,9 @@ def _scaling(config: Config) -> ray.train.ScalingConfig:
     return ray.train.ScalingConfig(num_workers=train.workers, use_gpu=train.gpu, resources_per_worker=resources)
 
 
-def _make_trainer(config: Config, plan: TrainingPlan, uri: str, run_id: str, run_name: str, storage: str) -> TorchTrainer:
+def _make_trainer(
+    config: Config, plan: TrainingPlan, uri: str, run_id: str, run_name: str, storage: str, callbacks: list
+) -> TorchTrainer:
     local_storage = "://" not in storage
     return TorchTrainer(
         train_loop_per_worker,
@@ -106,6 +78,7 @@ def _make_trainer(config: Config, plan: TrainingPlan, uri: str, run_id: str, run
             name=run_name, storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
         ),
         datasets=training_datasets(plan),
     )
@@ -114,8 +87,10 @@ def _make_trainer(config: Config, plan: TrainingPlan, uri: str, run_id: str, run
 def run_training(
     config: Config, data: str | Path, *, address: str | None = None, run_name: str | None = None,
     parent_run_id: str | None = None, tags: dict[str, str] | None = None, handle_signals: bool = False,
+    callbacks: list | None = None,
 ) -> TrainingOutcome:
-    """Train; `handle_signals` (main thread only) ends the MLflow run KILLED on SIGTERM / SIGINT."""
+    """Train; `handle_signals` (main thread only) ends the MLflow run KILLED on SIGTERM / SIGINT;
+    `callbacks` go to Ray Train (a sweep passes Tune's report callback)."""
     plan = plan_training(config, data)  # every check that needs no Ray
     run_name = run_name or config.train.run_name or default_run_name()
     uri = tracking_uri(config)
@@ -130,8 +105,13 @@ def run_training(
         try:
             init_ray(address)
             check_shared_storage({"prepared dataset": plan.data, "train.storage_path": storage}, uri)
-            trainer = _make_trainer(config, plan, uri, run_id, run_name, storage)
-            with end_run_on_signals(client, run_id, handle_signals):
+            trainer = _make_trainer(config, plan, uri, run_id, run_name, storage, callbacks or [])
+            def killed(signal_name: str) -> None:
+                client.set_terminated(run_id, status="KILLED")
+                print(f"stopped by {signal_name}: MLflow run {run_id} ended KILLED; run the same command "
+                      "to resume", file=sys.stderr, flush=True)
+
+            with exit_on_signals(killed, handle_signals):
                 result = trainer.fit()
             _log_artifacts(config, plan, result.checkpoint)
         except BaseException:

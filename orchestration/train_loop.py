@@ -260,9 +260,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
         logger.log("test", test_metrics, progress.global_step)
         print(f"test ({plan.internal}, best model from step {progress.best_step}): {_summary(test_metrics, 'test_')}",
               flush=True)
+    # The final report carries the best validation metrics: what a sweep ranks this run by.
+    best_val = next((h for h in progress.history if h["step"] == progress.best_step), {})
     _report(rank, net, optimizers, ensemble, progress, best_state,
-            {"epoch": progress.epoch, "global_step": progress.global_step, "final": True,
-             **test_metrics, "test_undefined": report.undefined}, test=test)
+            {**{k: v for k, v in best_val.items() if k != "step"}, "epoch": progress.epoch,
+             "global_step": progress.global_step, "final": True, **test_metrics,
+             "test_undefined": report.undefined}, test=test)
 
 
 def _report(rank, net, optimizers, ensemble, progress, best_state, metrics: dict,

@@ -1,0 +1,289 @@
+"""`cxr tune` / `cxr ablate`: Ray Tune over `search_spaces/`, each trial one `cxr train` run.
+
+- search spaces: OptunaSearch (seeded TPE; multi-objective when several metrics are given);
+  grids and ablations: every point once (× seeds), as Tune grid searches.
+- Each trial is a Tune function that runs a Ray Train TorchTrainer (the Train V2 pattern, with
+  TuneReportCallback) under a run name derived from its trial id, so an interrupted trial resumes
+  from its own checkpoints and continues its own MLflow child run.
+- MLflow: one parent run per sweep (tag cxr.sweep_name), one child per trial. `--resume` restores the
+  Tune experiment: finished trials are not rerun, the same parent and children continue, and at the
+  end no child is left RUNNING (early-stopped trials end FINISHED, errored ones FAILED).
+- Tune's restart_errored is never used: with OptunaSearch it corrupts the sweep state.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import yaml
+from mlflow.tracking import MlflowClient
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from orchestration.config import Config, ConfigError, flatten_config, load_config
+from orchestration.plan import plan_training
+from orchestration.runtime import exit_on_signals, init_ray
+from orchestration.spaces import METRICS, SweepSpace
+from orchestration.tracking import PARENT_TAG, experiment_id, redact, tracking_uri
+from orchestration.train import run_training
+
+SWEEP_TAG = "cxr.sweep_name"
+TRIAL_TAG = "cxr.trial_id"
+ROW_TAG = "cxr.ablation_row"
+# A trial driver only waits on its TorchTrainer: a sliver of a CPU, so clusters need no custom resource.
+TRIAL_DRIVER_RESOURCES = {"cpu": 0.01}
+
+
+@dataclass
+class SweepSettings:
+    sweep_name: str
+    num_samples: int = 1
+    max_concurrent: int = 1
+    scheduler: str = "none"  # asha | none
+    metrics: tuple[str, ...] = ("val_mean_auc",)
+    seeds: int = 1
+    resume: bool = False
+    search_seed: int = 0
+
+
+@dataclass
+class SweepOutcome:
+    parent_run_id: str
+    trials: pd.DataFrame
+    best_config_path: Path | None
+    best_updates: dict
+
+
+def _trial(params: dict, *, base: dict, space: SweepSpace, data: str, sweep_name: str, parent_run_id: str) -> None:
+    """One Tune trial: a full `cxr train` run, its MLflow run nested under the sweep's."""
+    trial_id = tune.get_context().get_trial_id()
+    params = params.get("point", params)  # grid / ablation points arrive whole
+    config = load_config(base=base, updates=space.trial_updates(params))
+    tags = {SWEEP_TAG: sweep_name, TRIAL_TAG: trial_id, "cxr.seed": str(config.train.seed)}
+    if "row" in params:
+        tags[ROW_TAG] = str(params["row"])
+    run_training(config, data, run_name=f"{sweep_name}-{trial_id}", parent_run_id=parent_run_id, tags=tags,
+                 callbacks=[TuneReportCallback()])
+
+
+def _check_trials(space: SweepSpace, base: Config, data: str, seeds: int) -> list[dict]:
+    """Every grid point / the base config must make a valid training plan: checked before Ray."""
+    from data_prep.prepared import PreparedDataset
+
+    prepared = PreparedDataset.load(data)
+    points = space.grid_points(prepared.domains, prepared.internal, seeds) if space.kind != "search" else [{}]
+    for point in points:
+        try:
+            plan_training(load_config(base=base.model_dump(mode="json"), updates=space.trial_updates(point)), data)
+        except ConfigError as exc:
+            where = f"row {point['row']!r}" if "row" in point else (str(point) if point else "the base config")
+            raise ConfigError(f"{space.path}: {where}: {exc}") from None
+    return points
+
+
+def _find_parent(client: MlflowClient, experiment: str, sweep_name: str):
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{sweep_name}' and "
+                              f"tags.`cxr.kind` = 'sweep'")
+    return runs[0] if runs else None
+
+
+def child_runs(client: MlflowClient, parent_run_id: str, experiment_ids: list[str]):
+    return client.search_runs(experiment_ids, filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
+
+
+def _settle_children(client: MlflowClient, parent_run_id: str, experiment_ids: list[str], trial_status: dict[str, str]) -> None:
+    """No child left RUNNING: Tune may stop a trial (ASHA) or lose it without its run ending."""
+    for run in child_runs(client, parent_run_id, experiment_ids):
+        if run.info.status != "RUNNING":
+            continue
+        status = trial_status.get(run.data.tags.get(TRIAL_TAG, ""), "")
+        if status == "TERMINATED":
+            client.set_tag(run.info.run_id, "cxr.early_stopped", "true")
+            client.set_terminated(run.info.run_id, "FINISHED")
+        else:
+            client.set_terminated(run.info.run_id, "FAILED")
+
+
+def run_sweep(
+    space: SweepSpace, base: Config, data: str | Path, settings: SweepSettings, *,
+    address: str | None = None, handle_signals: bool = False,
+) -> SweepOutcome:
+    for metric in settings.metrics:
+        if metric not in METRICS:
+            raise ConfigError(f"--metric {metric!r} is not one of {', '.join(METRICS)}")
+    if settings.scheduler not in ("asha", "none"):
+        raise ConfigError(f"--scheduler {settings.scheduler!r}: allowed asha, none")
+    if len(settings.metrics) > 1 and (space.kind != "search" or settings.scheduler == "asha"):
+        raise ConfigError("several metrics (multi-objective) need a kind: search space and --scheduler none")
+    data = str(Path(data).resolve())
+    original_storage = base.train.storage_path
+    storage = Path(original_storage).resolve()
+    # Trials run in Ray's working directory: give them the store this driver resolved, and keep
+    # each trial's Train run checkpoints inside the sweep's folder.
+    base = load_config(base=base.model_dump(mode="json"), updates={
+        "train.storage_path": str(storage / settings.sweep_name / "train"), "mlflow.tracking_uri": tracking_uri(base),
+    })
+    _check_trials(space, base, data, settings.seeds)
+    experiment_path = storage / settings.sweep_name
+
+    uri = tracking_uri(base)
+    client = MlflowClient(uri)
+    parent = _find_parent(client, base.mlflow.experiment, settings.sweep_name)
+    if settings.resume:
+        if not tune.Tuner.can_restore(str(experiment_path)):
+            raise ConfigError(f"nothing to resume: no sweep {settings.sweep_name!r} under {storage}")
+        if parent is None:
+            raise ConfigError(f"no MLflow parent run tagged {SWEEP_TAG}={settings.sweep_name!r} to continue")
+        parent_run_id = parent.info.run_id
+        client.update_run(parent_run_id, status="RUNNING")
+    else:
+        if experiment_path.exists() or parent is not None:
+            raise ConfigError(f"sweep {settings.sweep_name!r} exists already: pass --resume to continue it, or "
+                              "choose another --sweep-name")
+        parent_run_id = _open_parent(client, base, space, settings)
+    exp_ids = [experiment_id(client, base.mlflow.experiment)]
+
+    init_ray(address)
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, base=base.model_dump(mode="json"), space=space, data=data,
+                             sweep_name=settings.sweep_name, parent_run_id=parent_run_id),
+        TRIAL_DRIVER_RESOURCES,
+    )
+    if settings.resume:
+        tuner = tune.Tuner.restore(str(experiment_path), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=False, restart_errored=False)
+    else:
+        tuner = _new_tuner(trainable, space, settings, data, base, str(storage))
+
+    def killed(signal_name: str) -> None:
+        for run in child_runs(client, parent_run_id, exp_ids):
+            if run.info.status == "RUNNING":
+                client.set_terminated(run.info.run_id, "KILLED")
+        client.set_terminated(parent_run_id, "KILLED")
+        print(f"stopped by {signal_name}: sweep runs ended KILLED; continue with --resume", file=sys.stderr, flush=True)
+
+    try:
+        with exit_on_signals(killed, handle_signals):
+            results = tuner.fit()
+        trials = _trial_table(results, space)
+        _settle_children(client, parent_run_id, exp_ids, dict(zip(trials["trial_id"], trials["status"])))
+        best_path, best_updates = _write_best(results, space, settings, base, experiment_path, original_storage)
+        _log_parent(uri, parent_run_id, trials, experiment_path, best_path, best_updates, settings)
+    except BaseException:
+        client.set_terminated(parent_run_id, "FAILED")
+        raise
+    client.set_terminated(parent_run_id, "FINISHED" if (trials["status"] != "ERROR").any() else "FAILED")
+    return SweepOutcome(parent_run_id, trials, best_path, best_updates)
+
+
+def _open_parent(client: MlflowClient, base: Config, space: SweepSpace, settings: SweepSettings) -> str:
+    run = client.create_run(
+        experiment_id(client, base.mlflow.experiment), run_name=settings.sweep_name,
+        tags={SWEEP_TAG: settings.sweep_name, "cxr.kind": "sweep", "cxr.space": space.name,
+              "cxr.space_kind": space.kind, "mlflow.runName": settings.sweep_name},
+    )
+    params = {
+        "space": space.name, "space_kind": space.kind, "num_samples": settings.num_samples,
+        "max_concurrent": settings.max_concurrent, "scheduler": settings.scheduler,
+        "metric": ",".join(settings.metrics), "seeds": settings.seeds, "search_seed": settings.search_seed,
+        **{f"base.{k}": v for k, v in flatten_config(base).items()},
+    }
+    for key, value in redact(params).items():
+        client.log_param(run.info.run_id, key[:250], value)
+    client.log_artifact(run.info.run_id, str(space.path), "space")
+    return run.info.run_id
+
+
+def _new_tuner(trainable, space: SweepSpace, settings: SweepSettings, data: str, base: Config, storage: str) -> tune.Tuner:
+    metrics, modes = list(settings.metrics), [space.mode] * len(settings.metrics)
+    single = len(metrics) == 1
+    if space.kind == "search":
+        sampler = optuna.samplers.TPESampler(seed=settings.search_seed)
+        search_alg = OptunaSearch(space=space.define_by_run, metric=metrics if not single else metrics[0],
+                                  mode=modes if not single else modes[0], sampler=sampler)
+        param_space, num_samples = {}, settings.num_samples
+    else:
+        from data_prep.prepared import PreparedDataset
+
+        prepared = PreparedDataset.load(data)
+        points = space.grid_points(prepared.domains, prepared.internal, settings.seeds)
+        search_alg, num_samples = None, 1
+        param_space = {"point": tune.grid_search(points)}
+    scheduler = None
+    if settings.scheduler == "asha":
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=base.train.epochs, grace_period=1)
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=metrics[0] if single else None, mode=modes[0] if single else None,
+            search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
+            max_concurrent_trials=settings.max_concurrent,
+        ),
+        run_config=tune.RunConfig(name=settings.sweep_name, storage_path=storage),
+    )
+
+
+def _trial_table(results: tune.ResultGrid, space: SweepSpace) -> pd.DataFrame:
+    rows = []
+    # ExperimentAnalysis.trials also lists trials that errored before reporting anything.
+    for trial in results._experiment_analysis.trials:
+        params = trial.config.get("point", trial.config)
+        last = trial.last_result or {}
+        rows.append({
+            "trial_id": trial.trial_id, "status": trial.status, "row": params.get("row", ""),
+            "params": yaml.safe_dump(space.trial_updates(params), default_flow_style=True, width=10_000).strip(),
+            **{k: last.get(k) for k in (*METRICS, "test_mean_auc", "test_mean_com_auc", "test_mean_int_auc")},
+        })
+    return pd.DataFrame(rows)
+
+
+def _pareto(trials: pd.DataFrame, metrics: tuple[str, ...], mode: str) -> pd.DataFrame:
+    scored = trials.dropna(subset=list(metrics))
+    sign = 1 if mode == "max" else -1
+    values = scored[list(metrics)].to_numpy() * sign
+    keep = [not any((other >= v).all() and (other > v).any() for other in values) for v in values]
+    return scored[keep]
+
+
+def _write_best(results, space: SweepSpace, settings: SweepSettings, base: Config, experiment_path: Path,
+                original_storage: str) -> tuple[Path | None, dict]:
+    trials = _trial_table(results, space)
+    front = _pareto(trials, settings.metrics, space.mode)
+    if front.empty:
+        return None, {}
+    best = front.loc[front[list(settings.metrics)].sum(axis=1).idxmax() if space.mode == "max"
+                     else front[list(settings.metrics)].sum(axis=1).idxmin()]
+    trial = next(t for t in results._experiment_analysis.trials if t.trial_id == best["trial_id"])
+    updates = space.trial_updates(trial.config.get("point", trial.config))
+    config = load_config(base=base.model_dump(mode="json"), updates={
+        **updates, "train.storage_path": original_storage, "train.run_name": None, "mlflow.tracking_uri": None,
+    })
+    path = experiment_path / "best_config.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    return path, {"trial_id": best["trial_id"], **updates,
+                  **{m: float(best[m]) for m in settings.metrics}}
+
+
+def _log_parent(uri: str, parent_run_id: str, trials: pd.DataFrame, experiment_path: Path,
+                best_path: Path | None, best: dict, settings: SweepSettings) -> None:
+    client = MlflowClient(uri)
+    table = experiment_path / "trials.csv"
+    trials.to_csv(table, index=False)
+    client.log_artifact(parent_run_id, str(table), "trials")
+    if best_path is not None:
+        client.log_artifact(parent_run_id, str(best_path), "best")
+        client.set_tag(parent_run_id, "cxr.best_trial_id", best["trial_id"])
+        for metric in settings.metrics:
+            client.log_metric(parent_run_id, f"best_{metric}", best[metric])
+    client.log_metric(parent_run_id, "trials_errored", int((trials["status"] == "ERROR").sum()))
+    client.log_metric(parent_run_id, "trials_total", len(trials))

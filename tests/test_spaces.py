@@ -1,0 +1,113 @@
+"""Search-space files: the built-in ones parse, malformed ones are refused naming file and key,
+and Optuna receives the conditional H-schedule parameters."""
+
+import optuna
+import pytest
+
+from orchestration.config import load_config
+from orchestration.spaces import SpaceError, builtin_spaces, load_space
+
+
+def test_builtin_spaces_parse():
+    assert set(builtin_spaces()) == {
+        "paper_default", "optuna_full", "fig4_lambda_ute", "fig4_lambda_tat", "ablation_table6",
+        "baselines_table3", "cross_domain_table2",
+    }
+    for name in builtin_spaces():
+        load_space(name)
+
+
+def test_fig4_grids_are_the_papers():
+    ute = load_space("fig4_lambda_ute")
+    assert ute.parameters["method.lambda_ute"].values == (3, 10, 30, 100, 300)
+    assert ute.fixed == {"method.lambda_tat": 0.03}
+    tat = load_space("fig4_lambda_tat")
+    assert tat.parameters["method.lambda_tat"].values == (0, 0.003, 0.01, 0.03, 0.1, 0.3)
+    assert tat.fixed == {"method.lambda_ute": 30}
+    assert len(tat.grid_points(["nih"], "nih", seeds=2)) == 12
+
+
+def test_table6_rows_match_the_paper():
+    space = load_space("ablation_table6")
+    # (TW, TAT, TE, Uncertain, HAT, Hard Label) per row, from Table VI.
+    expected = {
+        "a": (0, 0, 0, 0, 0, 0), "b": (1, 0, 0, 0, 0, 0), "c": (1, 1, 0, 0, 0, 0),
+        "d": (1, 1, 1, 0, 0, 0), "e": (1, 0, 1, 1, 0, 0), "f": (0, 1, 1, 1, 0, 0),
+        "g": (1, 1, 1, 1, 0, 0), "h": (1, 0, 1, 1, 1, 0), "i": (1, 1, 0, 0, 0, 1),
+    }
+    for name, switches in expected.items():
+        m = load_config(updates=space.trial_updates({"row": name})).method
+        got = (m.task_weighting, m.adversarial == "task", m.temporal_ensemble, m.uncertainty,
+               m.adversarial == "holistic", m.hard_labels)
+        assert tuple(map(int, got)) == switches, name
+
+
+def test_baselines_and_cross_domain_rows_expand_over_domains():
+    points = load_space("baselines_table3").grid_points(["nih", "chexpert"], "nih", seeds=1)
+    assert points[0] == {"row": "single_dataset", "train.domains": ["nih"], "train.seed": 0}
+    assert [p["row"] for p in points] == ["single_dataset", "joint_training", "multi_task", "ours"]
+    cross = load_space("cross_domain_table2").grid_points(["nih", "chexpert", "inhouse"], "nih", seeds=1)
+    assert [p["train.domains"] for p in cross] == [["nih"], ["chexpert"], ["inhouse"]]
+    assert load_config(updates=load_space("baselines_table3").trial_updates({"row": "multi_task"})).method.multi_task
+
+
+def test_optuna_receives_the_conditional_schedule_parameters():
+    space = load_space("optuna_full")
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
+    seen = set()
+    for _ in range(25):
+        trial = study.ask()
+        space.define_by_run(trial)
+        name = trial.params["method.h_schedule.name"]
+        seen.add(name)
+        branch = {k for k in trial.params if k.startswith("method.h_schedule.") and k != "method.h_schedule.name"}
+        assert branch == {f"method.h_schedule.{name}.{p}" for p in space.schedules["method.h_schedule"][name]}
+        assert 1e-3 <= trial.params["method.lambda_tat"] <= 0.3 and 1 <= trial.params["method.lambda_ute"] <= 300
+        config = load_config(updates=space.trial_updates(trial.params))  # every sample is a valid config
+        assert config.method.h_schedule.name == name
+        study.tell(trial, 0.5)
+    assert len(seen) >= 3  # several schedules were explored
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("kind: search\nparameters:\n  method.lamda_tat: {distribution: uniform, low: 0, high: 1}\n",
+         r"parameters.method.lamda_tat: unknown parameter 'method.lamda_tat'"),
+        ("kind: search\nparameters:\n  method.alpha: {distribution: normal, low: 0, high: 1}\n",
+         r"parameters.method.alpha: unknown distribution 'normal'; allowed: loguniform, uniform, int, choice"),
+        ("kind: search\nparameters:\n  method.alpha: {distribution: uniform, low: 5, high: 1}\n",
+         r"low \(5.0\) must be below high \(1.0\)"),
+        ("kind: search\nparameters:\n  method.lambda_ute: {distribution: loguniform, low: 0, high: 1}\n",
+         r"loguniform needs low > 0"),
+        ("kind: search\nparameters:\n  method.h_schedule:\n    distribution: schedule\n    schedules:\n      sigmoid: {}\n",
+         r"schedules.sigmoid: unknown schedule; allowed: constant, linear, cosine, exponential, step"),
+        ("kind: search\nparameters:\n  method.h_schedule:\n    distribution: schedule\n    schedules:\n"
+         "      linear: {start: {distribution: uniform, low: 0.1, high: 0.3}, end: {distribution: uniform, low: 0.0, high: 0.2}}\n",
+         r"some samples in these ranges would be invalid"),
+        ("kind: grid\nparameters:\n  method.alpha: {distribution: uniform, low: 1, high: 2}\n",
+         r"a grid takes only 'choice' distributions"),
+        ("kind: grid\nparameters:\n  method.lambda_tat: {distribution: choice, values: [0.1, -1]}\n",
+         r"(?s)parameters.method.lambda_tat=-1.*greater than or equal to 0"),
+        ("kind: sweep\n", r"kind: 'sweep' is not one of search, grid, ablation"),
+        ("kind: ablation\nrows:\n  - {name: a, set: {method.adversarial: adversary}}\n", r"(?s)row 'a'.*method.adversarial='adversary'"),
+        ("kind: ablation\nrows:\n  - {name: a, set: {method.tw: true}}\n", r"rows\[0\].set.method.tw: unknown parameter"),
+        ("kind: ablation\nrows:\n  - {name: a, domains: some}\n", r"rows\[0\].domains: 'some' is not one of all, internal, each"),
+        ("kind: search\nmetric: accuracy\n", r"metric: 'accuracy' is not one of val_mean_auc"),
+    ],
+)
+def test_malformed_spaces_name_file_key_and_allowed(tmp_path, text, message):
+    with pytest.raises(SpaceError, match=message) as err:
+        load_space(_write(tmp_path, text))
+    assert "space.yaml" in str(err.value)
+
+
+def test_unknown_builtin_name_lists_the_builtins():
+    with pytest.raises(SpaceError, match="unknown search space 'table9'; built-in: ablation_table6"):
+        load_space("table9")
