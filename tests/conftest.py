@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,49 @@ def synth_sources(root: Path) -> list[dict]:
         {"name": "chexpert", "kind": "chexpert", "path": str(root / "chexpert")},
         {"name": "inhouse", "kind": "csv", "path": str(root / "inhouse" / "labels.csv")},
     ]
+
+
+@pytest.fixture(scope="session")
+def prepared_dir(ray_session, tmp_path_factory) -> Path:
+    """A tiny prepared dataset (3 domains, 32x32) for training and sweep tests."""
+    from data_prep.config import PrepareConfig, SourceConfig
+    from data_prep.join import load_sources
+    from data_prep.pipeline import run_prepare
+    from data_prep.synth import synthesize
+
+    root = tmp_path_factory.mktemp("train_data")
+    synthesize(root / "raw", images_per_source=80, image_size=40, seed=5)
+    config = PrepareConfig(
+        sources=[
+            SourceConfig(name="nih", kind="nih", path=root / "raw" / "nih"),
+            SourceConfig(name="chexpert", kind="chexpert", path=root / "raw" / "chexpert"),
+            SourceConfig(name="inhouse", kind="csv", path=root / "raw" / "inhouse" / "labels.csv"),
+        ],
+        image_size=32,
+    )
+    run_prepare(load_sources(config), config, root / "prepared")
+    return root / "prepared"
+
+
+def tiny_training(tmp: Path, **extra) -> list[str]:
+    """Overrides for a seconds-long training on `prepared_dir`, with its own MLflow store."""
+    values = {
+        "train.epochs": 2, "train.batch_size": 8, "train.domains": "[nih, chexpert]",
+        "train.log_every_steps": 1, "model.branch_features": 16, "model.discriminator_hidden": 16,
+        "mlflow.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}", "train.storage_path": str(tmp / "ray_results"),
+        **extra,
+    }
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def wait_for(condition, timeout: float, what: str, process: subprocess.Popen | None = None, log: Path | None = None):
+    """Poll `condition` until true; fail with the log's tail on timeout or if `process` exits first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        if process is not None and process.poll() is not None:
+            break
+        time.sleep(0.5)
+    tail = log.read_text()[-3000:] if log else ""
+    raise AssertionError(f"timed out waiting for {what}\n{tail}")

@@ -15,16 +15,12 @@ import time
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from conftest import ROOT
-from data_prep.config import PrepareConfig, SourceConfig
-from data_prep.join import load_sources
-from data_prep.pipeline import run_prepare
+from conftest import ROOT, tiny_training, wait_for
 from orchestration.cli import app
 from orchestration.config import ConfigError, load_config
 from orchestration.plan import plan_training
@@ -32,34 +28,6 @@ from orchestration.train import run_training
 from orchestration.tracking import RUN_NAME_TAG, find_run
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def prepared_dir(ray_session, tmp_path_factory):
-    from data_prep.synth import synthesize
-
-    root = tmp_path_factory.mktemp("train_data")
-    synthesize(root / "raw", images_per_source=80, image_size=40, seed=5)
-    config = PrepareConfig(
-        sources=[
-            SourceConfig(name="nih", kind="nih", path=root / "raw" / "nih"),
-            SourceConfig(name="chexpert", kind="chexpert", path=root / "raw" / "chexpert"),
-            SourceConfig(name="inhouse", kind="csv", path=root / "raw" / "inhouse" / "labels.csv"),
-        ],
-        image_size=32,
-    )
-    run_prepare(load_sources(config), config, root / "prepared")
-    return root / "prepared"
-
-
-def _overrides(tmp: Path, **extra) -> list[str]:
-    values = {
-        "train.epochs": 2, "train.batch_size": 8, "train.domains": "[nih, chexpert]",
-        "train.log_every_steps": 1, "model.branch_features": 16, "model.discriminator_hidden": 16,
-        "mlflow.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}", "train.storage_path": str(tmp / "ray_results"),
-        **extra,
-    }
-    return [f"{k}={v}" for k, v in values.items()]
 
 
 def _history(client, run_id, key):
@@ -72,7 +40,7 @@ def _latest_state(storage: Path, run_name: str) -> dict:
 
 
 def test_two_worker_training_logs_one_finished_run(prepared_dir, tmp_path):
-    config = load_config([], _overrides(tmp_path, **{"train.workers": 2}))
+    config = load_config([], tiny_training(tmp_path, **{"train.workers": 2}))
     outcome = run_training(config, prepared_dir, run_name="two-workers")
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.get_run(outcome.run_id)
@@ -106,7 +74,7 @@ def test_two_worker_training_logs_one_finished_run(prepared_dir, tmp_path):
 def test_an_exception_in_the_workers_ends_the_run_failed(prepared_dir, tmp_path):
     not_weights = tmp_path / "not_weights.pth"
     not_weights.write_text("not a state dict")  # exists, so only a worker finds out
-    config = load_config([], _overrides(tmp_path, **{"model.weights": str(not_weights)}))
+    config = load_config([], tiny_training(tmp_path, **{"model.weights": str(not_weights)}))
     import ray.train
 
     with pytest.raises(ray.train.TrainingFailedError, match="_read_state_dict"):
@@ -122,18 +90,6 @@ def _cli(data: Path, run_name: str, overrides: list[str], address: str, log: Pat
     return subprocess.Popen(command, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
 
 
-def _wait(condition, timeout: float, what: str, process: subprocess.Popen | None = None, log: Path | None = None):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            return
-        if process is not None and process.poll() is not None:
-            break
-        time.sleep(0.5)
-    tail = log.read_text()[-3000:] if log else ""
-    raise AssertionError(f"timed out waiting for {what}\n{tail}")
-
-
 def _checkpoint_epochs(storage: Path, run_name: str) -> list[int]:
     epochs = []
     for summary in (storage / run_name).glob("checkpoint_*/summary.json"):
@@ -143,10 +99,10 @@ def _checkpoint_epochs(storage: Path, run_name: str) -> list[int]:
 
 def test_sigterm_ends_killed_and_the_same_command_resumes(prepared_dir, tmp_path, ray_session):
     address = ray_session.get_runtime_context().gcs_address
-    overrides = _overrides(tmp_path, **{"train.steps_per_epoch": 30, "train.workers": 1})
+    overrides = tiny_training(tmp_path, **{"train.steps_per_epoch": 30, "train.workers": 1})
     storage, log = tmp_path / "ray_results", tmp_path / "first.log"
     first = _cli(prepared_dir, "resumable", overrides, address, log)
-    _wait(lambda: 1 in _checkpoint_epochs(storage, "resumable"), 240, "the epoch-1 checkpoint", first, log)
+    wait_for(lambda: 1 in _checkpoint_epochs(storage, "resumable"), 240, "the epoch-1 checkpoint", first, log)
     time.sleep(2.0)  # into epoch 2, and time for the controller to register the checkpoint
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=60) == 128 + signal.SIGTERM
@@ -177,7 +133,7 @@ def test_sigterm_ends_killed_and_the_same_command_resumes(prepared_dir, tmp_path
 
 def test_a_killed_worker_is_replaced_and_the_run_finishes_once(prepared_dir, tmp_path, ray_session):
     address = ray_session.get_runtime_context().gcs_address
-    overrides = _overrides(tmp_path, **{"train.steps_per_epoch": 25, "train.workers": 2, "train.max_failures": 1})
+    overrides = tiny_training(tmp_path, **{"train.steps_per_epoch": 25, "train.workers": 2, "train.max_failures": 1})
     storage, log = tmp_path / "ray_results", tmp_path / "run.log"
     process = _cli(prepared_dir, "failing", overrides, address, log)
     pid_file = storage / "failing" / "workers" / "rank1.pid"
@@ -187,7 +143,7 @@ def test_a_killed_worker_is_replaced_and_the_run_finishes_once(prepared_dir, tmp
         run = find_run(client, "cxr-orchestra", "failing")
         return pid_file.exists() and run is not None and len(_history(client, run.info.run_id, "train/loss_cls")) >= 3
 
-    _wait(training_started, 240, "training steps", process, log)
+    wait_for(training_started, 240, "training steps", process, log)
     killed = int(pid_file.read_text())
     os.kill(killed, signal.SIGKILL)
     assert process.wait(timeout=400) == 0, log.read_text()[-3000:]
@@ -214,7 +170,7 @@ runner = CliRunner()
     ],
 )
 def test_impossible_configs_fail_before_workers_start(prepared_dir, tmp_path, overrides, message):
-    result = runner.invoke(app, ["train", "--data", str(prepared_dir), *_overrides(tmp_path), *overrides])
+    result = runner.invoke(app, ["train", "--data", str(prepared_dir), *tiny_training(tmp_path), *overrides])
     assert result.exit_code == 2, result.output
     assert "error:" in result.output
     import re
@@ -228,13 +184,13 @@ def test_bad_prepared_dirs_are_refused(prepared_dir, tmp_path):
         (tmp_path / "missing", "does not exist"),
         (tmp_path, "has no manifest.json"),
     ]:
-        result = runner.invoke(app, ["train", "--data", str(path), *_overrides(tmp_path)])
+        result = runner.invoke(app, ["train", "--data", str(path), *tiny_training(tmp_path)])
         assert result.exit_code == 2 and message in result.output, result.output
     old = tmp_path / "old"
     old.mkdir()
     manifest = json.loads((prepared_dir / "manifest.json").read_text())
     (old / "manifest.json").write_text(json.dumps({**manifest, "format_version": 0}))
-    result = runner.invoke(app, ["train", "--data", str(old), *_overrides(tmp_path)])
+    result = runner.invoke(app, ["train", "--data", str(old), *tiny_training(tmp_path)])
     assert result.exit_code == 2 and "format_version 0" in result.output and "cxr prepare" in result.output
     with pytest.raises(ConfigError):
         plan_training(load_config([], ["train.batch_size=1"]), prepared_dir)

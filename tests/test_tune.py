@@ -1,0 +1,191 @@
+"""Sweeps with real Ray Tune, Optuna, Ray Train and MLflow: a 2-trial sweep, a resume after the
+sweep's driver was killed, and `ray job submit` to a head this test starts (token auth on)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import ROOT, tiny_training, wait_for
+from orchestration.config import load_config
+from orchestration.plan import plan_training
+from orchestration.spaces import load_space
+from orchestration.tune import SWEEP_TAG, TRIAL_TAG, SweepSettings, child_runs, run_sweep
+
+pytestmark = pytest.mark.slow
+
+FAST = {"train.epochs": 1, "train.steps_per_epoch": 2, "train.workers": 1}
+
+
+def _parent(client: MlflowClient, sweep: str):
+    exp = client.get_experiment_by_name("cxr-orchestra")
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id],
+                              filter_string=f"tags.`{SWEEP_TAG}` = '{sweep}' and tags.`cxr.kind` = 'sweep'")
+    return runs[0] if runs else None
+
+
+def _children(client: MlflowClient, parent):
+    return child_runs(client, parent.info.run_id, [parent.info.experiment_id])
+
+
+def test_two_trial_optuna_sweep(prepared_dir, tmp_path):
+    base = load_config([], tiny_training(tmp_path, **FAST))
+    space = load_space("optuna_full")
+    outcome = run_sweep(space, base, prepared_dir, SweepSettings(sweep_name="opt", num_samples=2, search_seed=3))
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.params["space"] == "optuna_full"
+    children = _children(client, parent)
+    assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
+    assert len({c.data.tags[TRIAL_TAG] for c in children}) == 2
+    for child in children:
+        assert child.data.tags[SWEEP_TAG] == "opt"
+        assert "val_mean_auc" in child.data.metrics
+        # Each child holds the values Optuna sampled for it, and a schedule from the space.
+        assert 1e-3 <= float(child.data.params["method.lambda_tat"]) <= 0.3
+        assert child.data.params["method.h_schedule.name"] in space.schedules["method.h_schedule"]
+    artifacts = {a.path for folder in ("space", "trials", "best") for a in client.list_artifacts(parent.info.run_id, folder)}
+    assert artifacts == {"space/optuna_full.yaml", "trials/trials.csv", "best/best_config.yaml"}
+    assert list(outcome.trials["status"]) == ["TERMINATED", "TERMINATED"]
+    # The best trial's YAML is a config `cxr train --config` accepts, with the trial's values.
+    best = load_config([outcome.best_config_path])
+    assert best.method.lambda_tat == pytest.approx(outcome.best_updates["method.lambda_tat"])
+    plan_training(best, prepared_dir)
+    assert best.train.run_name is None and best.mlflow.tracking_uri is None
+
+
+def _grid(tmp_path: Path) -> Path:
+    path = tmp_path / "two_points.yaml"
+    path.write_text(yaml.safe_dump({
+        "kind": "grid", "metric": "val_mean_auc", "mode": "max",
+        "parameters": {"method.lambda_ute": {"distribution": "choice", "values": [10, 30]}},
+    }))
+    return path
+
+
+def _tune_cli(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "orchestration.cli", "tune", *args], cwd=ROOT,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+
+
+def test_resume_after_the_driver_is_killed(prepared_dir, tmp_path, ray_session):
+    address = ray_session.get_runtime_context().gcs_address
+    args = ["--space", str(_grid(tmp_path)), "--data", str(prepared_dir), "--sweep-name", "killed",
+            "--address", address, *tiny_training(tmp_path, **{**FAST, "train.steps_per_epoch": 8})]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    log = tmp_path / "first.log"
+    first = _tune_cli(args, log)
+
+    def second_trial_running() -> bool:
+        parent = _parent(client, "killed")
+        return parent is not None and len(_children(client, parent)) == 2
+
+    wait_for(second_trial_running, 300, "the second trial", first, log)
+    time.sleep(3)
+    first.send_signal(signal.SIGKILL)  # no handler runs: runs are left RUNNING, as after a node loss
+    first.wait(timeout=30)
+    assert _parent(client, "killed").info.status == "RUNNING"
+
+    log2 = tmp_path / "second.log"
+    second = _tune_cli([*args, "--resume"], log2)
+    assert second.wait(timeout=400) == 0, log2.read_text()[-3000:]
+    parent = _parent(client, "killed")
+    children = _children(client, parent)
+    assert parent.info.status == "FINISHED"
+    assert len(children) == 2 and len({c.data.tags[TRIAL_TAG] for c in children}) == 2
+    assert {c.info.status for c in children} == {"FINISHED"}
+    assert sorted(float(c.data.params["method.lambda_ute"]) for c in children) == [10.0, 30.0]
+    for child in children:  # each child logged its epoch once, resumed or not
+        assert [m.value for m in client.get_metric_history(child.info.run_id, "epoch")] == [1.0]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def token_cluster(tmp_path):
+    """A head started here: own ports, own temp dir, token auth on. Only its processes are stopped."""
+    temp = Path(f"/tmp/cxr_head_{secrets.token_hex(3)}")  # short: Ray's socket paths have a length limit
+    token = tmp_path / "token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    dashboard = _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    subprocess.run(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
+         f"--port={_free_port()}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
+         f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
+         f"--dashboard-agent-grpc-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+         f"--runtime-env-agent-port={_free_port()}", f"--temp-dir={temp}", "--num-cpus=4",
+         "--include-dashboard=true", "--disable-usage-stats"],
+        env=env, check=True, capture_output=True, timeout=120,
+    )
+    try:
+        yield f"http://127.0.0.1:{dashboard}", env
+    finally:
+        for process in psutil.process_iter(["cmdline"]):
+            try:
+                if str(temp) in " ".join(process.info["cmdline"] or []):
+                    process.kill()
+            except psutil.Error:
+                pass
+
+
+def _job(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).parent / "ray"), "job", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_ray_job_submit_runs_a_sweep_on_a_token_cluster(prepared_dir, tmp_path, token_cluster):
+    address, env = token_cluster
+    sweep = ["--", "python", "-m", "orchestration.cli", "tune", "--space", str(_grid(tmp_path)),
+             "--data", str(prepared_dir), "--sweep-name", "job", *tiny_training(tmp_path, **FAST)]
+    excludes = '{"excludes": [".venv", ".git", "demo_out", "ray_results", "*.db"]}'
+
+    no_token = {k: v for k, v in env.items() if k not in ("RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")}
+    no_token["HOME"] = str(tmp_path)  # so that no ~/.ray/auth_token is found either
+    refused = _job(no_token, "submit", "--address", address, "--no-wait", "--working-dir", ".",
+                   "--runtime-env-json", excludes, *sweep)
+    assert refused.returncode != 0
+    assert "AuthenticationError" in refused.stderr and "RAY_AUTH_TOKEN" in refused.stderr, refused.stderr[-2000:]
+
+    deadline = time.time() + 90
+    while True:  # a fresh head's job agent needs a few seconds before it takes jobs
+        submitted = _job(env, "submit", "--address", address, "--no-wait", "--working-dir", ".",
+                         "--runtime-env-json", excludes, *sweep)
+        if submitted.returncode == 0 or "No available agent" not in submitted.stderr or time.time() > deadline:
+            break
+        time.sleep(3)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    job_id = next(w.strip("'") for w in submitted.stdout.split() if w.strip("'").startswith("raysubmit_"))
+
+    def status() -> str:  # "Job 'raysubmit_...' succeeded" / failed / stopped / is currently running
+        return _job(env, "status", "--address", address, job_id).stdout.lower()
+
+    wait_for(lambda: any(w in status() for w in ("succeeded", "failed", "stopped")), 480, "the job")
+    logs = _job(env, "logs", "--address", address, job_id).stdout
+    assert f"job '{job_id.lower()}' succeeded" in status(), logs[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = _parent(client, "job")
+    assert parent.info.status == "FINISHED"
+    children = _children(client, parent)
+    assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
+    assert all("val_mean_auc" in c.data.metrics for c in children)
