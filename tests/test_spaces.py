@@ -111,3 +111,31 @@ def test_malformed_spaces_name_file_key_and_allowed(tmp_path, text, message):
 def test_unknown_builtin_name_lists_the_builtins():
     with pytest.raises(SpaceError, match="unknown search space 'table9'; built-in: ablation_table6"):
         load_space("table9")
+
+
+def test_sweep_settings_and_rows_are_checked_before_ray(prepared_dir, tmp_path):
+    import pandas as pd
+
+    from conftest import tiny_training
+    from orchestration.config import ConfigError
+    from orchestration.tune import SweepSettings, _pareto, run_sweep
+
+    base = load_config([], tiny_training(tmp_path))
+    space = load_space("fig4_lambda_ute")
+    cases = [
+        (SweepSettings("s", metrics=("accuracy",)), "--metric 'accuracy' is not one of"),
+        (SweepSettings("s", scheduler="hyperband"), "--scheduler 'hyperband': allowed asha, none"),
+        (SweepSettings("s", metrics=("val_mean_com_auc", "val_mean_int_auc")), "multi-objective"),
+        (SweepSettings("s", resume=True), "nothing to resume"),
+    ]
+    for settings, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            run_sweep(space, base, prepared_dir, settings)
+    bad_row = tmp_path / "bad_row.yaml"
+    bad_row.write_text("kind: ablation\nrows:\n  - {name: lonely, domains: internal, set: {method.adversarial: task}}\n")
+    with pytest.raises(ConfigError, match="row 'lonely'.*needs at least 2 training domains"):
+        run_sweep(load_space(str(bad_row)), base, prepared_dir, SweepSettings("s"))
+    assert not (tmp_path / "ray_results").exists()  # nothing started
+
+    trials = pd.DataFrame({"a": [0.9, 0.8, 0.7, 0.95], "b": [0.5, 0.9, 0.4, 0.1]})
+    assert sorted(_pareto(trials, ("a", "b"), "max").index) == [0, 1, 3]  # trial 2 is dominated by 0
