@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -14,6 +14,9 @@ from rich.table import Table
 from data_prep.config import SourceConfig
 from data_prep.errors import DataPrepError
 from orchestration.config import Config, ConfigError, load_config, with_updates
+
+if TYPE_CHECKING:
+    from orchestration.spaces import SweepSpace
 
 app = typer.Typer(
     add_completion=False,
@@ -29,6 +32,14 @@ Overrides = Annotated[
     Optional[list[str]],
     typer.Argument(help="Dotted overrides applied last, e.g. prepare.val_fraction=0.1", show_default=False),
 ]
+
+
+Address = Annotated[
+    Optional[str], typer.Option(help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).")
+]
+MaxConcurrent = Annotated[int, typer.Option(help="Trials running at once.")]
+SweepName = Annotated[Optional[str], typer.Option(help="Name of the sweep; with --resume, the one to continue.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue a stopped or killed sweep (needs --sweep-name).")]
 
 
 class UsageError(ValueError):
@@ -115,7 +126,7 @@ def prepare(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Read label tables only: print the Table I summary, write no images.")] = False,
     stats_json: Annotated[Optional[Path], typer.Option(help="Write label statistics as JSON here.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out folder.")] = False,
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: $RAY_ADDRESS or a local Ray).")] = None,
+    address: Address = None,
     config: ConfigFiles = None,
     overrides: Overrides = None,
 ) -> None:
@@ -161,7 +172,7 @@ def train(
     workers: Annotated[Optional[int], typer.Option(help="Data-parallel workers. Default: 1.")] = None,
     gpu: Annotated[Optional[bool], typer.Option("--gpu/--cpu", help="One GPU per worker.")] = None,
     run_name: Annotated[Optional[str], typer.Option(help="Name of the run; the same name again resumes it.")] = None,
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: $RAY_ADDRESS or a local Ray).")] = None,
+    address: Address = None,
     config: ConfigFiles = None,
     overrides: Overrides = None,
 ) -> None:
@@ -187,13 +198,11 @@ def train(
     console.print(f"finished run {outcome.run_name} (MLflow run {outcome.run_id}): {summary}", highlight=False)
 
 
-def _run_sweep(space_name: str, data: Path, settings_kwargs: dict, address: str | None,
+def _run_sweep(space: "SweepSpace", data: Path, settings_kwargs: dict, address: str | None,
                config: list[Path] | None, overrides: list[str] | None) -> None:
-    from orchestration.spaces import load_space
     from orchestration.tune import SweepSettings, run_sweep
 
     try:
-        space = load_space(space_name)
         base = load_config(config or [], overrides or [])
         settings = SweepSettings(**settings_kwargs)
         console.print(f"sweep [bold]{settings.sweep_name}[/] over {space.path} ({space.kind}); "
@@ -217,9 +226,14 @@ def _run_sweep(space_name: str, data: Path, settings_kwargs: dict, address: str 
     console.print(f"MLflow parent run: {outcome.parent_run_id}")
 
 
-def _default_sweep_name(prefix: str) -> str:
+def _sweep_name(given: str | None, resume: bool, prefix: str) -> str:
+    """The given name, or a new timestamped one; resuming needs the name of the sweep to continue."""
     from datetime import datetime
 
+    if given:
+        return given
+    if resume:
+        _fail("--resume needs --sweep-name NAME (the name printed when the sweep started)")
     return datetime.now().strftime(f"{prefix}-%Y%m%d-%H%M%S")
 
 
@@ -228,14 +242,14 @@ def tune(
     space: Annotated[str, typer.Option(help="A built-in space (e.g. optuna_full, fig4_lambda_ute) or a YAML file.")],
     data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
     num_samples: Annotated[int, typer.Option(help="Trials to sample (search spaces; grids run every point).")] = 10,
-    max_concurrent: Annotated[int, typer.Option(help="Trials running at once.")] = 1,
+    max_concurrent: MaxConcurrent = 1,
     scheduler: Annotated[str, typer.Option(help="asha (early stopping on the metric per epoch) or none.")] = "none",
     metric: Annotated[str, typer.Option(help="Metric to optimise; two comma-separated for multi-objective, e.g. val_mean_com_auc,val_mean_int_auc.")] = "",
     seeds: Annotated[int, typer.Option(help="Repeat every grid point with seeds 0..K-1.")] = 1,
     search_seed: Annotated[int, typer.Option(help="Seed of Optuna's TPE sampler.")] = 0,
-    sweep_name: Annotated[Optional[str], typer.Option(help="Name of the sweep; with --resume, the one to continue.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue a stopped or killed sweep.")] = False,
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: $RAY_ADDRESS or a local Ray).")] = None,
+    sweep_name: SweepName = None,
+    resume: Resume = False,
+    address: Address = None,
     config: ConfigFiles = None,
     overrides: Overrides = None,
 ) -> None:
@@ -247,15 +261,14 @@ def tune(
     from orchestration.spaces import load_space
 
     try:
-        metrics = tuple(m.strip() for m in metric.split(",") if m.strip()) or (load_space(space).metric,)
+        loaded = load_space(space)
     except ConfigError as exc:
         _fail(str(exc))
-    if resume and not sweep_name:
-        _fail("--resume needs --sweep-name NAME (the name printed when the sweep started)")
-    settings = dict(sweep_name=sweep_name or _default_sweep_name("tune"), num_samples=num_samples,
+    metrics = tuple(m.strip() for m in metric.split(",") if m.strip()) or (loaded.metric,)
+    settings = dict(sweep_name=_sweep_name(sweep_name, resume, "tune"), num_samples=num_samples,
                     max_concurrent=max_concurrent, scheduler=scheduler, metrics=metrics, seeds=seeds,
                     resume=resume, search_seed=search_seed)
-    _run_sweep(space, data, settings, address, config, overrides)
+    _run_sweep(loaded, data, settings, address, config, overrides)
 
 
 @app.command()
@@ -263,10 +276,11 @@ def ablate(
     grid: Annotated[str, typer.Option(help="A built-in grid (ablation_table6, baselines_table3, cross_domain_table2, fig4_lambda_tat, fig4_lambda_ute, paper_default) or a YAML file.")],
     data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
     seeds: Annotated[int, typer.Option(help="Run every row with seeds 0..K-1.")] = 1,
-    max_concurrent: Annotated[int, typer.Option(help="Trials running at once.")] = 1,
-    sweep_name: Annotated[Optional[str], typer.Option(help="Name of the ablation; with --resume, the one to continue.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue a stopped or killed ablation.")] = False,
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: $RAY_ADDRESS or a local Ray).")] = None,
+    rows: Annotated[Optional[str], typer.Option(help="Only these rows, comma-separated (e.g. a,b,g).")] = None,
+    max_concurrent: MaxConcurrent = 1,
+    sweep_name: SweepName = None,
+    resume: Resume = False,
+    address: Address = None,
     config: ConfigFiles = None,
     overrides: Overrides = None,
 ) -> None:
@@ -275,15 +289,15 @@ def ablate(
 
     try:
         loaded = load_space(grid)
+        if rows:
+            loaded = loaded.only_rows([r.strip() for r in rows.split(",") if r.strip()])
     except ConfigError as exc:
         _fail(str(exc))
     if loaded.kind == "search":
         _fail(f"{loaded.path} is a search space: run it with cxr tune --space")
-    if resume and not sweep_name:
-        _fail("--resume needs --sweep-name NAME (the name printed when the ablation started)")
-    settings = dict(sweep_name=sweep_name or _default_sweep_name(loaded.name.replace("_", "-")),
+    settings = dict(sweep_name=_sweep_name(sweep_name, resume, loaded.name.replace("_", "-")),
                     max_concurrent=max_concurrent, metrics=(loaded.metric,), seeds=seeds, resume=resume)
-    _run_sweep(grid, data, settings, address, config, overrides)
+    _run_sweep(loaded, data, settings, address, config, overrides)
 
 
 def main() -> None:

@@ -95,6 +95,15 @@ class SweepSpace:
                     points.append({"row": row.name})
         return [{**p, "train.seed": seed} for p in points for seed in range(seeds)]
 
+    def only_rows(self, names: list[str]) -> SweepSpace:
+        """This ablation restricted to some of its rows, in the file's order."""
+        unknown = [n for n in names if n not in {r.name for r in self.rows}]
+        if unknown:
+            raise SpaceError(f"{self.path}: no row(s) {unknown}; rows: {', '.join(r.name for r in self.rows)}")
+        kept = [r for r in self.rows if r.name in names]
+        return SweepSpace(self.name, self.path, self.kind, self.metric, self.mode, self.description,
+                          self.fixed, self.parameters, self.schedules, kept)
+
     def row(self, name: str) -> Row:
         for row in self.rows:
             if name == row.name or (row.domains == "each" and name.startswith(f"{row.name}_")):

@@ -139,3 +139,21 @@ def test_sweep_settings_and_rows_are_checked_before_ray(prepared_dir, tmp_path):
 
     trials = pd.DataFrame({"a": [0.9, 0.8, 0.7, 0.95], "b": [0.5, 0.9, 0.4, 0.1]})
     assert sorted(_pareto(trials, ("a", "b"), "max").index) == [0, 1, 3]  # trial 2 is dominated by 0
+
+
+def test_ablate_rows_can_be_chosen_and_unknown_ones_are_named():
+    space = load_space("ablation_table6").only_rows(["g", "a"])
+    assert [r.name for r in space.rows] == ["a", "g"]
+    with pytest.raises(SpaceError, match=r"no row\(s\) \['z'\]; rows: a, b, c, d, e, f, g, h, i"):
+        load_space("ablation_table6").only_rows(["z"])
+
+
+def test_cli_refuses_bad_spaces_with_exit_code_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from orchestration.cli import app
+
+    result = CliRunner().invoke(app, ["tune", "--space", "nope", "--data", str(tmp_path)])
+    assert result.exit_code == 2 and "unknown search space 'nope'" in result.output
+    result = CliRunner().invoke(app, ["ablate", "--grid", "optuna_full", "--data", str(tmp_path)])
+    assert result.exit_code == 2 and "is a search space" in result.output
