@@ -244,8 +244,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         progress.epoch = epoch + 1
         metrics = validate()
         if logger:
-            logger.log("epoch", {"epoch": progress.epoch, "best/" + config.train.select_metric: progress.best_metric},
-                       progress.global_step)
+            best = {f"best/{config.train.select_metric}": progress.best_metric} if progress.best_step >= 0 else {}
+            logger.log("epoch", {"epoch": progress.epoch, **best}, progress.global_step)
         _report(rank, net, optimizers, ensemble, progress, best_state,
                 {"epoch": progress.epoch, "global_step": progress.global_step, **metrics})
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -147,6 +148,7 @@ def token_cluster(tmp_path):
                     process.kill()
             except psutil.Error:
                 pass
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _job(env: dict, *args: str) -> subprocess.CompletedProcess:
