@@ -122,6 +122,13 @@ class PreparedDataset:
     def class_balance(self) -> dict[str, dict[str, int]]:
         return self.manifest["train_class_balance"]
 
+    def read_columns(self, domain: str, split: str, columns: list[str]) -> pa.Table:
+        """Some columns of one domain's split (e.g. sample_id, image_id and the labels)."""
+        tables = [pq.read_table(path, columns=columns) for path in self.shard_files(domain, split)]
+        if not tables:
+            return pa.table({c: pa.array([], pa.int64()) for c in columns})
+        return pa.concat_tables(tables)
+
     def iter_uint8_batches(
         self, domain: str, split: str, batch_size: int
     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:

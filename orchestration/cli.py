@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -298,6 +299,71 @@ def ablate(
     settings = dict(sweep_name=_sweep_name(sweep_name, resume, loaded.name.replace("_", "-")),
                     max_concurrent=max_concurrent, metrics=(loaded.metric,), seeds=seeds, resume=resume)
     _run_sweep(loaded, data, settings, address, config, overrides)
+
+
+def _trained(checkpoint: Path | None, run: str | None):
+    from orchestration.predict import checkpoint_of_run, load_trained
+    from orchestration.tracking import tracking_uri
+
+    if (checkpoint is None) == (run is None):
+        raise UsageError("give exactly one of --checkpoint PATH or --run RUN_ID")
+    return load_trained(checkpoint or checkpoint_of_run(run, tracking_uri(load_config())))
+
+
+@app.command()
+def predict(
+    data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
+    out: Annotated[Path, typer.Option(help="Output file: .parquet or .csv.")],
+    checkpoint: Annotated[Optional[Path], typer.Option(help="A cxr train checkpoint_* folder.")] = None,
+    run: Annotated[Optional[str], typer.Option(help="An MLflow run id of cxr train (uses its checkpoint).")] = None,
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    domain: Annotated[Optional[list[str]], typer.Option(help="Domain(s) to predict (default: all).")] = None,
+    tencrop: Annotated[bool, typer.Option("--tencrop", help="Average 10 crops (4 corners + centre, flipped).")] = False,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+) -> None:
+    """Write one probability per finding for every image of a split: image_id, domain, findings."""
+    from data_prep.prepared import PreparedDataset
+    from orchestration.predict import predict as run_predict
+    from orchestration.predict import write_table
+
+    try:
+        net, _, plan = _trained(checkpoint, run)
+        frame = run_predict(net, plan, PreparedDataset.load(data), split=split, domains=domain, tencrop=tencrop,
+                            device=device)
+        write_table(frame, out)
+    except (ConfigError, DataPrepError, UsageError) as exc:
+        _fail(str(exc))
+    console.print(f"wrote {len(frame):,} predictions to {out}")
+
+
+@app.command()
+def evaluate(
+    predictions: Annotated[Path, typer.Option(help="A file written by cxr predict.")],
+    data: Annotated[Path, typer.Option(help="The prepared dataset the predictions are of.")],
+    csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Also write the AUC table here.")] = None,
+) -> None:
+    """Per-finding AUC, Mean, Mean_Com and Mean_Int of every domain in a predictions file."""
+    from data_prep.prepared import PreparedDataset
+    from orchestration.predict import evaluate_predictions, read_predictions, report_table
+
+    try:
+        prepared = PreparedDataset.load(data)
+        reports, unmatched = evaluate_predictions(read_predictions(predictions), prepared)
+    except (ConfigError, DataPrepError) as exc:
+        _fail(str(exc))
+    table = report_table(reports, prepared.label_space)
+    shown = Table(title=f"AUC of {predictions.name}")
+    shown.add_column("")
+    for d in table.columns:
+        shown.add_column(d, justify="right")
+    for name, row in table.iterrows():
+        shown.add_row(str(name), *["" if np.isnan(v) else f"{v:.4f}" for v in row])
+    Console().print(shown)
+    for domain, count in unmatched.items():
+        if count:
+            console.print(f"[yellow]warning:[/] {count} predicted {domain} images are not in {data}; left out")
+    if csv_out:
+        table.to_csv(csv_out)
 
 
 def main() -> None:

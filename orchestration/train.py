@@ -31,6 +31,9 @@ from orchestration.tracking import open_run, tracking_uri
 from orchestration.train_loop import BEST_MODEL_FILE, SUMMARY_FILE, TEST_FILE, build_network, train_loop_per_worker
 
 
+CHECKPOINT_TAG = "cxr.checkpoint"
+
+
 @dataclass
 class TrainingOutcome:
     run_id: str
@@ -113,6 +116,7 @@ def run_training(
 
             with exit_on_signals(killed, handle_signals):
                 result = trainer.fit()
+            mlflow.set_tag(CHECKPOINT_TAG, result.checkpoint.path)  # what `cxr predict --run` loads
             _log_artifacts(config, plan, result.checkpoint)
         except BaseException:
             mlflow.end_run("FAILED")

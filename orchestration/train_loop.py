@@ -37,6 +37,7 @@ STATE_FILE = "state.pt"
 BEST_MODEL_FILE = "best_model.pt"
 TEST_FILE = "test_predictions.npz"
 SUMMARY_FILE = "summary.json"
+RUN_FILE = "run.json"  # the run's config and plan
 
 
 def build_network(config: Config, plan: TrainingPlan, *, weights: str | None = None) -> CXRNet:
@@ -113,21 +114,6 @@ def _reseed(seed: int, rank: int, epoch: int) -> None:
     torch.manual_seed(value)
 
 
-def _save_checkpoint(directory: Path, net, optimizers, ensemble, progress: Progress, best_state, extra: dict) -> None:
-    adam, rmsprop, schedule = optimizers
-    torch.save({
-        "model": net.state_dict(),
-        "optimizer": adam.state_dict(),
-        "discriminator_optimizer": rmsprop.state_dict() if rmsprop else None,
-        "lr_schedule": schedule.state_dict(),
-        "ensemble": ensemble.state_dict() if ensemble else None,
-        "progress": progress.__dict__,
-    }, directory / STATE_FILE)
-    if best_state is not None:
-        torch.save(best_state, directory / BEST_MODEL_FILE)
-    (directory / SUMMARY_FILE).write_text(json.dumps(extra, indent=1))
-
-
 def _load_checkpoint(checkpoint: ray.train.Checkpoint, net, optimizers, ensemble, device):
     adam, rmsprop, schedule = optimizers
     with checkpoint.as_directory() as directory:
@@ -190,6 +176,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         hard_labels=config.method.hard_labels, autocast_dtype=autocast, channels_last=channels_last,
     )
     logger = MetricLogger(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else None
+    checkpointer = Checkpointer(rank, net, optimizers, ensemble, config, plan)
     batches = DomainBatches(plan, prepared.image_size)
     h_schedule = config.method.h_schedule.build()
     total_steps = config.train.epochs * plan.steps_per_epoch
@@ -246,8 +233,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if logger:
             best = {f"best/{config.train.select_metric}": progress.best_metric} if progress.best_step >= 0 else {}
             logger.log("epoch", {"epoch": progress.epoch, **best}, progress.global_step)
-        _report(rank, net, optimizers, ensemble, progress, best_state,
-                {"epoch": progress.epoch, "global_step": progress.global_step, **metrics})
+        checkpointer.report(progress, best_state, {"epoch": progress.epoch, "global_step": progress.global_step, **metrics})
 
     # The best model on the internal test split.
     if best_state is not None:
@@ -262,25 +248,54 @@ def train_loop_per_worker(loop_config: dict) -> None:
               flush=True)
     # The final report carries the best validation metrics: what a sweep ranks this run by.
     best_val = next((h for h in progress.history if h["step"] == progress.best_step), {})
-    _report(rank, net, optimizers, ensemble, progress, best_state,
-            {**{k: v for k, v in best_val.items() if k != "step"}, "epoch": progress.epoch,
-             "global_step": progress.global_step, "final": True, **test_metrics,
-             "test_undefined": report.undefined}, test=test)
+    checkpointer.report(progress, best_state, {
+        **{k: v for k, v in best_val.items() if k != "step"}, "epoch": progress.epoch,
+        "global_step": progress.global_step, "final": True, **test_metrics, "test_undefined": report.undefined,
+    }, test=test)
 
 
-def _report(rank, net, optimizers, ensemble, progress, best_state, metrics: dict,
-            test: Predictions | None = None) -> None:
-    """Every rank reports; rank 0 attaches the checkpoint."""
-    numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-    if rank != 0:
-        ray.train.report(numeric)
-        return
-    with tempfile.TemporaryDirectory() as directory:
-        directory = Path(directory)
-        _save_checkpoint(directory, net, optimizers, ensemble, progress, best_state, metrics)
-        if test is not None:
-            np.savez(directory / TEST_FILE, sample_id=test.sample_id, probs=test.probs, labels=test.labels)
-        ray.train.report(numeric, checkpoint=ray.train.Checkpoint.from_directory(str(directory)))
+@dataclass
+class Checkpointer:
+    """Writes checkpoints and reports to Ray Train: every rank reports, rank 0 attaches the files.
+
+    A checkpoint holds everything to continue (state.pt), the best weights, a summary of its
+    metrics, and the run's config and plan, so that it can be loaded on its own (cxr predict)."""
+
+    rank: int
+    net: torch.nn.Module
+    optimizers: tuple
+    ensemble: TemporalEnsemble | None
+    config: Config
+    plan: TrainingPlan
+
+    def report(self, progress: Progress, best_state: dict | None, metrics: dict, test: Predictions | None = None) -> None:
+        numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        if self.rank != 0:
+            ray.train.report(numeric)
+            return
+        with tempfile.TemporaryDirectory() as directory:
+            directory = Path(directory)
+            self._write(directory, progress, best_state, metrics)
+            if test is not None:
+                np.savez(directory / TEST_FILE, sample_id=test.sample_id, probs=test.probs, labels=test.labels)
+            ray.train.report(numeric, checkpoint=ray.train.Checkpoint.from_directory(str(directory)))
+
+    def _write(self, directory: Path, progress: Progress, best_state: dict | None, metrics: dict) -> None:
+        adam, rmsprop, schedule = self.optimizers
+        torch.save({
+            "model": self.net.state_dict(),
+            "optimizer": adam.state_dict(),
+            "discriminator_optimizer": rmsprop.state_dict() if rmsprop else None,
+            "lr_schedule": schedule.state_dict(),
+            "ensemble": self.ensemble.state_dict() if self.ensemble else None,
+            "progress": progress.__dict__,
+        }, directory / STATE_FILE)
+        if best_state is not None:
+            torch.save(best_state, directory / BEST_MODEL_FILE)
+        (directory / SUMMARY_FILE).write_text(json.dumps(metrics, indent=1))
+        (directory / RUN_FILE).write_text(json.dumps({
+            "config": self.config.model_dump(mode="json"), "plan": self.plan.to_dict(),
+        }, indent=1))
 
 
 def _summary(metrics: dict[str, float], prefix: str) -> str:

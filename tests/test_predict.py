@@ -1,0 +1,85 @@
+"""`cxr predict` / `cxr evaluate` on a real (tiny) trained run: rows and ids against the shards,
+AUC against scikit-learn on labels read here from the shards."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from sklearn.metrics import roc_auc_score
+from typer.testing import CliRunner
+
+from conftest import tiny_training
+from data_prep.prepared import PreparedDataset
+from orchestration.cli import app
+from orchestration.config import load_config
+from orchestration.train import run_training
+
+pytestmark = pytest.mark.slow
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def trained(prepared_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("predict")
+    config = load_config([], tiny_training(tmp, **{"train.epochs": 1, "train.steps_per_epoch": 4}))
+    outcome = run_training(config, prepared_dir, run_name="for-predict")
+    return outcome, tmp
+
+
+def test_predict_writes_one_row_per_image_with_ids(trained, prepared_dir, tmp_path):
+    outcome, _ = trained
+    out = tmp_path / "preds.parquet"
+    result = runner.invoke(app, ["predict", "--checkpoint", outcome.checkpoint, "--data", str(prepared_dir),
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(out)
+    prepared = PreparedDataset.load(prepared_dir)
+    assert list(frame.columns) == ["image_id", "domain", *prepared.label_space]
+    for domain in prepared.domains:
+        ids = set()
+        for path in prepared.shard_files(domain, "test"):
+            ids |= set(pq.read_table(path, columns=["image_id"]).column("image_id").to_pylist())
+        assert set(frame.loc[frame["domain"] == domain, "image_id"]) == ids
+    assert frame[prepared.label_space].to_numpy().min() >= 0 and frame[prepared.label_space].to_numpy().max() <= 1
+    assert frame.loc[frame["domain"] == "nih", "image_id"].str.fullmatch(r"\d{8}_\d{3}\.png").all()
+
+
+def test_evaluate_matches_sklearn_and_run_id_finds_the_checkpoint(trained, prepared_dir, tmp_path, monkeypatch):
+    outcome, tmp = trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
+    out = tmp_path / "preds.csv"
+    result = runner.invoke(app, ["predict", "--run", outcome.run_id, "--data", str(prepared_dir), "--out", str(out),
+                                 "--split", "val", "--domain", "nih"])
+    assert result.exit_code == 0, result.output
+    table_path = tmp_path / "auc.csv"
+    result = runner.invoke(app, ["evaluate", "--predictions", str(out), "--data", str(prepared_dir),
+                                 "--csv", str(table_path)])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(table_path, index_col=0)
+    frame = pd.read_csv(out)
+    prepared = PreparedDataset.load(prepared_dir)
+    labels = pd.concat([pq.read_table(p).to_pandas() for p in prepared.shard_files("nih", "val")]).set_index("image_id")
+    checked = 0
+    for finding in prepared.domain_findings("nih"):
+        y = labels.loc[frame["image_id"], finding].to_numpy()
+        if len(set(y)) == 2:
+            assert table.loc[finding, "nih"] == pytest.approx(roc_auc_score(y, frame[finding]))
+            checked += 1
+    assert checked >= 3
+    defined = table["nih"].reindex(prepared.domain_findings("nih")).dropna()  # undefined AUCs are left out
+    assert table.loc["Mean", "nih"] == pytest.approx(defined.mean())
+
+
+def test_predict_refuses_bad_arguments(trained, prepared_dir, tmp_path):
+    outcome, _ = trained
+    both = runner.invoke(app, ["predict", "--checkpoint", outcome.checkpoint, "--run", "x", "--data",
+                               str(prepared_dir), "--out", str(tmp_path / "p.csv")])
+    assert both.exit_code == 2 and "exactly one of --checkpoint" in both.output
+    wrong = runner.invoke(app, ["predict", "--checkpoint", str(tmp_path), "--data", str(prepared_dir),
+                                "--out", str(tmp_path / "p.csv")])
+    assert wrong.exit_code == 2 and "is not a cxr train checkpoint" in wrong.output
+    ext = runner.invoke(app, ["predict", "--checkpoint", outcome.checkpoint, "--data", str(prepared_dir),
+                              "--out", str(tmp_path / "p.txt")])
+    assert ext.exit_code == 2 and ".parquet or .csv" in ext.output
