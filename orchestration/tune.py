@@ -176,7 +176,8 @@ def run_sweep(
             results = tuner.fit()
         trials = _trial_table(results, space)
         _settle_children(client, parent_run_id, exp_ids, dict(zip(trials["trial_id"], trials["status"])))
-        best_path, best_updates = _write_best(results, space, settings, base, experiment_path, original_storage)
+        best_path, best_updates = _write_best(results, trials, space, settings, base, experiment_path,
+                                              original_storage)
         _log_parent(uri, parent_run_id, trials, experiment_path, best_path, best_updates, settings)
     except BaseException:
         client.set_terminated(parent_run_id, "FAILED")
@@ -255,9 +256,8 @@ def _pareto(trials: pd.DataFrame, metrics: tuple[str, ...], mode: str) -> pd.Dat
     return scored[keep]
 
 
-def _write_best(results, space: SweepSpace, settings: SweepSettings, base: Config, experiment_path: Path,
-                original_storage: str) -> tuple[Path | None, dict]:
-    trials = _trial_table(results, space)
+def _write_best(results, trials: pd.DataFrame, space: SweepSpace, settings: SweepSettings, base: Config,
+                experiment_path: Path, original_storage: str) -> tuple[Path | None, dict]:
     front = _pareto(trials, settings.metrics, space.mode)
     if front.empty:
         return None, {}

@@ -3,7 +3,6 @@ AUC against scikit-learn on labels read here from the shards."""
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest

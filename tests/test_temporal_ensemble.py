@@ -1,6 +1,5 @@
 """Temporal ensemble (eq. 4): Z, z and per-sample bias correction over 3 epochs, by hand (γ = 0.5)."""
 
-import os
 
 import pytest
 import torch
