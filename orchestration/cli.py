@@ -340,18 +340,25 @@ def predict(
 def evaluate(
     predictions: Annotated[Path, typer.Option(help="A file written by cxr predict.")],
     data: Annotated[Path, typer.Option(help="The prepared dataset the predictions are of.")],
+    run: Annotated[Optional[str], typer.Option(help="MLflow id of the training run evaluated, to link to.")] = None,
     csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Also write the AUC table here.")] = None,
+    config: ConfigFiles = None,
+    overrides: Overrides = None,
 ) -> None:
-    """Per-finding AUC, Mean, Mean_Com and Mean_Int of every domain in a predictions file."""
+    """Per-finding AUC, Mean, Mean_Com and Mean_Int of every domain in a predictions file, printed
+    and logged as an MLflow evaluation run (tag cxr.evaluates=RUN_ID with --run)."""
     from data_prep.prepared import PreparedDataset
-    from orchestration.predict import evaluate_predictions, read_predictions, report_table
+    from orchestration.predict import evaluate_predictions, log_evaluation, read_predictions, report_table
+    from orchestration.tracking import tracking_uri
 
     try:
+        cfg = load_config(config or [], overrides or [])
         prepared = PreparedDataset.load(data)
         reports, unmatched = evaluate_predictions(read_predictions(predictions), prepared)
     except (ConfigError, DataPrepError) as exc:
         _fail(str(exc))
     table = report_table(reports, prepared.label_space)
+    run_id = log_evaluation(tracking_uri(cfg), cfg.mlflow.experiment, reports, table, predictions, data, run)
     shown = Table(title=f"AUC of {predictions.name}")
     shown.add_column("")
     for d in table.columns:
@@ -364,6 +371,7 @@ def evaluate(
             console.print(f"[yellow]warning:[/] {count} predicted {domain} images are not in {data}; left out")
     if csv_out:
         table.to_csv(csv_out)
+    console.print(f"logged as MLflow run {run_id}")
 
 
 def main() -> None:

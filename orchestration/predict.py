@@ -130,3 +130,23 @@ def report_table(reports: dict[str, AucReport], label_space: list[str]) -> pd.Da
                             for d, r in reports.items()})
     return pd.concat([table, summary]).astype(float)
 
+
+
+def log_evaluation(tracking_uri: str, experiment: str, reports: dict[str, AucReport], table: pd.DataFrame,
+                   predictions: Path, data: Path, evaluates: str | None) -> str:
+    """A new MLflow run holding the evaluation, linked to the training run it evaluates (if known)."""
+    from orchestration.tracking import experiment_id
+
+    client = MlflowClient(tracking_uri)
+    tags = {"cxr.kind": "evaluation", "mlflow.runName": f"evaluate {predictions.name}"}
+    if evaluates:
+        tags["cxr.evaluates"] = evaluates
+    run = client.create_run(experiment_id(client, experiment), tags=tags)
+    client.log_param(run.info.run_id, "predictions", str(predictions.resolve()))
+    client.log_param(run.info.run_id, "data", str(data.resolve()))
+    for domain, report in reports.items():
+        for name, value in report.as_metrics().items():
+            client.log_metric(run.info.run_id, f"{domain}/{name}", value)
+    client.log_text(run.info.run_id, table.to_csv(), "evaluation/auc.csv")
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from mlflow.tracking import MlflowClient
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
@@ -54,7 +55,7 @@ def test_evaluate_matches_sklearn_and_run_id_finds_the_checkpoint(trained, prepa
     assert result.exit_code == 0, result.output
     table_path = tmp_path / "auc.csv"
     result = runner.invoke(app, ["evaluate", "--predictions", str(out), "--data", str(prepared_dir),
-                                 "--csv", str(table_path)])
+                                 "--csv", str(table_path), "--run", outcome.run_id])
     assert result.exit_code == 0, result.output
     table = pd.read_csv(table_path, index_col=0)
     frame = pd.read_csv(out)
@@ -69,6 +70,13 @@ def test_evaluate_matches_sklearn_and_run_id_finds_the_checkpoint(trained, prepa
     assert checked >= 3
     defined = table["nih"].reindex(prepared.domain_findings("nih")).dropna()  # undefined AUCs are left out
     assert table.loc["Mean", "nih"] == pytest.approx(defined.mean())
+    # Logged as an evaluation run linked to the training run.
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("cxr-orchestra")
+    [evaluation] = client.search_runs([exp.experiment_id], filter_string=f"tags.`cxr.evaluates` = '{outcome.run_id}'")
+    assert evaluation.info.status == "FINISHED"
+    assert evaluation.data.metrics["nih/mean_auc"] == pytest.approx(table.loc["Mean", "nih"])
+    assert [a.path for a in client.list_artifacts(evaluation.info.run_id, "evaluation")] == ["evaluation/auc.csv"]
 
 
 def test_predict_refuses_bad_arguments(trained, prepared_dir, tmp_path):
