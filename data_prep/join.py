@@ -9,7 +9,14 @@ import pandas as pd
 
 from data_prep.config import PrepareConfig
 from data_prep.errors import DataPrepError
-from data_prep.labels import NEGATIVE, POSITIVE, UNKNOWN, common_findings, union_label_space
+from data_prep.labels import (
+    NEGATIVE,
+    POSITIVE,
+    UNKNOWN,
+    common_findings,
+    exclusive_findings,
+    union_label_space,
+)
 from data_prep.sources import SourceTable, read_source
 from data_prep.split import assign_splits, patients_crossing_splits, split_counts
 
@@ -30,8 +37,8 @@ class JoinedDataset:
     @property
     def internal_only(self) -> list[str]:
         """Findings only the internal domain labels (the paper's Mean_Int set)."""
-        external = {f for d, fs in self.domain_findings.items() if d != self.internal for f in fs}
-        return [f for f in self.domain_findings[self.internal] if f not in external]
+        others = [fs for d, fs in self.domain_findings.items() if d != self.internal]
+        return exclusive_findings(self.domain_findings[self.internal], others)
 
     def without(self, sample_ids: set[int]) -> JoinedDataset:
         kept = self.rows[~self.rows["sample_id"].isin(sample_ids)]

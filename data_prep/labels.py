@@ -109,6 +109,12 @@ def union_label_space(finding_sets: Iterable[Iterable[str]]) -> list[str]:
     return in_label_order(f for s in finding_sets for f in s)
 
 
+def exclusive_findings(findings: Iterable[str], other_sets: Iterable[Iterable[str]]) -> list[str]:
+    """`findings` that no other set labels (for the internal domain: the paper's Mean_Int set)."""
+    others = {f for s in other_sets for f in s}
+    return [f for f in findings if f not in others]
+
+
 def common_findings(label_space: Sequence[str], finding_sets: Iterable[Iterable[str]]) -> list[str]:
     """Findings labelled by every domain (the paper's ∩l), in label-space order."""
     sets = [set(s) for s in finding_sets]

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cxrmodel.losses import finding_weights
-from data_prep.labels import common_findings
+from data_prep.labels import common_findings, exclusive_findings
 from data_prep.prepared import PreparedDataset
 from orchestration.config import Config, ConfigError
 
@@ -55,8 +55,7 @@ def plan_training(config: Config, data: str | Path) -> TrainingPlan:
 
     finding_sets = [prepared.domain_findings(d) for d in domains]
     common = common_findings(prepared.label_space, finding_sets)
-    external = {f for d in domains[1:] for f in prepared.domain_findings(d)}
-    internal_only = [f for f in prepared.domain_findings(internal) if f not in external]
+    internal_only = exclusive_findings(prepared.domain_findings(internal), finding_sets[1:])
     method = config.method
     if method.adversarial != "none" and len(domains) < 2:
         raise ConfigError(

@@ -15,6 +15,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from cxrmodel.metrics import AucReport, auc_report
+from data_prep.labels import exclusive_findings
 from data_prep.prepared import PreparedDataset
 from data_prep.split import SPLITS
 from orchestration.config import Config, ConfigError
@@ -114,10 +115,11 @@ def evaluate_predictions(frame: pd.DataFrame, prepared: PreparedDataset) -> tupl
         unmatched[domain] = int((~known).sum())
         rows = rows[known]
         y = labels.loc[rows["image_id"], space].to_numpy(np.int8)
-        others = {f for d in prepared.domains if d != domain for f in prepared.domain_findings(d)}
+        own = prepared.domain_findings(domain)
+        others = [prepared.domain_findings(d) for d in prepared.domains if d != domain]
         reports[domain] = auc_report(
-            rows[space].to_numpy(np.float32), y, space, evaluated=prepared.domain_findings(domain),
-            common=prepared.common, internal_only=[f for f in prepared.domain_findings(domain) if f not in others],
+            rows[space].to_numpy(np.float32), y, space, evaluated=own,
+            common=prepared.common, internal_only=exclusive_findings(own, others),
         )
     return reports, unmatched
 

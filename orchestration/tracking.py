@@ -54,12 +54,19 @@ def experiment_id(client: MlflowClient, name: str) -> str:
     return experiment.experiment_id if experiment else client.create_experiment(name)
 
 
-def find_run(client: MlflowClient, experiment: str, run_name: str):
+def find_tagged_run(client: MlflowClient, experiment: str, tags: dict[str, str]):
+    """The run of `experiment` carrying all these tag values, or None."""
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return None
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'")
+    condition = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = client.search_runs([exp.experiment_id], filter_string=condition)
     return runs[0] if runs else None
+
+
+def find_run(client: MlflowClient, experiment: str, run_name: str):
+    """The training run named `run_name` (by its cxr.run_name tag), or None."""
+    return find_tagged_run(client, experiment, {RUN_NAME_TAG: run_name})
 
 
 def open_run(

@@ -30,7 +30,7 @@ from orchestration.config import Config, ConfigError, flatten_config, load_confi
 from orchestration.plan import plan_training
 from orchestration.runtime import exit_on_signals, init_ray
 from orchestration.spaces import METRICS, SweepSpace
-from orchestration.tracking import PARENT_TAG, experiment_id, redact, tracking_uri
+from orchestration.tracking import PARENT_TAG, experiment_id, find_tagged_run, redact, tracking_uri
 from orchestration.train import run_training
 
 SWEEP_TAG = "cxr.sweep_name"
@@ -87,13 +87,9 @@ def _check_trials(space: SweepSpace, base: Config, data: str, seeds: int) -> lis
     return points
 
 
-def _find_parent(client: MlflowClient, experiment: str, sweep_name: str):
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return None
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{sweep_name}' and "
-                              f"tags.`cxr.kind` = 'sweep'")
-    return runs[0] if runs else None
+def find_sweep(client: MlflowClient, experiment: str, sweep_name: str):
+    """The sweep's MLflow parent run, or None."""
+    return find_tagged_run(client, experiment, {SWEEP_TAG: sweep_name, "cxr.kind": "sweep"})
 
 
 def child_runs(client: MlflowClient, parent_run_id: str, experiment_ids: list[str]):
@@ -137,7 +133,7 @@ def run_sweep(
 
     uri = tracking_uri(base)
     client = MlflowClient(uri)
-    parent = _find_parent(client, base.mlflow.experiment, settings.sweep_name)
+    parent = find_sweep(client, base.mlflow.experiment, settings.sweep_name)
     if settings.resume:
         if not tune.Tuner.can_restore(str(experiment_path)):
             raise ConfigError(f"nothing to resume: no sweep {settings.sweep_name!r} under {storage}")

@@ -22,7 +22,7 @@ from conftest import ROOT, tiny_training, wait_for
 from orchestration.config import load_config
 from orchestration.plan import plan_training
 from orchestration.spaces import load_space
-from orchestration.tune import SWEEP_TAG, TRIAL_TAG, SweepSettings, child_runs, run_sweep
+from orchestration.tune import SWEEP_TAG, TRIAL_TAG, SweepSettings, child_runs, find_sweep, run_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -30,12 +30,7 @@ FAST = {"train.epochs": 1, "train.steps_per_epoch": 2, "train.workers": 1}
 
 
 def _parent(client: MlflowClient, sweep: str):
-    exp = client.get_experiment_by_name("cxr-orchestra")
-    if exp is None:
-        return None
-    runs = client.search_runs([exp.experiment_id],
-                              filter_string=f"tags.`{SWEEP_TAG}` = '{sweep}' and tags.`cxr.kind` = 'sweep'")
-    return runs[0] if runs else None
+    return find_sweep(client, "cxr-orchestra", sweep)
 
 
 def _children(client: MlflowClient, parent):
