@@ -29,6 +29,7 @@ INHOUSE_FINDINGS = (
     "Cardiomegaly", "Consolidation", "Effusion", "Pneumonia", "Pneumothorax", "Fracture",
     "Tuberculosis",
 )
+RELABELLED_FILE = "google2019_nih-chest-xray-labels.csv"
 NIH_HEADER = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
     "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
@@ -156,6 +157,27 @@ def synth_nih(out: Path, n: int, size: int, rng: np.random.Generator) -> None:
     (out / "train_val_list.txt").write_text(
         "\n".join(x for x, r in zip(names, rows) if r[3] not in test_patients) + "\n"
     )
+    _write_relabelled(out / RELABELLED_FILE, rows, present, test_patients)
+
+
+def _write_relabelled(path: Path, rows: list[list], present: np.ndarray, test_patients: set[int]) -> None:
+    """Google's relabelled NIH subsets: every official test image, and a validation set drawn from
+    every fourth train+val patient. The experts see the truth the images show."""
+    covers = {
+        "Fracture": ("Fracture",), "Pneumothorax": ("Pneumothorax",),
+        "Airspace opacity": ("Edema", "Consolidation", "Pneumonia", "Atelectasis", "Infiltration"),
+        "Nodule or mass": ("Mass", "Nodule"),
+    }
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["Image Index", "Patient ID", "Follow-up #", "View Position", *covers, "Set Id"])
+        for i, row in enumerate(rows):
+            name, follow, patient, view = row[0], row[2], row[3], row[6]
+            if patient not in test_patients and patient % 4:
+                continue
+            answers = ["YES" if present[i, [_column(c) for c in cs]].any() else "NO" for cs in covers.values()]
+            writer.writerow([name, patient, follow, view, *answers,
+                             "test" if patient in test_patients else "validation"])
 
 
 def _chexpert_value(rng: np.random.Generator, present: bool, allow_uncertain: bool) -> str:

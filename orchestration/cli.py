@@ -336,42 +336,92 @@ def predict(
     console.print(f"wrote {len(frame):,} predictions to {out}")
 
 
+def _print_table(table, title: str) -> None:
+    shown = Table(title=title)
+    shown.add_column("")
+    for column in table.columns:
+        shown.add_column(str(column), justify="right")
+    for name, row in table.iterrows():
+        shown.add_row(str(name), *["" if np.isnan(v) else f"{v:.4f}" if isinstance(v, float) else str(v) for v in row])
+    Console().print(shown)
+
+
 @app.command()
 def evaluate(
     predictions: Annotated[Path, typer.Option(help="A file written by cxr predict.")],
-    data: Annotated[Path, typer.Option(help="The prepared dataset the predictions are of.")],
+    data: Annotated[Optional[Path], typer.Option(help="The prepared dataset the predictions are of (labels).")] = None,
+    clean_labels: Annotated[Optional[Path], typer.Option(help="Google's relabelled NIH CSV: score Pneumothorax, Airspace opacity and Nodule or mass against it instead (Table VII).")] = None,
+    set_name: Annotated[str, typer.Option("--set", help="With --clean-labels: the test or val rows (its Set Id column).")] = "test",
     run: Annotated[Optional[str], typer.Option(help="MLflow id of the training run evaluated, to link to.")] = None,
     csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Also write the AUC table here.")] = None,
+    stats_json: Annotated[Optional[Path], typer.Option(help="Also write the figures as JSON here.")] = None,
     config: ConfigFiles = None,
     overrides: Overrides = None,
 ) -> None:
-    """Per-finding AUC, Mean, Mean_Com and Mean_Int of every domain in a predictions file, printed
-    and logged as an MLflow evaluation run (tag cxr.evaluates=RUN_ID with --run)."""
-    from data_prep.prepared import PreparedDataset
-    from orchestration.predict import evaluate_predictions, log_evaluation, read_predictions, report_table
+    """AUC of a predictions file, printed and logged as an MLflow evaluation run (tag cxr.evaluates=RUN_ID
+    with --run).
+
+    With --data: per-finding AUC, Mean, Mean_Com and Mean_Int of every domain. With --clean-labels:
+    AUC on Google's relabelled NIH images; images there without a prediction are counted.
+    """
+    from orchestration.predict import log_evaluation, read_predictions
     from orchestration.tracking import tracking_uri
 
     try:
+        if (data is None) == (clean_labels is None):
+            raise UsageError("give exactly one of --data DIR (the prepared labels) or --clean-labels FILE")
         cfg = load_config(config or [], overrides or [])
-        prepared = PreparedDataset.load(data)
-        reports, unmatched = evaluate_predictions(read_predictions(predictions), prepared)
-    except (ConfigError, DataPrepError) as exc:
+        frame = read_predictions(predictions)
+        if clean_labels:
+            table, metrics, stats, warnings = _clean_label_evaluation(frame, clean_labels, set_name)
+            params = {"clean_labels": str(clean_labels.resolve()), "set": set_name}
+        else:
+            table, metrics, stats, warnings = _domain_evaluation(frame, data)
+            params = {"data": str(data.resolve())}
+    except (ConfigError, DataPrepError, UsageError) as exc:
         _fail(str(exc))
-    table = report_table(reports, prepared.label_space)
-    run_id = log_evaluation(tracking_uri(cfg), cfg.mlflow.experiment, reports, table, predictions, data, run)
-    shown = Table(title=f"AUC of {predictions.name}")
-    shown.add_column("")
-    for d in table.columns:
-        shown.add_column(d, justify="right")
-    for name, row in table.iterrows():
-        shown.add_row(str(name), *["" if np.isnan(v) else f"{v:.4f}" for v in row])
-    Console().print(shown)
-    for domain, count in unmatched.items():
-        if count:
-            console.print(f"[yellow]warning:[/] {count} predicted {domain} images are not in {data}; left out")
+    params["predictions"] = str(predictions.resolve())
+    run_id = log_evaluation(tracking_uri(cfg), cfg.mlflow.experiment, metrics, table, params, run)
+    _print_table(table, f"AUC of {predictions.name}")
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     if csv_out:
         table.to_csv(csv_out)
+    if stats_json:
+        stats_json.write_text(json.dumps(stats, indent=1))
     console.print(f"logged as MLflow run {run_id}")
+
+
+def _domain_evaluation(frame, data: Path):
+    from data_prep.prepared import PreparedDataset
+    from orchestration.predict import evaluate_predictions, report_table
+
+    prepared = PreparedDataset.load(data)
+    reports, unmatched = evaluate_predictions(frame, prepared)
+    table = report_table(reports, prepared.label_space)
+    metrics = {f"{d}/{k}": v for d, r in reports.items() for k, v in r.as_metrics().items()}
+    stats = {"domains": {d: {**r.as_metrics(), "unmatched_images": unmatched[d]} for d, r in reports.items()}}
+    warnings = [f"{n} predicted {d} images are not in {data}; left out" for d, n in unmatched.items() if n]
+    return table, metrics, stats, warnings
+
+
+def _clean_label_evaluation(frame, clean_labels: Path, set_name: str):
+    import pandas as pd
+
+    from data_prep.relabelled_nih import read_relabelled_nih
+    from orchestration.clean_labels import SCORED_BY, evaluate_clean_labels
+
+    result = evaluate_clean_labels(frame, read_relabelled_nih(clean_labels, set_name), set_name)
+    table = pd.DataFrame({f"{set_name} ({result.num_images} images)": {
+        f: result.report.auc.get(f, np.nan) for f in SCORED_BY}}).astype(float)
+    metrics = {f"clean_{set_name}/auc/{f}": v for f, v in result.report.auc.items()}
+    metrics[f"clean_{set_name}/num_images"] = result.num_images
+    metrics[f"clean_{set_name}/missing_predictions"] = len(result.missing)
+    warnings = [f"{f}: no AUC, {why}" for f, why in result.report.undefined.items()]
+    if result.missing:
+        warnings.append(f"{len(result.missing)} of the {set_name} images in {clean_labels} have no prediction "
+                        f"(e.g. {result.missing[0]}); they are not scored")
+    return table, metrics, result.stats(), warnings
 
 
 def main() -> None:

@@ -133,22 +133,20 @@ def report_table(reports: dict[str, AucReport], label_space: list[str]) -> pd.Da
     return pd.concat([table, summary]).astype(float)
 
 
-
-def log_evaluation(tracking_uri: str, experiment: str, reports: dict[str, AucReport], table: pd.DataFrame,
-                   predictions: Path, data: Path, evaluates: str | None) -> str:
-    """A new MLflow run holding the evaluation, linked to the training run it evaluates (if known)."""
+def log_evaluation(tracking_uri: str, experiment: str, metrics: dict[str, float], table: pd.DataFrame,
+                   params: dict[str, str], evaluates: str | None) -> str:
+    """A new MLflow run holding an evaluation, linked to the training run it evaluates (if known)."""
     from orchestration.tracking import experiment_id
 
     client = MlflowClient(tracking_uri)
-    tags = {"cxr.kind": "evaluation", "mlflow.runName": f"evaluate {predictions.name}"}
+    tags = {"cxr.kind": "evaluation", "mlflow.runName": f"evaluate {Path(params['predictions']).name}"}
     if evaluates:
         tags["cxr.evaluates"] = evaluates
     run = client.create_run(experiment_id(client, experiment), tags=tags)
-    client.log_param(run.info.run_id, "predictions", str(predictions.resolve()))
-    client.log_param(run.info.run_id, "data", str(data.resolve()))
-    for domain, report in reports.items():
-        for name, value in report.as_metrics().items():
-            client.log_metric(run.info.run_id, f"{domain}/{name}", value)
+    for key, value in params.items():
+        client.log_param(run.info.run_id, key, value)
+    for name, value in metrics.items():
+        client.log_metric(run.info.run_id, name, value)
     client.log_text(run.info.run_id, table.to_csv(), "evaluation/auc.csv")
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
