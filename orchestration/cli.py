@@ -18,6 +18,7 @@ from orchestration.config import Config, ConfigError, load_config, with_updates
 
 if TYPE_CHECKING:
     from orchestration.spaces import SweepSpace
+    from orchestration.tune import SweepOutcome
 
 app = typer.Typer(
     add_completion=False,
@@ -200,7 +201,7 @@ def train(
 
 
 def _run_sweep(space: "SweepSpace", data: Path, settings_kwargs: dict, address: str | None,
-               config: list[Path] | None, overrides: list[str] | None) -> None:
+               config: list[Path] | None, overrides: list[str] | None) -> "SweepOutcome":
     from orchestration.tune import SweepSettings, run_sweep
 
     try:
@@ -225,6 +226,7 @@ def _run_sweep(space: "SweepSpace", data: Path, settings_kwargs: dict, address: 
         console.print(f"its config: {outcome.best_config_path} (cxr train --data {data} --config {outcome.best_config_path})",
                       highlight=False, soft_wrap=True)
     console.print(f"MLflow parent run: {outcome.parent_run_id}")
+    return outcome
 
 
 def _sweep_name(given: str | None, resume: bool, prefix: str) -> str:
@@ -299,6 +301,57 @@ def ablate(
     settings = dict(sweep_name=_sweep_name(sweep_name, resume, loaded.name.replace("_", "-")),
                     max_concurrent=max_concurrent, metrics=(loaded.metric,), seeds=seeds, resume=resume)
     _run_sweep(loaded, data, settings, address, config, overrides)
+
+
+@app.command("cross-domain")
+def cross_domain(
+    data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
+    seeds: Annotated[int, typer.Option(help="Train every single-domain model with seeds 0..K-1.")] = 1,
+    split: Annotated[str, typer.Option(help="The split of every domain to test on.")] = "test",
+    tencrop: Annotated[bool, typer.Option("--tencrop", help="Average 10 crops at test time.")] = False,
+    device: Annotated[str, typer.Option(help="cpu or cuda, for testing.")] = "cpu",
+    max_concurrent: MaxConcurrent = 1,
+    sweep_name: SweepName = None,
+    resume: Resume = False,
+    address: Address = None,
+    config: ConfigFiles = None,
+    overrides: Overrides = None,
+) -> None:
+    """Table II: one model per domain, trained on that domain alone (the cross_domain_table2 grid),
+    each tested on every domain over the findings all domains share.
+
+    The matrix (rows: tested on, columns: trained on) is printed and logged to the sweep's MLflow
+    parent run. Naming a finished sweep with --sweep-name only tests its models again.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from data_prep.prepared import PreparedDataset
+    from orchestration.cross_domain import SPACE_NAME, cross_domain_matrix, log_cross_domain
+    from orchestration.spaces import load_space
+    from orchestration.tracking import tracking_uri
+    from orchestration.tune import find_sweep
+
+    name = _sweep_name(sweep_name, resume, "cross-domain")
+    try:
+        cfg = load_config(config or [], overrides or [])
+        client = MlflowClient(tracking_uri(cfg))
+        finished = find_sweep(client, cfg.mlflow.experiment, name)
+        if finished is not None and finished.info.status == "FINISHED" and not resume:
+            console.print(f"sweep {name} finished already: testing its models", highlight=False)
+            parent_run_id = finished.info.run_id
+        else:
+            settings = dict(sweep_name=name, max_concurrent=max_concurrent, metrics=("val_mean_auc",), seeds=seeds,
+                            resume=resume)
+            parent_run_id = _run_sweep(load_space(SPACE_NAME), data, settings, address, config,
+                                       overrides).parent_run_id
+        result = cross_domain_matrix(client, parent_run_id, PreparedDataset.load(data), split=split,
+                                     tencrop=tencrop, device=device)
+        log_cross_domain(client, parent_run_id, result)
+    except (ConfigError, DataPrepError) as exc:
+        _fail(str(exc))
+    _print_table(result.matrix, f"mean AUC over the {len(result.common)} common findings "
+                                f"(rows: tested on, columns: trained on)")
+    console.print(f"logged to MLflow run {parent_run_id} (artifacts cross_domain/)")
 
 
 def _trained(checkpoint: Path | None, run: str | None):

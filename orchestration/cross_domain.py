@@ -1,0 +1,81 @@
+"""Table II: every single-domain model of a `cross_domain_table2` sweep tested on every domain.
+
+Each entry is the mean AUC over the findings all prepared domains share, on the tested domain's
+test split; with several seeds, the mean over seeds. The matrix is logged to the sweep's parent run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from data_prep.prepared import PreparedDataset
+from orchestration.config import ConfigError
+from orchestration.predict import evaluate_predictions, load_trained, predict
+from orchestration.train import CHECKPOINT_TAG
+from orchestration.tune import child_runs
+
+SPACE_NAME = "cross_domain_table2"
+ARTIFACT_DIR = "cross_domain"
+
+
+@dataclass
+class CrossDomainResult:
+    matrix: pd.DataFrame  # index: tested on, columns: trained on; mean AUC over the common findings
+    per_finding: pd.DataFrame  # long: trained_on, tested_on, seed, run_id, finding, auc
+    common: list[str]
+
+    def markdown(self) -> str:
+        header = "| Testing \\ Training | " + " | ".join(self.matrix.columns) + " |"
+        lines = [header, "|" + "---|" * (len(self.matrix.columns) + 1)]
+        for tested, row in self.matrix.iterrows():
+            lines.append(f"| {tested} | " + " | ".join("" if pd.isna(v) else f"{v:.4f}" for v in row) + " |")
+        return "\n".join(lines) + f"\n\nMean AUC over the common findings: {', '.join(self.common)}.\n"
+
+
+def cross_domain_matrix(
+    client: MlflowClient, parent_run_id: str, prepared: PreparedDataset, *, split: str = "test",
+    tencrop: bool = False, device: str = "cpu",
+) -> CrossDomainResult:
+    """Predict `split` of every domain with each finished child's best model and score the common findings."""
+    parent = client.get_run(parent_run_id)
+    children = [r for r in child_runs(client, parent_run_id, [parent.info.experiment_id])
+                if r.info.status == "FINISHED" and CHECKPOINT_TAG in r.data.tags]
+    if not children:
+        raise ConfigError(f"sweep run {parent_run_id} has no finished training runs to test")
+    if not prepared.common:
+        raise ConfigError(f"the domains of {prepared.root} share no finding: there is nothing to cross-test")
+    rows = []
+    for run in children:
+        trained_on = json.loads(run.data.params.get("train.domains", "null")) or []
+        if len(trained_on) != 1:
+            raise ConfigError(f"run {run.info.run_id} was trained on {trained_on or 'all domains'}, not on one "
+                              f"domain: --sweep-name must name a {SPACE_NAME} sweep")
+        net, _, plan = load_trained(run.data.tags[CHECKPOINT_TAG])
+        reports, _ = evaluate_predictions(predict(net, plan, prepared, split=split, tencrop=tencrop, device=device),
+                                          prepared)
+        for tested_on, report in reports.items():
+            rows += [{"trained_on": trained_on[0], "tested_on": tested_on, "seed": run.data.params.get("train.seed"),
+                      "run_id": run.info.run_id, "finding": f, "auc": report.auc[f]}
+                     for f in prepared.common if f in report.auc]
+    per_finding = pd.DataFrame(rows, columns=["trained_on", "tested_on", "seed", "run_id", "finding", "auc"])
+    # Mean over the common findings per run, then over seeds.
+    per_run = per_finding.groupby(["trained_on", "tested_on", "run_id"])["auc"].mean()
+    matrix = per_run.groupby(["tested_on", "trained_on"]).mean().unstack("trained_on")
+    # A domain without a defined AUC (e.g. an empty test split) keeps its row, blank.
+    trained = [d for d in prepared.domains if d in per_finding["trained_on"].values]
+    matrix = matrix.reindex(index=prepared.domains, columns=trained)
+    matrix.index.name, matrix.columns.name = "tested_on", "trained_on"
+    return CrossDomainResult(matrix, per_finding, prepared.common)
+
+
+def log_cross_domain(client: MlflowClient, parent_run_id: str, result: CrossDomainResult) -> None:
+    client.log_text(parent_run_id, result.matrix.to_csv(), f"{ARTIFACT_DIR}/matrix.csv")
+    client.log_text(parent_run_id, result.markdown(), f"{ARTIFACT_DIR}/matrix.md")
+    client.log_text(parent_run_id, result.per_finding.to_csv(index=False), f"{ARTIFACT_DIR}/per_finding.csv")
+    for tested_on, row in result.matrix.iterrows():
+        for trained_on, value in row.dropna().items():
+            client.log_metric(parent_run_id, f"cross_domain/train_{trained_on}/test_{tested_on}", float(value))

@@ -1,0 +1,60 @@
+"""`cxr cross-domain` (Table II) on real Ray Tune / Train and MLflow: one model per domain, each
+tested on every domain; one entry recomputed here from `cxr predict` output and the shards."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from sklearn.metrics import roc_auc_score
+from typer.testing import CliRunner
+
+from conftest import tiny_training
+from data_prep.prepared import PreparedDataset
+from orchestration.cli import app
+from orchestration.predict import load_trained, predict
+from orchestration.train import CHECKPOINT_TAG
+from orchestration.tune import child_runs, find_sweep
+
+pytestmark = pytest.mark.slow
+
+
+def test_cross_domain_matrix(prepared_dir, tmp_path, ray_session):
+    overrides = tiny_training(tmp_path, **{"train.epochs": 1, "train.steps_per_epoch": 2, "train.domains": "null"})
+    args = ["cross-domain", "--data", str(prepared_dir), "--sweep-name", "xd", *overrides]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    prepared = PreparedDataset.load(prepared_dir)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = find_sweep(client, "cxr-orchestra", "xd")
+    children = child_runs(client, parent.info.run_id, [parent.info.experiment_id])
+    trained_on = sorted(c.data.params["train.domains"] for c in children)
+    assert trained_on == sorted(f'["{d}"]' for d in prepared.domains)
+
+    matrix = pd.read_csv(client.download_artifacts(parent.info.run_id, "cross_domain/matrix.csv"), index_col=0)
+    assert list(matrix.index) == prepared.domains and list(matrix.columns) == prepared.domains
+    # The tiny CheXpert set has no test images: its row is blank, every other cell is an AUC.
+    assert prepared.num_samples("chexpert", "test") == 0 and matrix.loc["chexpert"].isna().all()
+    assert matrix.drop(index="chexpert").notna().all().all()
+
+    # Recompute "trained on chexpert, tested on nih" from the model and the shard labels.
+    [chexpert_run] = [c for c in children if c.data.params["train.domains"] == '["chexpert"]']
+    net, _, plan = load_trained(chexpert_run.data.tags[CHECKPOINT_TAG])
+    probs = predict(net, plan, prepared, split="test", domains=["nih"])
+    labels = prepared.read_columns("nih", "test", ["image_id", *prepared.common]).to_pandas().set_index("image_id")
+    aucs = []
+    for finding in prepared.common:
+        y = labels.loc[probs["image_id"], finding].to_numpy()
+        known = y >= 0
+        if len(set(y[known])) == 2:
+            aucs.append(roc_auc_score(y[known], probs[finding].to_numpy()[known]))
+    assert aucs and matrix.loc["nih", "chexpert"] == pytest.approx(np.mean(aucs))
+    metric = client.get_run(parent.info.run_id).data.metrics["cross_domain/train_chexpert/test_nih"]
+    assert metric == pytest.approx(np.mean(aucs))
+
+    # Naming the finished sweep again only tests: no new training runs, the same matrix.
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert "finished already" in again.output
+    assert len(child_runs(client, parent.info.run_id, [parent.info.experiment_id])) == len(prepared.domains)
