@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -475,6 +476,41 @@ def _clean_label_evaluation(frame, clean_labels: Path, set_name: str):
         warnings.append(f"{len(result.missing)} of the {set_name} images in {clean_labels} have no prediction "
                         f"(e.g. {result.missing[0]}); they are not scored")
     return table, metrics, result.stats(), warnings
+
+
+@app.command()
+def report(
+    out: Annotated[Path, typer.Option(help="Folder to write report.md, report.html and the figures into.")],
+    experiment: Annotated[Optional[str], typer.Option(help="MLflow experiment (default: mlflow.experiment of the config).")] = None,
+    parent: Annotated[Optional[str], typer.Option(help="Only this sweep: the MLflow id of its parent run.")] = None,
+    config: ConfigFiles = None,
+    overrides: Overrides = None,
+) -> None:
+    """Paper-style tables (Tables II, III, VI), Fig. 4 curves and Optuna plots from MLflow alone.
+
+    Each sweep gets a section (also logged to its parent run under report/); stand-alone training
+    runs get one more. Runs that failed, were stopped or are still running are listed apart.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from orchestration.report import write_report
+    from orchestration.tracking import tracking_uri
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per section instead
+    try:
+        cfg = load_config(config or [], overrides or [])
+        client = MlflowClient(tracking_uri(cfg))
+        outcome = write_report(client, experiment or cfg.mlflow.experiment, out, parent,
+                               progress=lambda line: console.print(line, highlight=False))
+    except (ConfigError, DataPrepError) as exc:
+        _fail(str(exc))
+    for section in outcome.sections:
+        runs = len(section.section.runs)
+        console.print(f"{section.section.title}: {len(section.table)} table rows from {runs} runs, "
+                      f"{len(section.excluded)} not averaged in, {len(section.figures)} figures", highlight=False)
+    console.print(f"report: {outcome.markdown} and {outcome.html}", highlight=False)
+    if outcome.logged_to:
+        console.print(f"also logged under report/ of MLflow run(s) {', '.join(outcome.logged_to)}", highlight=False)
 
 
 def main() -> None:

@@ -45,6 +45,13 @@ class Distribution:
             return trial.suggest_int(name, int(self.low), int(self.high))
         return trial.suggest_categorical(name, list(self.values))
 
+    def to_optuna(self) -> optuna.distributions.BaseDistribution:
+        if self.kind in ("loguniform", "uniform"):
+            return optuna.distributions.FloatDistribution(self.low, self.high, log=self.kind == "loguniform")
+        if self.kind == "int":
+            return optuna.distributions.IntDistribution(int(self.low), int(self.high))
+        return optuna.distributions.CategoricalDistribution(list(self.values))
+
 
 @dataclass(frozen=True)
 class Row:
@@ -109,6 +116,20 @@ class SweepSpace:
             if name == row.name or (row.domains == "each" and name.startswith(f"{row.name}_")):
                 return row
         raise KeyError(name)
+
+    def row_label(self, name: str) -> str:
+        """A row's label; a per-domain copy of an `each` row names its domain."""
+        row = self.row(name)
+        return row.label if name == row.name else f"{row.label} {name[len(row.name) + 1:]}"
+
+    def to_optuna(self) -> dict[str, optuna.distributions.BaseDistribution]:
+        """The space as Optuna distributions, named as define_by_run names its parameters."""
+        out = {key: dist.to_optuna() for key, dist in self.parameters.items()}
+        for key, by_name in self.schedules.items():
+            out[f"{key}.name"] = optuna.distributions.CategoricalDistribution(list(by_name))
+            for name, params in by_name.items():
+                out.update({f"{key}.{name}.{param}": dist.to_optuna() for param, dist in params.items()})
+        return out
 
     def trial_updates(self, params: dict[str, Any]) -> dict[str, Any]:
         """A trial's sampled params -> dotted config updates (fixed values and row switches included)."""

@@ -36,6 +36,7 @@ from orchestration.train import run_training
 SWEEP_TAG = "cxr.sweep_name"
 TRIAL_TAG = "cxr.trial_id"
 ROW_TAG = "cxr.ablation_row"
+ROW_LABEL_TAG = "cxr.ablation_label"
 # A trial driver only waits on its TorchTrainer: a sliver of a CPU, so clusters need no custom resource.
 TRIAL_DRIVER_RESOURCES = {"cpu": 0.01}
 
@@ -68,6 +69,7 @@ def _trial(params: dict, *, base: dict, space: SweepSpace, data: str, sweep_name
     tags = {SWEEP_TAG: sweep_name, TRIAL_TAG: trial_id, "cxr.seed": str(config.train.seed)}
     if "row" in params:
         tags[ROW_TAG] = str(params["row"])
+        tags[ROW_LABEL_TAG] = space.row_label(params["row"])
     run_training(config, data, run_name=f"{sweep_name}-{trial_id}", parent_run_id=parent_run_id, tags=tags,
                  callbacks=[TuneReportCallback()])
 

@@ -1,0 +1,396 @@
+"""`cxr report`: the paper's tables and figures, built from an MLflow experiment alone.
+
+One section per sweep (its child runs) and one for the stand-alone training runs:
+- a table like Tables III / VI: rows are runs or ablation rows (seeds averaged), columns the
+  test AUC of each finding grouped "internal only" / "common" / "other", then Mean_Com,
+  Mean_Int and Mean over those columns; the best value of each column is marked;
+- runs that failed, were killed, stopped early or are still running, listed apart, never averaged in;
+- Fig. 4-style curves (test AUC against λ_ute / λ_tat) for grids that vary them;
+- Optuna's optimisation history and parameter importances for Optuna sweeps;
+- the Table II matrix where `cxr cross-domain` logged one.
+Every sweep's part is also logged to its parent run under `report/`.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+from mlflow.entities import Run  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from orchestration.config import ConfigError  # noqa: E402
+from orchestration.cross_domain import ARTIFACT_DIR as CROSS_DOMAIN_DIR  # noqa: E402
+from orchestration.spaces import load_space  # noqa: E402
+from orchestration.tracking import PARENT_TAG, RUN_NAME_TAG  # noqa: E402
+from orchestration.tune import ROW_LABEL_TAG, ROW_TAG, SWEEP_TAG, child_runs  # noqa: E402
+
+SUMMARY_COLUMNS = ("Mean_Com", "Mean_Int", "Mean")
+GROUPS = ("internal only", "common", "other")
+LAMBDAS = {"method.lambda_ute": "λ_ute", "method.lambda_tat": "λ_tat"}
+RUNS_COLUMN = ("", "runs")
+CURVES = {"test_mean_auc": "Mean", "test_mean_com_auc": "Mean_Com", "test_mean_int_auc": "Mean_Int"}
+
+
+@dataclass
+class Section:
+    title: str
+    slug: str
+    parent: Run | None  # the sweep's parent run; None for stand-alone training runs
+    runs: list[Run]
+
+    @property
+    def space_kind(self) -> str:
+        return self.parent.data.tags.get("cxr.space_kind", "") if self.parent else ""
+
+
+@dataclass
+class SectionReport:
+    section: Section
+    table: pd.DataFrame  # rows x (group, column); NaN where a run has no AUC
+    excluded: pd.DataFrame  # run, status, why
+    figures: dict[str, str] = field(default_factory=dict)  # file name -> caption
+    notes: list[str] = field(default_factory=list)
+    cross_domain: str = ""  # Table II in Markdown, when the sweep has one
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "runs"
+
+
+def collect_sections(client: MlflowClient, experiment: str, parent_run_id: str | None = None) -> list[Section]:
+    """The sweep `parent_run_id`, or every sweep of the experiment plus its stand-alone training runs."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ConfigError(f"MLflow has no experiment {experiment!r} at this tracking URI")
+    ids = [exp.experiment_id]
+    if parent_run_id:
+        parent = client.get_run(parent_run_id)
+        if parent.info.experiment_id != exp.experiment_id:
+            raise ConfigError(f"run {parent_run_id} is not in experiment {experiment!r}")
+        return [_sweep_section(client, parent, ids)]
+    parents = client.search_runs(ids, filter_string="tags.`cxr.kind` = 'sweep'", order_by=["attributes.start_time ASC"])
+    sections = [_sweep_section(client, p, ids) for p in parents]
+    alone = [r for r in client.search_runs(ids, order_by=["attributes.start_time ASC"])
+             if RUN_NAME_TAG in r.data.tags and PARENT_TAG not in r.data.tags]
+    if alone:
+        sections.append(Section("Training runs", "training-runs", None, alone))
+    return sections
+
+
+def _sweep_section(client: MlflowClient, parent: Run, experiment_ids: list[str]) -> Section:
+    name = parent.data.tags.get(SWEEP_TAG, parent.info.run_name)
+    space = parent.data.tags.get("cxr.space", "")
+    children = sorted(child_runs(client, parent.info.run_id, experiment_ids), key=lambda r: r.info.start_time)
+    return Section(f"{name} ({space})" if space else name, _slug(name), parent, children)
+
+
+def _finished(run: Run) -> bool:
+    return run.info.status == "FINISHED" and "test_mean_auc" in run.data.metrics
+
+
+def _why_excluded(run: Run) -> str:
+    status = run.info.status
+    if status == "FINISHED":
+        early = run.data.tags.get("cxr.early_stopped") == "true"
+        return "stopped early by the scheduler" if early else "finished without test metrics"
+    return {"RUNNING": "still running (or its driver was lost)", "KILLED": "stopped; resume it to finish",
+            "FAILED": "failed"}.get(status, status.lower())
+
+
+def _finding_groups(client: MlflowClient, run: Run) -> tuple[list[str], list[str], list[str]]:
+    """Label space, common and internal-only findings of the run's training plan (its data summary)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = json.loads(Path(client.download_artifacts(run.info.run_id, "data/manifest_summary.json", tmp))
+                             .read_text())
+    return summary["label_space"], summary["common"], summary["internal_only"]
+
+
+def result_table(client: MlflowClient, section: Section) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(table, excluded). Columns (group, name); the findings' groups are those of the first run."""
+    done = [r for r in section.runs if _finished(r)]
+    excluded = pd.DataFrame(
+        [{"run": r.info.run_name, "row": r.data.tags.get(ROW_TAG, ""), "status": r.info.status, "why": _why_excluded(r)}
+         for r in section.runs if not _finished(r)], columns=["run", "row", "status", "why"])
+    if not done:
+        return pd.DataFrame(), excluded
+    label_space, common, internal_only = _finding_groups(client, done[0])
+    per_run = pd.DataFrame([{f: r.data.metrics.get(f"test_auc/{f}", np.nan) for f in label_space} for r in done])
+    ablation = all(ROW_TAG in r.data.tags for r in done)
+    if ablation:  # one line per ablation row, its seeds averaged
+        keys = [f"{r.data.tags[ROW_TAG]}) {r.data.tags.get(ROW_LABEL_TAG, '')}".strip() for r in done]
+    else:
+        keys = [r.info.run_name for r in done]
+    per_run.index = pd.Index(keys, name="row" if ablation else "run")
+    runs = per_run.groupby(level=0, sort=False).size()
+    values = per_run.groupby(level=0, sort=False).mean().dropna(axis=1, how="all")
+
+    def group(finding: str) -> str:
+        return "internal only" if finding in internal_only else "common" if finding in common else "other"
+
+    ordered = [f for g in GROUPS for f in values.columns if group(f) == g]
+    table = values[ordered]
+    table.columns = pd.MultiIndex.from_tuples([(group(f), f) for f in ordered])
+    findings = values[ordered]
+    table[("summary", "Mean_Com")] = findings[[f for f in ordered if group(f) == "common"]].mean(axis=1)
+    table[("summary", "Mean_Int")] = findings[[f for f in ordered if group(f) == "internal only"]].mean(axis=1)
+    table[("summary", "Mean")] = findings.mean(axis=1)
+    table[RUNS_COLUMN] = runs
+    return table, excluded
+
+
+def _best(table: pd.DataFrame) -> pd.DataFrame:
+    """True where a value is the best (highest) of its column among several rows; the run count
+    is not a score."""
+    scores = table.drop(columns=[RUNS_COLUMN])
+    best = scores.eq(scores.max(axis=0), axis=1) & scores.notna() & (len(table) > 1)
+    best[RUNS_COLUMN] = False
+    return best[table.columns]
+
+
+def lambda_figures(section: Section, out: Path) -> dict[str, str]:
+    """Fig. 4: test AUC (Mean, Mean_Com, Mean_Int) against each λ a grid sweep varies."""
+    done = [r for r in section.runs if _finished(r)]
+    if section.space_kind == "search":  # every parameter moves at once: no curve to read
+        return {}
+    figures = {}
+    for key, symbol in LAMBDAS.items():
+        points = pd.DataFrame([{"x": float(r.data.params[key]), **{n: r.data.metrics.get(m, np.nan)
+                                for m, n in CURVES.items()}} for r in done if key in r.data.params])
+        if points.empty or points["x"].nunique() < 2:
+            continue
+        curve = points.groupby("x").mean().sort_index()
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        for name in CURVES.values():
+            if curve[name].notna().any():
+                ax.plot(curve.index, curve[name], marker="o", label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel(symbol)
+        ax.set_ylabel("test AUC")
+        ax.set_title(f"AUC against {symbol} ({section.title})", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        name = f"fig4_{key.split('.')[-1]}.png"
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        figures[name] = f"Test AUC against {symbol}, averaged over runs with the same value (Fig. 4)."
+    return figures
+
+
+def optuna_figures(client: MlflowClient, section: Section, out: Path) -> tuple[dict[str, str], list[str]]:
+    """Optuna's optimisation history and parameter importances, rebuilt from the child runs."""
+    if section.space_kind != "search":
+        return {}, []
+    parent = section.parent
+    metric = parent.data.params.get("metric", "val_mean_auc").split(",")[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        [space_file] = Path(client.download_artifacts(parent.info.run_id, "space", tmp)).glob("*.yaml")
+        space = load_space(str(space_file))
+    distributions = space.to_optuna()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize" if space.mode == "max" else "minimize")
+    for run in section.runs:
+        if run.info.status != "FINISHED" or metric not in run.data.metrics:
+            continue
+        params = {}
+        for key in space.parameters:
+            params[key] = yaml.safe_load(run.data.params[key])
+        for key, by_name in space.schedules.items():
+            name = run.data.params[f"{key}.name"]
+            params[f"{key}.name"] = name
+            params.update({f"{key}.{name}.{p}": yaml.safe_load(run.data.params[f"{key}.{p}"]) for p in by_name[name]})
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions={k: distributions[k] for k in params}, value=run.data.metrics[metric]))
+    figures, notes = {}, []
+    if not study.trials:
+        return figures, [f"No finished trial reported {metric}: no Optuna plots."]
+    import warnings
+
+    with warnings.catch_warnings():  # optuna's matplotlib plots are marked experimental
+        warnings.simplefilter("ignore")
+        ax = optuna.visualization.matplotlib.plot_optimization_history(study, target_name=metric)
+        _save(ax, out / "optuna_history.png")
+        figures["optuna_history.png"] = f"Optuna optimisation history of {metric}."
+        if len(study.trials) < 2:
+            notes.append("Parameter importances need at least 2 finished trials.")
+        else:
+            ax = optuna.visualization.matplotlib.plot_param_importances(study, target_name=metric)
+            _save(ax, out / "optuna_importance.png")
+            figures["optuna_importance.png"] = f"Parameter importances for {metric} (fANOVA)."
+    return figures, notes
+
+
+def _save(ax, path: Path) -> None:
+    fig = ax.figure
+    fig.set_size_inches(6, 4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _cross_domain_markdown(client: MlflowClient, section: Section) -> str:
+    if section.parent is None:
+        return ""
+    logged = {a.path for a in client.list_artifacts(section.parent.info.run_id, CROSS_DOMAIN_DIR)}
+    if f"{CROSS_DOMAIN_DIR}/matrix.md" not in logged:
+        return ""
+    with tempfile.TemporaryDirectory() as tmp:
+        return Path(client.download_artifacts(section.parent.info.run_id, f"{CROSS_DOMAIN_DIR}/matrix.md", tmp)).read_text()
+
+
+# --- rendering ---------------------------------------------------------------------------------
+
+def _cell(value, column: tuple[str, str]) -> str:
+    if column == RUNS_COLUMN:
+        return str(int(value))
+    return "" if pd.isna(value) else f"{value:.4f}"
+
+
+def table_markdown(table: pd.DataFrame) -> str:
+    best = _best(table)
+    header = [table.index.name or ""] + [f"{g}: {c}" if g and g != "summary" else c for g, c in table.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key, row in table.iterrows():
+        cells = [f"**{_cell(v, col)}**" if best.loc[key, col] else _cell(v, col) for col, v in row.items()]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def table_html(table: pd.DataFrame) -> str:
+    best = _best(table)
+    spans: list[tuple[str, int]] = []
+    for group, _ in table.columns:
+        if spans and spans[-1][0] == group:
+            spans[-1] = (group, spans[-1][1] + 1)
+        else:
+            spans.append((group, 1))
+    top = "".join(f'<th colspan="{n}">{html.escape(g)}</th>' for g, n in spans)
+    names = "".join(f"<th>{html.escape(c)}</th>" for _, c in table.columns)
+    rows = []
+    for key, row in table.iterrows():
+        cells = "".join(f'<td class="best">{_cell(v, col)}</td>' if best.loc[key, col] else f"<td>{_cell(v, col)}</td>"
+                        for col, v in row.items())
+        rows.append(f"<tr><th>{html.escape(str(key))}</th>{cells}</tr>")
+    return (f'<table><thead><tr><th rowspan="2">{html.escape(table.index.name or "")}</th>{top}</tr>'
+            f"<tr>{names}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+def _excluded_markdown(excluded: pd.DataFrame) -> str:
+    lines = ["| run | row | status | why |", "|---|---|---|---|"]
+    lines += [f"| {r.run} | {r.row} | {r.status} | {r.why} |" for r in excluded.itertuples()]
+    return "\n".join(lines)
+
+
+def _excluded_html(excluded: pd.DataFrame) -> str:
+    rows = "".join(f"<tr><td>{html.escape(str(r.run))}</td><td>{html.escape(str(r.row))}</td><td>{r.status}</td>"
+                   f"<td>{html.escape(r.why)}</td></tr>" for r in excluded.itertuples())
+    return f"<table><thead><tr><th>run</th><th>row</th><th>status</th><th>why</th></tr></thead><tbody>{rows}</tbody></table>"
+
+
+CAPTION = ("Test AUC of the internal domain per finding; best of each column in bold. Mean_Com, Mean_Int and "
+           "Mean average the columns of their group. Ablation rows average their seeds (column runs).")
+
+
+def section_markdown(report: SectionReport, prefix: str) -> str:
+    parts = [f"## {report.section.title}", ""]
+    if report.section.parent is not None:
+        parts += [f"MLflow parent run `{report.section.parent.info.run_id}`", ""]
+    if report.table.empty:
+        parts += ["No finished run with test metrics yet.", ""]
+    else:
+        parts += [table_markdown(report.table), "", CAPTION, ""]
+    if report.cross_domain:
+        parts += ["### Cross-dataset testing (Table II)", "", report.cross_domain, ""]
+    parts += [f"![{caption}]({prefix}{name})\n\n{caption}\n" for name, caption in report.figures.items()]
+    parts += [f"_{note}_\n" for note in report.notes]
+    if not report.excluded.empty:
+        parts += ["### Not averaged in", "", _excluded_markdown(report.excluded), ""]
+    return "\n".join(parts)
+
+
+def section_html(report: SectionReport, prefix: str) -> str:
+    parts = [f"<h2>{html.escape(report.section.title)}</h2>"]
+    if report.section.parent is not None:
+        parts.append(f"<p>MLflow parent run <code>{report.section.parent.info.run_id}</code></p>")
+    if report.table.empty:
+        parts.append("<p>No finished run with test metrics yet.</p>")
+    else:
+        parts += [table_html(report.table), f"<p class='caption'>{html.escape(CAPTION)}</p>"]
+    if report.cross_domain:
+        matrix = report.cross_domain.split("\n\n")[0]
+        parts.append(f"<h3>Cross-dataset testing (Table II)</h3><pre>{html.escape(matrix)}</pre>")
+    parts += [f"<figure><img src='{prefix}{name}' alt='{html.escape(caption)}'><figcaption>{html.escape(caption)}"
+              "</figcaption></figure>" for name, caption in report.figures.items()]
+    parts += [f"<p><em>{html.escape(note)}</em></p>" for note in report.notes]
+    if not report.excluded.empty:
+        parts += ["<h3>Not averaged in</h3>", _excluded_html(report.excluded)]
+    return "\n".join(parts)
+
+
+STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1400px} table{border-collapse:collapse;font-size:13px;"
+         "margin:1em 0} th,td{border:1px solid #ccc;padding:3px 6px;text-align:right} td.best{font-weight:bold;"
+         "background:#e8f4e8} .caption{color:#555;font-size:12px} img{max-width:600px}")
+
+
+def _html_page(title: str, body: str) -> str:
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
+
+
+@dataclass
+class ReportOutcome:
+    markdown: Path
+    html: Path
+    sections: list[SectionReport]
+    logged_to: list[str]  # parent run ids the sweep parts were logged to
+
+
+def write_report(client: MlflowClient, experiment: str, out: Path, parent_run_id: str | None = None,
+                 progress=None) -> ReportOutcome:
+    """Write report.md, report.html and one folder per section (table.csv, PNGs) under `out`."""
+    sections = collect_sections(client, experiment, parent_run_id)
+    if not sections:
+        raise ConfigError(f"experiment {experiment!r} has no sweeps and no training runs to report")
+    out.mkdir(parents=True, exist_ok=True)
+    reports, logged = [], []
+    title = f"cxr-orchestra report: {experiment}"
+    for section in sections:
+        if progress:
+            progress(f"section {section.title}: {len(section.runs)} runs")
+        folder = out / section.slug
+        folder.mkdir(exist_ok=True)
+        table, excluded = result_table(client, section)
+        report = SectionReport(section, table, excluded)
+        report.figures.update(lambda_figures(section, folder))
+        figures, notes = optuna_figures(client, section, folder)
+        report.figures.update(figures)
+        report.notes += notes
+        report.cross_domain = _cross_domain_markdown(client, section)
+        if not table.empty:
+            table.to_csv(folder / "table.csv")
+        if not excluded.empty:
+            excluded.to_csv(folder / "not_averaged.csv", index=False)
+        (folder / "report.md").write_text(f"# {title}\n\n" + section_markdown(report, ""))
+        (folder / "report.html").write_text(_html_page(title, section_html(report, "")))
+        if section.parent is not None:
+            client.log_artifacts(section.parent.info.run_id, str(folder), "report")
+            logged.append(section.parent.info.run_id)
+        reports.append(report)
+    markdown = out / "report.md"
+    markdown.write_text(f"# {title}\n\n" + "\n".join(section_markdown(r, f"{r.section.slug}/") for r in reports))
+    page = out / "report.html"
+    page.write_text(_html_page(title, "\n".join(section_html(r, f"{r.section.slug}/") for r in reports)))
+    return ReportOutcome(markdown, page, reports, logged)

@@ -1,0 +1,118 @@
+"""`cxr report` on a real MLflow store holding runs with known metrics: table values, grouping and
+best marks worked out by hand, excluded runs, Fig. 4 curves, artifacts on the parent run."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from orchestration.cli import app
+
+LABEL_SPACE = ["Emphysema", "Hernia", "Atelectasis", "Effusion", "Mass"]
+SUMMARY = {"label_space": LABEL_SPACE, "common": ["Atelectasis", "Effusion"], "internal_only": ["Emphysema", "Hernia"]}
+# Two seeds of row a, one of row g: test AUC per finding in LABEL_SPACE order.
+ROW_A = [[0.8, 0.9, 0.6, 0.5, 0.55], [0.6, 0.7, 0.8, 0.7, 0.65]]
+ROW_G = [0.75, 0.85, 0.72, 0.56, 0.9]
+
+
+def _child(client, exp, parent, name, status, *, row=None, aucs=None, params=None, tags=None):
+    all_tags = {"mlflow.parentRunId": parent, "cxr.run_name": name, "mlflow.runName": name, **(tags or {})}
+    if row:
+        all_tags.update({"cxr.ablation_row": row[0], "cxr.ablation_label": row[1]})
+    run = client.create_run(exp, run_name=name, tags=all_tags).info.run_id
+    for key, value in (params or {}).items():
+        client.log_param(run, key, value)
+    if aucs:
+        for finding, value in zip(LABEL_SPACE, aucs):
+            client.log_metric(run, f"test_auc/{finding}", value)
+        client.log_metric(run, "test_mean_auc", sum(aucs) / len(aucs))
+        client.log_dict(run, SUMMARY, "data/manifest_summary.json")
+    if status != "RUNNING":
+        client.set_terminated(run, status)
+    return run
+
+
+def _parent(client, exp, name, space, kind):
+    tags = {"cxr.kind": "sweep", "cxr.sweep_name": name, "cxr.space": space, "cxr.space_kind": kind}
+    return client.create_run(exp, run_name=name, tags=tags).info.run_id
+
+
+@pytest.fixture()
+def store(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(uri)
+    exp = client.create_experiment("lab", artifact_location=str(tmp_path / "artifacts"))
+    ablation = _parent(client, exp, "abl", "ablation_table6", "ablation")
+    for seed, aucs in enumerate(ROW_A):
+        _child(client, exp, ablation, f"abl-a{seed}", "FINISHED", row=("a", "Joint"), aucs=aucs)
+    _child(client, exp, ablation, "abl-g", "FINISHED", row=("g", "Ours"), aucs=ROW_G)
+    _child(client, exp, ablation, "abl-b", "FAILED", row=("b", "Joint + TW"))
+    _child(client, exp, ablation, "abl-c", "RUNNING", row=("c", "Joint + TW + TAT"))
+    _child(client, exp, ablation, "abl-d", "FINISHED", row=("d", "Joint + TW + TAT + TE"),
+           tags={"cxr.early_stopped": "true"})
+    grid = _parent(client, exp, "ute", "fig4_lambda_ute", "grid")
+    for value in (3, 30, 300):
+        _child(client, exp, grid, f"ute-{value}", "FINISHED", aucs=[0.5 + value / 1000] * 5,
+               params={"method.lambda_ute": str(value), "method.lambda_tat": "0.03"})
+    return client, ablation, grid, tmp_path
+
+
+def test_ablation_table_by_hand_and_excluded_runs(store):
+    client, ablation, _, tmp = store
+    out = tmp / "report"
+    result = CliRunner().invoke(app, ["report", "--experiment", "lab", "--parent", ablation, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "abl" / "table.csv", header=[0, 1], index_col=0)
+    assert list(table.index) == ["a) Joint", "g) Ours"]
+    groups = [g for g, _ in table.columns]
+    assert groups[:5] == ["internal only", "internal only", "common", "common", "other"]
+    a, g = table.loc["a) Joint"], table.loc["g) Ours"]
+    assert a[("internal only", "Emphysema")] == pytest.approx(0.7)  # seeds averaged
+    assert a[("summary", "Mean_Int")] == pytest.approx((0.7 + 0.8) / 2)
+    assert a[("summary", "Mean_Com")] == pytest.approx((0.7 + 0.6) / 2)
+    assert a[("summary", "Mean")] == pytest.approx((0.7 + 0.8 + 0.7 + 0.6 + 0.6) / 5)
+    assert g[("summary", "Mean_Com")] == pytest.approx((0.72 + 0.56) / 2)
+    assert g[("summary", "Mean")] == pytest.approx(sum(ROW_G) / 5)
+    assert table.droplevel(0, axis=1)["runs"].to_dict() == {"a) Joint": 2, "g) Ours": 1}
+
+    markdown = (out / "report.md").read_text()
+    row_a = next(line for line in markdown.splitlines() if line.startswith("| a) Joint"))
+    row_g = next(line for line in markdown.splitlines() if line.startswith("| g) Ours"))
+    # a wins Effusion (0.6 > 0.56) and Mean_Com (0.65 > 0.64); g wins everything else.
+    assert row_a.count("**") == 4 and "**0.6000**" in row_a and "**0.6500**" in row_a
+    assert "**0.7560**" in row_g and "**0.8000**" in row_g
+    assert 'class="best"' in (out / "report.html").read_text()
+
+    excluded = pd.read_csv(out / "abl" / "not_averaged.csv").set_index("run")
+    assert excluded.loc["abl-b", "status"] == "FAILED"
+    assert excluded.loc["abl-c", "why"].startswith("still running")
+    assert excluded.loc["abl-d", "why"] == "stopped early by the scheduler"
+    assert "ute" not in markdown  # --parent: that sweep only
+    logged = {a.path for a in client.list_artifacts(ablation, "report")}
+    assert {"report/report.md", "report/report.html", "report/table.csv", "report/not_averaged.csv"} <= logged
+
+
+def test_whole_experiment_has_fig4_curve_for_the_lambda_grid(store):
+    client, _, grid, tmp = store
+    out = tmp / "all"
+    result = CliRunner().invoke(app, ["report", "--experiment", "lab", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "ute" / "fig4_lambda_ute.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (out / "ute" / "fig4_lambda_tat.png").exists()  # λ_tat is fixed in that grid
+    assert not (out / "abl" / "fig4_lambda_ute.png").exists()
+    markdown = (out / "report.md").read_text()
+    assert "## abl (ablation_table6)" in markdown and "## ute (fig4_lambda_ute)" in markdown
+    assert "](ute/fig4_lambda_ute.png)" in markdown
+    assert "report/fig4_lambda_ute.png" in {a.path for a in client.list_artifacts(grid, "report")}
+    table = pd.read_csv(out / "ute" / "table.csv", header=[0, 1], index_col=0)
+    assert table[("summary", "Mean")].to_dict() == pytest.approx({"ute-3": 0.503, "ute-30": 0.53, "ute-300": 0.8})
+
+
+def test_unknown_experiment_is_a_clear_error(store):
+    _, _, _, tmp = store
+    result = CliRunner().invoke(app, ["report", "--experiment", "nope", "--out", str(tmp / "x")])
+    assert result.exit_code == 2 and "no experiment 'nope'" in result.output
+
