@@ -355,13 +355,26 @@ def cross_domain(
     console.print(f"logged to MLflow run {parent_run_id} (artifacts cross_domain/)")
 
 
+def _run_id(config: Config, run: str) -> str:
+    from mlflow.tracking import MlflowClient
+
+    from orchestration.tracking import resolve_run_id, tracking_uri
+
+    return resolve_run_id(MlflowClient(tracking_uri(config)), config.mlflow.experiment, run)
+
+
 def _trained(checkpoint: Path | None, run: str | None):
+    from mlflow.tracking import MlflowClient
+
     from orchestration.predict import checkpoint_of_run, load_trained
     from orchestration.tracking import tracking_uri
 
     if (checkpoint is None) == (run is None):
-        raise UsageError("give exactly one of --checkpoint PATH or --run RUN_ID")
-    return load_trained(checkpoint or checkpoint_of_run(run, tracking_uri(load_config())))
+        raise UsageError("give exactly one of --checkpoint PATH or --run RUN")
+    if checkpoint:
+        return load_trained(checkpoint)
+    config = load_config()
+    return load_trained(checkpoint_of_run(MlflowClient(tracking_uri(config)), _run_id(config, run)))
 
 
 @app.command()
@@ -369,7 +382,7 @@ def predict(
     data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
     out: Annotated[Path, typer.Option(help="Output file: .parquet or .csv.")],
     checkpoint: Annotated[Optional[Path], typer.Option(help="A cxr train checkpoint_* folder.")] = None,
-    run: Annotated[Optional[str], typer.Option(help="An MLflow run id of cxr train (uses its checkpoint).")] = None,
+    run: Annotated[Optional[str], typer.Option(help="A cxr train run, by MLflow run id or run name (uses its checkpoint).")] = None,
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     domain: Annotated[Optional[list[str]], typer.Option(help="Domain(s) to predict (default: all).")] = None,
     tencrop: Annotated[bool, typer.Option("--tencrop", help="Average 10 crops (4 corners + centre, flipped).")] = False,
@@ -406,7 +419,7 @@ def evaluate(
     data: Annotated[Optional[Path], typer.Option(help="The prepared dataset the predictions are of (labels).")] = None,
     clean_labels: Annotated[Optional[Path], typer.Option(help="Google's relabelled NIH CSV: score Pneumothorax, Airspace opacity and Nodule or mass against it instead (Table VII).")] = None,
     set_name: Annotated[str, typer.Option("--set", help="With --clean-labels: the test or val rows (its Set Id column).")] = "test",
-    run: Annotated[Optional[str], typer.Option(help="MLflow id of the training run evaluated, to link to.")] = None,
+    run: Annotated[Optional[str], typer.Option(help="The training run evaluated (MLflow run id or run name), to link to.")] = None,
     csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Also write the AUC table here.")] = None,
     stats_json: Annotated[Optional[Path], typer.Option(help="Also write the figures as JSON here.")] = None,
     config: ConfigFiles = None,
@@ -432,10 +445,11 @@ def evaluate(
         else:
             table, metrics, stats, warnings = _domain_evaluation(frame, data)
             params = {"data": str(data.resolve())}
+        evaluates = _run_id(cfg, run) if run else None
     except (ConfigError, DataPrepError, UsageError) as exc:
         _fail(str(exc))
     params["predictions"] = str(predictions.resolve())
-    run_id = log_evaluation(tracking_uri(cfg), cfg.mlflow.experiment, metrics, table, params, run)
+    run_id = log_evaluation(tracking_uri(cfg), cfg.mlflow.experiment, metrics, table, params, evaluates)
     _print_table(table, f"AUC of {predictions.name}")
     for warning in warnings:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)

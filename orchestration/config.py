@@ -109,6 +109,7 @@ class TrainConfig(_Section):
 class MlflowConfig(_Section):
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here
     experiment: str = "cxr-orchestra"
+    log_model: bool = True  # the best model as an mlflow.pytorch export (~10 s on a CPU); off for quick sweeps
 
 
 class Config(_Section):

@@ -27,9 +27,8 @@ from orchestration.train_loop import BEST_MODEL_FILE, RUN_FILE, STATE_FILE, buil
 META = ("image_id", "domain")
 
 
-def checkpoint_of_run(run_id: str, tracking_uri: str) -> Path:
-    run = MlflowClient(tracking_uri).get_run(run_id)
-    path = run.data.tags.get(CHECKPOINT_TAG)
+def checkpoint_of_run(client: MlflowClient, run_id: str) -> Path:
+    path = client.get_run(run_id).data.tags.get(CHECKPOINT_TAG)
     if not path:
         raise ConfigError(f"MLflow run {run_id} has no {CHECKPOINT_TAG} tag: it is not a finished cxr train run")
     return Path(path)

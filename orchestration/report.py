@@ -154,9 +154,10 @@ def result_table(client: MlflowClient, section: Section) -> tuple[pd.DataFrame, 
 def _best(table: pd.DataFrame) -> pd.DataFrame:
     """True where a value is the best (highest) of its column among several rows; the run count
     is not a score."""
-    scores = table.drop(columns=[RUNS_COLUMN])
+    scores = table.drop(columns=[RUNS_COLUMN], errors="ignore")
     best = scores.eq(scores.max(axis=0), axis=1) & scores.notna() & (len(table) > 1)
-    best[RUNS_COLUMN] = False
+    if RUNS_COLUMN in table.columns:
+        best[RUNS_COLUMN] = False
     return best[table.columns]
 
 
@@ -249,6 +250,24 @@ def _cross_domain_markdown(client: MlflowClient, section: Section) -> str:
         return ""
     with tempfile.TemporaryDirectory() as tmp:
         return Path(client.download_artifacts(section.parent.info.run_id, f"{CROSS_DOMAIN_DIR}/matrix.md", tmp)).read_text()
+
+
+def evaluation_table(client: MlflowClient, runs: list[Run]) -> pd.DataFrame:
+    """`cxr evaluate` runs: per domain Mean / Mean_Com / Mean_Int, per relabelled set its AUCs (Table VII)."""
+    rows = {}
+    for run in runs:
+        evaluates = run.data.tags.get("cxr.evaluates")
+        name = run.info.run_name
+        if evaluates:
+            name += f" of {client.get_run(evaluates).info.run_name}"
+        rows[name] = {tuple(key.split("/", 1)): value for key, value in run.data.metrics.items()
+                      if re.fullmatch(r"[^/]+/mean(_com|_int)?_auc|clean_[^/]+/auc/.+", key)}
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    if table.empty:
+        return table
+    table.columns = pd.MultiIndex.from_tuples(table.columns)
+    table.index.name = "evaluation"
+    return table[sorted(table.columns)]
 
 
 # --- rendering ---------------------------------------------------------------------------------
@@ -350,6 +369,16 @@ def _html_page(title: str, body: str) -> str:
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
 
 
+EVALUATION_CAPTION = ("Per domain: Mean, Mean_Com and Mean_Int AUC of a predictions file; clean_<set>: AUC on "
+                      "the relabelled NIH images of that set (Table VII).")
+
+
+def _evaluation_runs(client: MlflowClient, experiment: str) -> list[Run]:
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], filter_string="tags.`cxr.kind` = 'evaluation'",
+                              order_by=["attributes.start_time ASC"])
+
+
 @dataclass
 class ReportOutcome:
     markdown: Path
@@ -389,8 +418,17 @@ def write_report(client: MlflowClient, experiment: str, out: Path, parent_run_id
             client.log_artifacts(section.parent.info.run_id, str(folder), "report")
             logged.append(section.parent.info.run_id)
         reports.append(report)
+    markdown_parts = [section_markdown(r, f"{r.section.slug}/") for r in reports]
+    html_parts = [section_html(r, f"{r.section.slug}/") for r in reports]
+    evaluations = _evaluation_runs(client, experiment) if parent_run_id is None else []
+    if evaluations:
+        table = evaluation_table(client, evaluations)
+        table.to_csv(out / "evaluations.csv")
+        markdown_parts.append(f"## Evaluations (cxr evaluate)\n\n{table_markdown(table)}\n\n{EVALUATION_CAPTION}\n")
+        html_parts.append(f"<h2>Evaluations (cxr evaluate)</h2>{table_html(table)}"
+                          f"<p class='caption'>{html.escape(EVALUATION_CAPTION)}</p>")
     markdown = out / "report.md"
-    markdown.write_text(f"# {title}\n\n" + "\n".join(section_markdown(r, f"{r.section.slug}/") for r in reports))
+    markdown.write_text(f"# {title}\n\n" + "\n".join(markdown_parts))
     page = out / "report.html"
-    page.write_text(_html_page(title, "\n".join(section_html(r, f"{r.section.slug}/") for r in reports)))
+    page.write_text(_html_page(title, "\n".join(html_parts)))
     return ReportOutcome(markdown, page, reports, logged)

@@ -69,6 +69,19 @@ def find_run(client: MlflowClient, experiment: str, run_name: str):
     return find_tagged_run(client, experiment, {RUN_NAME_TAG: run_name})
 
 
+def resolve_run_id(client: MlflowClient, experiment: str, run: str) -> str:
+    """`run` as an MLflow run id, or else as the name of a training run (`cxr train --run-name`)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run).info.run_id
+    except MlflowException:
+        named = find_run(client, experiment, run)
+    if named is None:
+        raise ConfigError(f"no MLflow run with id or run name {run!r} in experiment {experiment!r}")
+    return named.info.run_id
+
+
 def open_run(
     client: MlflowClient, config: Config, run_name: str, *, tags: dict[str, str] | None = None,
     parent_run_id: str | None = None,

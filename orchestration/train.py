@@ -147,6 +147,8 @@ def _log_artifacts(config: Config, plan: TrainingPlan, checkpoint: ray.train.Che
     mlflow.log_text(table.to_csv(index=False), "evaluation/test_auc.csv")
     figure = roc_figure(test, plan.label_space, report, f"{plan.internal} test split")
     mlflow.log_figure(figure, "evaluation/test_roc.png")
+    if not config.mlflow.log_model:
+        return
     net = build_network(config, plan)
     net.load_state_dict(best)
     model = ProbabilityModel(net)

@@ -1,25 +1,41 @@
 #!/usr/bin/env bash
 # The whole pipeline on generated data with a local Ray and a local MLflow store.
+# Sizes can be lowered through the environment (the test suite runs a smaller copy).
 set -euo pipefail
 OUT=${DEMO_OUT:-demo_out}
+IMAGES=${DEMO_IMAGES:-300}            # images per synthetic dataset
+IMAGE_SIZE=${DEMO_IMAGE_SIZE:-64}     # side of the prepared images
+EPOCHS=${DEMO_EPOCHS:-2}              # epochs of the cxr train run
+TRIAL_STEPS=${DEMO_TRIAL_STEPS:-8}    # steps of each tune / ablate trial (one epoch)
 rm -rf "$OUT"
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
+MLFLOW=$(command -v mlflow)
+cd "$OUT"  # MLflow keeps artifacts in ./mlruns of the directory that creates the experiment
 export MLFLOW_TRACKING_URI="sqlite:///$OUT/mlflow.db"
 SMALL=(train.batch_size=24 "train.storage_path=$OUT/ray_results" train.log_every_steps=5)
-echo "== 1/5 cxr synth: three datasets in the real on-disk formats"
-cxr synth --out "$OUT/raw" --images-per-source 300 --image-size 128
-echo "== 2/5 cxr prepare: join, split and preprocess with Ray Data"
+# Sweep trials skip the ~10 s model export; the cxr train run logs its model.
+TRIAL=(train.epochs=1 "train.steps_per_epoch=$TRIAL_STEPS" mlflow.log_model=false "${SMALL[@]}")
+
+echo "== 1/7 cxr synth: three datasets in the real on-disk formats"
+cxr synth --out "$OUT/raw" --images-per-source "$IMAGES" --image-size $((IMAGE_SIZE * 2))
+echo "== 2/7 cxr prepare: join, split and preprocess with Ray Data"
 cxr prepare --nih "$OUT/raw/nih" --chexpert "$OUT/raw/chexpert" \
-  --csv inhouse="$OUT/raw/inhouse/labels.csv" --out "$OUT/prepared" --image-size 64
-echo "== 3/5 cxr train: DenseIBN-121 with TW + TAT + UTE on Ray Train"
-cxr train --data "$OUT/prepared" --run-name demo-train train.epochs=2 "${SMALL[@]}"
-echo "== 4/5 cxr tune: two Optuna trials over lambda_tat, lambda_ute, alpha, gamma and the H schedule"
-cxr tune --space optuna_full --data "$OUT/prepared" --num-samples 2 --sweep-name demo-tune \
-  train.epochs=1 train.steps_per_epoch=8 "${SMALL[@]}"
-echo "== 5/5 cxr ablate: Table VI rows a (joint training) and g (the full method)"
-cxr ablate --grid ablation_table6 --rows a,g --data "$OUT/prepared" --sweep-name demo-ablation \
-  train.epochs=1 train.steps_per_epoch=8 "${SMALL[@]}"
+  --csv inhouse="$OUT/raw/inhouse/labels.csv" --out "$OUT/prepared" --image-size "$IMAGE_SIZE"
+echo "== 3/7 cxr train: DenseIBN-121 with TW + TAT + UTE on Ray Train"
+cxr train --data "$OUT/prepared" --run-name demo-train "train.epochs=$EPOCHS" "${SMALL[@]}"
+echo "== 4/7 cxr tune: two Optuna trials over lambda_tat, lambda_ute, alpha, gamma and the H schedule"
+cxr tune --space optuna_full --data "$OUT/prepared" --num-samples 2 --sweep-name demo-tune "${TRIAL[@]}"
+echo "== 5/7 cxr ablate: Table VI rows a (joint training) and g (the full method)"
+cxr ablate --grid ablation_table6 --rows a,g --data "$OUT/prepared" --sweep-name demo-ablation "${TRIAL[@]}"
+echo "== 6/7 cxr predict + cxr evaluate: every domain's test split, then Google's relabelled NIH test set"
+cxr predict --run demo-train --data "$OUT/prepared" --out "$OUT/test_predictions.parquet"
+cxr evaluate --predictions "$OUT/test_predictions.parquet" --data "$OUT/prepared" --run demo-train
+cxr evaluate --predictions "$OUT/test_predictions.parquet" --run demo-train --set test \
+  --clean-labels "$OUT/raw/nih/google2019_nih-chest-xray-labels.csv" --stats-json "$OUT/clean_labels_test.json"
+echo "== 7/7 cxr report: tables, Fig. 4 / Optuna plots from MLflow"
+cxr report --out "$OUT/report"
 echo
-echo "demo finished. Look at the runs with:"
-echo "  .venv/bin/mlflow ui --backend-store-uri $MLFLOW_TRACKING_URI"
+echo "demo finished."
+echo "  report:    $OUT/report/report.html (and report.md)"
+echo "  MLflow UI: $MLFLOW ui --backend-store-uri $MLFLOW_TRACKING_URI  (then open http://127.0.0.1:5000)"

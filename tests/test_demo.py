@@ -1,0 +1,150 @@
+"""`make demo`'s script at a smaller size, then what a user sees: the MLflow runs it leaves, the
+report files, AUCs clearly above chance, and an `mlflow server` on 127.0.0.1 serving all of it
+through its REST API."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import ROOT, wait_for
+
+pytestmark = pytest.mark.slow
+SMALL_DEMO = {"DEMO_IMAGES": "120", "DEMO_IMAGE_SIZE": "32", "DEMO_EPOCHS": "2", "DEMO_TRIAL_STEPS": "2"}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("demo") / "demo_out"
+    env = {**os.environ, **SMALL_DEMO, "DEMO_OUT": str(out),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    for name in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
+        env.pop(name, None)
+    log = out.parent / "demo.log"
+    with log.open("w") as sink:
+        done = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
+                              timeout=1200)
+    text = log.read_text()
+    assert done.returncode == 0, text[-5000:]
+    return out, text
+
+
+def _runs(client: MlflowClient, condition: str = ""):
+    exp = client.get_experiment_by_name("cxr-orchestra")
+    return client.search_runs([exp.experiment_id], filter_string=condition)
+
+
+def test_demo_leaves_the_expected_runs_report_and_learned_aucs(demo):
+    out, log = demo
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    [train] = _runs(client, "tags.`cxr.run_name` = 'demo-train'")
+    assert train.info.status == "FINISHED"
+    # The synthetic findings are learnable: clearly better than chance after two small epochs.
+    assert train.data.metrics["test_mean_auc"] > 0.6, train.data.metrics
+    sweeps = {r.data.tags["cxr.sweep_name"]: r for r in _runs(client, "tags.`cxr.kind` = 'sweep'")}
+    assert set(sweeps) == {"demo-tune", "demo-ablation"}
+    for name, parent in sweeps.items():
+        children = _runs(client, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+        assert parent.info.status == "FINISHED" and len(children) == 2, name
+        assert {c.info.status for c in children} == {"FINISHED"}
+    ablation_rows = {c.data.tags["cxr.ablation_row"] for c in
+                     _runs(client, f"tags.`mlflow.parentRunId` = '{sweeps['demo-ablation'].info.run_id}'")}
+    assert ablation_rows == {"a", "g"}
+    evaluations = _runs(client, "tags.`cxr.kind` = 'evaluation'")
+    assert len(evaluations) == 2 and {e.data.tags["cxr.evaluates"] for e in evaluations} == {train.info.run_id}
+    [by_domain] = [e for e in evaluations if "nih/mean_auc" in e.data.metrics]
+    assert by_domain.data.metrics["nih/mean_auc"] == pytest.approx(train.data.metrics["test_mean_auc"], abs=1e-6)
+
+    # Table VII on the synthetic relabelled file: every official NIH test image was predicted.
+    stats = json.loads((out / "clean_labels_test.json").read_text())
+    test_images = (out / "raw" / "nih" / "test_list.txt").read_text().split()
+    assert stats["num_images"] == len(test_images) and stats["missing_predictions"] == 0
+    assert all(0 <= v <= 1 for v in stats["auc"].values() if v is not None)
+
+    report = out / "report"
+    for name in ("report.md", "report.html", "evaluations.csv", "demo-tune/optuna_history.png",
+                 "demo-tune/optuna_importance.png", "demo-ablation/table.csv", "training-runs/table.csv"):
+        assert (report / name).stat().st_size > 0, name
+    rows = pd.read_csv(report / "demo-ablation" / "table.csv", header=[0, 1], index_col=0)
+    assert [r.split(")")[0] for r in rows.index] == ["a", "g"]
+    alone = pd.read_csv(report / "training-runs" / "table.csv", header=[0, 1], index_col=0)
+    assert alone.loc["demo-train", ("summary", "Mean")] == pytest.approx(train.data.metrics["test_mean_auc"])
+    assert f"report:    {report}/report.html" in log
+    assert "ui --backend-store-uri sqlite:///" in log
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(base: str, endpoint: str, **query) -> dict:
+    with urllib.request.urlopen(f"{base}{endpoint}?{urllib.parse.urlencode(query)}", timeout=30) as response:
+        return json.loads(response.read())
+
+
+def _search(base: str, experiment_id: str, condition: str) -> list[dict]:
+    body = json.dumps({"experiment_ids": [experiment_id], "filter": condition, "max_results": 100}).encode()
+    request = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read()).get("runs", [])
+
+
+def test_mlflow_server_serves_the_demo_through_its_rest_api(demo, tmp_path):
+    out, _ = demo
+    port = _free_port()
+    log = tmp_path / "server.log"
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{out / 'mlflow.db'}",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=tmp_path)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def up() -> bool:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+                    return response.status == 200
+            except OSError:
+                return False
+
+        wait_for(up, 120, "mlflow server", server, log)
+        experiment = _get(base, "/api/2.0/mlflow/experiments/get-by-name", experiment_name="cxr-orchestra")
+        exp_id = experiment["experiment"]["experiment_id"]
+        parents = _search(base, exp_id, "tags.`cxr.kind` = 'sweep'")
+        assert len(parents) == 2
+        for parent in parents:
+            run_id = parent["info"]["run_id"]
+            children = _search(base, exp_id, f"tags.`mlflow.parentRunId` = '{run_id}'")
+            assert len(children) == 2 and all(c["info"]["status"] == "FINISHED" for c in children)
+            for child in children:
+                history = _get(base, "/api/2.0/mlflow/metrics/get-history", run_id=child["info"]["run_id"],
+                               metric_key="val_mean_auc")["metrics"]
+                assert history and all(0 <= m["value"] <= 1 for m in history)
+            listed = {f["path"] for f in _get(base, "/api/2.0/mlflow/artifacts/list", run_id=run_id,
+                                              path="report").get("files", [])}
+            assert {"report/report.md", "report/report.html", "report/table.csv"} <= listed
+        [train] = _search(base, exp_id, "tags.`cxr.run_name` = 'demo-train'")
+        metrics = {m["key"]: m["value"] for m in train["data"]["metrics"]}
+        assert metrics["test_mean_auc"] > 0.6
+        train_id = train["info"]["run_id"]
+        listed = {f["path"] for f in _get(base, "/api/2.0/mlflow/artifacts/list", run_id=train_id,
+                                          path="evaluation").get("files", [])}
+        assert "evaluation/test_roc.png" in listed
+        query = urllib.parse.urlencode({"run_id": train_id, "path": "evaluation/test_roc.png"})
+        with urllib.request.urlopen(f"{base}/get-artifact?{query}", timeout=30) as response:
+            assert response.read(4) == b"\x89PNG"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
