@@ -415,30 +415,50 @@ def _print_table(table, title: str) -> None:
 
 @app.command()
 def evaluate(
-    predictions: Annotated[Path, typer.Option(help="A file written by cxr predict.")],
-    data: Annotated[Optional[Path], typer.Option(help="The prepared dataset the predictions are of (labels).")] = None,
-    clean_labels: Annotated[Optional[Path], typer.Option(help="Google's relabelled NIH CSV: score Pneumothorax, Airspace opacity and Nodule or mass against it instead (Table VII).")] = None,
+    predictions: Annotated[Optional[Path], typer.Option(help="A file written by cxr predict.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="The prepared dataset: its labels, and its images when predicting here.")] = None,
+    clean_labels: Annotated[Optional[Path], typer.Option(help="Google's relabelled NIH CSV: score Pneumothorax, Airspace opacity and Nodule or mass against it (Table VII).")] = None,
     set_name: Annotated[str, typer.Option("--set", help="With --clean-labels: the test or val rows (its Set Id column).")] = "test",
-    run: Annotated[Optional[str], typer.Option(help="The training run evaluated (MLflow run id or run name), to link to.")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Predict here with this cxr train checkpoint_* folder instead of reading --predictions.")] = None,
+    run: Annotated[Optional[str], typer.Option(help="The training run evaluated (MLflow run id or run name): linked to, and without --predictions, predicted with.")] = None,
+    split: Annotated[str, typer.Option(help="When predicting here: the split of every domain.")] = "test",
+    tencrop: Annotated[bool, typer.Option("--tencrop", help="When predicting here: average 10 crops.")] = False,
+    device: Annotated[str, typer.Option(help="When predicting here: cpu or cuda.")] = "cpu",
     csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Also write the AUC table here.")] = None,
     stats_json: Annotated[Optional[Path], typer.Option(help="Also write the figures as JSON here.")] = None,
     config: ConfigFiles = None,
     overrides: Overrides = None,
 ) -> None:
-    """AUC of a predictions file, printed and logged as an MLflow evaluation run (tag cxr.evaluates=RUN_ID
-    with --run).
+    """AUC of a model's predictions, printed and logged as an MLflow evaluation run (tag
+    cxr.evaluates=RUN_ID with --run).
 
-    With --data: per-finding AUC, Mean, Mean_Com and Mean_Int of every domain. With --clean-labels:
-    AUC on Google's relabelled NIH images; images there without a prediction are counted.
+    Predictions come from --predictions FILE (cxr predict), or are made here with --checkpoint or
+    --run on --data. Labels: --data (per-finding AUC, Mean, Mean_Com and Mean_Int of every domain)
+    or --clean-labels (AUC on Google's relabelled NIH images; images there without a prediction are
+    counted).
     """
     from orchestration.predict import log_evaluation, read_predictions
     from orchestration.tracking import tracking_uri
 
     try:
-        if (data is None) == (clean_labels is None):
+        if predictions is not None and checkpoint is not None:
+            raise UsageError("give --predictions FILE or --checkpoint PATH, not both")
+        if predictions is None and checkpoint is None and run is None:
+            raise UsageError("give --predictions FILE, or --checkpoint PATH / --run RUN to predict here")
+        if predictions is None and data is None:
+            raise UsageError("predicting here needs --data DIR (the prepared images)")
+        if predictions is not None and (data is None) == (clean_labels is None):
             raise UsageError("give exactly one of --data DIR (the prepared labels) or --clean-labels FILE")
         cfg = load_config(config or [], overrides or [])
-        frame = read_predictions(predictions)
+        if predictions is not None:
+            frame, source = read_predictions(predictions), str(predictions.resolve())
+        else:
+            from data_prep.prepared import PreparedDataset
+            from orchestration.predict import predict as run_predict
+
+            net, _, plan = _trained(checkpoint, None if checkpoint else run)
+            frame = run_predict(net, plan, PreparedDataset.load(data), split=split, tencrop=tencrop, device=device)
+            source = f"{split} split of {data.resolve()} predicted by {checkpoint or run}"
         if clean_labels:
             table, metrics, stats, warnings = _clean_label_evaluation(frame, clean_labels, set_name)
             params = {"clean_labels": str(clean_labels.resolve()), "set": set_name}
@@ -448,9 +468,10 @@ def evaluate(
         evaluates = _run_id(cfg, run) if run else None
     except (ConfigError, DataPrepError, UsageError) as exc:
         _fail(str(exc))
-    params["predictions"] = str(predictions.resolve())
-    run_id = log_evaluation(tracking_uri(cfg), cfg.mlflow.experiment, metrics, table, params, evaluates)
-    _print_table(table, f"AUC of {predictions.name}")
+    name = f"evaluate {predictions.name if predictions else checkpoint.name if checkpoint else run}"
+    run_id = log_evaluation(tracking_uri(cfg), cfg.mlflow.experiment, name, metrics, table,
+                            {**params, "predictions": source}, evaluates)
+    _print_table(table, f"AUC ({source})")
     for warning in warnings:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     if csv_out:

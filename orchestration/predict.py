@@ -132,13 +132,13 @@ def report_table(reports: dict[str, AucReport], label_space: list[str]) -> pd.Da
     return pd.concat([table, summary]).astype(float)
 
 
-def log_evaluation(tracking_uri: str, experiment: str, metrics: dict[str, float], table: pd.DataFrame,
+def log_evaluation(tracking_uri: str, experiment: str, name: str, metrics: dict[str, float], table: pd.DataFrame,
                    params: dict[str, str], evaluates: str | None) -> str:
     """A new MLflow run holding an evaluation, linked to the training run it evaluates (if known)."""
     from orchestration.tracking import experiment_id
 
     client = MlflowClient(tracking_uri)
-    tags = {"cxr.kind": "evaluation", "mlflow.runName": f"evaluate {Path(params['predictions']).name}"}
+    tags = {"cxr.kind": "evaluation", "mlflow.runName": name}
     if evaluates:
         tags["cxr.evaluates"] = evaluates
     run = client.create_run(experiment_id(client, experiment), tags=tags)

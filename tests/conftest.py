@@ -83,6 +83,7 @@ def tiny_training(tmp: Path, **extra) -> list[str]:
         "train.epochs": 2, "train.batch_size": 8, "train.domains": "[nih, chexpert]",
         "train.log_every_steps": 1, "model.branch_features": 16, "model.discriminator_hidden": 16,
         "mlflow.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}", "train.storage_path": str(tmp / "ray_results"),
+        "mlflow.log_model": "false",  # the ~10 s export is tested once, in test_train
         **extra,
     }
     return [f"{k}={v}" for k, v in values.items()]

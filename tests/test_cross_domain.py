@@ -29,6 +29,7 @@ def test_cross_domain_matrix(prepared_dir, tmp_path, ray_session):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     parent = find_sweep(client, "cxr-orchestra", "xd")
     children = child_runs(client, parent.info.run_id, [parent.info.experiment_id])
+    assert not client.list_artifacts(children[0].info.run_id, "model")  # mlflow.log_model=false
     trained_on = sorted(c.data.params["train.domains"] for c in children)
     assert trained_on == sorted(f'["{d}"]' for d in prepared.domains)
 

@@ -18,6 +18,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, wait_for
+from orchestration.config import load_config
+from orchestration.plan import plan_training
+from orchestration.spaces import load_space
 
 pytestmark = pytest.mark.slow
 SMALL_DEMO = {"DEMO_IMAGES": "120", "DEMO_IMAGE_SIZE": "32", "DEMO_EPOCHS": "2", "DEMO_TRIAL_STEPS": "2"}
@@ -57,6 +60,7 @@ def test_demo_leaves_the_expected_runs_report_and_learned_aucs(demo):
         children = _runs(client, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
         assert parent.info.status == "FINISHED" and len(children) == 2, name
         assert {c.info.status for c in children} == {"FINISHED"}
+    _check_optuna_sweep(client, sweeps["demo-tune"], out)
     ablation_rows = {c.data.tags["cxr.ablation_row"] for c in
                      _runs(client, f"tags.`mlflow.parentRunId` = '{sweeps['demo-ablation'].info.run_id}'")}
     assert ablation_rows == {"a", "g"}
@@ -81,6 +85,28 @@ def test_demo_leaves_the_expected_runs_report_and_learned_aucs(demo):
     assert alone.loc["demo-train", ("summary", "Mean")] == pytest.approx(train.data.metrics["test_mean_auc"])
     assert f"report:    {report}/report.html" in log
     assert "ui --backend-store-uri sqlite:///" in log
+
+
+def _check_optuna_sweep(client: MlflowClient, parent, out: Path) -> None:
+    """The demo's two Optuna trials: sampled values inside the space, the sweep's artifacts, and a
+    best config that `cxr train --config` accepts."""
+    space = load_space("optuna_full")
+    assert parent.data.params["space"] == "optuna_full"
+    children = _runs(client, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len({c.data.tags["cxr.trial_id"] for c in children}) == 2
+    for child in children:
+        assert "val_mean_auc" in child.data.metrics
+        assert 1e-3 <= float(child.data.params["method.lambda_tat"]) <= 0.3
+        assert child.data.params["method.h_schedule.name"] in space.schedules["method.h_schedule"]
+    artifacts = {a.path for folder in ("space", "trials", "best")
+                 for a in client.list_artifacts(parent.info.run_id, folder)}
+    assert artifacts == {"space/optuna_full.yaml", "trials/trials.csv", "best/best_config.yaml"}
+    trials = pd.read_csv(out / "ray_results" / "demo-tune" / "trials.csv")
+    assert list(trials["status"]) == ["TERMINATED", "TERMINATED"]
+    best = load_config([out / "ray_results" / "demo-tune" / "best_config.yaml"])
+    assert best.method.lambda_tat in [float(c.data.params["method.lambda_tat"]) for c in children]
+    assert best.train.run_name is None and best.mlflow.tracking_uri is None
+    plan_training(best, out / "prepared")
 
 
 def _free_port() -> int:

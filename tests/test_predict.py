@@ -3,6 +3,8 @@ AUC against scikit-learn on labels read here from the shards."""
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -77,6 +79,19 @@ def test_evaluate_matches_sklearn_and_run_id_finds_the_checkpoint(trained, prepa
     assert evaluation.info.status == "FINISHED"
     assert evaluation.data.metrics["nih/mean_auc"] == pytest.approx(table.loc["Mean", "nih"])
     assert [a.path for a in client.list_artifacts(evaluation.info.run_id, "evaluation")] == ["evaluation/auc.csv"]
+
+    # Predicting inside evaluate, the run named by its run name: the same AUC.
+    stats_path = tmp_path / "stats.json"
+    result = runner.invoke(app, ["evaluate", "--run", "for-predict", "--data", str(prepared_dir), "--split", "val",
+                                 "--stats-json", str(stats_path)])
+    assert result.exit_code == 0, result.output
+    stats = json.loads(stats_path.read_text())["domains"]
+    assert stats["nih"]["mean_auc"] == pytest.approx(table.loc["Mean", "nih"])
+    assert set(stats) == set(prepared.domains) and stats["nih"]["unmatched_images"] == 0
+    nothing = runner.invoke(app, ["evaluate", "--data", str(prepared_dir)])
+    assert nothing.exit_code == 2 and "give --predictions FILE, or --checkpoint PATH / --run RUN" in nothing.output
+    unknown = runner.invoke(app, ["evaluate", "--run", "no-such-run", "--data", str(prepared_dir)])
+    assert unknown.exit_code == 2 and "no MLflow run with id or run name 'no-such-run'" in unknown.output
 
 
 def test_predict_refuses_bad_arguments(trained, prepared_dir, tmp_path):

@@ -40,7 +40,7 @@ def _latest_state(storage: Path, run_name: str) -> dict:
 
 
 def test_two_worker_training_logs_one_finished_run(prepared_dir, tmp_path):
-    config = load_config([], tiny_training(tmp_path, **{"train.workers": 2}))
+    config = load_config([], tiny_training(tmp_path, **{"train.workers": 2, "mlflow.log_model": "true"}))
     outcome = run_training(config, prepared_dir, run_name="two-workers")
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.get_run(outcome.run_id)
