@@ -299,9 +299,12 @@ def ablate(
         _fail(str(exc))
     if loaded.kind == "search":
         _fail(f"{loaded.path} is a search space: run it with cxr tune --space")
-    settings = dict(sweep_name=_sweep_name(sweep_name, resume, loaded.name.replace("_", "-")),
-                    max_concurrent=max_concurrent, metrics=(loaded.metric,), seeds=seeds, resume=resume)
-    _run_sweep(loaded, data, settings, address, config, overrides)
+    name = _sweep_name(sweep_name, resume, loaded.name.replace("_", "-"))
+    _run_sweep(loaded, data, _grid_settings(loaded, name, max_concurrent, seeds, resume), address, config, overrides)
+
+
+def _grid_settings(space: "SweepSpace", name: str, max_concurrent: int, seeds: int, resume: bool) -> dict:
+    return dict(sweep_name=name, max_concurrent=max_concurrent, metrics=(space.metric,), seeds=seeds, resume=resume)
 
 
 @app.command("cross-domain")
@@ -341,10 +344,9 @@ def cross_domain(
             console.print(f"sweep {name} finished already: testing its models", highlight=False)
             parent_run_id = finished.info.run_id
         else:
-            settings = dict(sweep_name=name, max_concurrent=max_concurrent, metrics=("val_mean_auc",), seeds=seeds,
-                            resume=resume)
-            parent_run_id = _run_sweep(load_space(SPACE_NAME), data, settings, address, config,
-                                       overrides).parent_run_id
+            space = load_space(SPACE_NAME)
+            settings = _grid_settings(space, name, max_concurrent, seeds, resume)
+            parent_run_id = _run_sweep(space, data, settings, address, config, overrides).parent_run_id
         result = cross_domain_matrix(client, parent_run_id, PreparedDataset.load(data), split=split,
                                      tencrop=tencrop, device=device)
         log_cross_domain(client, parent_run_id, result)

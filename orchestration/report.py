@@ -177,7 +177,11 @@ def lambda_figures(section: Section, out: Path) -> dict[str, str]:
         for name in CURVES.values():
             if curve[name].notna().any():
                 ax.plot(curve.index, curve[name], marker="o", label=name)
-        ax.set_xscale("log")
+        positive = curve.index[curve.index > 0]
+        if len(positive) < len(curve.index):  # λ_tat = 0 (no TAT) is a point of Fig. 4(b)
+            ax.set_xscale("symlog", linthresh=positive.min() if len(positive) else 1.0)
+        else:
+            ax.set_xscale("log")
         ax.set_xlabel(symbol)
         ax.set_ylabel("test AUC")
         ax.set_title(f"AUC against {symbol} ({section.title})", fontsize=9)

@@ -53,6 +53,10 @@ def store(tmp_path, monkeypatch):
     _child(client, exp, ablation, "abl-c", "RUNNING", row=("c", "Joint + TW + TAT"))
     _child(client, exp, ablation, "abl-d", "FINISHED", row=("d", "Joint + TW + TAT + TE"),
            tags={"cxr.early_stopped": "true"})
+    tat = _parent(client, exp, "tat", "fig4_lambda_tat", "grid")
+    for value in (0, 0.03):  # λ_tat = 0 is a point of Fig. 4(b): the axis must show it
+        _child(client, exp, tat, f"tat-{value}", "FINISHED", aucs=[0.6 + value] * 5,
+               params={"method.lambda_tat": str(value), "method.lambda_ute": "30"})
     grid = _parent(client, exp, "ute", "fig4_lambda_ute", "grid")
     for value in (3, 30, 300):
         _child(client, exp, grid, f"ute-{value}", "FINISHED", aucs=[0.5 + value / 1000] * 5,
@@ -108,6 +112,7 @@ def test_whole_experiment_has_fig4_curve_for_the_lambda_grid(store):
     assert (out / "ute" / "fig4_lambda_ute.png").read_bytes()[:4] == b"\x89PNG"
     assert not (out / "ute" / "fig4_lambda_tat.png").exists()  # λ_tat is fixed in that grid
     assert not (out / "abl" / "fig4_lambda_ute.png").exists()
+    assert (out / "tat" / "fig4_lambda_tat.png").exists()
     markdown = (out / "report.md").read_text()
     assert "## abl (ablation_table6)" in markdown and "## ute (fig4_lambda_ute)" in markdown
     assert "](ute/fig4_lambda_ute.png)" in markdown
