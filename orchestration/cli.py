@@ -321,11 +321,11 @@ def cross_domain(
     config: ConfigFiles = None,
     overrides: Overrides = None,
 ) -> None:
-    """Table II: one model per domain, trained on that domain alone (the cross_domain_table2 grid),
-    each tested on every domain over the findings all domains share.
+    """Table II: train one model per domain alone, test each on every domain (common findings).
 
-    The matrix (rows: tested on, columns: trained on) is printed and logged to the sweep's MLflow
-    parent run. Naming a finished sweep with --sweep-name only tests its models again.
+    The cross_domain_table2 grid runs as a sweep; the matrix (rows: tested on, columns: trained on;
+    mean AUC over the findings all domains share) is printed and logged to the sweep's MLflow parent
+    run. Naming a finished sweep with --sweep-name only tests its models again.
     """
     from mlflow.tracking import MlflowClient
 
@@ -431,10 +431,9 @@ def evaluate(
     config: ConfigFiles = None,
     overrides: Overrides = None,
 ) -> None:
-    """AUC of a model's predictions, printed and logged as an MLflow evaluation run (tag
-    cxr.evaluates=RUN_ID with --run).
+    """AUC of a model's predictions per finding; printed and logged as an MLflow evaluation run.
 
-    Predictions come from --predictions FILE (cxr predict), or are made here with --checkpoint or
+    The evaluation run is linked to the training run given with --run (tag cxr.evaluates). Predictions come from --predictions FILE (cxr predict), or are made here with --checkpoint or
     --run on --data. Labels: --data (per-finding AUC, Mean, Mean_Com and Mean_Int of every domain)
     or --clean-labels (AUC on Google's relabelled NIH images; images there without a prediction are
     counted).
