@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    rich_markup_mode="markdown",  # docstring paragraphs reflow to the terminal width
     help="Train chest X-ray classifiers from several imperfect datasets at once (Luo et al.) on Ray.",
 )
 console = Console(stderr=True)
