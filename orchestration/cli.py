@@ -470,10 +470,10 @@ def evaluate(
         evaluates = _run_id(cfg, run) if run else None
     except (ConfigError, DataPrepError, UsageError) as exc:
         _fail(str(exc))
-    name = f"evaluate {predictions.name if predictions else checkpoint.name if checkpoint else run}"
-    run_id = log_evaluation(tracking_uri(cfg), cfg.mlflow.experiment, name, metrics, table,
+    what = predictions.name if predictions else checkpoint.name if checkpoint else run
+    run_id = log_evaluation(tracking_uri(cfg), cfg.mlflow.experiment, f"evaluate {what}", metrics, table,
                             {**params, "predictions": source}, evaluates)
-    _print_table(table, f"AUC ({source})")
+    _print_table(table, f"AUC of {what}")
     for warning in warnings:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     if csv_out:
