@@ -471,7 +471,8 @@ def evaluate(
     except (ConfigError, DataPrepError, UsageError) as exc:
         _fail(str(exc))
     what = predictions.name if predictions else checkpoint.name if checkpoint else run
-    run_id = log_evaluation(tracking_uri(cfg), cfg.mlflow.experiment, f"evaluate {what}", metrics, table,
+    against = f" against relabelled NIH ({set_name})" if clean_labels else ""
+    run_id = log_evaluation(tracking_uri(cfg), cfg.mlflow.experiment, f"evaluate {what}{against}", metrics, table,
                             {**params, "predictions": source}, evaluates)
     _print_table(table, f"AUC of {what}")
     for warning in warnings:

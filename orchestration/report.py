@@ -264,6 +264,8 @@ def evaluation_table(client: MlflowClient, runs: list[Run]) -> pd.DataFrame:
         name = run.info.run_name
         if evaluates:
             name += f" of {client.get_run(evaluates).info.run_name}"
+        if name in rows:  # the same file evaluated twice
+            name += f" [{run.info.run_id[:8]}]"
         rows[name] = {tuple(key.split("/", 1)): value for key, value in run.data.metrics.items()
                       if re.fullmatch(r"[^/]+/mean(_com|_int)?_auc|clean_[^/]+/auc/.+", key)}
     table = pd.DataFrame.from_dict(rows, orient="index")

@@ -79,6 +79,7 @@ def test_demo_leaves_the_expected_runs_report_and_learned_aucs(demo):
     for name in ("report.md", "report.html", "evaluations.csv", "demo-tune/optuna_history.png",
                  "demo-tune/optuna_importance.png", "demo-ablation/table.csv", "training-runs/table.csv"):
         assert (report / name).stat().st_size > 0, name
+    assert len(pd.read_csv(report / "evaluations.csv", header=[0, 1], index_col=0)) == 2
     rows = pd.read_csv(report / "demo-ablation" / "table.csv", header=[0, 1], index_col=0)
     assert [r.split(")")[0] for r in rows.index] == ["a", "g"]
     alone = pd.read_csv(report / "training-runs" / "table.csv", header=[0, 1], index_col=0)
