@@ -54,6 +54,14 @@ def test_cross_domain_matrix(prepared_dir, tmp_path, ray_session):
     metric = client.get_run(parent.info.run_id).data.metrics["cross_domain/train_chexpert/test_nih"]
     assert metric == pytest.approx(np.mean(aucs))
 
+    # cxr report shows the matrix in the sweep's section.
+    report = CliRunner().invoke(app, ["report", "--parent", parent.info.run_id, "--out", str(tmp_path / "report"),
+                                      f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+    assert report.exit_code == 0, report.output
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "### Cross-dataset testing (Table II)" in markdown
+    assert f"| nih | {matrix.loc['nih', 'nih']:.4f} | {matrix.loc['nih', 'chexpert']:.4f} |" in markdown
+
     # Naming the finished sweep again only tests: no new training runs, the same matrix.
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
