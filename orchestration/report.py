@@ -17,6 +17,7 @@ import html
 import json
 import re
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -222,8 +223,6 @@ def optuna_figures(client: MlflowClient, section: Section, out: Path) -> tuple[d
     figures, notes = {}, []
     if not study.trials:
         return figures, [f"No finished trial reported {metric}: no Optuna plots."]
-    import warnings
-
     with warnings.catch_warnings():  # optuna's matplotlib plots are marked experimental
         warnings.simplefilter("ignore")
         ax = optuna.visualization.matplotlib.plot_optimization_history(study, target_name=metric)
