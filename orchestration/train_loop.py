@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -130,6 +131,12 @@ def _load_checkpoint(checkpoint: ray.train.Checkpoint, net, optimizers, ensemble
     return Progress(**state["progress"]), best_state
 
 
+def _say(line: str) -> None:
+    """A progress line of rank 0, shown once. Ray Train's patched print would both tee it to a
+    wrapped stdout and log it, and the driver would show it twice."""
+    print(line, file=sys.__stdout__, flush=True)
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     config = Config.model_validate(loop_config["config"])
     plan = TrainingPlan(**loop_config["plan"])
@@ -196,14 +203,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if logger:
             logger.log("val", {**metrics, "epoch_float": progress.global_step / plan.steps_per_epoch},
                        progress.global_step)
-            print(f"[step {progress.global_step}] val {_summary(metrics, 'val_')}; "
-                  f"best {config.train.select_metric} {progress.best_metric:.4f} (step {progress.best_step})", flush=True)
+            _say(f"[step {progress.global_step}] val {_summary(metrics, 'val_')}; "
+                 f"best {config.train.select_metric} {progress.best_metric:.4f} (step {progress.best_step})")
         return metrics
 
     if logger:
-        print(f"training {plan.domains} for {config.train.epochs} epochs of {plan.steps_per_epoch} steps "
-              f"(batch {plan.per_domain_batch} per domain per worker)"
-              + (f"; resumed after epoch {progress.epoch}" if checkpoint else ""), flush=True)
+        _say(f"training {plan.domains} for {config.train.epochs} epochs of {plan.steps_per_epoch} steps "
+             f"(batch {plan.per_domain_batch} per domain per worker)"
+             + (f"; resumed after epoch {progress.epoch}" if checkpoint else ""))
     for epoch in range(progress.epoch, config.train.epochs):
         _reseed(config.train.seed, rank, epoch)
         model.train()
@@ -219,9 +226,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     "train/lr": optimizers[0].param_groups[0]["lr"], "train/h": h,
                 }, progress.global_step)
                 rate = (i + 1) * len(out.probs) / (time.perf_counter() - started)
-                print(f"[epoch {epoch + 1}/{config.train.epochs} step {i + 1}/{plan.steps_per_epoch}] "
-                      + " ".join(f"{k} {v:.4f}" for k, v in losses.items()) + f" | {rate:.1f} img/s/worker",
-                      flush=True)
+                _say(f"[epoch {epoch + 1}/{config.train.epochs} step {i + 1}/{plan.steps_per_epoch}] "
+                     + " ".join(f"{k} {v:.4f}" for k, v in losses.items()) + f" | {rate:.1f} img/s/worker")
             every = config.train.val_every_steps
             if every and progress.global_step % every == 0 and i < plan.steps_per_epoch - 1:
                 validate()
@@ -244,8 +250,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     test_metrics = report.as_metrics("test_")
     if logger:
         logger.log("test", test_metrics, progress.global_step)
-        print(f"test ({plan.internal}, best model from step {progress.best_step}): {_summary(test_metrics, 'test_')}",
-              flush=True)
+        _say(f"test ({plan.internal}, best model from step {progress.best_step}): {_summary(test_metrics, 'test_')}")
     # The final report carries the best validation metrics: what a sweep ranks this run by.
     best_val = next((h for h in progress.history if h["step"] == progress.best_step), {})
     checkpointer.report(progress, best_state, {
