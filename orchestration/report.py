@@ -142,9 +142,8 @@ def result_table(client: MlflowClient, section: Section) -> tuple[pd.DataFrame, 
         return "internal only" if finding in internal_only else "common" if finding in common else "other"
 
     ordered = [f for g in GROUPS for f in values.columns if group(f) == g]
-    table = values[ordered]
-    table.columns = pd.MultiIndex.from_tuples([(group(f), f) for f in ordered])
     findings = values[ordered]
+    table = findings.set_axis(pd.MultiIndex.from_tuples([(group(f), f) for f in ordered]), axis=1)
     table[("summary", "Mean_Com")] = findings[[f for f in ordered if group(f) == "common"]].mean(axis=1)
     table[("summary", "Mean_Int")] = findings[[f for f in ordered if group(f) == "internal only"]].mean(axis=1)
     table[("summary", "Mean")] = findings.mean(axis=1)
