@@ -3,10 +3,11 @@
 - TaskSpecificHeads (the paper's method): C parallel FC branches N -> N' give one feature f_c per
   finding, then C classifiers N' -> 1. Both are single batched ops, not a loop of C Linears.
 - HolisticHead (HAT, Table VI h): one N x C classifier on the holistic feature.
-- MultiTaskHead (Table III "Multi-Task"): like HolisticHead, but each common finding has one output
-  per domain; a sample is scored by its own domain's output.
+- MultiTaskHead (Table III "Multi-Task"): the task-specific branches plus one more branch and
+  classifier per (external domain, common finding); a sample's common findings are scored by its
+  own domain's branches. Built like the method's head, so Table III compares losses, not heads.
 Each returns (logits (B, C), adversarial features): (B, C, N') per finding for TaskSpecificHeads,
-(B, 1, N) for the holistic variants.
+(B, 1, N) for the holistic head; the multi-task head has no adversary.
 """
 
 from __future__ import annotations
@@ -54,14 +55,15 @@ class HolisticHead(nn.Module):
 
 
 class MultiTaskHead(nn.Module):
-    """Outputs: one per finding (used by domain 0, the internal one), plus one per external domain
-    for each common finding. `domain` picks, per sample, which output scores each common finding."""
+    """Branches: one per finding (used by domain 0, the internal one), plus one per external domain
+    for each common finding. `domain` picks, per sample, which branch scores each common finding."""
 
-    def __init__(self, in_features: int, num_findings: int, common: list[int], num_domains: int):
+    def __init__(self, in_features: int, num_findings: int, common: list[int], num_domains: int,
+                 branch_features: int = 128):
         super().__init__()
         self.num_findings = num_findings
         extra = len(common) * (num_domains - 1)
-        self.classifier = nn.Linear(in_features, num_findings + extra)
+        self.branches = TaskSpecificHeads(in_features, num_findings + extra, branch_features)
         # column[d, c]: the output column holding finding c for domain d.
         column = torch.arange(num_findings).repeat(num_domains, 1)
         for d in range(1, num_domains):
@@ -70,5 +72,5 @@ class MultiTaskHead(nn.Module):
         self.register_buffer("column", column, persistent=False)
 
     def forward(self, x: torch.Tensor, domain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        outputs = self.classifier(x)
-        return outputs.gather(1, self.column[domain]), x.unsqueeze(1)
+        outputs, features = self.branches(x)
+        return outputs.gather(1, self.column[domain]), features

@@ -2,9 +2,11 @@
 
     L_cls (eq. 1)  = -(1/C) Σ_c α_c [β_c 1[y=1] log p_c + 1[y=0] log(1 - p_c)], averaged over the batch;
                      unknown (-2) labels contribute nothing, but C stays the full label-space size.
-    L_tat (eq. 3)  = Σ_{c ∈ ∩l} BCE(D_c(f_c), domain), each task's BCE averaged over the batch.
-    L_ute (eq. 6)  = Σ_c 1[y_c = -2, |0.5 - p_c| ≥ H] (p_c - z_c)², averaged over the batch
-                     (eq. 5, plain TE, is the same without the H condition).
+    L_tat (eq. 3)  = Σ_{c ∈ ∩l} Σ_d mean_{i ∈ domain d} BCE(D_c(f_c,i), d): one expectation per
+                     domain present in the batch, summed (not one mean over the mixed batch).
+    L_ute (eq. 6)  = Σ_{c ∈ E} 1[y_c = -2, |0.5 - p_c| ≥ H] (p_c - z_c)², averaged over the batch,
+                     E = the findings the ensemble covers (by default the internal-only ones);
+                     eq. 5, plain TE, is the same without the H condition.
     L (eq. 7)      = L_cls + λ_tat L_tat + λ_ute L_ute.
 """
 
@@ -29,7 +31,10 @@ def finding_weights(
     alpha_overrides: Mapping[str, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(α_c, β_c) per finding. α_c = α for common findings and 1 otherwise (all 1 without TW),
-    overrides win; β_c = N_c / P_c on the training set (1 where a finding has no positives)."""
+    overrides win; β_c = N_c / P_c counted on the train splits of the domains the run trains on.
+
+    A finding those domains label (N_c > 0) without a single positive is refused: β_c would be
+    infinite. A finding none of them labels (P_c = N_c = 0) never enters eq. 1; its β_c is 1."""
     overrides = dict(alpha_overrides or {})
     unknown = sorted(set(overrides) - set(label_space))
     if unknown:
@@ -39,44 +44,70 @@ def finding_weights(
         default = alpha if (task_weighting and finding in common) else 1.0
         alphas.append(float(overrides.get(finding, default)))
         positive, negative = train_balance[finding]["positive"], train_balance[finding]["negative"]
+        if positive == 0 and negative > 0:
+            raise ValueError(
+                f"finding {finding!r} has no positive training image in the trained domains "
+                f"({negative} negatives): β = N/P is undefined; train with a domain that has positives "
+                "or prepare more data"
+            )
         betas.append(negative / positive if positive > 0 else 1.0)
     return torch.tensor(alphas), torch.tensor(betas)
 
 
 def partial_label_bce(
-    logits: torch.Tensor, labels: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor
+    logits: torch.Tensor, labels: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
+    num_classes: int | None = None,
 ) -> torch.Tensor:
-    """Eq. 1. logits (B, C) float, labels (B, C) in {1, 0, -2}, alpha/beta (C,)."""
+    """Eq. 1. logits (B, C) float, labels (B, C) in {1, 0, -2}, alpha/beta (C,). `num_classes` is
+    eq. 1's C, the size of the trained domains' label space (default: every column)."""
     positive = (labels == POSITIVE).to(logits.dtype)
     negative = (labels == NEGATIVE).to(logits.dtype)
     per_finding = alpha * (beta * positive * F.logsigmoid(logits) + negative * F.logsigmoid(-logits))
-    return -(per_finding.sum(dim=1) / logits.shape[1]).mean()
+    return -(per_finding.sum(dim=1) / (num_classes or logits.shape[1])).mean()
 
 
 def adversarial_loss(domain_logits: torch.Tensor, domain: torch.Tensor, num_domains: int) -> torch.Tensor:
-    """Eq. 3 as the discriminators' BCE: domain_logits (B, T, K), domain (B,) indices."""
+    """Eq. 3 as the discriminators' BCE: domain_logits (B, T, K), domain (B,) indices.
+
+    Each sample's BCE against its own domain's target (averaged over the K one-vs-rest outputs
+    when there are 3+ domains) is averaged within its domain; the per-domain means are summed over
+    the domains present, then over the T tasks. With two domains and one output this is exactly
+    E_d[-log D] + E_-d[-log(1 - D)], whatever the sizes of the two halves."""
     targets = domain_targets(domain, num_domains).unsqueeze(1).expand_as(domain_logits)
-    bce = F.binary_cross_entropy_with_logits(domain_logits, targets, reduction="none")
-    return bce.mean(dim=(0, 2)).sum()
+    per_sample = F.binary_cross_entropy_with_logits(domain_logits, targets, reduction="none").mean(dim=2)  # (B, T)
+    members = F.one_hot(domain, num_domains).to(per_sample.dtype)  # (B, D)
+    sizes = members.sum(dim=0)  # (D,)
+    per_domain = members.t() @ per_sample / sizes.clamp_min(1.0).unsqueeze(1)  # (D, T); absent domains 0
+    return per_domain.sum()
 
 
-def ensemble_loss(
+def ensemble_mask(
     probs: torch.Tensor,
-    targets: torch.Tensor,
     has_target: torch.Tensor,
     labels: torch.Tensor,
+    covered: torch.Tensor,
     *,
     threshold: float | None = None,
-    hard_labels: bool = False,
 ) -> torch.Tensor:
-    """Eq. 5 (threshold None), eq. 6 (uncertainty threshold H), or the Hard Label variant.
-
-    probs (B, C) current predictions p_t; targets (B, C) the ensemble's z_t; has_target (B,) False
-    for samples the ensemble has not seen yet (their z is undefined: no loss)."""
-    mask = (labels == UNKNOWN) & has_target.unsqueeze(1)
+    """(B, C) bool: where the ensemble's target applies. An unknown label (-2) of a covered finding
+    (covered (C,) bool) of a sample the ensemble has seen (has_target (B,)), and with UTE only
+    where the prediction is certain enough: |0.5 - p| ≥ H (eq. 6; a tie is kept)."""
+    mask = (labels == UNKNOWN) & covered.unsqueeze(0) & has_target.unsqueeze(1)
     if threshold is not None:
         mask &= (0.5 - probs.detach()).abs() >= threshold
-    if hard_labels:
-        targets = (targets >= 0.5).to(probs.dtype)
+    return mask
+
+
+def ensemble_loss(probs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Eq. 5 / 6: Σ_c over the masked entries of (p - z)², averaged over the batch. probs (B, C)
+    the current predictions p_t, targets (B, C) the ensemble's z_t (no gradient), mask from
+    `ensemble_mask`."""
     squared = (probs - targets.detach()) ** 2 * mask.to(probs.dtype)
     return squared.sum(dim=1).mean()
+
+
+def with_hard_labels(labels: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Table VI row i: the rounded ensemble targets (z ≥ 0.5 -> 1, else 0) of the masked entries
+    become labels, so they enter eq. 1's α/β-weighted BCE like real ones."""
+    pseudo = torch.where(targets >= 0.5, POSITIVE, NEGATIVE).to(labels.dtype)
+    return torch.where(mask, pseudo, labels)

@@ -68,7 +68,7 @@ class CXRNet(nn.Module):
             self.head = HolisticHead(FEATURES, num_findings)
             adversary_input, tasks = FEATURES, 1
         elif head == "multi_task":
-            self.head = MultiTaskHead(FEATURES, num_findings, common, num_domains)
+            self.head = MultiTaskHead(FEATURES, num_findings, common, num_domains, branch_features)
         else:
             raise ValueError(f"unknown head {head!r}; allowed: task_specific, holistic, multi_task")
         self.discriminators = (

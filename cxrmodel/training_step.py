@@ -1,7 +1,7 @@
 """One training step of the full method, in plain PyTorch. Orchestration calls it once per batch.
 
     step = TrainingStep(model, adam, rmsprop, alpha=alpha, beta=beta, num_domains=2,
-                        ensemble=ensemble, lambda_ute=30.0)
+                        ensemble=ensemble, ensemble_findings=internal_only_mask, lambda_ute=30.0)
     out = step(images_uint8, labels, domain, sample_id, h=schedule(progress))
 
 The backward reaches the discriminators through a gradient reversal (see discriminators.py), so
@@ -16,7 +16,7 @@ import torch
 
 from cxrmodel.inference import _autocast
 from cxrmodel.inputs import to_model_input
-from cxrmodel.losses import adversarial_loss, ensemble_loss, partial_label_bce
+from cxrmodel.losses import adversarial_loss, ensemble_loss, ensemble_mask, partial_label_bce, with_hard_labels
 from cxrmodel.temporal_ensemble import TemporalEnsemble
 
 
@@ -33,10 +33,14 @@ class TrainingStep:
         optimizer / discriminator_optimizer: Adam over the network, RMSprop over the discriminators
             (None when the model has no adversary).
         alpha, beta: per-finding weights of eq. 1.
+        num_classes: eq. 1's C, the number of findings the trained domains label (default: all).
         ensemble: the temporal ensemble (None switches TE / UTE off).
+        ensemble_findings: (C,) bool, the findings whose unknown labels get ensemble targets
+            (the paper: the internal-only ones); default all.
         lambda_ute: weight of the ensemble loss; λ_tat lives in the model's gradient reversal.
         uncertainty: apply UTE's threshold H (False = plain TE).
-        hard_labels: 0/1 pseudo-labels instead of the soft z (Table VI i).
+        hard_labels: Table VI i: the rounded ensemble targets enter eq. 1 as labels; no L2 term.
+        random_crop: random translation by up to 1/16 of the side (see inputs.py), besides the flip.
         autocast_dtype: e.g. torch.bfloat16 on GPUs; None = full precision.
     """
 
@@ -49,19 +53,25 @@ class TrainingStep:
         alpha: torch.Tensor,
         beta: torch.Tensor,
         num_domains: int,
+        num_classes: int | None = None,
         ensemble: TemporalEnsemble | None = None,
+        ensemble_findings: torch.Tensor | None = None,
         lambda_ute: float = 30.0,
         uncertainty: bool = True,
         hard_labels: bool = False,
+        random_crop: bool = False,
         autocast_dtype: torch.dtype | None = None,
         channels_last: bool = False,
     ):
         self.model, self.optimizer, self.discriminator_optimizer = model, optimizer, discriminator_optimizer
         self.device = next(model.parameters()).device
         self.alpha, self.beta = alpha.to(self.device), beta.to(self.device)
-        self.num_domains = num_domains
+        self.num_domains, self.num_classes = num_domains, num_classes
         self.ensemble, self.lambda_ute = ensemble, lambda_ute
+        covered = torch.ones(len(alpha), dtype=torch.bool) if ensemble_findings is None else ensemble_findings
+        self.ensemble_findings = covered.to(self.device)
         self.uncertainty, self.hard_labels = uncertainty, hard_labels
+        self.random_crop = random_crop
         self.autocast_dtype, self.channels_last = autocast_dtype, channels_last
         self.lambda_tat = getattr(model, "module", model).adversarial_weight
 
@@ -75,7 +85,8 @@ class TrainingStep:
         h: float = 0.0,
     ) -> StepOutput:
         device = self.device
-        x = to_model_input(images.to(device, non_blocking=True), flip=True, channels_last=self.channels_last)
+        x = to_model_input(images.to(device, non_blocking=True), flip=True, random_crop=self.random_crop,
+                           channels_last=self.channels_last)
         labels = labels.to(device, non_blocking=True)
         domain = domain.to(device, non_blocking=True).long()
 
@@ -84,19 +95,22 @@ class TrainingStep:
         logits = out.logits.float()
         probs = torch.sigmoid(logits)
 
-        losses = {"cls": partial_label_bce(logits, labels, self.alpha, self.beta)}
-        backward = losses["cls"]
-        total = losses["cls"]
+        losses = {}
+        if self.ensemble is not None:
+            z, has_target = self.ensemble.targets(sample_id)
+            mask = ensemble_mask(probs, has_target, labels, self.ensemble_findings,
+                                 threshold=h if self.uncertainty else None)
+            if self.hard_labels:
+                labels = with_hard_labels(labels, z, mask)
+            else:
+                losses["ute"] = ensemble_loss(probs, z, mask)
+        losses["cls"] = partial_label_bce(logits, labels, self.alpha, self.beta, self.num_classes)
+        backward = total = losses["cls"]
         if out.domain_logits is not None:
             losses["tat"] = adversarial_loss(out.domain_logits.float(), domain, self.num_domains)
             backward = backward + losses["tat"]  # reversed and scaled by λ_tat for the backbone
             total = total - self.lambda_tat * losses["tat"]  # eq. 7: L_tat is eq. 3's log-likelihood, -BCE
-        if self.ensemble is not None:
-            z, has_target = self.ensemble.targets(sample_id)
-            losses["ute"] = ensemble_loss(
-                probs, z, has_target, labels,
-                threshold=h if self.uncertainty else None, hard_labels=self.hard_labels,
-            )
+        if "ute" in losses:
             backward = backward + self.lambda_ute * losses["ute"]
             total = total + self.lambda_ute * losses["ute"]
         losses["total"] = total

@@ -38,10 +38,12 @@ def test_batched_discriminators_equal_separate_mlps():
 
 def test_multi_task_head_scores_common_findings_per_domain():
     torch.manual_seed(0)
-    head = MultiTaskHead(in_features=8, num_findings=4, common=[1, 3], num_domains=3)
+    head = MultiTaskHead(in_features=8, num_findings=4, common=[1, 3], num_domains=3, branch_features=5)
     x = torch.randn(3, 8)
     logits, _ = head(x, torch.tensor([0, 1, 2]))
-    outputs = head.classifier(x)  # 4 + 2 common * 2 external domains = 8 columns
+    # The method's task-specific branches, 4 + 2 common * 2 external domains = 8 of them.
+    assert isinstance(head.branches, TaskSpecificHeads) and head.branches.branch_weight.shape == (8, 8 * 5)
+    outputs, _ = head.branches(x)
     assert outputs.shape == (3, 8)
     assert torch.equal(logits[0], outputs[0, [0, 1, 2, 3]])
     assert torch.equal(logits[1], outputs[1, [0, 4, 2, 5]])

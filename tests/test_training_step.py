@@ -2,9 +2,10 @@
 learning (the full method's loss falls on learnable synthetic images)."""
 
 import numpy as np
+import pytest
 import torch
 
-from cxrmodel.losses import finding_weights
+from cxrmodel.losses import adversarial_loss, ensemble_loss, ensemble_mask, finding_weights, partial_label_bce, with_hard_labels
 from cxrmodel.network import CXRNet
 from cxrmodel.schedules import HSchedule, make_optimizers
 from cxrmodel.temporal_ensemble import TemporalEnsemble
@@ -42,8 +43,9 @@ def make_step(lambda_tat=0.03, ensemble=True, lr=1e-4, **kwargs):
     balance = {n: {"positive": 1, "negative": 2} for n in names}
     alpha, beta = finding_weights(names, [names[c] for c in COMMON], balance, alpha=3.0)
     te = TemporalEnsemble(128, FINDINGS, gamma=0.9) if ensemble else None
+    internal_only = torch.tensor([c in DOMAIN_FINDINGS[0] and c not in DOMAIN_FINDINGS[1] for c in range(FINDINGS)])
     step = TrainingStep(model, adam, rmsprop, alpha=alpha, beta=beta, num_domains=2, ensemble=te,
-                        lambda_ute=30.0, **kwargs)
+                        ensemble_findings=internal_only, lambda_ute=30.0, **kwargs)
     return model, step, te
 
 
@@ -76,12 +78,112 @@ def test_switches_remove_their_losses():
     assert out.losses["total"] == out.losses["cls"]
 
 
-def test_bf16_autocast_and_channels_last_run():
+def _conv0_output(step, images, labels, domains):
+    """dtype and memory format of the first conv's output during one training step."""
+    seen = {}
+    model = step.model
+    hook = model.backbone.features.conv0.register_forward_hook(lambda m, i, o: seen.update(out=o))
+    step(images, labels, domains, torch.arange(len(images)), h=0.2)
+    hook.remove()
+    return seen["out"].dtype, seen["out"].is_contiguous(memory_format=torch.channels_last), seen["out"].is_contiguous()
+
+
+def test_bf16_autocast_and_channels_last_take_effect():
     images, labels, domains = synthetic_domains(per_domain=2)
     model, step, _ = make_step(autocast_dtype=torch.bfloat16, channels_last=True)
     model.train().to(memory_format=torch.channels_last)
-    out = step(images, labels, domains, torch.arange(4), h=0.2)
-    assert torch.isfinite(out.losses["total"])
+    assert _conv0_output(step, images, labels, domains) == (torch.bfloat16, True, False)
+    model, step, _ = make_step()
+    model.train()
+    assert _conv0_output(step, images, labels, domains) == (torch.float32, False, True)
+
+
+# --- one full step against its three gradients, each computed on its own ---------------------
+
+C, COMMON_SMALL, DOMAINS = 4, [1, 2], torch.tensor([0, 0, 0, 1])
+ALPHA, BETA = torch.tensor([1.0, 3.0, 3.0, 1.0]), torch.tensor([2.0, 1.5, 1.0, 4.0])
+LABELS = torch.tensor([[1, 0, 1, 0], [0, 1, 0, 1], [1, 1, 0, 1], [-2, 1, 0, -2]], dtype=torch.int8)
+INTERNAL_ONLY = torch.tensor([True, False, False, True])  # findings 0 and 3: domain 1 does not label them
+TARGET = torch.tensor([0.8, 0.5, 0.5, 0.3])  # the ensemble's z for sample 3; its p is ~0.5 at init
+
+
+def _symmetric_images(seed=0):
+    """A flip leaves them unchanged: the step's random flip then cannot change its gradient."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (4, 32, 32), generator=g, dtype=torch.uint8)
+    return torch.where(torch.arange(32) < 16, images, images.flip(-1))
+
+
+def _step_gradients(lambda_tat=1.0, h=0.0, hard_labels=False, uncertainty=True):
+    """(backbone grad, discriminator grad) after one TrainingStep, and the model as it was before."""
+    torch.manual_seed(0)
+    model = CXRNet(C, COMMON_SMALL, 2, adversarial_weight=lambda_tat, branch_features=8, discriminator_hidden=8)
+    before = CXRNet(C, COMMON_SMALL, 2, adversarial_weight=lambda_tat, branch_features=8, discriminator_hidden=8)
+    before.load_state_dict(model.state_dict())
+    adam, rmsprop, _ = make_optimizers(model)
+    te = TemporalEnsemble(4, C, gamma=0.9)
+    te.Z[3], te.updates[3] = (1 - 0.9) * TARGET, 1  # z = Z / (1 - 0.9^1) = TARGET
+    step = TrainingStep(model, adam, rmsprop, alpha=ALPHA, beta=BETA, num_domains=2, num_classes=C,
+                        ensemble=te, ensemble_findings=INTERNAL_ONLY, lambda_ute=30.0,
+                        uncertainty=uncertainty, hard_labels=hard_labels)
+    model.train()
+    step(_symmetric_images(), LABELS, DOMAINS, torch.arange(4), h=h)
+    return (model.backbone.features.conv0.weight.grad.clone(), model.discriminators.weights[0].grad.clone(),
+            before.train())
+
+
+def _separate_gradients(model, h=0.0, hard_labels=False):
+    """∂L_cls/∂θ, ∂L_tat/∂θ, ∂L_ute/∂θ (θ: first conv) and ∂L_tat/∂φ (φ: first discriminator
+    layer), each from its own loss, the discriminators fed the features without any reversal."""
+    from cxrmodel.inputs import to_model_input
+
+    theta, phi = model.backbone.features.conv0.weight, model.discriminators.weights[0]
+    x = to_model_input(_symmetric_images())
+    logits, features = model.head(model.backbone(x))
+    probs = torch.sigmoid(logits)
+    z = TARGET.expand(4, C).clone().requires_grad_(True)
+    has_target = torch.tensor([False, False, False, True])
+    mask = ensemble_mask(probs, has_target, LABELS, INTERNAL_ONLY, threshold=h)
+    labels = with_hard_labels(LABELS, z.detach(), mask) if hard_labels else LABELS
+    l_cls = partial_label_bce(logits, labels, ALPHA, BETA, C)
+    l_tat = adversarial_loss(model.discriminators(features[:, COMMON_SMALL]), DOMAINS, 2)
+    l_ute = ensemble_loss(probs, z, mask)
+    grad = lambda loss, p: torch.autograd.grad(loss, p, retain_graph=True, allow_unused=True)[0]  # noqa: E731
+    assert grad(l_ute, z) is None  # the target is a constant: z gets no gradient
+    ute = torch.zeros_like(theta) if hard_labels or not mask.any() else grad(l_ute, theta)
+    return grad(l_cls, theta), grad(l_tat, theta), ute, grad(l_tat, phi), mask
+
+
+def _relative_error(got, expected):
+    """|got - expected| / |expected| over the whole tensor (summation order differs by ~1e-6)."""
+    return ((got - expected).norm() / expected.norm()).item()
+
+
+def test_full_step_gradient_is_cls_minus_lambda_tat_plus_lambda_ute():
+    backbone, discriminator, before = _step_gradients()
+    g_cls, g_tat, g_ute, g_phi, mask = _separate_gradients(before)
+    assert mask.sum() == 2  # sample 3's two internal-only findings, the only unknown labels
+    assert g_ute.abs().sum() > 0 and g_tat.abs().sum() > 0
+    # Backbone: the reversed TAT gradient (-λ_tat, λ_tat = 1) plus the other two.
+    assert _relative_error(backbone, g_cls - 1.0 * g_tat + 30.0 * g_ute) < 1e-5
+    # Without the reversal (or with its sign flipped) the backbone would get + g_tat instead.
+    assert _relative_error(backbone, g_cls + g_tat + 30.0 * g_ute) > 1e-2
+    # Discriminators: the plain gradient of their BCE (they learn to tell domains apart).
+    assert _relative_error(discriminator, g_phi) < 1e-5
+
+
+def test_h_and_hard_labels_change_the_gradient_as_expected():
+    # H = 0.5 drops every prediction that is not exactly 0 or 1: no ensemble term.
+    backbone, _, before = _step_gradients(h=0.5)
+    g_cls, g_tat, g_ute, _, mask = _separate_gradients(before, h=0.5)
+    assert not mask.any()
+    assert _relative_error(backbone, g_cls - g_tat) < 1e-5
+    # Hard labels: round(z) = [1, -, -, 0] become labels of sample 3 in eq. 1; no L2 term.
+    backbone, _, before = _step_gradients(hard_labels=True, uncertainty=False)
+    g_cls, g_tat, _, _, _ = _separate_gradients(before, hard_labels=True)
+    assert _relative_error(backbone, g_cls - g_tat) < 1e-5
+    soft_cls, _, _, _, _ = _separate_gradients(before)
+    assert _relative_error(soft_cls, g_cls) > 1e-3  # the pseudo-labels did enter eq. 1
 
 
 def test_full_method_learns_on_synthetic_images():
