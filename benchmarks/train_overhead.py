@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from mlflow.tracking import MlflowClient
 
-from cxrmodel.losses import finding_weights
 from cxrmodel.schedules import make_optimizers
 from cxrmodel.temporal_ensemble import TemporalEnsemble
 from cxrmodel.training_step import TrainingStep
@@ -67,10 +66,10 @@ def plain_rate(config, data: Path, steps: int) -> float:
     prepared = PreparedDataset.load(data)
     net = build_network(config, plan).train()
     adam, rmsprop, _ = make_optimizers(net)
-    alpha, beta = finding_weights(plan.label_space, plan.common, prepared.class_balance())
     ensemble = TemporalEnsemble(plan.num_samples, len(plan.label_space), 0.9)
-    step = TrainingStep(net, adam, rmsprop, alpha=alpha, beta=beta, num_domains=len(plan.domains),
-                        ensemble=ensemble, lambda_ute=30.0)
+    step = TrainingStep(net, adam, rmsprop, alpha=torch.tensor(plan.alpha), beta=torch.tensor(plan.beta),
+                        num_domains=len(plan.domains), num_classes=len(plan.trained), ensemble=ensemble,
+                        ensemble_findings=torch.tensor(plan.ensemble_mask), lambda_ute=30.0)
 
     def batches(domain):
         while True:

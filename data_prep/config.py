@@ -43,6 +43,7 @@ class PrepareConfig(BaseModel):
     val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
     split_seed: int = 0
+    shuffle_seed: int = 0  # the seeded random row order of every (domain, split) in the shards
     max_bad_fraction: float = Field(default=0.001, ge=0.0, le=1.0)
     # Rows per Ray Data decode task, and so per shard file (256 rows of 320x320 = 26 MB).
     batch_size: int = Field(default=256, ge=1)

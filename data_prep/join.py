@@ -107,10 +107,15 @@ def dataset_stats(joined: JoinedDataset) -> dict:
     return {"label_space": joined.label_space, "common": joined.common, "domains": domains}
 
 
-def train_class_balance(joined: JoinedDataset) -> dict[str, dict[str, int]]:
-    """P_c and N_c over the training split of all domains (β_c = N_c / P_c in eq. 1)."""
+def train_class_balance(joined: JoinedDataset) -> dict[str, dict[str, dict[str, int]]]:
+    """Per domain, P_c and N_c over its training split: a run sums those of the domains it trains
+    on (β_c = N_c / P_c in eq. 1)."""
     train = joined.rows[joined.rows["split"] == "train"]
     return {
-        f: {"positive": int((train[f] == POSITIVE).sum()), "negative": int((train[f] == NEGATIVE).sum())}
-        for f in joined.label_space
+        domain: {
+            f: {"positive": int((rows[f] == POSITIVE).sum()), "negative": int((rows[f] == NEGATIVE).sum())}
+            for f in joined.label_space
+        }
+        for domain in joined.domain_findings
+        for rows in [train[train["domain"] == domain]]
     }

@@ -12,6 +12,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import ray
 
@@ -93,10 +94,14 @@ def run_prepare(
     ray.data.DataContext.get_current().op_resource_reservation_enabled = False
     # Blocks of `batch_size` rows from one domain and split: each decode task then writes exactly
     # one shard file (from_pandas of the whole table would make one block, decoded by one task).
+    # Rows go in a seeded random order: sources list images patient by patient, and a training
+    # stream that kept that order would fill a batch with a few patients' images.
+    rng = np.random.default_rng(config.shuffle_seed)
     blocks = [
-        group.iloc[i : i + config.batch_size]
+        shuffled.iloc[i : i + config.batch_size]
         for _, group in joined.rows.groupby(["domain", "split"], sort=True)
-        for i in range(0, len(group), config.batch_size)
+        for shuffled in [group.iloc[rng.permutation(len(group))]]
+        for i in range(0, len(shuffled), config.batch_size)
     ]
     ds = ray.data.from_pandas(blocks).map_batches(
         _decode_batch,
@@ -134,7 +139,7 @@ def run_prepare(
         "domains": stats["domains"],
         "num_samples": int(len(kept.rows)),
         "max_sample_id": int(joined.rows["sample_id"].max()),
-        "train_class_balance": train_class_balance(kept),
+        "train_class_balance": train_class_balance(kept),  # per domain
         "patient_disjoint": {
             d: not patients_crossing_splits(
                 kept.rows.loc[kept.rows["domain"] == d, "patient_id"],

@@ -4,7 +4,8 @@ Layout:
     PREPARED/manifest.json                          written last: its presence means complete
     PREPARED/shards/domain=<d>/split=<s>/*.parquet  columns: sample_id, image_id, patient_id,
                                                     image (raw uint8 size*size bytes), one int8
-                                                    column per finding of the label space
+                                                    column per finding of the label space; rows
+                                                    in a seeded random order
 Every reader goes through `PreparedDataset.load`, which checks `format_version`.
 """
 
@@ -21,7 +22,7 @@ import pyarrow.parquet as pq
 
 from data_prep.errors import DataPrepError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-domain training P_c / N_c; rows in a seeded random order
 MANIFEST_NAME = "manifest.json"
 SHARDS_DIR = "shards"
 IMAGE_COLUMN = "image"
@@ -119,8 +120,13 @@ class PreparedDataset:
     def shard_files(self, domain: str, split: str) -> list[Path]:
         return [self.root / name for name in self.manifest["shards"][domain].get(split, [])]
 
-    def class_balance(self) -> dict[str, dict[str, int]]:
-        return self.manifest["train_class_balance"]
+    def class_balance(self, domains: list[str]) -> dict[str, dict[str, int]]:
+        """P_c and N_c per finding, summed over the training splits of `domains`."""
+        per_domain = self.manifest["train_class_balance"]
+        return {
+            f: {k: sum(per_domain[d][f][k] for d in domains) for k in ("positive", "negative")}
+            for f in self.label_space
+        }
 
     def read_columns(self, domain: str, split: str, columns: list[str]) -> pa.Table:
         """Some columns of one domain's split (e.g. sample_id, image_id and the labels)."""

@@ -116,12 +116,13 @@ def _presence(rng: np.random.Generator, n: int) -> np.ndarray:
     return present
 
 
-def _patients(rng: np.random.Generator, n: int) -> list[int]:
-    """Patient number per image: 1-3 images each, in order."""
+def _patients(rng: np.random.Generator, n: int, images_per_patient: tuple[int, int] = (1, 3)) -> list[int]:
+    """Patient number per image: between images_per_patient[0] and [1] images each, in order."""
+    low, high = images_per_patient
     patients, p = [], 0
     while len(patients) < n:
         p += 1
-        patients.extend([p] * int(rng.integers(1, 4)))
+        patients.extend([p] * int(rng.integers(low, high + 1)))
     return patients[:n]
 
 
@@ -129,10 +130,11 @@ def _column(name: str) -> int:
     return CANONICAL_FINDINGS.index(name)
 
 
-def synth_nih(out: Path, n: int, size: int, rng: np.random.Generator) -> None:
+def synth_nih(out: Path, n: int, size: int, rng: np.random.Generator,
+              images_per_patient: tuple[int, int] = (1, 3)) -> None:
     present = _presence(rng, n)
     maker = _ImageMaker(size, LOOKS["nih"], rng)
-    patients = _patients(rng, n)
+    patients = _patients(rng, n, images_per_patient)
     rows, follow = [], {}
     for i in range(n):
         p = patients[i]

@@ -176,6 +176,8 @@ def train(
     workers: Annotated[Optional[int], typer.Option(help="Data-parallel workers. Default: 1.")] = None,
     gpu: Annotated[Optional[bool], typer.Option("--gpu/--cpu", help="One GPU per worker.")] = None,
     run_name: Annotated[Optional[str], typer.Option(help="Name of the run; the same name again resumes it.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the training plan (domains, findings, α, β, ensemble, steps, LR and H schedule) and stop; Ray is not started.")] = False,
+    plan_json: Annotated[Optional[Path], typer.Option(help="Write the training plan as JSON here (the same document every run logs as plan/plan.json).")] = None,
     address: Address = None,
     config: ConfigFiles = None,
     overrides: Overrides = None,
@@ -186,12 +188,24 @@ def train(
     (see README "Configuration"). Stop with Ctrl-C or SIGTERM: the run ends KILLED and the same
     command with the same --run-name resumes from the last checkpoint.
     """
-    from orchestration.train import default_run_name, run_training
+    from orchestration.plan import plan_document, plan_training
 
     flags = {"workers": workers, "gpu": gpu}
     extra = [f"train.{k}={v}" for k, v in flags.items() if v is not None]
     try:
         cfg = load_config(config or [], [*extra, *(overrides or [])])
+        document = plan_document(cfg, plan_training(cfg, data))
+    except (ConfigError, DataPrepError) as exc:
+        _fail(str(exc))
+    if plan_json:
+        plan_json.write_text(json.dumps(document, indent=1))
+    if dry_run:
+        _print_plan(document)
+        return
+    _warn_without_imagenet(cfg)
+    from orchestration.train import default_run_name, run_training
+
+    try:
         name = run_name or cfg.train.run_name or default_run_name()
         console.print(f"run name: [bold]{name}[/] (resume with: cxr train --data {data} --run-name {name} ...)",
                       highlight=False, soft_wrap=True)
@@ -202,12 +216,54 @@ def train(
     console.print(f"finished run {outcome.run_name} (MLflow run {outcome.run_id}): {summary}", highlight=False)
 
 
+def _warn_without_imagenet(config: Config) -> None:
+    """The paper starts from ImageNet weights; nothing is downloaded here, so say how to get them."""
+    if config.model.weights:
+        return
+    console.print(
+        "[yellow]warning:[/] no model.weights: the network starts from random weights, the paper from "
+        "ImageNet. Results are not comparable with the paper's (MLflow param model.pretrained=false). "
+        "On a machine with internet, save torchvision's weights once: python -c \"import torch, torchvision; "
+        "torch.save(torchvision.models.densenet121(weights='IMAGENET1K_V1').state_dict(), 'densenet121.pth')\" "
+        "then pass model.weights=densenet121.pth",
+        highlight=False, soft_wrap=True,
+    )
+
+
+def _print_plan(document: dict) -> None:
+    """`cxr train --dry-run`: the plan as three tables."""
+    out = Console()
+    roles = ", ".join(f"{d} ({r})" for d, r in document["roles"].items())
+    out.print(f"training domains: {roles}", highlight=False)
+    out.print(f"{document['epochs']} epochs x {document['steps_per_epoch']} steps = {document['total_steps']} steps; "
+              f"batch {document['per_domain_batch']} per domain per worker, {document['workers']} worker(s)",
+              highlight=False)
+    findings = Table(title="findings (β = N / P over the training domains' train splits)")
+    for column in ("finding", "group", "α", "P", "N", "β", "TE/UTE", "evaluated"):
+        findings.add_column(column, justify="left" if column in ("finding", "group") else "right")
+    for name, f in document["findings"].items():
+        group = f["group"].replace("_", " ") if f["trained"] else "not trained"
+        findings.add_row(name, group, f"{f['alpha']:g}", f"{f['positive']:,}", f"{f['negative']:,}",
+                         f"{f['beta']:.2f}" if f["trained"] else "-", "yes" if f["ensemble"] else "",
+                         "yes" if f["evaluated"] else "")
+    out.print(findings)
+    schedule = Table(title="at each epoch boundary")
+    for column in ("epoch", "step", "Adam LR", "H"):
+        schedule.add_column(column, justify="right")
+    for row in document["schedule"]:
+        schedule.add_row(str(row["epoch"]), f"{row['step']:,}", f"{row['lr']:.0e}",
+                         "-" if row["h"] is None else f"{row['h']:.3f}")
+    out.print(schedule)
+
+
 def _run_sweep(space: "SweepSpace", data: Path, settings_kwargs: dict, address: str | None,
                config: list[Path] | None, overrides: list[str] | None) -> "SweepOutcome":
     from orchestration.tune import SweepSettings, run_sweep
 
     try:
         base = load_config(config or [], overrides or [])
+        if space.paper:
+            _warn_without_imagenet(base)
         settings = SweepSettings(**settings_kwargs)
         console.print(f"sweep [bold]{settings.sweep_name}[/] over {space.path} ({space.kind}); "
                       f"continue it after a stop with --sweep-name {settings.sweep_name} --resume",

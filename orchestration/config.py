@@ -49,7 +49,10 @@ class MethodConfig(_Section):
     adversarial: Literal["task", "holistic", "none"] = "task"  # TAT, HAT, or neither
     temporal_ensemble: bool = True  # TE
     uncertainty: bool = True  # UTE's threshold H (needs TE or hard labels)
-    hard_labels: bool = False  # 0/1 pseudo-labels from the ensemble (Table VI i)
+    hard_labels: bool = False  # 0/1 pseudo-labels from the ensemble enter eq. 1 (Table VI i)
+    # Which unknown labels get ensemble targets: the internal-only findings' (the paper, §III-C),
+    # or those of every finding some training domain labels.
+    ensemble_findings: Literal["internal_only", "all_unknown"] = "internal_only"
     multi_task: bool = False  # Table III baseline: common findings scored per domain
     lambda_tat: float = Field(default=0.03, ge=0.0)
     lambda_ute: float = Field(default=30.0, ge=0.0)
@@ -104,6 +107,11 @@ class TrainConfig(_Section):
     run_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     storage_path: str = "ray_results"
     test_tencrop: bool = False
+    # Pad-and-crop: shift each training image by up to 1/16 of its side (for runs tested with TenCrop).
+    random_crop: bool = False
+    # Rows each domain's training stream shuffles among (Ray Data's local shuffle buffer). Memory:
+    # rows x image bytes per domain and worker, e.g. 2,048 x 320² B = 210 MB.
+    shuffle_buffer: int = Field(default=2048, ge=1)
 
 
 class MlflowConfig(_Section):

@@ -1,7 +1,11 @@
 """What a training run will do, worked out and checked on the driver before any worker starts.
 
-An impossible setup (too small a batch for the domains, an unknown finding in α overrides, a
-missing weights file, a split too small for one batch per worker, ...) is a ConfigError here.
+The plan fixes the domains and their roles, each finding's group and weights (α_c, and β_c from
+the training splits of the domains this run trains on), which findings the temporal ensemble
+covers, and the step counts. `cxr train --dry-run` prints it; every run logs it as
+`plan/plan.json`. An impossible setup (too small a batch for the domains, an unknown finding in α
+overrides, a finding never positive in the trained domains, a missing weights file, a split too
+small for one batch per worker, ...) is a ConfigError here.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cxrmodel.losses import finding_weights
-from data_prep.labels import common_findings, exclusive_findings
+from data_prep.labels import common_findings, exclusive_findings, union_label_space
 from data_prep.prepared import PreparedDataset
 from orchestration.config import Config, ConfigError
 
@@ -19,10 +23,16 @@ from orchestration.config import Config, ConfigError
 class TrainingPlan:
     data: str  # the prepared directory, absolute
     domains: list[str]  # training domains, the internal (evaluated) one first
-    label_space: list[str]
+    label_space: list[str]  # the prepared label space: the network's outputs
     common: list[str]  # ∩l over the training domains
     internal_only: list[str]
     evaluated: list[str]  # findings the internal domain labels: the AUC columns
+    trained: list[str]  # findings some training domain labels; their number is eq. 1's C
+    alpha: list[float]  # α_c per finding of label_space
+    beta: list[float]  # β_c = N_c / P_c over the training domains' train splits
+    positive: list[int]  # P_c
+    negative: list[int]  # N_c
+    ensemble: list[str]  # findings whose unknown labels get temporal-ensemble targets
     per_domain_batch: int
     steps_per_epoch: int
     num_samples: int  # temporal-ensemble rows: max sample_id + 1
@@ -34,6 +44,15 @@ class TrainingPlan:
     @property
     def common_index(self) -> list[int]:
         return [self.label_space.index(f) for f in self.common]
+
+    @property
+    def ensemble_mask(self) -> list[bool]:
+        return [f in self.ensemble for f in self.label_space]
+
+    def group(self, finding: str) -> str:
+        if finding in self.internal_only:
+            return "internal_only"
+        return "common" if finding in self.common else "other"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,6 +75,7 @@ def plan_training(config: Config, data: str | Path) -> TrainingPlan:
     finding_sets = [prepared.domain_findings(d) for d in domains]
     common = common_findings(prepared.label_space, finding_sets)
     internal_only = exclusive_findings(prepared.domain_findings(internal), finding_sets[1:])
+    trained = [f for f in prepared.label_space if f in union_label_space(finding_sets)]
     method = config.method
     if method.adversarial != "none" and len(domains) < 2:
         raise ConfigError(
@@ -82,15 +102,22 @@ def plan_training(config: Config, data: str | Path) -> TrainingPlan:
         raise ConfigError(f"domain {internal!r} has an empty val split: nothing to select the best model on")
     steps = train.steps_per_epoch or prepared.num_samples(internal, "train") // (per_domain * train.workers)
 
+    balance = prepared.class_balance(domains)
     try:
-        finding_weights(
-            prepared.label_space, common, prepared.class_balance(),
-            alpha=method.alpha, alpha_overrides=method.alpha_overrides,
+        alpha, beta = finding_weights(
+            prepared.label_space, common, balance, alpha=method.alpha,
+            task_weighting=method.task_weighting, alpha_overrides=method.alpha_overrides,
         )
     except ValueError as exc:
-        raise ConfigError(f"method.alpha_overrides: {exc}") from None
+        raise ConfigError(f"training domains {domains}: {exc}") from None
     if config.model.weights and not Path(config.model.weights).is_file():
         raise ConfigError(f"model.weights={config.model.weights!r}: no such file (weights are never downloaded)")
+    if not method.uses_ensemble:
+        ensemble = []
+    elif method.ensemble_findings == "internal_only":
+        ensemble = internal_only
+    else:
+        ensemble = trained
 
     return TrainingPlan(
         data=str(Path(data).resolve()),
@@ -99,7 +126,43 @@ def plan_training(config: Config, data: str | Path) -> TrainingPlan:
         common=common,
         internal_only=internal_only,
         evaluated=prepared.domain_findings(internal),
+        trained=trained,
+        alpha=alpha.tolist(),
+        beta=beta.tolist(),
+        positive=[balance[f]["positive"] for f in prepared.label_space],
+        negative=[balance[f]["negative"] for f in prepared.label_space],
+        ensemble=list(ensemble),
         per_domain_batch=per_domain,
         steps_per_epoch=max(steps, 1),
         num_samples=int(prepared.manifest["max_sample_id"]) + 1,
     )
+
+
+def plan_document(config: Config, plan: TrainingPlan) -> dict:
+    """The plan as `cxr train --plan-json` writes it and every run logs it (`plan/plan.json`)."""
+    train, method = config.train, config.method
+    h_schedule = method.h_schedule.build()
+    schedule = []
+    for epoch in range(train.epochs + 1):
+        decays = sum(1 for m in train.lr_milestones if m <= epoch)
+        schedule.append({
+            "epoch": epoch, "step": epoch * plan.steps_per_epoch, "lr": train.lr * train.lr_decay**decays,
+            "h": h_schedule(epoch / train.epochs) if method.uncertainty and plan.ensemble else None,
+        })
+    return {
+        "domains": plan.domains,
+        "internal": plan.internal,
+        "roles": {d: "internal" if d == plan.internal else "external" for d in plan.domains},
+        "findings": {
+            f: {"group": plan.group(f), "alpha": plan.alpha[c], "positive": plan.positive[c],
+                "negative": plan.negative[c], "beta": plan.beta[c], "ensemble": f in plan.ensemble,
+                "trained": f in plan.trained, "evaluated": f in plan.evaluated}
+            for c, f in enumerate(plan.label_space)
+        },
+        "steps_per_epoch": plan.steps_per_epoch,
+        "per_domain_batch": plan.per_domain_batch,
+        "workers": train.workers,
+        "epochs": train.epochs,
+        "total_steps": train.epochs * plan.steps_per_epoch,
+        "schedule": schedule,
+    }

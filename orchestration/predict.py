@@ -40,7 +40,11 @@ def load_trained(checkpoint: str | Path) -> tuple[torch.nn.Module, Config, Train
     if not (directory / RUN_FILE).exists():
         raise ConfigError(f"{directory} is not a cxr train checkpoint (no {RUN_FILE}); pass a checkpoint_* folder")
     described = json.loads((directory / RUN_FILE).read_text())
-    config, plan = Config.model_validate(described["config"]), TrainingPlan(**described["plan"])
+    try:
+        config, plan = Config.model_validate(described["config"]), TrainingPlan(**described["plan"])
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{directory / RUN_FILE} was written by another version of cxr-orchestra ({exc}); "
+                          "train the model again with this version") from None
     net = build_network(config, plan)
     best = directory / BEST_MODEL_FILE
     state = torch.load(best, map_location="cpu") if best.exists() else \

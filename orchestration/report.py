@@ -30,18 +30,22 @@ import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 from mlflow.entities import Run  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from orchestration.config import ConfigError  # noqa: E402
 from orchestration.cross_domain import ARTIFACT_DIR as CROSS_DOMAIN_DIR  # noqa: E402
 from orchestration.spaces import load_space  # noqa: E402
-from orchestration.tracking import PARENT_TAG, RUN_NAME_TAG  # noqa: E402
+from orchestration.tracking import PARENT_TAG, PLAN_ARTIFACT, PRETRAINED_PARAM, RUN_NAME_TAG  # noqa: E402
 from orchestration.tune import ROW_LABEL_TAG, ROW_TAG, SWEEP_TAG, child_runs  # noqa: E402
 
 SUMMARY_COLUMNS = ("Mean_Com", "Mean_Int", "Mean")
 GROUPS = ("internal only", "common", "other")
 LAMBDAS = {"method.lambda_ute": "λ_ute", "method.lambda_tat": "λ_tat"}
 RUNS_COLUMN = ("", "runs")
+RANDOM_INIT_MARK = " †"
+RANDOM_INIT_NOTE = ("† trained from random weights (MLflow param model.pretrained=false); the paper starts from "
+                    "ImageNet weights, so these numbers are not comparable with its tables.")
 CURVES = {"test_mean_auc": "Mean", "test_mean_com_auc": "Mean_Com", "test_mean_int_auc": "Mean_Int"}
 
 
@@ -111,12 +115,28 @@ def _why_excluded(run: Run) -> str:
             "FAILED": "failed"}.get(status, status.lower())
 
 
-def _finding_groups(client: MlflowClient, run: Run) -> tuple[list[str], list[str], list[str]]:
-    """Label space, common and internal-only findings of the run's training plan (its data summary)."""
+def _trained_domains(run: Run) -> float:
+    """How many domains a run trained on (its train.domains param; unset = every prepared one)."""
+    value = run.data.params.get("train.domains", "null")
+    domains = json.loads(value) if value.startswith("[") or value == "null" else None
+    return float("inf") if domains is None else len(domains)
+
+
+def _finding_groups(client: MlflowClient, runs: list[Run]) -> tuple[list[str], list[str], list[str]]:
+    """Label space, common and internal-only findings, from the training plan of the run that
+    trained the most domains (a sweep's joint-training rows, not a Single Dataset row, whose every
+    finding is "internal only"). Runs from before plans were logged: their data summary."""
+    run = max(runs, key=_trained_domains)  # the first of the widest, in start order
     with tempfile.TemporaryDirectory() as tmp:
-        summary = json.loads(Path(client.download_artifacts(run.info.run_id, "data/manifest_summary.json", tmp))
-                             .read_text())
-    return summary["label_space"], summary["common"], summary["internal_only"]
+        try:
+            plan = json.loads(Path(client.download_artifacts(run.info.run_id, PLAN_ARTIFACT, tmp)).read_text())
+        except (OSError, MlflowException):
+            summary = json.loads(Path(client.download_artifacts(run.info.run_id, "data/manifest_summary.json", tmp))
+                                 .read_text())
+            return summary["label_space"], summary["common"], summary["internal_only"]
+    findings = plan["findings"]
+    in_group = lambda group: [f for f, info in findings.items() if info["group"] == group]  # noqa: E731
+    return list(findings), in_group("common"), in_group("internal_only")
 
 
 def result_table(client: MlflowClient, section: Section) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -127,13 +147,14 @@ def result_table(client: MlflowClient, section: Section) -> tuple[pd.DataFrame, 
          for r in section.runs if not _finished(r)], columns=["run", "row", "status", "why"])
     if not done:
         return pd.DataFrame(), excluded
-    label_space, common, internal_only = _finding_groups(client, done[0])
+    label_space, common, internal_only = _finding_groups(client, done)
     per_run = pd.DataFrame([{f: r.data.metrics.get(f"test_auc/{f}", np.nan) for f in label_space} for r in done])
     ablation = all(ROW_TAG in r.data.tags for r in done)
     if ablation:  # one line per ablation row, its seeds averaged
         keys = [f"{r.data.tags[ROW_TAG]}) {r.data.tags.get(ROW_LABEL_TAG, '')}".strip() for r in done]
     else:
         keys = [r.info.run_name for r in done]
+    keys = [k + RANDOM_INIT_MARK if r.data.params.get(PRETRAINED_PARAM) == "false" else k for k, r in zip(keys, done)]
     per_run.index = pd.Index(keys, name="row" if ablation else "run")
     runs = per_run.groupby(level=0, sort=False).size()
     values = per_run.groupby(level=0, sort=False).mean().dropna(axis=1, how="all")
@@ -411,6 +432,8 @@ def write_report(client: MlflowClient, experiment: str, out: Path, parent_run_id
         figures, notes = optuna_figures(client, section, folder)
         report.figures.update(figures)
         report.notes += notes
+        if any(str(key).endswith(RANDOM_INIT_MARK) for key in table.index):
+            report.notes.append(RANDOM_INIT_NOTE)
         report.cross_domain = _cross_domain_markdown(client, section)
         if not table.empty:
             table.to_csv(folder / "table.csv")

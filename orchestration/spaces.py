@@ -6,6 +6,7 @@ A malformed file is refused before Ray starts, naming the file, the key and what
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -73,6 +74,7 @@ class SweepSpace:
     parameters: dict[str, Distribution] = field(default_factory=dict)
     schedules: dict[str, dict[str, dict[str, Distribution]]] = field(default_factory=dict)  # key -> name -> param
     rows: list[Row] = field(default_factory=list)
+    paper: bool = False  # reproduces a table or figure of the paper (which starts from ImageNet weights)
 
     # --- Optuna (kind: search) -----------------------------------------------------------
     def define_by_run(self, trial: optuna.Trial) -> None:
@@ -107,9 +109,7 @@ class SweepSpace:
         unknown = [n for n in names if n not in {r.name for r in self.rows}]
         if unknown:
             raise SpaceError(f"{self.path}: no row(s) {unknown}; rows: {', '.join(r.name for r in self.rows)}")
-        kept = [r for r in self.rows if r.name in names]
-        return SweepSpace(self.name, self.path, self.kind, self.metric, self.mode, self.description,
-                          self.fixed, self.parameters, self.schedules, kept)
+        return dataclasses.replace(self, rows=[r for r in self.rows if r.name in names])
 
     def row(self, name: str) -> Row:
         for row in self.rows:
@@ -218,7 +218,7 @@ def load_space(name_or_file: str) -> SweepSpace:
         raise SpaceError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(doc, dict):
         raise SpaceError(f"{path}: expected a mapping at the top")
-    allowed_top = {"description", "kind", "metric", "mode", "fixed", "parameters", "rows"}
+    allowed_top = {"description", "kind", "metric", "mode", "fixed", "parameters", "rows", "paper"}
     unknown = set(doc) - allowed_top
     if unknown:
         raise _fail(path, "(top level)", f"unknown key(s) {sorted(unknown)}; allowed: {', '.join(sorted(allowed_top))}")
@@ -230,7 +230,10 @@ def load_space(name_or_file: str) -> SweepSpace:
         raise _fail(path, "metric", f"{metric!r} is not one of {', '.join(METRICS)}")
     if mode not in ("max", "min"):
         raise _fail(path, "mode", f"{mode!r} is not max or min")
-    space = SweepSpace(path.stem, path, kind, metric, mode, description=doc.get("description", ""))
+    if not isinstance(doc.get("paper", False), bool):
+        raise _fail(path, "paper", f"{doc['paper']!r} is not true or false")
+    space = SweepSpace(path.stem, path, kind, metric, mode, description=doc.get("description", ""),
+                       paper=doc.get("paper", False))
     known = config_keys()
     fixed = doc.get("fixed") or {}
     for key in fixed:

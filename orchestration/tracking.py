@@ -22,6 +22,8 @@ from mlflow.tracking import MlflowClient
 from orchestration.config import Config, ConfigError, flatten_config
 
 RUN_NAME_TAG = "cxr.run_name"
+PLAN_ARTIFACT = "plan/plan.json"  # the training plan (`cxr train --dry-run`), logged by every run
+PRETRAINED_PARAM = "model.pretrained"  # false: trained from random weights, not the paper's ImageNet start
 PARENT_TAG = "mlflow.parentRunId"
 # Settings that may change when a run is resumed.
 RESUMABLE_CHANGES = {"train.max_failures"}
@@ -87,7 +89,7 @@ def open_run(
     parent_run_id: str | None = None,
 ) -> tuple[str, bool]:
     """(run_id, resumed). A new run gets the flattened config as params; a resumed one must match it."""
-    params = redact(flatten_config(config))
+    params = redact({**flatten_config(config), PRETRAINED_PARAM: str(config.model.weights is not None).lower()})
     existing = find_run(client, config.mlflow.experiment, run_name)
     if existing is not None:
         old = existing.data.params

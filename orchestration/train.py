@@ -25,9 +25,9 @@ from cxrmodel.inference import ProbabilityModel
 from data_prep.prepared import IMAGE_COLUMN, PreparedDataset
 from orchestration.config import Config
 from orchestration.evaluation import Predictions, auc_table, report_for, roc_figure
-from orchestration.plan import TrainingPlan, plan_training
+from orchestration.plan import TrainingPlan, plan_document, plan_training
 from orchestration.runtime import check_shared_storage, exit_on_signals, init_ray
-from orchestration.tracking import open_run, tracking_uri
+from orchestration.tracking import PLAN_ARTIFACT, open_run, tracking_uri
 from orchestration.train_loop import BEST_MODEL_FILE, SUMMARY_FILE, TEST_FILE, build_network, train_loop_per_worker
 
 
@@ -106,6 +106,7 @@ def run_training(
         Path(storage).mkdir(parents=True, exist_ok=True)
     with mlflow.start_run(run_id=run_id, log_system_metrics=True):
         try:
+            mlflow.log_dict(plan_document(config, plan), PLAN_ARTIFACT)
             init_ray(address)
             check_shared_storage({"prepared dataset": plan.data, "train.storage_path": storage}, uri)
             trainer = _make_trainer(config, plan, uri, run_id, run_name, storage, callbacks or [])

@@ -23,7 +23,6 @@ import ray.train
 import ray.train.torch
 import torch
 
-from cxrmodel.losses import finding_weights
 from cxrmodel.network import CXRNet
 from cxrmodel.schedules import make_optimizers
 from cxrmodel.temporal_ensemble import TemporalEnsemble
@@ -68,18 +67,19 @@ class Progress:
 
 
 class DomainBatches:
-    """Equal batches from every domain's Ray Data shard; a finished shard starts a new pass."""
+    """Equal batches from every domain's Ray Data stream (a worker's shard, in plan.domains order);
+    a finished stream starts a new pass. Rows are drawn at random from a buffer of
+    `shuffle_buffer` rows, on top of the shards' own seeded random order."""
 
-    def __init__(self, plan: TrainingPlan, image_size: int):
-        self.plan, self.image_size = plan, image_size
-        self.shards = [ray.train.get_dataset_shard(f"train_{d}") for d in plan.domains]
+    def __init__(self, plan: TrainingPlan, image_size: int, shards: list, shuffle_buffer: int):
+        self.plan, self.image_size, self.shards = plan, image_size, shards
+        self.shuffle_buffer = max(shuffle_buffer, plan.per_domain_batch)
         self.iterators = [None] * len(self.shards)
 
     def _pass(self, d: int):
-        size = self.plan.per_domain_batch
         return iter(self.shards[d].iter_batches(
-            batch_size=size, batch_format="pyarrow", drop_last=True,
-            local_shuffle_buffer_size=max(4 * size, 64),
+            batch_size=self.plan.per_domain_batch, batch_format="pyarrow", drop_last=True,
+            local_shuffle_buffer_size=self.shuffle_buffer,
         ))
 
     def _next_table(self, d: int):
@@ -172,19 +172,18 @@ def train_loop_per_worker(loop_config: dict) -> None:
         progress, best_state = _load_checkpoint(checkpoint, net, optimizers, ensemble, device)
     model = ray.train.torch.prepare_model(net, move_to_device=False)
 
-    alpha, beta = finding_weights(
-        plan.label_space, plan.common, prepared.class_balance(),
-        alpha=config.method.alpha, task_weighting=config.method.task_weighting,
-        alpha_overrides=config.method.alpha_overrides,
-    )
     step = TrainingStep(
-        model, optimizers[0], optimizers[1], alpha=alpha, beta=beta, num_domains=len(plan.domains),
-        ensemble=ensemble, lambda_ute=config.method.lambda_ute, uncertainty=config.method.uncertainty,
-        hard_labels=config.method.hard_labels, autocast_dtype=autocast, channels_last=channels_last,
+        model, optimizers[0], optimizers[1], alpha=torch.tensor(plan.alpha), beta=torch.tensor(plan.beta),
+        num_domains=len(plan.domains), num_classes=len(plan.trained),
+        ensemble=ensemble, ensemble_findings=torch.tensor(plan.ensemble_mask),
+        lambda_ute=config.method.lambda_ute, uncertainty=config.method.uncertainty,
+        hard_labels=config.method.hard_labels, random_crop=config.train.random_crop,
+        autocast_dtype=autocast, channels_last=channels_last,
     )
     logger = MetricLogger(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else None
     checkpointer = Checkpointer(rank, net, optimizers, ensemble, config, plan)
-    batches = DomainBatches(plan, prepared.image_size)
+    shards = [ray.train.get_dataset_shard(f"train_{d}") for d in plan.domains]
+    batches = DomainBatches(plan, prepared.image_size, shards, config.train.shuffle_buffer)
     h_schedule = config.method.h_schedule.build()
     total_steps = config.train.epochs * plan.steps_per_epoch
     evaluate = dict(batch_size=config.train.eval_batch_size, device=device, autocast_dtype=autocast,

@@ -9,6 +9,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from orchestration.cli import app
+from orchestration.report import collect_sections, result_table
 
 LABEL_SPACE = ["Emphysema", "Hernia", "Atelectasis", "Effusion", "Mass"]
 SUMMARY = {"label_space": LABEL_SPACE, "common": ["Atelectasis", "Effusion"], "internal_only": ["Emphysema", "Hernia"]}
@@ -133,3 +134,30 @@ def test_unknown_experiment_is_a_clear_error(store):
     result = CliRunner().invoke(app, ["report", "--experiment", "nope", "--out", str(tmp / "x")])
     assert result.exit_code == 2 and "no experiment 'nope'" in result.output
 
+
+
+def _plan(groups: dict[str, str]) -> dict:
+    return {"findings": {f: {"group": g} for f, g in groups.items()}}
+
+
+def test_groups_come_from_the_joint_rows_plan_and_random_init_rows_are_marked(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("t3", artifact_location=str(tmp_path / "artifacts"))
+    parent = _parent(client, exp, "t3", "baselines_table3", "ablation")
+    # The Single Dataset row finishes first; its plan calls every NIH finding "internal only".
+    single = _child(client, exp, parent, "t3-single", "FINISHED", row=("single_dataset", "Single Dataset"),
+                    aucs=ROW_G, params={"train.domains": '["nih"]', "model.pretrained": "true"})
+    client.log_dict(single, _plan({f: "internal_only" for f in LABEL_SPACE}), "plan/plan.json")
+    joint = _child(client, exp, parent, "t3-joint", "FINISHED", row=("joint_training", "Joint Training"),
+                   aucs=ROW_A[0], params={"train.domains": "null", "model.pretrained": "false"})
+    client.log_dict(joint, _plan({"Emphysema": "internal_only", "Hernia": "other", "Atelectasis": "common",
+                                  "Effusion": "common", "Mass": "internal_only"}), "plan/plan.json")
+    table, _ = result_table(client, collect_sections(client, "t3", parent)[0])
+    assert [f for g, f in table.columns if g == "internal only"] == ["Emphysema", "Mass"]
+    assert [f for g, f in table.columns if g == "common"] == ["Atelectasis", "Effusion"]
+    assert list(table.index) == ["single_dataset) Single Dataset", "joint_training) Joint Training †"]
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, ["report", "--experiment", "t3", "--out", str(out)],
+                                env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+    assert result.exit_code == 0, result.output
+    assert "model.pretrained=false" in (out / "report.md").read_text()

@@ -122,3 +122,25 @@ def test_joined_stats_of_the_real_tables(shared_data, nih_independent, chexpert_
         "negative": sum(r[col] in ("0.0", "") for r in rows),  # blank = 0 by default
         "unknown": 0,
     }
+
+
+def test_beta_of_a_single_dataset_run_comes_from_that_dataset(shared_data):
+    """β_c = N_c / P_c over the trained domains: NIH's Edema is rare (β ≈ 47), CheXpert's common;
+    pooling both (what every run did before) would give NIH alone β ≈ 3.5."""
+    from data_prep.join import train_class_balance
+
+    config = PrepareConfig(sources=[
+        SourceConfig(name="nih", kind="nih", path=shared_data / "nih"),
+        SourceConfig(name="chexpert", kind="chexpert", path=shared_data / "chexpert"),
+    ])
+    joined = load_sources(config, find_images=False)
+    balance = train_class_balance(joined)
+    train = joined.rows[joined.rows["split"] == "train"]
+    for domain in ("nih", "chexpert"):
+        rows = train[train["domain"] == domain]
+        assert balance[domain]["Edema"] == {"positive": int((rows["Edema"] == 1).sum()),
+                                            "negative": int((rows["Edema"] == 0).sum())}
+    nih = balance["nih"]["Edema"]
+    pooled = {k: nih[k] + balance["chexpert"]["Edema"][k] for k in nih}
+    assert 40 < nih["negative"] / nih["positive"] < 55
+    assert pooled["negative"] / pooled["positive"] < 5

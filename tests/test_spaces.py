@@ -15,6 +15,9 @@ def test_builtin_spaces_parse():
     }
     for name in builtin_spaces():
         load_space(name)
+    # The paper's grids say so (a warning without ImageNet weights); the Optuna search is ours.
+    assert {n for n in builtin_spaces() if load_space(n).paper} == set(builtin_spaces()) - {"optuna_full"}
+    assert load_space("paper_default").fixed["train.val_every_steps"] == 3600  # §IV-B
 
 
 def test_fig4_grids_are_the_papers():

@@ -53,9 +53,13 @@ def test_two_worker_training_logs_one_finished_run(prepared_dir, tmp_path):
     assert [s for s, _ in _history(client, run.info.run_id, "val_mean_auc")] == [steps // 2, steps]
     for key in ("test_mean_auc", "train/loss_tat", "train/loss_ute", "train/h", "train/lr"):
         assert key in run.data.metrics, key
-    artifacts = {a.path for folder in ("config", "data", "evaluation") for a in client.list_artifacts(run.info.run_id, folder)}
+    artifacts = {a.path for folder in ("config", "data", "evaluation", "plan")
+                 for a in client.list_artifacts(run.info.run_id, folder)}
     assert {"config/resolved_config.yaml", "data/manifest_summary.json", "evaluation/test_auc.csv",
-            "evaluation/test_roc.png"} <= artifacts
+            "evaluation/test_roc.png", "plan/plan.json"} <= artifacts
+    assert run.data.params["model.pretrained"] == "false"  # no model.weights: not the paper's ImageNet start
+    logged_plan = json.loads(Path(client.download_artifacts(run.info.run_id, "plan/plan.json", str(tmp_path))).read_text())
+    assert logged_plan["steps_per_epoch"] == plan.steps_per_epoch and logged_plan["domains"] == plan.domains
 
     # The temporal ensemble gathered predictions from both ranks: more samples were updated than
     # one rank alone sees in an epoch (steps_per_epoch x per-domain batch x 2 domains).

@@ -2,7 +2,6 @@
 learning (the full method's loss falls on learnable synthetic images)."""
 
 import numpy as np
-import pytest
 import torch
 
 from cxrmodel.losses import adversarial_loss, ensemble_loss, ensemble_mask, finding_weights, partial_label_bce, with_hard_labels
