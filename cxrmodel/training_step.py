@@ -95,24 +95,25 @@ class TrainingStep:
         logits = out.logits.float()
         probs = torch.sigmoid(logits)
 
-        losses = {}
+        ute = None
         if self.ensemble is not None:
             z, has_target = self.ensemble.targets(sample_id)
             mask = ensemble_mask(probs, has_target, labels, self.ensemble_findings,
                                  threshold=h if self.uncertainty else None)
-            if self.hard_labels:
+            if self.hard_labels:  # Table VI i: pseudo-labels for eq. 1 instead of the L2 term
                 labels = with_hard_labels(labels, z, mask)
             else:
-                losses["ute"] = ensemble_loss(probs, z, mask)
-        losses["cls"] = partial_label_bce(logits, labels, self.alpha, self.beta, self.num_classes)
+                ute = ensemble_loss(probs, z, mask)
+        losses = {"cls": partial_label_bce(logits, labels, self.alpha, self.beta, self.num_classes)}
         backward = total = losses["cls"]
         if out.domain_logits is not None:
             losses["tat"] = adversarial_loss(out.domain_logits.float(), domain, self.num_domains)
             backward = backward + losses["tat"]  # reversed and scaled by λ_tat for the backbone
             total = total - self.lambda_tat * losses["tat"]  # eq. 7: L_tat is eq. 3's log-likelihood, -BCE
-        if "ute" in losses:
-            backward = backward + self.lambda_ute * losses["ute"]
-            total = total + self.lambda_ute * losses["ute"]
+        if ute is not None:
+            losses["ute"] = ute
+            backward = backward + self.lambda_ute * ute
+            total = total + self.lambda_ute * ute
         losses["total"] = total
 
         self.optimizer.zero_grad(set_to_none=True)
