@@ -1,7 +1,8 @@
 """The paper's losses, on logits, numerically stable.
 
     L_cls (eq. 1)  = -(1/C) Σ_c α_c [β_c 1[y=1] log p_c + 1[y=0] log(1 - p_c)], averaged over the batch;
-                     unknown (-2) labels contribute nothing, but C stays the full label-space size.
+                     unknown (-2) labels contribute nothing; C counts every finding the trained
+                     domains label, known for this sample or not.
     L_tat (eq. 3)  = Σ_{c ∈ ∩l} Σ_d mean_{i ∈ domain d} BCE(D_c(f_c,i), d): one expectation per
                      domain present in the batch, summed (not one mean over the mixed batch).
     L_ute (eq. 6)  = Σ_{c ∈ E} 1[y_c = -2, |0.5 - p_c| ≥ H] (p_c - z_c)², averaged over the batch,

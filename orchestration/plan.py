@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cxrmodel.losses import finding_weights
-from data_prep.labels import common_findings, exclusive_findings, union_label_space
+from data_prep.labels import common_findings, exclusive_findings
 from data_prep.prepared import PreparedDataset
 from orchestration.config import Config, ConfigError
 
@@ -75,7 +75,7 @@ def plan_training(config: Config, data: str | Path) -> TrainingPlan:
     finding_sets = [prepared.domain_findings(d) for d in domains]
     common = common_findings(prepared.label_space, finding_sets)
     internal_only = exclusive_findings(prepared.domain_findings(internal), finding_sets[1:])
-    trained = [f for f in prepared.label_space if f in union_label_space(finding_sets)]
+    trained = [f for f in prepared.label_space if any(f in s for s in finding_sets)]
     method = config.method
     if method.adversarial != "none" and len(domains) < 2:
         raise ConfigError(

@@ -118,8 +118,7 @@ def _why_excluded(run: Run) -> str:
 def _trained_domains(run: Run) -> float:
     """How many domains a run trained on (its train.domains param; unset = every prepared one)."""
     value = run.data.params.get("train.domains", "null")
-    domains = json.loads(value) if value.startswith("[") or value == "null" else None
-    return float("inf") if domains is None else len(domains)
+    return len(json.loads(value)) if value.startswith("[") else float("inf")
 
 
 def _finding_groups(client: MlflowClient, runs: list[Run]) -> tuple[list[str], list[str], list[str]]:

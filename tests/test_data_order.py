@@ -12,7 +12,6 @@ from scipy.stats import spearmanr
 from data_prep.config import PrepareConfig, SourceConfig
 from data_prep.join import load_sources
 from data_prep.pipeline import run_prepare
-from data_prep.prepared import PreparedDataset
 from data_prep.synth import synth_nih
 from orchestration.config import load_config
 from orchestration.plan import plan_training
