@@ -23,7 +23,7 @@ from orchestration.plan import plan_training
 from orchestration.spaces import load_space
 
 pytestmark = pytest.mark.slow
-SMALL_DEMO = {"DEMO_IMAGES": "120", "DEMO_IMAGE_SIZE": "32", "DEMO_EPOCHS": "2", "DEMO_TRIAL_STEPS": "2"}
+SMALL_DEMO = {"DEMO_IMAGES": "120", "DEMO_IMAGE_SIZE": "32", "DEMO_EPOCHS": "3", "DEMO_TRIAL_STEPS": "2"}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_demo_leaves_the_expected_runs_report_and_learned_aucs(demo):
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     [train] = _runs(client, "tags.`cxr.run_name` = 'demo-train'")
     assert train.info.status == "FINISHED"
-    # The synthetic findings are learnable: clearly better than chance after two small epochs.
+    # The synthetic findings are learnable: clearly better than chance after three small epochs (two, 22 steps at 32², gave 0.50 to 0.68 across runs).
     assert train.data.metrics["test_mean_auc"] > 0.6, train.data.metrics
     sweeps = {r.data.tags["cxr.sweep_name"]: r for r in _runs(client, "tags.`cxr.kind` = 'sweep'")}
     assert set(sweeps) == {"demo-tune", "demo-ablation"}
