@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from mlflow.tracking import MlflowClient
 
+from orchestration.tune import ROW_TAG, SWEEP_TAG
+
 ROWS = ("a", "b", "g")
 COLUMNS = {"Mean": "test_mean_auc", "Mean_Com": "test_mean_com_auc", "Mean_Int": "test_mean_int_auc"}
 
@@ -44,10 +46,10 @@ def cxr(*args: str, cwd: Path) -> None:
 def row_results(uri: str, sweep: str) -> dict[str, dict[str, list[float]]]:
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("cxr-orchestra")
-    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`cxr.sweep_name` = '{sweep}'")
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{sweep}'")
     results: dict[str, dict[str, list[float]]] = {row: {c: [] for c in COLUMNS} for row in ROWS}
     for run in runs:
-        row = run.data.tags.get("cxr.ablation_row")
+        row = run.data.tags.get(ROW_TAG)
         if row in results and run.info.status == "FINISHED":
             for column, metric in COLUMNS.items():
                 results[row][column].append(run.data.metrics[metric])
