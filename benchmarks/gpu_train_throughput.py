@@ -17,7 +17,7 @@ import torch
 
 from cxrmodel.losses import finding_weights
 from cxrmodel.network import CXRNet
-from cxrmodel.schedules import make_optimizers
+from cxrmodel.optimizers import make_optimizers
 from cxrmodel.temporal_ensemble import TemporalEnsemble
 from cxrmodel.training_step import TrainingStep
 

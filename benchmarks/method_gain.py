@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from orchestration.tune import ROW_TAG, SWEEP_TAG
+from orchestration.tracking import ROW_TAG, SWEEP_TAG
 
 ROWS = ("a", "b", "g")
 COLUMNS = {"Mean": "test_mean_auc", "Mean_Com": "test_mean_com_auc", "Mean_Int": "test_mean_int_auc"}

@@ -1,8 +1,10 @@
 """Cost of the full method's training step (TW + TAT + UTE) over plain partial-label BCE.
 
-Same DenseIBN-121, same batch (two domains x 8 images, 128x128, CPU), steps interleaved pair by pair
-so that machine noise hits both alike; the ratio is of the medians. Also times the C per-finding
-branches as one batched op against a loop of C nn.Linear pairs. Last line: JSON figures.
+Both steps come from the training factory (`build_method`): the paper's default config against
+Table VI row a (no TW, TAT or TE). Same DenseIBN-121, same batch (two domains x 8 images, 128x128,
+CPU), steps interleaved pair by pair so that machine noise hits both alike; the ratio is of the
+medians. Also times the C per-finding branches as one batched op against a loop of C nn.Linear
+pairs. Last line: JSON figures.
 
     python benchmarks/step_overhead.py [--size 128] [--pairs 8]
 """
@@ -19,24 +21,32 @@ from torch import nn
 
 from cxrmodel.heads import TaskSpecificHeads
 from cxrmodel.losses import finding_weights
-from cxrmodel.network import CXRNet
-from cxrmodel.schedules import make_optimizers
-from cxrmodel.temporal_ensemble import TemporalEnsemble
-from cxrmodel.training_step import TrainingStep
+from orchestration.config import load_config
+from orchestration.method import Method, build_method
+from orchestration.plan import TrainingPlan
 
 FINDINGS = 14
-COMMON = list(range(7, 14))  # as NIH + CheXpert: 7 common findings of 14
+NAMES = [f"finding{c}" for c in range(FINDINGS)]
+COMMON, INTERNAL_ONLY = NAMES[7:], NAMES[:7]  # as NIH + CheXpert: 7 common findings of 14
+JOINT_TRAINING = {"method.task_weighting": False, "method.adversarial": "none", "method.temporal_ensemble": False,
+                  "method.uncertainty": False}  # Table VI row a
 
 
-def make_step(full: bool, num_samples: int) -> TrainingStep:
+def make_method(full: bool, num_samples: int) -> Method:
+    config = load_config(updates={} if full else JOINT_TRAINING)
+    balance = {n: {"positive": 1, "negative": 9} for n in NAMES}
+    alpha, beta = finding_weights(NAMES, COMMON, balance, alpha=config.method.alpha,
+                                  task_weighting=config.method.task_weighting)
+    plan = TrainingPlan(
+        data="", domains=["internal", "external"], label_space=NAMES, common=COMMON, internal_only=INTERNAL_ONLY,
+        evaluated=NAMES, trained=NAMES, alpha=alpha.tolist(), beta=beta.tolist(), positive=[1] * FINDINGS,
+        negative=[9] * FINDINGS, ensemble=INTERNAL_ONLY if config.method.uses_ensemble else [],
+        per_domain_batch=8, steps_per_epoch=1, num_samples=num_samples,
+    )
     torch.manual_seed(0)
-    model = CXRNet(FINDINGS, COMMON, 2, adversarial=full).train()
-    adam, rmsprop, _ = make_optimizers(model)
-    names = [str(c) for c in range(FINDINGS)]
-    balance = {n: {"positive": 1, "negative": 9} for n in names}
-    alpha, beta = finding_weights(names, [names[c] for c in COMMON], balance, task_weighting=full)
-    ensemble = TemporalEnsemble(num_samples, FINDINGS) if full else None
-    return TrainingStep(model, adam, rmsprop, alpha=alpha, beta=beta, num_domains=2, ensemble=ensemble)
+    method = build_method(config, plan)
+    method.network.train()
+    return method
 
 
 def timed(fn) -> float:
@@ -52,12 +62,12 @@ def step_ratio(size: int, pairs: int) -> dict:
     labels[batch // 2 :, :7] = -2  # the external half does not label the internal-only findings
     domain = torch.arange(batch) // (batch // 2)
     ids = torch.arange(batch)
-    full, plain = make_step(True, batch), make_step(False, batch)
+    full, plain = make_method(True, batch), make_method(False, batch)
     full.ensemble.record(ids, torch.rand(batch, FINDINGS))
     full.ensemble.end_epoch()  # so that UTE has targets and does its full work
 
-    def run(step: TrainingStep) -> None:
-        step(images, labels, domain, ids, h=0.2)
+    def run(method: Method) -> None:
+        method.step(images, labels, domain, ids, h=0.2)
 
     for _ in range(2):  # warm-up
         run(full)

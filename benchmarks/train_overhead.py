@@ -22,20 +22,17 @@ import numpy as np
 import torch
 from mlflow.tracking import MlflowClient
 
-from cxrmodel.schedules import make_optimizers
-from cxrmodel.temporal_ensemble import TemporalEnsemble
-from cxrmodel.training_step import TrainingStep
 from data_prep.config import PrepareConfig, SourceConfig
 from data_prep.join import load_sources
 from data_prep.pipeline import run_prepare
 from data_prep.prepared import PreparedDataset
 from data_prep.synth import synthesize
 from orchestration.config import load_config
+from orchestration.method import build_method
 from orchestration.plan import plan_training
 from orchestration.runtime import init_ray
 from orchestration.tracking import find_run
 from orchestration.train import run_training
-from orchestration.train_loop import build_network
 
 
 def prepare(work: Path, image_size: int) -> Path:
@@ -51,7 +48,7 @@ def prepare(work: Path, image_size: int) -> Path:
 
 
 def ray_rate(config, data: Path, batch: int) -> float:
-    outcome = run_training(config, data, run_name="overhead")
+    outcome = run_training(config, plan_training(config, data), run_name="overhead")
     client = MlflowClient(config.mlflow.tracking_uri)
     run = find_run(client, config.mlflow.experiment, outcome.run_name)
     history = sorted(client.get_metric_history(run.info.run_id, "train/loss_cls"), key=lambda m: m.step)
@@ -60,16 +57,12 @@ def ray_rate(config, data: Path, batch: int) -> float:
 
 
 def plain_rate(config, data: Path, steps: int) -> float:
-    """The loop a lab would write: same network, step and data, no Ray."""
+    """The loop a lab would write: the same method (one factory builds both), shards and steps, no Ray."""
     torch.set_num_threads(os.cpu_count() or 1)
     plan = plan_training(config, data)
     prepared = PreparedDataset.load(data)
-    net = build_network(config, plan).train()
-    adam, rmsprop, _ = make_optimizers(net)
-    ensemble = TemporalEnsemble(plan.num_samples, len(plan.label_space), 0.9)
-    step = TrainingStep(net, adam, rmsprop, alpha=torch.tensor(plan.alpha), beta=torch.tensor(plan.beta),
-                        num_domains=len(plan.domains), num_classes=len(plan.trained), ensemble=ensemble,
-                        ensemble_findings=torch.tensor(plan.ensemble_mask), lambda_ute=30.0)
+    method = build_method(config, plan)
+    method.network.train()
 
     def batches(domain):
         while True:
@@ -84,7 +77,7 @@ def plain_rate(config, data: Path, steps: int) -> float:
         images = torch.from_numpy(np.concatenate([p[1] for p in parts]))
         labels = torch.from_numpy(np.concatenate([p[2] for p in parts]))
         domain = torch.cat([torch.full((len(p[0]),), d) for d, p in enumerate(parts)])
-        step(images, labels, domain, ids, h=0.3)
+        method.step(images, labels, domain, ids, h=0.3)
         times.append(time.perf_counter() - start)
     batch = plan.per_domain_batch * len(plan.domains)
     return batch * (steps - 2) / sum(times[2:])

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from cxrmodel.discriminators import domain_targets
-from data_prep.labels import NEGATIVE, POSITIVE, UNKNOWN
+from cxrmodel.labels import NEGATIVE, POSITIVE, UNKNOWN
 
 
 def finding_weights(

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from data_prep.labels import NEGATIVE, POSITIVE
+from cxrmodel.labels import NEGATIVE, POSITIVE
 
 
 @dataclass

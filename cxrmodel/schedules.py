@@ -1,4 +1,4 @@
-"""The uncertainty threshold H over training, and the paper's optimizers and LR steps.
+"""The uncertainty threshold H over training (pure Python: sweeps and configs read it without torch).
 
 H falls from `start` to `end` as training progresses (progress 0 -> 1) along a named curve:
 constant, linear, cosine, exponential or step. Since |0.5 - p| <= 0.5, 0 <= end <= start <= 0.5.
@@ -10,19 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
-
-from cxrmodel.network import CXRNet
-
 H_SCHEDULES = ("constant", "linear", "cosine", "exponential", "step")
 HScheduleName = Literal["constant", "linear", "cosine", "exponential", "step"]
-
-# Paper: Adam 1e-4, x0.1 after epoch 3 and after epoch 6; RMSprop 1e-4 fixed for the discriminators.
-PAPER_LR = 1e-4
-PAPER_LR_MILESTONES = (3, 6)
-PAPER_LR_DECAY = 0.1
-PAPER_DISCRIMINATOR_LR = 1e-4
-
 
 @dataclass(frozen=True)
 class HSchedule:
@@ -57,19 +46,3 @@ class HSchedule:
             return s * (e / s) ** p
         plateau = min(int(p * self.steps), self.steps - 1)
         return s if self.steps == 1 else s + (e - s) * plateau / (self.steps - 1)
-
-
-def make_optimizers(
-    model: CXRNet,
-    *,
-    lr: float = PAPER_LR,
-    lr_milestones: tuple[int, ...] = PAPER_LR_MILESTONES,
-    lr_decay: float = PAPER_LR_DECAY,
-    discriminator_lr: float = PAPER_DISCRIMINATOR_LR,
-) -> tuple[torch.optim.Adam, torch.optim.RMSprop | None, torch.optim.lr_scheduler.MultiStepLR]:
-    """Adam for the network with the per-epoch step decay, RMSprop (fixed LR) for the discriminators."""
-    network = torch.optim.Adam(model.network_parameters(), lr=lr)
-    discriminator_params = model.discriminator_parameters()
-    discriminators = torch.optim.RMSprop(discriminator_params, lr=discriminator_lr) if discriminator_params else None
-    schedule = torch.optim.lr_scheduler.MultiStepLR(network, milestones=list(lr_milestones), gamma=lr_decay)
-    return network, discriminators, schedule

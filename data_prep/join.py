@@ -7,12 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from cxrmodel.labels import NEGATIVE, POSITIVE, UNKNOWN
 from data_prep.config import PrepareConfig
 from data_prep.errors import DataPrepError
 from data_prep.labels import (
-    NEGATIVE,
-    POSITIVE,
-    UNKNOWN,
     common_findings,
     exclusive_findings,
     union_label_space,
@@ -119,3 +117,22 @@ def train_class_balance(joined: JoinedDataset) -> dict[str, dict[str, dict[str, 
         for domain in joined.domain_findings
         for rows in [train[train["domain"] == domain]]
     }
+
+
+def table_one(stats: dict) -> pd.DataFrame:
+    """The paper's Table I from `dataset_stats` (or a manifest): positives per finding and dataset
+    ('-' where a dataset does not label it; * marks the findings all share), then images, patients
+    and images per split."""
+    domains = stats["domains"]
+    columns = [f"{name} ({d['role']})" for name, d in domains.items()]
+    rows = {
+        finding + (" *" if finding in stats["common"] else ""): [
+            f"{d['counts'][finding]['positive']:,}" if finding in d["findings"] else "-" for d in domains.values()
+        ]
+        for finding in stats["label_space"]
+    }
+    rows["images"] = [f"{d['num_images']:,}" for d in domains.values()]
+    rows["patients"] = [f"{d['num_patients']:,}" for d in domains.values()]
+    for split in ("train", "val", "test"):
+        rows[f"{split} images"] = [f"{d['splits'][split]:,}" for d in domains.values()]
+    return pd.DataFrame.from_dict(rows, orient="index", columns=columns)

@@ -1,7 +1,6 @@
-"""Canonical finding names, source spellings, and the 1 / 0 / -2 label encoding.
+"""Canonical finding names, source spellings, and the finding groups of a set of domains.
 
-Every prepared sample carries one value per finding of the union label space:
-POSITIVE (1), NEGATIVE (0) or UNKNOWN (-2, the sample's dataset does not label that finding).
+The label values themselves (1 / 0 / -2) are defined in `cxrmodel.labels`.
 """
 
 from __future__ import annotations
@@ -9,10 +8,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from data_prep.errors import DataPrepError
-
-POSITIVE = 1
-NEGATIVE = 0
-UNKNOWN = -2
 
 # The paper's Table I, in its order: the order of the union label space.
 CANONICAL_FINDINGS: tuple[str, ...] = (

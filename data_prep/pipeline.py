@@ -20,13 +20,7 @@ from data_prep.config import PrepareConfig
 from data_prep.errors import DataPrepError
 from data_prep.images import ImageError, load_grayscale
 from data_prep.join import JoinedDataset, dataset_stats, train_class_balance
-from data_prep.prepared import (
-    FORMAT_VERSION,
-    IMAGE_COLUMN,
-    MANIFEST_NAME,
-    SHARDS_DIR,
-    PreparedDataset,
-)
+from data_prep.prepared import FORMAT_VERSION, IMAGE_COLUMN, SHARDS_DIR, Manifest, PreparedDataset, shard_dir
 from data_prep.split import SPLITS, patients_crossing_splits
 
 log = logging.getLogger(__name__)
@@ -77,8 +71,8 @@ def _list_shards(out: Path, domains: list[str]) -> dict[str, dict[str, list[str]
     for domain in domains:
         shards[domain] = {}
         for split in SPLITS:
-            folder = out / SHARDS_DIR / f"domain={domain}" / f"split={split}"
-            shards[domain][split] = sorted(str(p.relative_to(out)) for p in folder.glob("*.parquet"))
+            files = shard_dir(out, domain, split).glob("*.parquet")
+            shards[domain][split] = sorted(str(p.relative_to(out)) for p in files)
     return shards
 
 
@@ -129,28 +123,27 @@ def run_prepare(
 
     kept = joined.without({s["sample_id"] for s in skipped})
     stats = dataset_stats(kept)
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "image_size": config.image_size,
-        "label_space": kept.label_space,
-        "common": kept.common,
-        "internal": kept.internal,
-        "internal_only": kept.internal_only,
-        "domains": stats["domains"],
-        "num_samples": int(len(kept.rows)),
-        "max_sample_id": int(joined.rows["sample_id"].max()),
-        "train_class_balance": train_class_balance(kept),  # per domain
-        "patient_disjoint": {
+    Manifest(
+        format_version=FORMAT_VERSION,
+        image_size=config.image_size,
+        label_space=kept.label_space,
+        common=kept.common,
+        internal=kept.internal,
+        internal_only=kept.internal_only,
+        domains=stats["domains"],
+        num_samples=len(kept.rows),
+        max_sample_id=int(joined.rows["sample_id"].max()),
+        train_class_balance=train_class_balance(kept),
+        patient_disjoint={
             d: not patients_crossing_splits(
                 kept.rows.loc[kept.rows["domain"] == d, "patient_id"],
                 kept.rows.loc[kept.rows["domain"] == d, "split"],
             )
             for d in kept.domain_findings
         },
-        "shards": _list_shards(out, list(kept.domain_findings)),
-        "skipped": skipped,
-        "warnings": kept.warnings,
-        "config": resolved_config or config.model_dump(mode="json"),
-    }
-    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
+        shards=_list_shards(out, list(kept.domain_findings)),
+        skipped=skipped,
+        warnings=kept.warnings,
+        config=resolved_config or config.model_dump(mode="json"),
+    ).write(out)
     return PreparedDataset.load(out)

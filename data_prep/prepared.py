@@ -6,7 +6,8 @@ Layout:
                                                     image (raw uint8 size*size bytes), one int8
                                                     column per finding of the label space; rows
                                                     in a seeded random order
-Every reader goes through `PreparedDataset.load`, which checks `format_version`.
+`Manifest` is the typed contract: `Manifest.write` is its one writer (`cxr prepare`, last), and every
+reader goes through `PreparedDataset.load`, which checks `format_version` and the shards it lists.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from data_prep.errors import DataPrepError
 
@@ -47,10 +49,53 @@ def images_from_arrow(column: pa.Array | pa.ChunkedArray, size: int) -> np.ndarr
     return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
+class Counts(BaseModel):
+    positive: int
+    negative: int
+
+
+class LabelCounts(Counts):
+    unknown: int
+
+
+class DomainSummary(BaseModel):
+    """One domain as `cxr prepare --dry-run` prints it (Table I) and the manifest keeps it."""
+
+    role: str  # internal | external
+    findings: list[str]  # the findings this domain labels
+    num_images: int
+    num_patients: int
+    splits: dict[str, int]  # images per split
+    counts: dict[str, LabelCounts]  # per finding of the label space
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int
+    image_size: int
+    label_space: list[str]
+    common: list[str]
+    internal: str
+    internal_only: list[str]
+    domains: dict[str, DomainSummary]
+    num_samples: int
+    max_sample_id: int  # sample ids index the temporal ensemble's rows
+    train_class_balance: dict[str, dict[str, Counts]]  # domain -> finding -> P_c / N_c of its train split
+    patient_disjoint: dict[str, bool]
+    shards: dict[str, dict[str, list[str]]]  # domain -> split -> files, relative to the folder
+    skipped: list[dict]  # images that could not be used, with the reason
+    warnings: list[str]
+    config: dict  # the resolved config of the `cxr prepare` run
+
+    def write(self, root: Path) -> None:
+        (root / MANIFEST_NAME).write_text(self.model_dump_json(indent=1))
+
+
 @dataclass(frozen=True)
 class PreparedDataset:
     root: Path
-    manifest: dict
+    manifest: Manifest
 
     @classmethod
     def load(cls, root: str | Path) -> PreparedDataset:
@@ -74,9 +119,17 @@ class PreparedDataset:
                 f"{manifest_path}: format_version {version!r}, this version of cxr-orchestra reads "
                 f"format_version {FORMAT_VERSION}; {how}"
             )
+        try:
+            manifest = Manifest.model_validate(manifest)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            key = ".".join(str(k) for k in first["loc"])
+            raise DataPrepError(
+                f"{manifest_path}: {key}: {first['msg']} ({exc.error_count()} problem(s)); {how}"
+            ) from None
         dataset = cls(root, manifest)
         for domain in dataset.domains:
-            for split, files in manifest["shards"][domain].items():
+            for split, files in manifest.shards[domain].items():
                 for name in files:
                     if not (root / name).exists():
                         raise DataPrepError(
@@ -87,44 +140,45 @@ class PreparedDataset:
 
     @property
     def label_space(self) -> list[str]:
-        return self.manifest["label_space"]
+        return self.manifest.label_space
 
     @property
     def common(self) -> list[str]:
-        return self.manifest["common"]
+        return self.manifest.common
 
     @property
     def internal(self) -> str:
-        return self.manifest["internal"]
+        return self.manifest.internal
 
     @property
     def internal_only(self) -> list[str]:
-        return self.manifest["internal_only"]
+        return self.manifest.internal_only
 
     @property
     def domains(self) -> list[str]:
         """Domain names, internal first (domain index 0 is the internal one)."""
-        names = list(self.manifest["domains"])
+        names = list(self.manifest.domains)
         return [self.internal] + [n for n in names if n != self.internal]
 
     @property
     def image_size(self) -> int:
-        return int(self.manifest["image_size"])
+        return self.manifest.image_size
 
     def domain_findings(self, domain: str) -> list[str]:
-        return self.manifest["domains"][domain]["findings"]
+        return self.manifest.domains[domain].findings
 
     def num_samples(self, domain: str, split: str) -> int:
-        return int(self.manifest["domains"][domain]["splits"][split])
+        return self.manifest.domains[domain].splits[split]
 
     def shard_files(self, domain: str, split: str) -> list[Path]:
-        return [self.root / name for name in self.manifest["shards"][domain].get(split, [])]
+        return [self.root / name for name in self.manifest.shards[domain].get(split, [])]
 
     def class_balance(self, domains: list[str]) -> dict[str, dict[str, int]]:
         """P_c and N_c per finding, summed over the training splits of `domains`."""
-        per_domain = self.manifest["train_class_balance"]
+        per_domain = self.manifest.train_class_balance
         return {
-            f: {k: sum(per_domain[d][f][k] for d in domains) for k in ("positive", "negative")}
+            f: {"positive": sum(per_domain[d][f].positive for d in domains),
+                "negative": sum(per_domain[d][f].negative for d in domains)}
             for f in self.label_space
         }
 

@@ -16,13 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrmodel.labels import NEGATIVE, POSITIVE, UNKNOWN
 from data_prep.config import SourceConfig
 from data_prep.errors import DataPrepError
 from data_prep.split import SPLITS, patients_crossing_splits
 from data_prep.labels import (
-    NEGATIVE,
-    POSITIVE,
-    UNKNOWN,
     canonical_name,
     in_label_order,
     is_no_finding,

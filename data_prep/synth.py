@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from data_prep.errors import DataPrepError
 from data_prep.labels import CANONICAL_FINDINGS
 
 NIH_FINDINGS = CANONICAL_FINDINGS[:14]
@@ -247,9 +248,9 @@ def synth_inhouse(out: Path, n: int, size: int, rng: np.random.Generator) -> Non
 def synthesize(out: Path, *, images_per_source: int = 300, image_size: int = 256, seed: int = 0) -> dict[str, Path]:
     """Write out/nih, out/chexpert and out/inhouse; return each dataset's folder."""
     if images_per_source < 20:
-        raise ValueError(f"--images-per-source must be at least 20 (got {images_per_source})")
+        raise DataPrepError(f"--images-per-source must be at least 20 (got {images_per_source})")
     if image_size < 32:
-        raise ValueError(f"--image-size must be at least 32 (got {image_size})")
+        raise DataPrepError(f"--image-size must be at least 32 (got {image_size})")
     folders = {"nih": out / "nih", "chexpert": out / "chexpert", "inhouse": out / "inhouse"}
     writers = {"nih": synth_nih, "chexpert": synth_chexpert, "inhouse": synth_inhouse}
     for k, (name, folder) in enumerate(folders.items()):

@@ -7,12 +7,15 @@ by the mean probability of the model findings it covers.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cxrmodel.metrics import AucReport, auc_report
+from data_prep.relabelled_nih import read_relabelled_nih
 from orchestration.config import ConfigError
+from orchestration.evaluation import Evaluation
 
 # Relabelled finding -> the model outputs averaged into its score.
 SCORED_BY = {
@@ -58,3 +61,19 @@ def evaluate_clean_labels(predictions: pd.DataFrame, labels: pd.DataFrame, set_n
     report = auc_report(probs, labels[findings].to_numpy(np.int8), findings, evaluated=findings, common=[],
                         internal_only=[])
     return CleanLabelResult(set_name, len(labels), missing, report)
+
+
+def evaluate_on_relabelled(frame: pd.DataFrame, clean_labels: Path, set_name: str) -> Evaluation:
+    """`cxr evaluate --clean-labels`: the AUC of each relabelled finding on one set (Table VII)."""
+    result = evaluate_clean_labels(frame, read_relabelled_nih(clean_labels, set_name), set_name)
+    table = pd.DataFrame({f"{set_name} ({result.num_images} images)": {
+        f: result.report.auc.get(f, np.nan) for f in SCORED_BY}}).astype(float)
+    metrics = {f"clean_{set_name}/auc/{f}": v for f, v in result.report.auc.items()}
+    metrics[f"clean_{set_name}/num_images"] = result.num_images
+    metrics[f"clean_{set_name}/missing_predictions"] = len(result.missing)
+    warnings = [f"{f}: no AUC, {why}" for f, why in result.report.undefined.items()]
+    if result.missing:
+        warnings.append(f"{len(result.missing)} of the {set_name} images in {clean_labels} have no prediction "
+                        f"(e.g. {result.missing[0]}); they are not scored")
+    params = {"clean_labels": str(Path(clean_labels).resolve()), "set": set_name}
+    return Evaluation(table, metrics, result.stats(), warnings, params)

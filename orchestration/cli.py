@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
 import numpy as np
 import typer
@@ -14,10 +15,12 @@ from rich.console import Console
 from rich.table import Table
 
 from data_prep.config import SourceConfig
-from data_prep.errors import DataPrepError
-from orchestration.config import Config, ConfigError, load_config, with_updates
+from data_prep.errors import UserError
+from orchestration.config import Config, load_config, with_updates
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from orchestration.spaces import SweepSpace
     from orchestration.tune import SweepOutcome
 
@@ -46,16 +49,54 @@ SweepName = Annotated[Optional[str], typer.Option(help="Name of the sweep; with 
 Resume = Annotated[bool, typer.Option("--resume", help="Continue a stopped or killed sweep (needs --sweep-name).")]
 
 
-class UsageError(ValueError):
+class UsageError(UserError):
     """Bad command-line arguments."""
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
-@app.command()
+def verb(function):
+    """A command: the project's user errors become `error: ...` and exit status 2, no traceback."""
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except UserError as exc:
+            _fail(str(exc))
+    return app.command(function.__name__.replace("_", "-"))(run)
+
+
+@app.callback()
+def main_options(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also show Ray's own console output (execution plans, worker and raylet messages); they are always in Ray's log files. Same as CXR_VERBOSE=1.")] = False,
+) -> None:
+    if verbose:
+        os.environ["CXR_VERBOSE"] = "1"
+    if os.environ.get("CXR_VERBOSE", "") in ("", "0"):
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # not its INFO lines (database setup, system metrics)
+
+
+def _print_frame(frame: "pd.DataFrame", title: str) -> None:
+    """A table on stdout: floats to 4 decimals, blank where missing."""
+    shown = Table(title=title)
+    shown.add_column(str(frame.index.name or ""))
+    for column in frame.columns:
+        shown.add_column(str(column), justify="right")
+    for name, row in frame.iterrows():
+        shown.add_row(str(name), *[_cell(v) for v in row])
+    Console().print(shown)
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+@verb
 def synth(
     out: Annotated[Path, typer.Option(help="Folder to write nih/, chexpert/ and inhouse/ into.")],
     images_per_source: Annotated[int, typer.Option(help="Images per dataset.")] = 300,
@@ -65,10 +106,7 @@ def synth(
     """Write NIH-, CheXpert- and in-house-like datasets in the real on-disk formats, with learnable signal."""
     from data_prep.synth import synthesize
 
-    try:
-        folders = synthesize(out, images_per_source=images_per_source, image_size=image_size, seed=seed)
-    except ValueError as exc:
-        _fail(str(exc))
+    folders = synthesize(out, images_per_source=images_per_source, image_size=image_size, seed=seed)
     for name, folder in folders.items():
         console.print(f"wrote {name:9s} {folder}")
     console.print(
@@ -95,30 +133,10 @@ def _sources_from_flags(
     return list(sources.values())
 
 
-def _table_one(stats: dict) -> Table:
-    """The paper's Table I: positives per finding and dataset ('-' where a dataset does not label it)."""
-    domains = stats["domains"]
-    table = Table(title="Findings per dataset (positives; '-' = not labelled)")
-    table.add_column("Finding")
-    for name, d in domains.items():
-        table.add_column(f"{name} ({d['role']})", justify="right")
-    for finding in stats["label_space"]:
-        marker = " *" if finding in stats["common"] else ""
-        cells = [
-            f"{d['counts'][finding]['positive']:,}" if finding in d["findings"] else "-"
-            for d in domains.values()
-        ]
-        table.add_row(finding + marker, *cells)
-    table.add_section()
-    table.add_row("images", *[f"{d['num_images']:,}" for d in domains.values()])
-    table.add_row("patients", *[f"{d['num_patients']:,}" for d in domains.values()])
-    for split in ("train", "val", "test"):
-        table.add_row(f"{split} images", *[f"{d['splits'][split]:,}" for d in domains.values()])
-    table.caption = "* common to all datasets"
-    return table
+TABLE_ONE_TITLE = "Findings per dataset (positives; '-' = not labelled; * = common to all)"
 
 
-@app.command()
+@verb
 def prepare(
     out: Annotated[Optional[Path], typer.Option(help="Prepared dataset folder to write.")] = None,
     nih: Annotated[Optional[Path], typer.Option(help="NIH ChestX-ray14 folder (Data_Entry_2017*.csv, images*/).")] = None,
@@ -135,42 +153,36 @@ def prepare(
     overrides: Overrides = None,
 ) -> None:
     """Read, join, split and preprocess the datasets into Parquet shards with Ray Data."""
-    from data_prep.join import dataset_stats, load_sources
+    from data_prep.join import dataset_stats, load_sources, table_one
 
     flags = {"internal": internal, "image_size": image_size, "max_bad_fraction": max_bad_fraction}
     extra = [f"prepare.{k}={v}" for k, v in flags.items() if v is not None]
-    try:
-        cfg = load_config(config or [], [*extra, *(overrides or [])])
-        sources = _sources_from_flags(cfg, nih, chexpert, csv or [])
-        cfg = with_updates(cfg, "prepare", sources=[s.model_dump(mode="json") for s in sources])
-        if not dry_run and out is None:
-            raise UsageError("--out is required (or use --dry-run)")
-        joined = load_sources(cfg.prepare, find_images=not dry_run)
-        stats = dataset_stats(joined)
-        for warning in joined.warnings:
-            console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
-        if dry_run:
-            Console().print(_table_one(stats))
-        if stats_json:
-            stats_json.write_text(json.dumps(stats, indent=1))
-        if dry_run:
-            return
-        from data_prep.pipeline import run_prepare
-        from orchestration.runtime import init_ray
+    cfg = load_config(config or [], [*extra, *(overrides or [])])
+    cfg = with_updates(cfg, "prepare", sources=[s.model_dump(mode="json") for s in
+                                                _sources_from_flags(cfg, nih, chexpert, csv or [])])
+    if not dry_run and out is None:
+        raise UsageError("--out is required (or use --dry-run)")
+    joined = load_sources(cfg.prepare, find_images=not dry_run)
+    stats = dataset_stats(joined)
+    for warning in joined.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    if stats_json:
+        stats_json.write_text(json.dumps(stats, indent=1))
+    if dry_run:
+        _print_frame(table_one(stats), TABLE_ONE_TITLE)
+        return
+    from data_prep.pipeline import run_prepare
+    from orchestration.runtime import init_ray
 
-        init_ray(address)
-        prepared = run_prepare(joined, cfg.prepare, out, overwrite=overwrite, resolved_config=cfg.model_dump(mode="json"))
-    except (ConfigError, DataPrepError, UsageError) as exc:
-        _fail(str(exc))
-    skipped = prepared.manifest["skipped"]
-    Console().print(_table_one(prepared.manifest))
-    console.print(
-        f"prepared {prepared.manifest['num_samples']:,} images into {out} "
-        f"({len(skipped)} skipped, listed in manifest.json)"
-    )
+    init_ray(address)
+    manifest = run_prepare(joined, cfg.prepare, out, overwrite=overwrite,
+                           resolved_config=cfg.model_dump(mode="json")).manifest
+    _print_frame(table_one(manifest.model_dump()), TABLE_ONE_TITLE)
+    console.print(f"prepared {manifest.num_samples:,} images into {out} "
+                  f"({len(manifest.skipped)} skipped, listed in manifest.json)")
 
 
-@app.command()
+@verb
 def train(
     data: Annotated[Path, typer.Option(help="Prepared dataset folder (from cxr prepare).")],
     workers: Annotated[Optional[int], typer.Option(help="Data-parallel workers. Default: 1.")] = None,
@@ -188,30 +200,30 @@ def train(
     (see README "Configuration"). Stop with Ctrl-C or SIGTERM: the run ends KILLED and the same
     command with the same --run-name resumes from the last checkpoint.
     """
-    from orchestration.plan import plan_document, plan_training
+    from orchestration.plan import plan_document, plan_tables, plan_training
 
     flags = {"workers": workers, "gpu": gpu}
-    extra = [f"train.{k}={v}" for k, v in flags.items() if v is not None]
-    try:
-        cfg = load_config(config or [], [*extra, *(overrides or [])])
-        document = plan_document(cfg, plan_training(cfg, data))
-    except (ConfigError, DataPrepError) as exc:
-        _fail(str(exc))
+    cfg = load_config(config or [], [*[f"train.{k}={v}" for k, v in flags.items() if v is not None], *(overrides or [])])
+    plan = plan_training(cfg, data)
+    document = plan_document(cfg, plan)
     if plan_json:
         plan_json.write_text(json.dumps(document, indent=1))
     if dry_run:
-        _print_plan(document)
+        roles = ", ".join(f"{d} ({r})" for d, r in document["roles"].items())
+        Console().print(f"training domains: {roles}\n{document['epochs']} epochs x {document['steps_per_epoch']} "
+                        f"steps = {document['total_steps']} steps; batch {document['per_domain_batch']} per domain "
+                        f"per worker, {document['workers']} worker(s)", highlight=False)
+        findings, schedule = plan_tables(document)
+        _print_frame(findings, "findings (β = N / P over the training domains' train splits)")
+        _print_frame(schedule, "at each epoch boundary")
         return
     _warn_without_imagenet(cfg)
     from orchestration.train import default_run_name, run_training
 
-    try:
-        name = run_name or cfg.train.run_name or default_run_name()
-        console.print(f"run name: [bold]{name}[/] (resume with: cxr train --data {data} --run-name {name} ...)",
-                      highlight=False, soft_wrap=True)
-        outcome = run_training(cfg, data, address=address, run_name=name, handle_signals=True)
-    except (ConfigError, DataPrepError) as exc:
-        _fail(str(exc))
+    name = run_name or cfg.train.run_name or default_run_name()
+    console.print(f"run name: [bold]{name}[/] (resume with: cxr train --data {data} --run-name {name} ...)",
+                  highlight=False, soft_wrap=True)
+    outcome = run_training(cfg, plan, address=address, run_name=name, handle_signals=True)
     summary = {k: v for k, v in outcome.metrics.items() if k.startswith("test_") and "/" not in k}
     console.print(f"finished run {outcome.run_name} (MLflow run {outcome.run_id}): {summary}", highlight=False)
 
@@ -230,55 +242,21 @@ def _warn_without_imagenet(config: Config) -> None:
     )
 
 
-def _print_plan(document: dict) -> None:
-    """`cxr train --dry-run`: the plan as three tables."""
-    out = Console()
-    roles = ", ".join(f"{d} ({r})" for d, r in document["roles"].items())
-    out.print(f"training domains: {roles}", highlight=False)
-    out.print(f"{document['epochs']} epochs x {document['steps_per_epoch']} steps = {document['total_steps']} steps; "
-              f"batch {document['per_domain_batch']} per domain per worker, {document['workers']} worker(s)",
-              highlight=False)
-    findings = Table(title="findings (β = N / P over the training domains' train splits)")
-    for column in ("finding", "group", "α", "P", "N", "β", "TE/UTE", "evaluated"):
-        findings.add_column(column, justify="left" if column in ("finding", "group") else "right")
-    for name, f in document["findings"].items():
-        group = f["group"].replace("_", " ") if f["trained"] else "not trained"
-        findings.add_row(name, group, f"{f['alpha']:g}", f"{f['positive']:,}", f"{f['negative']:,}",
-                         f"{f['beta']:.2f}" if f["trained"] else "-", "yes" if f["ensemble"] else "",
-                         "yes" if f["evaluated"] else "")
-    out.print(findings)
-    schedule = Table(title="at each epoch boundary")
-    for column in ("epoch", "step", "Adam LR", "H"):
-        schedule.add_column(column, justify="right")
-    for row in document["schedule"]:
-        schedule.add_row(str(row["epoch"]), f"{row['step']:,}", f"{row['lr']:.0e}",
-                         "-" if row["h"] is None else f"{row['h']:.3f}")
-    out.print(schedule)
-
-
 def _run_sweep(space: "SweepSpace", data: Path, settings_kwargs: dict, address: str | None,
                config: list[Path] | None, overrides: list[str] | None) -> "SweepOutcome":
     from orchestration.tune import SweepSettings, run_sweep
 
-    try:
-        base = load_config(config or [], overrides or [])
-        if space.paper:
-            _warn_without_imagenet(base)
-        settings = SweepSettings(**settings_kwargs)
-        console.print(f"sweep [bold]{settings.sweep_name}[/] over {space.path} ({space.kind}); "
-                      f"continue it after a stop with --sweep-name {settings.sweep_name} --resume",
-                      highlight=False, soft_wrap=True)
-        outcome = run_sweep(space, base, data, settings, address=address, handle_signals=True)
-    except (ConfigError, DataPrepError) as exc:
-        _fail(str(exc))
-    table = Table(title=f"trials of {settings.sweep_name}")
+    base = load_config(config or [], overrides or [])
+    if space.paper:
+        _warn_without_imagenet(base)
+    settings = SweepSettings(**settings_kwargs)
+    console.print(f"sweep [bold]{settings.sweep_name}[/] over {space.path} ({space.kind}); "
+                  f"continue it after a stop with --sweep-name {settings.sweep_name} --resume",
+                  highlight=False, soft_wrap=True)
+    outcome = run_sweep(space, base, data, settings, address=address, handle_signals=True)
     described_by = "row" if space.kind == "ablation" else "params"
-    columns = ["trial_id", "status", described_by, *settings.metrics, "test_mean_auc"]
-    for column in dict.fromkeys(columns):
-        table.add_column(column)
-    for _, trial in outcome.trials.iterrows():
-        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in (trial.get(c) for c in dict.fromkeys(columns))])
-    Console().print(table)
+    columns = list(dict.fromkeys(["status", described_by, *settings.metrics, "test_mean_auc"]))
+    _print_frame(outcome.trials.set_index("trial_id")[columns], f"trials of {settings.sweep_name}")
     if outcome.best_config_path:
         console.print(f"best trial {outcome.best_updates['trial_id']}: {outcome.best_updates}", highlight=False, soft_wrap=True)
         console.print(f"its config: {outcome.best_config_path} (cxr train --data {data} --config {outcome.best_config_path})",
@@ -294,11 +272,11 @@ def _sweep_name(given: str | None, resume: bool, prefix: str) -> str:
     if given:
         return given
     if resume:
-        _fail("--resume needs --sweep-name NAME (the name printed when the sweep started)")
+        raise UsageError("--resume needs --sweep-name NAME (the name printed when the sweep started)")
     return datetime.now().strftime(f"{prefix}-%Y%m%d-%H%M%S")
 
 
-@app.command()
+@verb
 def tune(
     space: Annotated[str, typer.Option(help="A built-in space (e.g. optuna_full, fig4_lambda_ute) or a YAML file.")],
     data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
@@ -321,10 +299,7 @@ def tune(
     """
     from orchestration.spaces import load_space
 
-    try:
-        loaded = load_space(space)
-    except ConfigError as exc:
-        _fail(str(exc))
+    loaded = load_space(space)
     metrics = tuple(m.strip() for m in metric.split(",") if m.strip()) or (loaded.metric,)
     settings = dict(sweep_name=_sweep_name(sweep_name, resume, "tune"), num_samples=num_samples,
                     max_concurrent=max_concurrent, scheduler=scheduler, metrics=metrics, seeds=seeds,
@@ -332,7 +307,7 @@ def tune(
     _run_sweep(loaded, data, settings, address, config, overrides)
 
 
-@app.command()
+@verb
 def ablate(
     grid: Annotated[str, typer.Option(help="A built-in grid (ablation_table6, baselines_table3, cross_domain_table2, fig4_lambda_tat, fig4_lambda_ute, paper_default) or a YAML file.")],
     data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
@@ -348,14 +323,11 @@ def ablate(
     """Run every row of an ablation grid (× seeds) as a trial: Table VI a-i, Table III, Table II, Fig. 4."""
     from orchestration.spaces import load_space
 
-    try:
-        loaded = load_space(grid)
-        if rows:
-            loaded = loaded.only_rows([r.strip() for r in rows.split(",") if r.strip()])
-    except ConfigError as exc:
-        _fail(str(exc))
+    loaded = load_space(grid)
+    if rows:
+        loaded = loaded.only_rows([r.strip() for r in rows.split(",") if r.strip()])
     if loaded.kind == "search":
-        _fail(f"{loaded.path} is a search space: run it with cxr tune --space")
+        raise UsageError(f"{loaded.path} is a search space: run it with cxr tune --space")
     name = _sweep_name(sweep_name, resume, loaded.name.replace("_", "-"))
     _run_sweep(loaded, data, _grid_settings(loaded, name, max_concurrent, seeds, resume), address, config, overrides)
 
@@ -364,7 +336,7 @@ def _grid_settings(space: "SweepSpace", name: str, max_concurrent: int, seeds: i
     return dict(sweep_name=name, max_concurrent=max_concurrent, metrics=(space.metric,), seeds=seeds, resume=resume)
 
 
-@app.command("cross-domain")
+@verb
 def cross_domain(
     data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
     seeds: Annotated[int, typer.Option(help="Train every single-domain model with seeds 0..K-1.")] = 1,
@@ -384,59 +356,31 @@ def cross_domain(
     mean AUC over the findings all domains share) is printed and logged to the sweep's MLflow parent
     run. Naming a finished sweep with --sweep-name only tests its models again.
     """
-    from mlflow.tracking import MlflowClient
-
     from data_prep.prepared import PreparedDataset
     from orchestration.cross_domain import SPACE_NAME, cross_domain_matrix, log_cross_domain
     from orchestration.spaces import load_space
-    from orchestration.tracking import tracking_uri
-    from orchestration.tune import find_sweep
+    from orchestration.tracking import client_for, find_sweep
 
     name = _sweep_name(sweep_name, resume, "cross-domain")
-    try:
-        cfg = load_config(config or [], overrides or [])
-        client = MlflowClient(tracking_uri(cfg))
-        finished = find_sweep(client, cfg.mlflow.experiment, name)
-        if finished is not None and finished.info.status == "FINISHED" and not resume:
-            console.print(f"sweep {name} finished already: testing its models", highlight=False)
-            parent_run_id = finished.info.run_id
-        else:
-            space = load_space(SPACE_NAME)
-            settings = _grid_settings(space, name, max_concurrent, seeds, resume)
-            parent_run_id = _run_sweep(space, data, settings, address, config, overrides).parent_run_id
-        result = cross_domain_matrix(client, parent_run_id, PreparedDataset.load(data), split=split,
-                                     tencrop=tencrop, device=device)
-        log_cross_domain(client, parent_run_id, result)
-    except (ConfigError, DataPrepError) as exc:
-        _fail(str(exc))
-    _print_table(result.matrix, f"mean AUC over the {len(result.common)} common findings "
+    cfg = load_config(config or [], overrides or [])
+    client = client_for(cfg)
+    finished = find_sweep(client, cfg.mlflow.experiment, name)
+    if finished is not None and finished.info.status == "FINISHED" and not resume:
+        console.print(f"sweep {name} finished already: testing its models", highlight=False)
+        parent_run_id = finished.info.run_id
+    else:
+        space = load_space(SPACE_NAME)
+        settings = _grid_settings(space, name, max_concurrent, seeds, resume)
+        parent_run_id = _run_sweep(space, data, settings, address, config, overrides).parent_run_id
+    result = cross_domain_matrix(client, parent_run_id, PreparedDataset.load(data), split=split,
+                                 tencrop=tencrop, device=device)
+    log_cross_domain(client, parent_run_id, result)
+    _print_frame(result.matrix, f"mean AUC over the {len(result.common)} common findings "
                                 f"(rows: tested on, columns: trained on)")
     console.print(f"logged to MLflow run {parent_run_id} (artifacts cross_domain/)")
 
 
-def _run_id(config: Config, run: str) -> str:
-    from mlflow.tracking import MlflowClient
-
-    from orchestration.tracking import resolve_run_id, tracking_uri
-
-    return resolve_run_id(MlflowClient(tracking_uri(config)), config.mlflow.experiment, run)
-
-
-def _trained(checkpoint: Path | None, run: str | None):
-    from mlflow.tracking import MlflowClient
-
-    from orchestration.predict import checkpoint_of_run, load_trained
-    from orchestration.tracking import tracking_uri
-
-    if (checkpoint is None) == (run is None):
-        raise UsageError("give exactly one of --checkpoint PATH or --run RUN")
-    if checkpoint:
-        return load_trained(checkpoint)
-    config = load_config()
-    return load_trained(checkpoint_of_run(MlflowClient(tracking_uri(config)), _run_id(config, run)))
-
-
-@app.command()
+@verb
 def predict(
     data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
     out: Annotated[Path, typer.Option(help="Output file: .parquet or .csv.")],
@@ -446,33 +390,26 @@ def predict(
     domain: Annotated[Optional[list[str]], typer.Option(help="Domain(s) to predict (default: all).")] = None,
     tencrop: Annotated[bool, typer.Option("--tencrop", help="Average 10 crops (4 corners + centre, flipped).")] = False,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    config: ConfigFiles = None,
+    overrides: Overrides = None,
 ) -> None:
-    """Write one probability per finding for every image of a split: image_id, domain, findings."""
-    from data_prep.prepared import PreparedDataset
-    from orchestration.predict import predict as run_predict
-    from orchestration.predict import write_table
+    """Write one probability per finding for every image of a split: image_id, domain, findings.
 
-    try:
-        net, _, plan = _trained(checkpoint, run)
-        frame = run_predict(net, plan, PreparedDataset.load(data), split=split, domains=domain, tencrop=tencrop,
-                            device=device)
-        write_table(frame, out)
-    except (ConfigError, DataPrepError, UsageError) as exc:
-        _fail(str(exc))
+    With --run, the run is looked up in the MLflow store and experiment of the config
+    (--config / overrides such as mlflow.tracking_uri=..., else $MLFLOW_TRACKING_URI).
+    """
+    from data_prep.prepared import PreparedDataset
+    from orchestration.prediction import predict_table, trained_model, write_table
+
+    cfg = load_config(config or [], overrides or [])
+    net, plan = trained_model(cfg, checkpoint=checkpoint, run=run)
+    frame = predict_table(net, plan, PreparedDataset.load(data), split=split, domains=domain, tencrop=tencrop,
+                          device=device)
+    write_table(frame, out)
     console.print(f"wrote {len(frame):,} predictions to {out}")
 
 
-def _print_table(table, title: str) -> None:
-    shown = Table(title=title)
-    shown.add_column("")
-    for column in table.columns:
-        shown.add_column(str(column), justify="right")
-    for name, row in table.iterrows():
-        shown.add_row(str(name), *["" if np.isnan(v) else f"{v:.4f}" if isinstance(v, float) else str(v) for v in row])
-    Console().print(shown)
-
-
-@app.command()
+@verb
 def evaluate(
     predictions: Annotated[Optional[Path], typer.Option(help="A file written by cxr predict.")] = None,
     data: Annotated[Optional[Path], typer.Option(help="The prepared dataset: its labels, and its images when predicting here.")] = None,
@@ -490,89 +427,55 @@ def evaluate(
 ) -> None:
     """AUC of a model's predictions per finding; printed and logged as an MLflow evaluation run.
 
-    The evaluation run is linked to the training run given with --run (tag cxr.evaluates). Predictions come from --predictions FILE (cxr predict), or are made here with --checkpoint or
+    The evaluation run is linked to the training run given with --run (tag cxr.evaluates).
+    Predictions come from --predictions FILE (cxr predict), or are made here with --checkpoint or
     --run on --data. Labels: --data (per-finding AUC, Mean, Mean_Com and Mean_Int of every domain)
     or --clean-labels (AUC on Google's relabelled NIH images; images there without a prediction are
-    counted).
+    counted). --run is looked up in the MLflow store and experiment of the config.
     """
-    from orchestration.predict import log_evaluation, read_predictions
-    from orchestration.tracking import tracking_uri
+    from orchestration.clean_labels import evaluate_on_relabelled
+    from orchestration.evaluation import evaluate_on_prepared
+    from orchestration.tracking import client_for, log_evaluation, resolve_run_id
 
-    try:
-        if predictions is not None and checkpoint is not None:
-            raise UsageError("give --predictions FILE or --checkpoint PATH, not both")
-        if predictions is None and checkpoint is None and run is None:
-            raise UsageError("give --predictions FILE, or --checkpoint PATH / --run RUN to predict here")
-        if predictions is None and data is None:
-            raise UsageError("predicting here needs --data DIR (the prepared images)")
-        if predictions is not None and (data is None) == (clean_labels is None):
-            raise UsageError("give exactly one of --data DIR (the prepared labels) or --clean-labels FILE")
-        cfg = load_config(config or [], overrides or [])
-        if predictions is not None:
-            frame, source = read_predictions(predictions), str(predictions.resolve())
-        else:
-            from data_prep.prepared import PreparedDataset
-            from orchestration.predict import predict as run_predict
+    if predictions is not None and checkpoint is not None:
+        raise UsageError("give --predictions FILE or --checkpoint PATH, not both")
+    if predictions is None and checkpoint is None and run is None:
+        raise UsageError("give --predictions FILE, or --checkpoint PATH / --run RUN to predict here")
+    if predictions is None and data is None:
+        raise UsageError("predicting here needs --data DIR (the prepared images)")
+    if predictions is not None and (data is None) == (clean_labels is None):
+        raise UsageError("give exactly one of --data DIR (the prepared labels) or --clean-labels FILE")
+    cfg = load_config(config or [], overrides or [])
+    client = client_for(cfg)
+    evaluates = resolve_run_id(client, cfg.mlflow.experiment, run) if run else None
+    if predictions is not None:
+        from orchestration.prediction import read_predictions
 
-            net, _, plan = _trained(checkpoint, None if checkpoint else run)
-            frame = run_predict(net, plan, PreparedDataset.load(data), split=split, tencrop=tencrop, device=device)
-            source = f"{split} split of {data.resolve()} predicted by {checkpoint or run}"
-        if clean_labels:
-            table, metrics, stats, warnings = _clean_label_evaluation(frame, clean_labels, set_name)
-            params = {"clean_labels": str(clean_labels.resolve()), "set": set_name}
-        else:
-            table, metrics, stats, warnings = _domain_evaluation(frame, data)
-            params = {"data": str(data.resolve())}
-        evaluates = _run_id(cfg, run) if run else None
-    except (ConfigError, DataPrepError, UsageError) as exc:
-        _fail(str(exc))
+        frame, source = read_predictions(predictions), str(predictions.resolve())
+    else:
+        from data_prep.prepared import PreparedDataset
+        from orchestration.prediction import predict_table, trained_model
+
+        net, plan = trained_model(cfg, checkpoint=checkpoint, run=None if checkpoint else run)
+        frame = predict_table(net, plan, PreparedDataset.load(data), split=split, tencrop=tencrop, device=device)
+        source = f"{split} split of {data.resolve()} predicted by {checkpoint or run}"
+    result = (evaluate_on_relabelled(frame, clean_labels, set_name) if clean_labels
+              else evaluate_on_prepared(frame, data))
     what = predictions.name if predictions else checkpoint.name if checkpoint else run
     against = f" against relabelled NIH ({set_name})" if clean_labels else ""
-    run_id = log_evaluation(tracking_uri(cfg), cfg.mlflow.experiment, f"evaluate {what}{against}", metrics, table,
-                            {**params, "predictions": source}, evaluates)
-    _print_table(table, f"AUC of {what}")
-    for warning in warnings:
+    run_id = log_evaluation(client, cfg.mlflow.experiment, f"evaluate {what}{against}", result.metrics,
+                            result.table.to_csv(), {**result.params, "predictions": source}, evaluates)
+    _print_frame(result.table, f"AUC of {what}")
+    for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     if csv_out:
-        table.to_csv(csv_out)
+        result.table.to_csv(csv_out)
     if stats_json:
-        stats_json.write_text(json.dumps(stats, indent=1))
+        stats_json.write_text(json.dumps(result.stats, indent=1))
     console.print(f"logged as MLflow run {run_id}")
 
 
-def _domain_evaluation(frame, data: Path):
-    from data_prep.prepared import PreparedDataset
-    from orchestration.predict import evaluate_predictions, report_table
-
-    prepared = PreparedDataset.load(data)
-    reports, unmatched = evaluate_predictions(frame, prepared)
-    table = report_table(reports, prepared.label_space)
-    metrics = {f"{d}/{k}": v for d, r in reports.items() for k, v in r.as_metrics().items()}
-    stats = {"domains": {d: {**r.as_metrics(), "unmatched_images": unmatched[d]} for d, r in reports.items()}}
-    warnings = [f"{n} predicted {d} images are not in {data}; left out" for d, n in unmatched.items() if n]
-    return table, metrics, stats, warnings
-
-
-def _clean_label_evaluation(frame, clean_labels: Path, set_name: str):
-    import pandas as pd
-
-    from data_prep.relabelled_nih import read_relabelled_nih
-    from orchestration.clean_labels import SCORED_BY, evaluate_clean_labels
-
-    result = evaluate_clean_labels(frame, read_relabelled_nih(clean_labels, set_name), set_name)
-    table = pd.DataFrame({f"{set_name} ({result.num_images} images)": {
-        f: result.report.auc.get(f, np.nan) for f in SCORED_BY}}).astype(float)
-    metrics = {f"clean_{set_name}/auc/{f}": v for f, v in result.report.auc.items()}
-    metrics[f"clean_{set_name}/num_images"] = result.num_images
-    metrics[f"clean_{set_name}/missing_predictions"] = len(result.missing)
-    warnings = [f"{f}: no AUC, {why}" for f, why in result.report.undefined.items()]
-    if result.missing:
-        warnings.append(f"{len(result.missing)} of the {set_name} images in {clean_labels} have no prediction "
-                        f"(e.g. {result.missing[0]}); they are not scored")
-    return table, metrics, result.stats(), warnings
-
-
-@app.command()
+@verb
 def report(
     out: Annotated[Path, typer.Option(help="Folder to write report.md, report.html and the figures into.")],
     experiment: Annotated[Optional[str], typer.Option(help="MLflow experiment (default: mlflow.experiment of the config).")] = None,
@@ -585,19 +488,13 @@ def report(
     Each sweep gets a section (also logged to its parent run under report/); stand-alone training
     runs get one more. Runs that failed, were stopped or are still running are listed apart.
     """
-    from mlflow.tracking import MlflowClient
-
     from orchestration.report import write_report
-    from orchestration.tracking import tracking_uri
+    from orchestration.tracking import client_for
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per section instead
-    try:
-        cfg = load_config(config or [], overrides or [])
-        client = MlflowClient(tracking_uri(cfg))
-        outcome = write_report(client, experiment or cfg.mlflow.experiment, out, parent,
-                               progress=lambda line: console.print(line, highlight=False))
-    except (ConfigError, DataPrepError) as exc:
-        _fail(str(exc))
+    cfg = load_config(config or [], overrides or [])
+    outcome = write_report(client_for(cfg), experiment or cfg.mlflow.experiment, out, parent,
+                           progress=lambda line: console.print(line, highlight=False))
     for section in outcome.sections:
         runs = len(section.section.runs)
         console.print(f"{section.section.title}: {len(section.table)} table rows from {runs} runs, "

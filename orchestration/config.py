@@ -8,6 +8,7 @@ Ray work starts.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -17,9 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from cxrmodel.schedules import HSchedule
 from data_prep.config import PrepareConfig
+from data_prep.errors import UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration that cannot be used; the message says which key and what is allowed."""
 
 
@@ -192,9 +194,7 @@ def load_config(
 ) -> Config:
     """Merge `base`, each YAML file in order, dotted overrides, then dotted `updates` (already-typed
     values, e.g. a sweep trial's); validate once."""
-    tree: dict = {}
-    for section, values in (base or {}).items():
-        tree[section] = dict(values)
+    tree: dict = copy.deepcopy(base or {})  # the caller's nested dicts stay as they were
     for file in files:
         path = Path(file)
         if not path.exists():

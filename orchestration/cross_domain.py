@@ -13,13 +13,20 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from data_prep.prepared import PreparedDataset
+from orchestration.checkpoint import load_trained
 from orchestration.config import ConfigError
-from orchestration.predict import evaluate_predictions, load_trained, predict
-from orchestration.train import CHECKPOINT_TAG
-from orchestration.tune import child_runs
+from orchestration.evaluation import evaluate_predictions
+from orchestration.prediction import predict_table
+from orchestration.tracking import (
+    CHECKPOINT_TAG,
+    CROSS_DOMAIN_DIR,
+    CROSS_DOMAIN_MATRIX,
+    DOMAINS_PARAM,
+    SEED_PARAM,
+    child_runs,
+)
 
 SPACE_NAME = "cross_domain_table2"
-ARTIFACT_DIR = "cross_domain"
 
 
 @dataclass
@@ -41,8 +48,7 @@ def cross_domain_matrix(
     tencrop: bool = False, device: str = "cpu",
 ) -> CrossDomainResult:
     """Predict `split` of every domain with each finished child's best model and score the common findings."""
-    parent = client.get_run(parent_run_id)
-    children = [r for r in child_runs(client, parent_run_id, [parent.info.experiment_id])
+    children = [r for r in child_runs(client, parent_run_id)
                 if r.info.status == "FINISHED" and CHECKPOINT_TAG in r.data.tags]
     if not children:
         raise ConfigError(f"sweep run {parent_run_id} has no finished training runs to test")
@@ -50,15 +56,15 @@ def cross_domain_matrix(
         raise ConfigError(f"the domains of {prepared.root} share no finding: there is nothing to cross-test")
     rows = []
     for run in children:
-        trained_on = json.loads(run.data.params.get("train.domains", "null")) or []
+        trained_on = json.loads(run.data.params.get(DOMAINS_PARAM, "null")) or []
         if len(trained_on) != 1:
             raise ConfigError(f"run {run.info.run_id} was trained on {trained_on or 'all domains'}, not on one "
                               f"domain: --sweep-name must name a {SPACE_NAME} sweep")
         net, _, plan = load_trained(run.data.tags[CHECKPOINT_TAG])
-        reports, _ = evaluate_predictions(predict(net, plan, prepared, split=split, tencrop=tencrop, device=device),
+        reports, _ = evaluate_predictions(predict_table(net, plan, prepared, split=split, tencrop=tencrop, device=device),
                                           prepared)
         for tested_on, report in reports.items():
-            rows += [{"trained_on": trained_on[0], "tested_on": tested_on, "seed": run.data.params.get("train.seed"),
+            rows += [{"trained_on": trained_on[0], "tested_on": tested_on, "seed": run.data.params.get(SEED_PARAM),
                       "run_id": run.info.run_id, "finding": f, "auc": report.auc[f]}
                      for f in prepared.common if f in report.auc]
     per_finding = pd.DataFrame(rows, columns=["trained_on", "tested_on", "seed", "run_id", "finding", "auc"])
@@ -73,9 +79,9 @@ def cross_domain_matrix(
 
 
 def log_cross_domain(client: MlflowClient, parent_run_id: str, result: CrossDomainResult) -> None:
-    client.log_text(parent_run_id, result.matrix.to_csv(), f"{ARTIFACT_DIR}/matrix.csv")
-    client.log_text(parent_run_id, result.markdown(), f"{ARTIFACT_DIR}/matrix.md")
-    client.log_text(parent_run_id, result.per_finding.to_csv(index=False), f"{ARTIFACT_DIR}/per_finding.csv")
+    client.log_text(parent_run_id, result.matrix.to_csv(), f"{CROSS_DOMAIN_DIR}/matrix.csv")
+    client.log_text(parent_run_id, result.markdown(), CROSS_DOMAIN_MATRIX)
+    client.log_text(parent_run_id, result.per_finding.to_csv(index=False), f"{CROSS_DOMAIN_DIR}/per_finding.csv")
     for tested_on, row in result.matrix.iterrows():
         for trained_on, value in row.dropna().items():
             client.log_metric(parent_run_id, f"cross_domain/train_{trained_on}/test_{tested_on}", float(value))

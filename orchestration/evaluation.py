@@ -1,12 +1,14 @@
-"""Evaluating a network on a prepared split: predictions, per-finding AUC table, ROC curves.
+"""Scoring a network on prepared data: probabilities per split, AUC reports, AUC tables, ROC curves.
 
-Evaluation reads the split's shards in a fixed order; rank r of a data-parallel group scores every
-world-th batch and the pieces are gathered, so every sample is scored exactly once.
+`score_split` reads a split's shards in a fixed order; rank r of a data-parallel group scores every
+world-th batch and the pieces are gathered, so every sample is scored exactly once. The functions
+after it turn probabilities (a training run's, or a `cxr predict` file) into the paper's figures.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import matplotlib
 
@@ -20,7 +22,13 @@ from sklearn.metrics import roc_curve  # noqa: E402
 
 from cxrmodel.inference import predict_probs  # noqa: E402
 from cxrmodel.metrics import AucReport, auc_report  # noqa: E402
+from data_prep.labels import exclusive_findings  # noqa: E402
 from data_prep.prepared import PreparedDataset  # noqa: E402
+from data_prep.split import SPLITS  # noqa: E402
+from orchestration.config import ConfigError  # noqa: E402
+from orchestration.plan import TrainingPlan  # noqa: E402
+
+PREDICTION_COLUMNS = ("image_id", "domain")  # then one probability column per finding
 
 
 @dataclass
@@ -46,7 +54,7 @@ def _gather(parts: Predictions) -> Predictions:
     ).sorted()
 
 
-def predict_split(
+def score_split(
     model: torch.nn.Module,
     prepared: PreparedDataset,
     domain: str,
@@ -81,29 +89,23 @@ def predict_split(
     return _gather(part)
 
 
-def report_for(
-    predictions: Predictions, label_space: list[str], *, evaluated: list[str], common: list[str], internal_only: list[str]
-) -> AucReport:
-    return auc_report(
-        predictions.probs, predictions.labels, label_space,
-        evaluated=evaluated, common=common, internal_only=internal_only,
-    )
+def report_for(predictions: Predictions, plan: TrainingPlan) -> AucReport:
+    """AUC of the findings the plan's internal domain labels, with Mean, Mean_Com and Mean_Int."""
+    return auc_report(predictions.probs, predictions.labels, plan.label_space, evaluated=plan.evaluated,
+                      common=plan.common, internal_only=plan.internal_only)
 
 
-def auc_table(report: AucReport, predictions: Predictions, label_space: list[str], *, common: list[str],
-              internal_only: list[str]) -> pd.DataFrame:
+def auc_table(report: AucReport, predictions: Predictions, plan: TrainingPlan) -> pd.DataFrame:
     """One row per evaluated finding: group, AUC (blank where undefined, with the reason), counts."""
     rows = []
     for finding in [*report.auc, *report.undefined]:
-        c = label_space.index(finding)
-        y = predictions.labels[:, c]
-        group = "common" if finding in common else "internal only" if finding in internal_only else "other"
+        y = predictions.labels[:, plan.label_space.index(finding)]
         rows.append({
-            "finding": finding, "group": group, "auc": report.auc.get(finding),
+            "finding": finding, "group": plan.group(finding), "auc": report.auc.get(finding),
             "positives": int((y == 1).sum()), "negatives": int((y == 0).sum()),
             "note": report.undefined.get(finding, ""),
         })
-    order = {f: i for i, f in enumerate(label_space)}
+    order = {f: i for i, f in enumerate(plan.label_space)}
     columns = ["finding", "group", "auc", "positives", "negatives", "note"]
     table = pd.DataFrame(rows, columns=columns)
     return table.sort_values("finding", key=lambda s: s.map(order)).reset_index(drop=True)
@@ -131,3 +133,58 @@ def roc_figure(predictions: Predictions, label_space: list[str], report: AucRepo
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def evaluate_predictions(frame: pd.DataFrame, prepared: PreparedDataset) -> tuple[dict[str, AucReport], dict[str, int]]:
+    """Per domain of a predictions table: AUC of each finding that domain labels, against the
+    prepared labels (found by image_id in any split). Returns the reports and, per domain, how many
+    predicted images the prepared data does not have."""
+    space = prepared.label_space
+    unknown = [f for f in space if f not in frame.columns]
+    if unknown:
+        raise ConfigError(f"predictions lack finding column(s) {unknown} of the prepared label space")
+    reports, unmatched = {}, {}
+    for domain, rows in frame.groupby("domain", sort=False):
+        if domain not in prepared.domains:
+            raise ConfigError(f"predictions name domain {domain!r}; the prepared data has {prepared.domains}")
+        labels = pd.concat(
+            [prepared.read_columns(domain, s, ["image_id", *space]).to_pandas() for s in SPLITS], ignore_index=True
+        ).set_index("image_id")
+        known = rows["image_id"].isin(labels.index)
+        unmatched[domain] = int((~known).sum())
+        rows = rows[known]
+        y = labels.loc[rows["image_id"], space].to_numpy(np.int8)
+        own = prepared.domain_findings(domain)
+        others = [prepared.domain_findings(d) for d in prepared.domains if d != domain]
+        reports[domain] = auc_report(
+            rows[space].to_numpy(np.float32), y, space, evaluated=own,
+            common=prepared.common, internal_only=exclusive_findings(own, others),
+        )
+    return reports, unmatched
+
+
+@dataclass
+class Evaluation:
+    """What `cxr evaluate` prints and logs."""
+
+    table: pd.DataFrame  # rows: findings then summaries; columns: domains or relabelled sets
+    metrics: dict[str, float]  # MLflow metrics of the evaluation run
+    stats: dict  # the --stats-json document
+    warnings: list[str]
+    params: dict[str, str]  # MLflow params: what was scored against what
+
+
+def evaluate_on_prepared(frame: pd.DataFrame, data: Path) -> Evaluation:
+    """Per domain: AUC of each labelled finding, then Mean, Mean_Com and Mean_Int."""
+    prepared = PreparedDataset.load(data)
+    reports, unmatched = evaluate_predictions(frame, prepared)
+    table = pd.DataFrame({d: {f: r.auc.get(f, np.nan) for f in prepared.label_space} for d, r in reports.items()})
+    summary = pd.DataFrame({d: {"Mean": r.mean, "Mean_Com": r.mean_com, "Mean_Int": r.mean_int}
+                            for d, r in reports.items()})
+    return Evaluation(
+        table=pd.concat([table.dropna(how="all"), summary]).astype(float),
+        metrics={f"{d}/{k}": v for d, r in reports.items() for k, v in r.as_metrics().items()},
+        stats={"domains": {d: {**r.as_metrics(), "unmatched_images": unmatched[d]} for d, r in reports.items()}},
+        warnings=[f"{n} predicted {d} images are not in {data}; left out" for d, n in unmatched.items() if n],
+        params={"data": str(Path(data).resolve())},
+    )

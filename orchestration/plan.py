@@ -5,18 +5,28 @@ the training splits of the domains this run trains on), which findings the tempo
 covers, and the step counts. `cxr train --dry-run` prints it; every run logs it as
 `plan/plan.json`. An impossible setup (too small a batch for the domains, an unknown finding in α
 overrides, a finding never positive in the trained domains, a missing weights file, a split too
-small for one batch per worker, ...) is a ConfigError here.
+small for one batch per worker, ...) is a PlanError here.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
 
 from cxrmodel.losses import finding_weights
+from data_prep.errors import UserError
 from data_prep.labels import common_findings, exclusive_findings
 from data_prep.prepared import PreparedDataset
-from orchestration.config import Config, ConfigError
+
+if TYPE_CHECKING:
+    from orchestration.config import Config
+
+
+class PlanError(UserError):
+    """Settings that the prepared dataset cannot support; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -65,9 +75,9 @@ def plan_training(config: Config, data: str | Path) -> TrainingPlan:
     domains = train.domains or prepared.domains
     unknown = [d for d in domains if d not in prepared.domains]
     if unknown:
-        raise ConfigError(f"train.domains: {unknown} not in the prepared dataset, which has {prepared.domains}")
+        raise PlanError(f"train.domains: {unknown} not in the prepared dataset, which has {prepared.domains}")
     if len(set(domains)) != len(domains):
-        raise ConfigError(f"train.domains lists a domain twice: {domains}")
+        raise PlanError(f"train.domains lists a domain twice: {domains}")
     # The prepared internal domain is evaluated; a run without it evaluates its first domain.
     internal = prepared.internal if prepared.internal in domains else domains[0]
     domains = [internal] + [d for d in domains if d != internal]
@@ -78,28 +88,28 @@ def plan_training(config: Config, data: str | Path) -> TrainingPlan:
     trained = [f for f in prepared.label_space if any(f in s for s in finding_sets)]
     method = config.method
     if method.adversarial != "none" and len(domains) < 2:
-        raise ConfigError(
+        raise PlanError(
             f"method.adversarial={method.adversarial!r} needs at least 2 training domains (got {domains}); "
             "set method.adversarial=none for single-dataset training"
         )
     if method.adversarial == "task" and not common:
-        raise ConfigError(f"method.adversarial='task' needs common findings; the domains {domains} share none")
+        raise PlanError(f"method.adversarial='task' needs common findings; the domains {domains} share none")
 
     per_domain = train.batch_size // len(domains)
     if per_domain < 1:
-        raise ConfigError(
+        raise PlanError(
             f"train.batch_size={train.batch_size} is smaller than the number of domains ({len(domains)}): "
             "each step takes an equal batch from every domain"
         )
     for domain in domains:
         rows = prepared.num_samples(domain, "train")
         if rows < per_domain * train.workers:
-            raise ConfigError(
+            raise PlanError(
                 f"domain {domain!r} has {rows} training images, fewer than one batch of {per_domain} "
                 f"for each of {train.workers} worker(s); lower train.batch_size or train.workers"
             )
     if prepared.num_samples(internal, "val") == 0:
-        raise ConfigError(f"domain {internal!r} has an empty val split: nothing to select the best model on")
+        raise PlanError(f"domain {internal!r} has an empty val split: nothing to select the best model on")
     steps = train.steps_per_epoch or prepared.num_samples(internal, "train") // (per_domain * train.workers)
 
     balance = prepared.class_balance(domains)
@@ -109,9 +119,9 @@ def plan_training(config: Config, data: str | Path) -> TrainingPlan:
             task_weighting=method.task_weighting, alpha_overrides=method.alpha_overrides,
         )
     except ValueError as exc:
-        raise ConfigError(f"training domains {domains}: {exc}") from None
+        raise PlanError(f"training domains {domains}: {exc}") from None
     if config.model.weights and not Path(config.model.weights).is_file():
-        raise ConfigError(f"model.weights={config.model.weights!r}: no such file (weights are never downloaded)")
+        raise PlanError(f"model.weights={config.model.weights!r}: no such file (weights are never downloaded)")
     if not method.uses_ensemble:
         ensemble = []
     elif method.ensemble_findings == "internal_only":
@@ -134,7 +144,7 @@ def plan_training(config: Config, data: str | Path) -> TrainingPlan:
         ensemble=list(ensemble),
         per_domain_batch=per_domain,
         steps_per_epoch=max(steps, 1),
-        num_samples=int(prepared.manifest["max_sample_id"]) + 1,
+        num_samples=prepared.manifest.max_sample_id + 1,
     )
 
 
@@ -166,3 +176,16 @@ def plan_document(config: Config, plan: TrainingPlan) -> dict:
         "total_steps": train.epochs * plan.steps_per_epoch,
         "schedule": schedule,
     }
+
+
+def plan_tables(document: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`cxr train --dry-run`'s tables from a plan document: one row per finding, one per epoch boundary."""
+    findings = pd.DataFrame.from_dict({
+        name: {"group": f["group"].replace("_", " ") if f["trained"] else "not trained", "α": f"{f['alpha']:g}",
+               "P": f"{f['positive']:,}", "N": f"{f['negative']:,}", "β": f"{f['beta']:.2f}" if f["trained"] else "-",
+               "TE/UTE": "yes" if f["ensemble"] else "", "evaluated": "yes" if f["evaluated"] else ""}
+        for name, f in document["findings"].items()
+    }, orient="index")
+    schedule = pd.DataFrame([{"epoch": str(r["epoch"]), "step": f"{r['step']:,}", "Adam LR": f"{r['lr']:.0e}",
+                              "H": "-" if r["h"] is None else f"{r['h']:.3f}"} for r in document["schedule"]])
+    return findings, schedule.set_index("epoch")

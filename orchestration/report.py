@@ -30,23 +30,45 @@ import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 from mlflow.entities import Run  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from orchestration.config import ConfigError  # noqa: E402
-from orchestration.cross_domain import ARTIFACT_DIR as CROSS_DOMAIN_DIR  # noqa: E402
 from orchestration.spaces import load_space  # noqa: E402
-from orchestration.tracking import PARENT_TAG, PLAN_ARTIFACT, PRETRAINED_PARAM, RUN_NAME_TAG  # noqa: E402
-from orchestration.tune import ROW_LABEL_TAG, ROW_TAG, SWEEP_TAG, child_runs  # noqa: E402
+from orchestration.tracking import (  # noqa: E402
+    CROSS_DOMAIN_MATRIX,
+    DATA_SUMMARY_ARTIFACT,
+    DOMAINS_PARAM,
+    EARLY_STOPPED_TAG,
+    EVALUATES_TAG,
+    EVALUATION,
+    EVALUATION_METRIC,
+    PLAN_ARTIFACT,
+    PRETRAINED_PARAM,
+    REPORT_DIR,
+    ROW_LABEL_TAG,
+    ROW_TAG,
+    SPACE_DIR,
+    SPACE_KIND_TAG,
+    SPACE_TAG,
+    SUMMARY_METRICS,
+    SWEEP,
+    SWEEP_TAG,
+    auc_metric,
+    child_runs,
+    download_text,
+    runs_of_kind,
+    standalone_training_runs,
+)
 
-SUMMARY_COLUMNS = ("Mean_Com", "Mean_Int", "Mean")
-GROUPS = ("internal only", "common", "other")
+# plan.json's finding groups in the paper's column order, and how the tables name them.
+GROUPS = {"internal_only": "internal only", "common": "common", "other": "other"}
 LAMBDAS = {"method.lambda_ute": "λ_ute", "method.lambda_tat": "λ_tat"}
 RUNS_COLUMN = ("", "runs")
 RANDOM_INIT_MARK = " †"
 RANDOM_INIT_NOTE = ("† trained from random weights (MLflow param model.pretrained=false); the paper starts from "
                     "ImageNet weights, so these numbers are not comparable with its tables.")
-CURVES = {"test_mean_auc": "Mean", "test_mean_com_auc": "Mean_Com", "test_mean_int_auc": "Mean_Int"}
+CURVES = {f"test_{metric}": name for name, metric in SUMMARY_METRICS.items()}
+TEST_MEAN_AUC = f"test_{SUMMARY_METRICS['Mean']}"
 
 
 @dataclass
@@ -58,7 +80,7 @@ class Section:
 
     @property
     def space_kind(self) -> str:
-        return self.parent.data.tags.get("cxr.space_kind", "") if self.parent else ""
+        return self.parent.data.tags.get(SPACE_KIND_TAG, "") if self.parent else ""
 
 
 @dataclass
@@ -77,39 +99,34 @@ def _slug(text: str) -> str:
 
 def collect_sections(client: MlflowClient, experiment: str, parent_run_id: str | None = None) -> list[Section]:
     """The sweep `parent_run_id`, or every sweep of the experiment plus its stand-alone training runs."""
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        raise ConfigError(f"MLflow has no experiment {experiment!r} at this tracking URI")
-    ids = [exp.experiment_id]
+    parents = runs_of_kind(client, experiment, SWEEP)  # also: says so when there is no such experiment
     if parent_run_id:
         parent = client.get_run(parent_run_id)
-        if parent.info.experiment_id != exp.experiment_id:
+        if parent.info.experiment_id != client.get_experiment_by_name(experiment).experiment_id:
             raise ConfigError(f"run {parent_run_id} is not in experiment {experiment!r}")
-        return [_sweep_section(client, parent, ids)]
-    parents = client.search_runs(ids, filter_string="tags.`cxr.kind` = 'sweep'", order_by=["attributes.start_time ASC"])
-    sections = [_sweep_section(client, p, ids) for p in parents]
-    alone = [r for r in client.search_runs(ids, order_by=["attributes.start_time ASC"])
-             if RUN_NAME_TAG in r.data.tags and PARENT_TAG not in r.data.tags]
+        return [_sweep_section(client, parent)]
+    sections = [_sweep_section(client, p) for p in parents]
+    alone = standalone_training_runs(client, experiment)
     if alone:
         sections.append(Section("Training runs", "training-runs", None, alone))
     return sections
 
 
-def _sweep_section(client: MlflowClient, parent: Run, experiment_ids: list[str]) -> Section:
+def _sweep_section(client: MlflowClient, parent: Run) -> Section:
     name = parent.data.tags.get(SWEEP_TAG, parent.info.run_name)
-    space = parent.data.tags.get("cxr.space", "")
-    children = sorted(child_runs(client, parent.info.run_id, experiment_ids), key=lambda r: r.info.start_time)
+    space = parent.data.tags.get(SPACE_TAG, "")
+    children = child_runs(client, parent.info.run_id)
     return Section(f"{name} ({space})" if space else name, _slug(name), parent, children)
 
 
 def _finished(run: Run) -> bool:
-    return run.info.status == "FINISHED" and "test_mean_auc" in run.data.metrics
+    return run.info.status == "FINISHED" and TEST_MEAN_AUC in run.data.metrics
 
 
 def _why_excluded(run: Run) -> str:
     status = run.info.status
     if status == "FINISHED":
-        early = run.data.tags.get("cxr.early_stopped") == "true"
+        early = run.data.tags.get(EARLY_STOPPED_TAG) == "true"
         return "stopped early by the scheduler" if early else "finished without test metrics"
     return {"RUNNING": "still running (or its driver was lost)", "KILLED": "stopped; resume it to finish",
             "FAILED": "failed"}.get(status, status.lower())
@@ -117,7 +134,7 @@ def _why_excluded(run: Run) -> str:
 
 def _trained_domains(run: Run) -> float:
     """How many domains a run trained on (its train.domains param; unset = every prepared one)."""
-    value = run.data.params.get("train.domains", "null")
+    value = run.data.params.get(DOMAINS_PARAM, "null")
     return len(json.loads(value)) if value.startswith("[") else float("inf")
 
 
@@ -126,14 +143,11 @@ def _finding_groups(client: MlflowClient, runs: list[Run]) -> tuple[list[str], l
     trained the most domains (a sweep's joint-training rows, not a Single Dataset row, whose every
     finding is "internal only"). Runs from before plans were logged: their data summary."""
     run = max(runs, key=_trained_domains)  # the first of the widest, in start order
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            plan = json.loads(Path(client.download_artifacts(run.info.run_id, PLAN_ARTIFACT, tmp)).read_text())
-        except (OSError, MlflowException):
-            summary = json.loads(Path(client.download_artifacts(run.info.run_id, "data/manifest_summary.json", tmp))
-                                 .read_text())
-            return summary["label_space"], summary["common"], summary["internal_only"]
-    findings = plan["findings"]
+    plan = download_text(client, run.info.run_id, PLAN_ARTIFACT)
+    if plan is None:
+        summary = json.loads(download_text(client, run.info.run_id, DATA_SUMMARY_ARTIFACT))
+        return summary["label_space"], summary["common"], summary["internal_only"]
+    findings = json.loads(plan)["findings"]
     in_group = lambda group: [f for f, info in findings.items() if info["group"] == group]  # noqa: E731
     return list(findings), in_group("common"), in_group("internal_only")
 
@@ -147,7 +161,7 @@ def result_table(client: MlflowClient, section: Section) -> tuple[pd.DataFrame, 
     if not done:
         return pd.DataFrame(), excluded
     label_space, common, internal_only = _finding_groups(client, done)
-    per_run = pd.DataFrame([{f: r.data.metrics.get(f"test_auc/{f}", np.nan) for f in label_space} for r in done])
+    per_run = pd.DataFrame([{f: r.data.metrics.get(auc_metric("test", f), np.nan) for f in label_space} for r in done])
     ablation = all(ROW_TAG in r.data.tags for r in done)
     if ablation:  # one line per ablation row, its seeds averaged
         keys = [f"{r.data.tags[ROW_TAG]}) {r.data.tags.get(ROW_LABEL_TAG, '')}".strip() for r in done]
@@ -159,13 +173,14 @@ def result_table(client: MlflowClient, section: Section) -> tuple[pd.DataFrame, 
     values = per_run.groupby(level=0, sort=False).mean().dropna(axis=1, how="all")
 
     def group(finding: str) -> str:
-        return "internal only" if finding in internal_only else "common" if finding in common else "other"
+        return GROUPS["internal_only"] if finding in internal_only else GROUPS["common"] if finding in common \
+            else GROUPS["other"]
 
-    ordered = [f for g in GROUPS for f in values.columns if group(f) == g]
+    ordered = [f for g in GROUPS.values() for f in values.columns if group(f) == g]
     findings = values[ordered]
     table = findings.set_axis(pd.MultiIndex.from_tuples([(group(f), f) for f in ordered]), axis=1)
-    table[("summary", "Mean_Com")] = findings[[f for f in ordered if group(f) == "common"]].mean(axis=1)
-    table[("summary", "Mean_Int")] = findings[[f for f in ordered if group(f) == "internal only"]].mean(axis=1)
+    table[("summary", "Mean_Com")] = findings[[f for f in ordered if group(f) == GROUPS["common"]]].mean(axis=1)
+    table[("summary", "Mean_Int")] = findings[[f for f in ordered if group(f) == GROUPS["internal_only"]]].mean(axis=1)
     table[("summary", "Mean")] = findings.mean(axis=1)
     table[RUNS_COLUMN] = runs
     return table, excluded
@@ -222,7 +237,7 @@ def optuna_figures(client: MlflowClient, section: Section, out: Path) -> tuple[d
     parent = section.parent
     metric = parent.data.params.get("metric", "val_mean_auc").split(",")[0]
     with tempfile.TemporaryDirectory() as tmp:
-        [space_file] = Path(client.download_artifacts(parent.info.run_id, "space", tmp)).glob("*.yaml")
+        [space_file] = Path(client.download_artifacts(parent.info.run_id, SPACE_DIR, tmp)).glob("*.yaml")
         space = load_space(str(space_file))
     distributions = space.to_optuna()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -267,25 +282,21 @@ def _save(ax, path: Path) -> None:
 def _cross_domain_markdown(client: MlflowClient, section: Section) -> str:
     if section.parent is None:
         return ""
-    logged = {a.path for a in client.list_artifacts(section.parent.info.run_id, CROSS_DOMAIN_DIR)}
-    if f"{CROSS_DOMAIN_DIR}/matrix.md" not in logged:
-        return ""
-    with tempfile.TemporaryDirectory() as tmp:
-        return Path(client.download_artifacts(section.parent.info.run_id, f"{CROSS_DOMAIN_DIR}/matrix.md", tmp)).read_text()
+    return download_text(client, section.parent.info.run_id, CROSS_DOMAIN_MATRIX) or ""
 
 
 def evaluation_table(client: MlflowClient, runs: list[Run]) -> pd.DataFrame:
     """`cxr evaluate` runs: per domain Mean / Mean_Com / Mean_Int, per relabelled set its AUCs (Table VII)."""
     rows = {}
     for run in runs:
-        evaluates = run.data.tags.get("cxr.evaluates")
+        evaluates = run.data.tags.get(EVALUATES_TAG)
         name = run.info.run_name
         if evaluates:
             name += f" of {client.get_run(evaluates).info.run_name}"
         if name in rows:  # the same file evaluated twice
             name += f" [{run.info.run_id[:8]}]"
         rows[name] = {tuple(key.split("/", 1)): value for key, value in run.data.metrics.items()
-                      if re.fullmatch(r"[^/]+/mean(_com|_int)?_auc|clean_[^/]+/auc/.+", key)}
+                      if EVALUATION_METRIC.fullmatch(key)}
     table = pd.DataFrame.from_dict(rows, orient="index")
     if table.empty:
         return table
@@ -397,12 +408,6 @@ EVALUATION_CAPTION = ("Per domain: Mean, Mean_Com and Mean_Int AUC of a predicti
                       "the relabelled NIH images of that set (Table VII).")
 
 
-def _evaluation_runs(client: MlflowClient, experiment: str) -> list[Run]:
-    exp = client.get_experiment_by_name(experiment)
-    return client.search_runs([exp.experiment_id], filter_string="tags.`cxr.kind` = 'evaluation'",
-                              order_by=["attributes.start_time ASC"])
-
-
 @dataclass
 class ReportOutcome:
     markdown: Path
@@ -441,12 +446,12 @@ def write_report(client: MlflowClient, experiment: str, out: Path, parent_run_id
         (folder / "report.md").write_text(f"# {title}\n\n" + section_markdown(report, ""))
         (folder / "report.html").write_text(_html_page(title, section_html(report, "")))
         if section.parent is not None:
-            client.log_artifacts(section.parent.info.run_id, str(folder), "report")
+            client.log_artifacts(section.parent.info.run_id, str(folder), REPORT_DIR)
             logged.append(section.parent.info.run_id)
         reports.append(report)
     markdown_parts = [section_markdown(r, f"{r.section.slug}/") for r in reports]
     html_parts = [section_html(r, f"{r.section.slug}/") for r in reports]
-    evaluations = _evaluation_runs(client, experiment) if parent_run_id is None else []
+    evaluations = runs_of_kind(client, experiment, EVALUATION) if parent_run_id is None else []
     if evaluations:
         table = evaluation_table(client, evaluations)
         table.to_csv(out / "evaluations.csv")

@@ -1,27 +1,99 @@
-"""Starting or joining Ray: a local Ray when no address is given, the cluster otherwise."""
+"""Starting or joining Ray (a local Ray when no address is given, the cluster otherwise), and a
+quiet console.
+
+By default the console shows the project's own lines only: progress lines that Ray workers print
+with `say` (marked, and forwarded by Ray's log streaming), and what the driver prints. Everything
+else that Ray workers, actors and the raylet write (Ray Data execution plans, warnings, shutdown
+errors) stays in Ray's log files (`/tmp/ray/session_latest/logs`). `--verbose` or CXR_VERBOSE=1
+shows it all, as Ray prints it.
+"""
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import signal
 import stat
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 import ray
 
 
+PROJECT_LINE = "[cxr] "  # marks the lines of `say` in Ray's worker logs
+PROJECT_HANDLER = "cxr_project_lines"
+
+
+def verbose() -> bool:
+    return os.environ.get("CXR_VERBOSE", "") not in ("", "0")
+
+
+def say(line: str) -> None:
+    """A progress line of the project's own, from a Ray worker: written to the worker's stdout,
+    marked for the driver's console (not with print, which Ray Train patches to both tee and log:
+    the driver would show it twice)."""
+    print(PROJECT_LINE + line, file=sys.__stdout__, flush=True)
+
+
 def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
-    """Join `address` / $RAY_ADDRESS, else start a local Ray. Idempotent."""
+    """Join `address` / $RAY_ADDRESS, else start a local Ray; then keep the console quiet unless
+    verbose. Idempotent."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
-    kwargs = {"logging_level": logging.WARNING, "log_to_driver": True}
+    quiet = not verbose()
+    if quiet:  # before ray.init: a local Ray's workers inherit it
+        os.environ.setdefault(RAY_DATA_LOGGING_CONFIG, str(_quiet_ray_data_logging()))
+    kwargs = {"logging_level": logging.ERROR if quiet else logging.WARNING, "log_to_driver": True}
     if address is None and num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
     ray.init(address=address, **kwargs)
     _tighten_token_file()
+    if quiet:
+        quiet_console()
+
+
+def quiet_console() -> None:
+    """Of what Ray streams to this driver from workers, actors and raylets, print only the lines
+    of `say` (unprefixed); keep Ray Data's console at errors (it logs each dataset's execution
+    plan and progress at INFO). All of it stays in Ray's log files."""
+    from ray._private import worker
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher
+
+    # Ray's own switch for its log printing (ray.util.rpdb uses it): off for worker output and
+    # raylet messages alike. tests/test_runtime.py checks both hooks on the installed Ray.
+    worker._worker_logs_enabled = False
+
+    def project_lines(batch: dict) -> None:
+        for line in batch.get("lines", ()):
+            if line.startswith(PROJECT_LINE):
+                print(line[len(PROJECT_LINE):], file=sys.stderr if batch.get("is_err") else sys.stdout, flush=True)
+
+    global_worker_stdstream_dispatcher.remove_handler(PROJECT_HANDLER)
+    global_worker_stdstream_dispatcher.add_handler(PROJECT_HANDLER, project_lines)
+    # Ray Data configured its loggers when imported; it reconfigures them from the file set above.
+    for handler in logging.getLogger("ray.data").handlers:
+        if type(handler).__name__ != "SessionFileHandler":
+            handler.setLevel(logging.ERROR)
+
+
+RAY_DATA_LOGGING_CONFIG = "RAY_DATA_LOGGING_CONFIG"  # Ray Data reads its logging config from this file
+
+
+def _quiet_ray_data_logging() -> Path:
+    """Ray Data's default logging config with its console handler at ERROR (its log file keeps all)."""
+    import json
+    import tempfile
+
+    from ray.data._internal.logging import DEFAULT_CONFIG
+
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    config["handlers"]["console"]["level"] = "ERROR"
+    path = Path(tempfile.gettempdir()) / f"cxr-ray-data-logging-{os.getuid()}.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return path
 
 
 def _tighten_token_file() -> None:

@@ -1,10 +1,13 @@
-"""MLflow: one truthful run per training, found again by a deterministic tag after any restart.
+"""The MLflow schema of cxr-orchestra: every tag, artifact path and metric name it writes and reads
+back, and every lookup. Other modules import these names; none spells a `cxr.` tag itself.
 
-- `open_run` finds the run tagged `cxr.run_name=<name>` (resuming it) or creates it, refusing to
-  resume with different settings.
-- `MetricLogger` (rank 0 of the workers) logs with explicit steps and skips every step an earlier
-  attempt already logged, so a restart from an older checkpoint never logs an epoch twice.
-- Secrets (tokens, passwords, credentials in URIs) never reach params or tags.
+Runs carry `cxr.kind`:
+- training: one `cxr train` run, or one sweep trial (then a child of its sweep's run). Found again
+  by `cxr.run_name` after any restart: `open_run` resumes it, refusing other settings, and
+  `MetricLogger` skips every step an earlier attempt already logged.
+- sweep: the parent run of a `cxr tune` / `ablate` / `cross-domain` sweep (`cxr.sweep_name`).
+- evaluation: one `cxr evaluate`, linked to the training run it scores (`cxr.evaluates`).
+Secrets (tokens, passwords, credentials in URIs) never reach params or tags.
 """
 
 from __future__ import annotations
@@ -12,21 +15,68 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from orchestration.config import Config, ConfigError, flatten_config
 
+# --- tags ---------------------------------------------------------------------------------------
+KIND_TAG = "cxr.kind"
+TRAINING, SWEEP, EVALUATION = "training", "sweep", "evaluation"
 RUN_NAME_TAG = "cxr.run_name"
-PLAN_ARTIFACT = "plan/plan.json"  # the training plan (`cxr train --dry-run`), logged by every run
-PRETRAINED_PARAM = "model.pretrained"  # false: trained from random weights, not the paper's ImageNet start
+CHECKPOINT_TAG = "cxr.checkpoint"  # the final Ray Train checkpoint folder: what `--run` loads
+SWEEP_TAG = "cxr.sweep_name"
+SPACE_TAG = "cxr.space"
+SPACE_KIND_TAG = "cxr.space_kind"  # search | grid | ablation
+TRIAL_TAG = "cxr.trial_id"
+SEED_TAG = "cxr.seed"
+ROW_TAG = "cxr.ablation_row"
+ROW_LABEL_TAG = "cxr.ablation_label"
+EARLY_STOPPED_TAG = "cxr.early_stopped"  # "true": the scheduler stopped the trial
+BEST_TRIAL_TAG = "cxr.best_trial_id"
+EVALUATES_TAG = "cxr.evaluates"  # the id of the training run an evaluation scores
 PARENT_TAG = "mlflow.parentRunId"
+MLFLOW_RUN_NAME_TAG = "mlflow.runName"
+# The MLflow UI opens an experiment with this kind in its model-training view.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+
+# --- params -------------------------------------------------------------------------------------
+PRETRAINED_PARAM = "model.pretrained"  # false: trained from random weights, not the paper's ImageNet start
+DOMAINS_PARAM = "train.domains"
+SEED_PARAM = "train.seed"
 # Settings that may change when a run is resumed.
 RESUMABLE_CHANGES = {"train.max_failures"}
+
+# --- artifacts ----------------------------------------------------------------------------------
+PLAN_ARTIFACT = "plan/plan.json"  # the training plan (`cxr train --dry-run`)
+CONFIG_ARTIFACT = "config/resolved_config.yaml"
+DATA_SUMMARY_ARTIFACT = "data/manifest_summary.json"
+SUMMARY_ARTIFACT = "evaluation/summary.json"  # the final metrics of a training run
+TEST_AUC_ARTIFACT = "evaluation/test_auc.csv"
+TEST_ROC_ARTIFACT = "evaluation/test_roc.png"
+EVALUATION_ARTIFACT = "evaluation/auc.csv"  # of an evaluation run
+MODEL_ARTIFACT = "model"
+SPACE_DIR, TRIALS_DIR, BEST_DIR = "space", "trials", "best"  # of a sweep run
+CROSS_DOMAIN_DIR = "cross_domain"  # of a cross-domain sweep run: matrix.csv, matrix.md, per_finding.csv
+CROSS_DOMAIN_MATRIX = f"{CROSS_DOMAIN_DIR}/matrix.md"
+REPORT_DIR = "report"
+
+
+# --- metric names -------------------------------------------------------------------------------
+def auc_metric(split: str, finding: str) -> str:
+    """e.g. test_auc/Nodule (AucReport.as_metrics with prefix `<split>_`)."""
+    return f"{split}_auc/{finding}"
+
+
+SUMMARY_METRICS = {"Mean": "mean_auc", "Mean_Com": "mean_com_auc", "Mean_Int": "mean_int_auc"}
+# An evaluation run's figures: <domain>/mean(_com|_int)_auc and clean_<set>/auc/<finding>.
+EVALUATION_METRIC = re.compile(r"[^/]+/mean(_com|_int)?_auc|clean_[^/]+/auc/.+")
 _SECRET_KEY = re.compile(r"token|password|passwd|secret|credential|api_?key|auth", re.IGNORECASE)
 _URI_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 
@@ -40,6 +90,10 @@ def tracking_uri(config: Config) -> str:
     )
 
 
+def client_for(config: Config) -> MlflowClient:
+    return MlflowClient(tracking_uri(config))
+
+
 def redact(values: dict[str, Any]) -> dict[str, str]:
     """Params / tags safe to store: secret-looking keys masked, credentials cut out of URIs."""
     safe = {}
@@ -51,9 +105,20 @@ def redact(values: dict[str, Any]) -> dict[str, str]:
     return safe
 
 
+# --- lookups ------------------------------------------------------------------------------------
 def experiment_id(client: MlflowClient, name: str) -> str:
+    """The experiment's id; a new one is created for the MLflow UI's model-training view."""
     experiment = client.get_experiment_by_name(name)
-    return experiment.experiment_id if experiment else client.create_experiment(name)
+    if experiment:
+        return experiment.experiment_id
+    return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
+
+
+def _experiment_ids(client: MlflowClient, experiment: str) -> list[str]:
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ConfigError(f"MLflow has no experiment {experiment!r} at this tracking URI")
+    return [exp.experiment_id]
 
 
 def find_tagged_run(client: MlflowClient, experiment: str, tags: dict[str, str]):
@@ -71,10 +136,32 @@ def find_run(client: MlflowClient, experiment: str, run_name: str):
     return find_tagged_run(client, experiment, {RUN_NAME_TAG: run_name})
 
 
+def find_sweep(client: MlflowClient, experiment: str, sweep_name: str):
+    """The sweep's MLflow parent run, or None."""
+    return find_tagged_run(client, experiment, {SWEEP_TAG: sweep_name, KIND_TAG: SWEEP})
+
+
+def runs_of_kind(client: MlflowClient, experiment: str, kind: str) -> list:
+    """The experiment's runs tagged `cxr.kind=kind`, oldest first."""
+    return client.search_runs(_experiment_ids(client, experiment), filter_string=f"tags.`{KIND_TAG}` = '{kind}'",
+                              order_by=["attributes.start_time ASC"])
+
+
+def standalone_training_runs(client: MlflowClient, experiment: str) -> list:
+    """Training runs that are no sweep's trial, oldest first (older runs lack cxr.kind)."""
+    runs = client.search_runs(_experiment_ids(client, experiment), order_by=["attributes.start_time ASC"])
+    return [r for r in runs if RUN_NAME_TAG in r.data.tags and PARENT_TAG not in r.data.tags]
+
+
+def child_runs(client: MlflowClient, parent_run_id: str) -> list:
+    """A sweep's trial runs, oldest first."""
+    parent = client.get_run(parent_run_id)
+    return client.search_runs([parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+                              order_by=["attributes.start_time ASC"])
+
+
 def resolve_run_id(client: MlflowClient, experiment: str, run: str) -> str:
     """`run` as an MLflow run id, or else as the name of a training run (`cxr train --run-name`)."""
-    from mlflow.exceptions import MlflowException
-
     try:
         return client.get_run(run).info.run_id
     except MlflowException:
@@ -82,6 +169,31 @@ def resolve_run_id(client: MlflowClient, experiment: str, run: str) -> str:
     if named is None:
         raise ConfigError(f"no MLflow run with id or run name {run!r} in experiment {experiment!r}")
     return named.info.run_id
+
+
+def checkpoint_of_run(client: MlflowClient, experiment: str, run: str) -> Path:
+    """The final checkpoint folder of a finished training run (by id or run name)."""
+    run_id = resolve_run_id(client, experiment, run)
+    path = client.get_run(run_id).data.tags.get(CHECKPOINT_TAG)
+    if not path:
+        raise ConfigError(f"MLflow run {run_id} has no {CHECKPOINT_TAG} tag: it is not a finished cxr train run")
+    return Path(path)
+
+
+def download_text(client: MlflowClient, run_id: str, path: str) -> str | None:
+    """An artifact's text, or None when the run has no such artifact."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            return Path(client.download_artifacts(run_id, path, tmp)).read_text()
+        except (OSError, MlflowException):
+            return None
+
+
+# --- writing ------------------------------------------------------------------------------------
+def _log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
+    items = [Param(k[:250], v) for k, v in params.items()]
+    for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(run_id, params=items[i : i + 100])
 
 
 def open_run(
@@ -102,38 +214,67 @@ def open_run(
             )
         client.update_run(existing.info.run_id, status="RUNNING")
         return existing.info.run_id, True
-    all_tags = {RUN_NAME_TAG: run_name, "mlflow.runName": run_name, **redact(tags or {})}
+    all_tags = {KIND_TAG: TRAINING, RUN_NAME_TAG: run_name, MLFLOW_RUN_NAME_TAG: run_name, **redact(tags or {})}
     if parent_run_id:
         all_tags[PARENT_TAG] = parent_run_id
     run = client.create_run(experiment_id(client, config.mlflow.experiment), run_name=run_name, tags=all_tags)
-    items = [Param(k, v) for k, v in params.items()]
-    for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-        client.log_batch(run.info.run_id, params=items[i : i + 100])
+    _log_params(client, run.info.run_id, params)
     return run.info.run_id, False
 
 
+def trial_tags(sweep_name: str, trial_id: str, seed: int, row: str | None = None, row_label: str = "") -> dict:
+    """The tags of one sweep trial's training run."""
+    tags = {SWEEP_TAG: sweep_name, TRIAL_TAG: trial_id, SEED_TAG: str(seed)}
+    if row is not None:
+        tags |= {ROW_TAG: row, ROW_LABEL_TAG: row_label}
+    return tags
+
+
+def open_sweep(client: MlflowClient, experiment: str, sweep_name: str, space_name: str, space_kind: str,
+               params: dict[str, Any]) -> str:
+    """A new sweep's parent run."""
+    run = client.create_run(experiment_id(client, experiment), run_name=sweep_name, tags={
+        KIND_TAG: SWEEP, SWEEP_TAG: sweep_name, SPACE_TAG: space_name, SPACE_KIND_TAG: space_kind,
+        MLFLOW_RUN_NAME_TAG: sweep_name,
+    })
+    _log_params(client, run.info.run_id, redact(params))
+    return run.info.run_id
+
+
+def log_evaluation(client: MlflowClient, experiment: str, name: str, metrics: dict[str, float], table_csv: str,
+                   params: dict[str, str], evaluates: str | None) -> str:
+    """A new, finished evaluation run, linked to the training run it evaluates (if known)."""
+    tags = {KIND_TAG: EVALUATION, MLFLOW_RUN_NAME_TAG: name, **({EVALUATES_TAG: evaluates} if evaluates else {})}
+    run_id = client.create_run(experiment_id(client, experiment), tags=tags).info.run_id
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                     params=[Param(k, v) for k, v in redact(params).items()])
+    client.log_text(run_id, table_csv, EVALUATION_ARTIFACT)
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
 class MetricLogger:
-    """Logs metric groups with explicit steps; a step an earlier attempt logged is skipped."""
+    """Logs metrics with explicit steps. A metric is logged at a step only past the last step it
+    was ever logged at in this run, so a restart from an older checkpoint logs nothing twice."""
 
     def __init__(self, uri: str, run_id: str):
         self.client, self.run_id = MlflowClient(uri), run_id
-        self._floor: dict[str, int] = {}
+        self._logged_through: dict[str, int] = {}
 
-    def _logged_through(self, group: str) -> int:
-        if group not in self._floor:
-            history = self.client.get_metric_history(self.run_id, f"progress/{group}")
-            self._floor[group] = max((int(m.step) for m in history), default=-1)
-        return self._floor[group]
+    def _last_step(self, key: str) -> int:
+        if key not in self._logged_through:
+            history = self.client.get_metric_history(self.run_id, key)
+            self._logged_through[key] = max((int(m.step) for m in history), default=-1)
+        return self._logged_through[key]
 
-    def log(self, group: str, metrics: dict[str, float], step: int) -> bool:
-        """Log `metrics` at `step` unless this group was logged at that step or later before."""
-        if step <= self._logged_through(group):
-            return False
+    def log(self, metrics: dict[str, float], step: int) -> bool:
+        """Log the metrics not yet logged at `step` or later; False when there were none."""
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        batch.append(Metric(f"progress/{group}", float(step), now, step))
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if step > self._last_step(k)]
+        if not batch:
+            return False
         self.client.log_batch(self.run_id, metrics=batch)
+        for metric in batch:
+            self._logged_through[metric.key] = step
         return True
-
-    def set_tags(self, tags: dict[str, str]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in redact(tags).items()])

@@ -1,13 +1,23 @@
-"""`cxr train`: plan and check on the driver, open (or resume) the MLflow run, run Ray Train's
-TorchTrainer, log the artifacts, and end the run with the status that happened.
+"""`cxr train` on Ray Train: the driver (`run_training`) and the function each worker runs
+(`train_loop_per_worker`), in the shape of Ray's own TorchTrainer examples.
 
-Running the same command again with the same run name resumes: Ray Train restarts from the run's
-latest checkpoint under `train.storage_path/<run name>`, and the same MLflow run continues.
+Driver: open (or resume) the MLflow run, start Ray Train's TorchTrainer, log the artifacts, end the
+run with the status that happened. The same run name again resumes: Ray Train restarts from the
+run's latest checkpoint under `train.storage_path/<run name>`, and the same MLflow run continues.
+
+Worker: plain PyTorch between Ray's edges (the dataset shards, `ray.train.report`, checkpoints).
+Each step takes an equal batch from every domain; an epoch is `plan.steps_per_epoch` steps. Random
+numbers are reseeded from (seed, rank, epoch) at each epoch start, so a run resumed at an epoch
+boundary draws the same numbers as one never stopped.
 """
 
 from __future__ import annotations
 
+import os
+import random
 import sys
+import tempfile
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -16,22 +26,42 @@ import mlflow
 import numpy as np
 import ray.data
 import ray.train
+import ray.train.torch
 import torch
 import yaml
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 from ray.train.torch import TorchTrainer
 
 from cxrmodel.inference import ProbabilityModel
 from data_prep.prepared import IMAGE_COLUMN, PreparedDataset
+from orchestration.checkpoint import (
+    SUMMARY_FILE,
+    Progress,
+    load_trained,
+    read_test_predictions,
+    restore_checkpoint,
+    write_checkpoint,
+)
 from orchestration.config import Config
-from orchestration.evaluation import Predictions, auc_table, report_for, roc_figure
-from orchestration.plan import TrainingPlan, plan_document, plan_training
-from orchestration.runtime import check_shared_storage, exit_on_signals, init_ray
-from orchestration.tracking import PLAN_ARTIFACT, open_run, tracking_uri
-from orchestration.train_loop import BEST_MODEL_FILE, SUMMARY_FILE, TEST_FILE, build_network, train_loop_per_worker
-
-
-CHECKPOINT_TAG = "cxr.checkpoint"
+from orchestration.evaluation import Predictions, auc_table, report_for, roc_figure, score_split
+from orchestration.feed import DomainBatches
+from orchestration.method import Method, build_method
+from orchestration.plan import TrainingPlan, plan_document
+from orchestration.runtime import check_shared_storage, exit_on_signals, init_ray, say
+from orchestration.tracking import (
+    CHECKPOINT_TAG,
+    CONFIG_ARTIFACT,
+    DATA_SUMMARY_ARTIFACT,
+    MODEL_ARTIFACT,
+    PLAN_ARTIFACT,
+    SUMMARY_ARTIFACT,
+    TEST_AUC_ARTIFACT,
+    TEST_ROC_ARTIFACT,
+    MetricLogger,
+    open_run,
+    tracking_uri,
+)
 
 
 @dataclass
@@ -44,6 +74,50 @@ class TrainingOutcome:
 
 def default_run_name() -> str:
     return datetime.now().strftime("train-%Y%m%d-%H%M%S")
+
+
+# --- the driver ---------------------------------------------------------------------------------
+
+def run_training(
+    config: Config, plan: TrainingPlan, *, address: str | None = None, run_name: str | None = None,
+    parent_run_id: str | None = None, tags: dict[str, str] | None = None, handle_signals: bool = False,
+    callbacks: list | None = None,
+) -> TrainingOutcome:
+    """Train as `plan` (from `plan_training`) says; `handle_signals` (main thread only) ends the
+    MLflow run KILLED on SIGTERM / SIGINT; `callbacks` go to Ray Train (a sweep passes Tune's)."""
+    run_name = run_name or config.train.run_name or default_run_name()
+    uri = tracking_uri(config)
+    client = MlflowClient(uri)
+    run_id, _ = open_run(client, config, run_name, tags=tags, parent_run_id=parent_run_id)
+    storage = config.train.storage_path
+    if "://" not in storage:
+        storage = str(Path(storage).resolve())
+        Path(storage).mkdir(parents=True, exist_ok=True)
+    system_metrics = SystemMetricsMonitor(run_id, tracking_uri=uri)
+    system_metrics.start()
+    try:
+        client.log_dict(run_id, plan_document(config, plan), PLAN_ARTIFACT)
+        init_ray(address)
+        check_shared_storage({"prepared dataset": plan.data, "train.storage_path": storage}, uri)
+        trainer = _make_trainer(config, plan, uri, run_id, run_name, storage, callbacks or [])
+
+        def killed(signal_name: str) -> None:
+            client.set_terminated(run_id, status="KILLED")
+            print(f"stopped by {signal_name}: MLflow run {run_id} ended KILLED; run the same command "
+                  "to resume", file=sys.stderr, flush=True)
+
+        with exit_on_signals(killed, handle_signals):
+            result = trainer.fit()
+        client.set_tag(run_id, CHECKPOINT_TAG, result.checkpoint.path)  # what `cxr predict --run` loads
+        with result.checkpoint.as_directory() as directory:
+            _log_artifacts(client, run_id, config, plan, Path(directory))
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    finally:
+        system_metrics.finish()
+    client.set_terminated(run_id, "FINISHED")
+    return TrainingOutcome(run_id, run_name, dict(result.metrics), result.checkpoint.path)
 
 
 def training_datasets(plan: TrainingPlan) -> dict[str, ray.data.Dataset]:
@@ -74,7 +148,7 @@ def _make_trainer(
         train_loop_per_worker,
         train_loop_config={
             "config": config.model_dump(mode="json"), "plan": plan.to_dict(), "tracking_uri": uri, "run_id": run_id,
-            "pid_dir": str(Path(storage) / run_name / "workers") if local_storage else None,
+            "run_name": run_name, "pid_dir": str(Path(storage) / run_name / "workers") if local_storage else None,
         },
         scaling_config=_scaling(config),
         run_config=ray.train.RunConfig(
@@ -87,77 +161,181 @@ def _make_trainer(
     )
 
 
-def run_training(
-    config: Config, data: str | Path, *, address: str | None = None, run_name: str | None = None,
-    parent_run_id: str | None = None, tags: dict[str, str] | None = None, handle_signals: bool = False,
-    callbacks: list | None = None,
-) -> TrainingOutcome:
-    """Train; `handle_signals` (main thread only) ends the MLflow run KILLED on SIGTERM / SIGINT;
-    `callbacks` go to Ray Train (a sweep passes Tune's report callback)."""
-    plan = plan_training(config, data)  # every check that needs no Ray
-    run_name = run_name or config.train.run_name or default_run_name()
-    uri = tracking_uri(config)
-    client = MlflowClient(uri)
-    run_id, resumed = open_run(client, config, run_name, tags=tags, parent_run_id=parent_run_id)
-    mlflow.set_tracking_uri(uri)
-    storage = config.train.storage_path
-    if "://" not in storage:
-        storage = str(Path(storage).resolve())
-        Path(storage).mkdir(parents=True, exist_ok=True)
-    with mlflow.start_run(run_id=run_id, log_system_metrics=True):
-        try:
-            mlflow.log_dict(plan_document(config, plan), PLAN_ARTIFACT)
-            init_ray(address)
-            check_shared_storage({"prepared dataset": plan.data, "train.storage_path": storage}, uri)
-            trainer = _make_trainer(config, plan, uri, run_id, run_name, storage, callbacks or [])
-            def killed(signal_name: str) -> None:
-                client.set_terminated(run_id, status="KILLED")
-                print(f"stopped by {signal_name}: MLflow run {run_id} ended KILLED; run the same command "
-                      "to resume", file=sys.stderr, flush=True)
-
-            with exit_on_signals(killed, handle_signals):
-                result = trainer.fit()
-            mlflow.set_tag(CHECKPOINT_TAG, result.checkpoint.path)  # what `cxr predict --run` loads
-            _log_artifacts(config, plan, result.checkpoint)
-        except BaseException:
-            mlflow.end_run("FAILED")
-            raise
-    return TrainingOutcome(run_id, run_name, dict(result.metrics), result.checkpoint.path)
+def _log_artifacts(client: MlflowClient, run_id: str, config: Config, plan: TrainingPlan, checkpoint: Path) -> None:
+    """The final checkpoint's figures, the resolved config, a data summary and (optionally) the model."""
+    manifest = PreparedDataset.load(plan.data).manifest
+    client.log_text(run_id, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), CONFIG_ARTIFACT)
+    client.log_dict(run_id, {
+        "data": plan.data, "format_version": manifest.format_version, "image_size": manifest.image_size,
+        "label_space": manifest.label_space, "training_domains": plan.domains, "common": plan.common,
+        "internal_only": plan.internal_only,
+        "domains": {d: info.model_dump(exclude={"counts"}) for d, info in manifest.domains.items()},
+        "skipped_images": len(manifest.skipped),
+    }, DATA_SUMMARY_ARTIFACT)
+    client.log_text(run_id, (checkpoint / SUMMARY_FILE).read_text(), SUMMARY_ARTIFACT)
+    test = Predictions(**read_test_predictions(checkpoint))
+    report = report_for(test, plan)
+    client.log_text(run_id, auc_table(report, test, plan).to_csv(index=False), TEST_AUC_ARTIFACT)
+    client.log_figure(run_id, roc_figure(test, plan.label_space, report, f"{plan.internal} test split"),
+                      TEST_ROC_ARTIFACT)
+    if config.mlflow.log_model:
+        _log_model(client.tracking_uri, run_id, load_trained(checkpoint)[0], manifest.image_size)
 
 
-def _log_artifacts(config: Config, plan: TrainingPlan, checkpoint: ray.train.Checkpoint) -> None:
-    prepared = PreparedDataset.load(plan.data)
-    mlflow.log_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), "config/resolved_config.yaml")
-    manifest = prepared.manifest
-    mlflow.log_dict({
-        "data": plan.data, "format_version": manifest["format_version"], "image_size": manifest["image_size"],
-        "label_space": manifest["label_space"], "training_domains": plan.domains, "common": plan.common,
-        "internal_only": plan.internal_only, "domains": {d: {k: v for k, v in info.items() if k != "counts"}
-                                                         for d, info in manifest["domains"].items()},
-        "skipped_images": len(manifest["skipped"]),
-    }, "data/manifest_summary.json")
-    with checkpoint.as_directory() as directory:
-        directory = Path(directory)
-        saved = np.load(directory / TEST_FILE)
-        test = Predictions(saved["sample_id"], saved["probs"], saved["labels"])
-        best = torch.load(directory / BEST_MODEL_FILE, map_location="cpu")
-        mlflow.log_text((directory / SUMMARY_FILE).read_text(), "evaluation/summary.json")
-    report = report_for(test, plan.label_space, evaluated=plan.evaluated, common=plan.common,
-                        internal_only=plan.internal_only)
-    table = auc_table(report, test, plan.label_space, common=plan.common, internal_only=plan.internal_only)
-    mlflow.log_text(table.to_csv(index=False), "evaluation/test_auc.csv")
-    figure = roc_figure(test, plan.label_space, report, f"{plan.internal} test split")
-    mlflow.log_figure(figure, "evaluation/test_roc.png")
-    if not config.mlflow.log_model:
-        return
-    net = build_network(config, plan)
-    net.load_state_dict(best)
+def _log_model(uri: str, run_id: str, net: torch.nn.Module, image_size: int) -> None:
+    """The best network as an mlflow.pytorch model taking uint8 images (the one fluent MLflow call:
+    log_model writes only to an active run)."""
     model = ProbabilityModel(net)
     # Two images: an example of one would fix the exported graph's batch size to 1.
-    example = np.zeros((2, prepared.image_size, prepared.image_size), np.uint8)
+    example = np.zeros((2, image_size, image_size), np.uint8)
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()
-    mlflow.pytorch.log_model(
-        model, name="model", input_example=example,
-        signature=mlflow.models.infer_signature(example, output), pip_requirements=["torch"],
-    )
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.pytorch.log_model(
+            model, name=MODEL_ARTIFACT, input_example=example,
+            signature=mlflow.models.infer_signature(example, output), pip_requirements=["torch"],
+        )
+
+
+# --- the worker ---------------------------------------------------------------------------------
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    config = Config.model_validate(loop_config["config"])
+    plan = TrainingPlan(**loop_config["plan"])
+    prepared = PreparedDataset.load(plan.data)
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    device = ray.train.torch.get_device()
+    if device.type != "cuda":
+        # Ray gives a fractional-CPU worker one thread; the node's cores belong to its workers.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // context.get_local_world_size()))
+    if loop_config["pid_dir"]:
+        _write_pid(Path(loop_config["pid_dir"]), rank)
+
+    _reseed(config.train.seed, 0, -1)  # identical initial weights on every rank
+    method = build_method(config, plan, device,
+                          wrap=lambda net: ray.train.torch.prepare_model(net, move_to_device=False))
+    progress, best_state = Progress(), None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            progress, best_state = restore_checkpoint(Path(directory), method, device)
+    logger = MetricLogger(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else None
+    shards = [ray.train.get_dataset_shard(f"train_{d}") for d in plan.domains]
+    batches = DomainBatches(plan.domains, plan.label_space, shards, per_domain=plan.per_domain_batch,
+                            image_size=prepared.image_size, shuffle_buffer=config.train.shuffle_buffer)
+    h_schedule = config.method.h_schedule.build()
+    epochs, steps_per_epoch = config.train.epochs, plan.steps_per_epoch
+    total_steps = epochs * steps_per_epoch
+    scoring = dict(batch_size=config.train.eval_batch_size, device=device, autocast_dtype=method.autocast_dtype,
+                   channels_last=method.channels_last)
+    run = f"[{loop_config['run_name']}]"  # starts every progress line: a sweep's trials run side by side
+    if logger:
+        say(f"{run} training {plan.domains} for {epochs} epochs of {steps_per_epoch} steps "
+            f"(batch {plan.per_domain_batch} per domain per worker)"
+            + (f"; resumed after epoch {progress.epoch}" if checkpoint else ""))
+
+    for epoch in range(progress.epoch, epochs):
+        _reseed(config.train.seed, rank, epoch)
+        method.step.model.train()
+        started, first_step = time.perf_counter(), progress.global_step
+        for i in range(steps_per_epoch):
+            h = h_schedule(progress.global_step / total_steps)
+            out = method.step(*batches.next(), h=h)
+            progress.global_step += 1
+            if logger and progress.global_step % config.train.log_every_steps == 0:
+                losses = {k: v.item() for k, v in out.losses.items()}
+                lr = method.optimizers.network.param_groups[0]["lr"]
+                logger.log({**{f"train/loss_{k}": v for k, v in losses.items()}, "train/lr": lr, "train/h": h},
+                           progress.global_step)
+                seconds_per_step = (time.perf_counter() - started) / (progress.global_step - first_step)
+                say(f"{run} epoch {epoch + 1}/{epochs} step {i + 1}/{steps_per_epoch}: "
+                    + " ".join(f"{k} {v:.4f}" for k, v in losses.items())
+                    + f" | {len(out.probs) / seconds_per_step:.1f} img/s/worker"
+                    + f" | ETA {_duration(seconds_per_step * (total_steps - progress.global_step))}")
+            every = config.train.val_every_steps
+            if every and progress.global_step % every == 0 and i < steps_per_epoch - 1:
+                _, best_state = _validate(method, prepared, plan, config, progress, best_state, scoring, logger, run)
+        if method.ensemble is not None:
+            method.ensemble.end_epoch()
+        method.optimizers.lr_schedule.step()
+        progress.epoch = epoch + 1
+        metrics, best_state = _validate(method, prepared, plan, config, progress, best_state, scoring, logger, run)
+        if logger:
+            best = {f"best/{config.train.select_metric}": progress.best_metric} if progress.best_step >= 0 else {}
+            logger.log({"epoch": progress.epoch, **best}, progress.global_step)
+        _report(rank, method, progress, best_state, config, plan,
+                {"epoch": progress.epoch, "global_step": progress.global_step, **metrics})
+
+    # The best model on the internal test split.
+    if best_state is not None:
+        method.network.load_state_dict({k: v.to(device) for k, v in best_state.items()})
+    test = score_split(method.network, prepared, plan.internal, "test", tencrop=config.train.test_tencrop, **scoring)
+    report = report_for(test, plan)
+    test_metrics = report.as_metrics("test_")
+    if logger:
+        logger.log(test_metrics, progress.global_step)
+        say(f"{run} test ({plan.internal}, best model from step {progress.best_step}): "
+            f"{_summary(test_metrics, 'test_')}")
+    # The final report carries the best validation metrics: what a sweep ranks this run by.
+    best_val = next((h for h in progress.history if h["step"] == progress.best_step), {})
+    _report(rank, method, progress, best_state, config, plan, {
+        **{k: v for k, v in best_val.items() if k != "step"}, "epoch": progress.epoch,
+        "global_step": progress.global_step, "final": True, **test_metrics, "test_undefined": report.undefined,
+    }, test=test)
+
+
+def _validate(method: Method, prepared: PreparedDataset, plan: TrainingPlan, config: Config, progress: Progress,
+              best_state: dict | None, scoring: dict, logger: MetricLogger | None, run: str,
+              ) -> tuple[dict, dict | None]:
+    """Score the internal val split; returns its metrics and the best weights so far (these ones
+    when they beat the best, which `progress` then records)."""
+    scored = score_split(method.network, prepared, plan.internal, "val", **scoring)
+    metrics = report_for(scored, plan).as_metrics("val_")
+    value = metrics.get(config.train.select_metric)
+    if value is not None and value > progress.best_metric:
+        progress.best_metric, progress.best_step = value, progress.global_step
+        best_state = {k: v.detach().cpu().clone() for k, v in method.network.state_dict().items()}
+    progress.history.append({"step": progress.global_step, **metrics})
+    if logger:
+        logger.log({**metrics, "epoch_float": progress.global_step / plan.steps_per_epoch}, progress.global_step)
+        say(f"{run} step {progress.global_step}: val {_summary(metrics, 'val_')}; "
+            f"best {config.train.select_metric} {progress.best_metric:.4f} (step {progress.best_step})")
+    return metrics, best_state
+
+
+def _report(rank: int, method: Method, progress: Progress, best_state: dict | None, config: Config,
+            plan: TrainingPlan, metrics: dict, test: Predictions | None = None) -> None:
+    """Report to Ray Train: every rank reports, rank 0 attaches the checkpoint."""
+    numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    if rank != 0:
+        ray.train.report(numeric)
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        write_checkpoint(Path(directory), method, progress, best_state, metrics, config, plan,
+                         test=vars(test) if test is not None else None)
+        ray.train.report(numeric, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+def _reseed(seed: int, rank: int, epoch: int) -> None:
+    value = (seed * 1_000_003 + rank * 10_007 + epoch) % 2**31
+    random.seed(value)
+    np.random.seed(value)
+    torch.manual_seed(value)
+
+
+def _summary(metrics: dict[str, float], prefix: str) -> str:
+    names = ("mean_auc", "mean_com_auc", "mean_int_auc")
+    return ", ".join(f"{n} {metrics[prefix + n]:.4f}" for n in names if prefix + n in metrics)
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{seconds:02d}s"
+
+
+def _write_pid(folder: Path, rank: int) -> None:
+    """Which process is which rank: for operators (and the worker-failure test)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"rank{rank}.pid").write_text(str(os.getpid()))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
+import ray
 import yaml
 from mlflow.tracking import MlflowClient
 from ray import tune
@@ -26,23 +27,35 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from data_prep.prepared import PreparedDataset
 from orchestration.config import Config, ConfigError, flatten_config, load_config
-from orchestration.plan import plan_training
-from orchestration.runtime import exit_on_signals, init_ray
+from orchestration.plan import PlanError, plan_training
+from orchestration.runtime import exit_on_signals, init_ray, verbose
 from orchestration.spaces import METRICS, SweepSpace
-from orchestration.tracking import PARENT_TAG, experiment_id, find_tagged_run, redact, tracking_uri
+from orchestration.tracking import (
+    BEST_DIR,
+    BEST_TRIAL_TAG,
+    EARLY_STOPPED_TAG,
+    SPACE_DIR,
+    TRIAL_TAG,
+    TRIALS_DIR,
+    child_runs,
+    find_sweep,
+    open_sweep,
+    tracking_uri,
+    trial_tags,
+)
 from orchestration.train import run_training
 
-SWEEP_TAG = "cxr.sweep_name"
-TRIAL_TAG = "cxr.trial_id"
-ROW_TAG = "cxr.ablation_row"
-ROW_LABEL_TAG = "cxr.ablation_label"
 # A trial driver only waits on its TorchTrainer: a sliver of a CPU, so clusters need no custom resource.
 TRIAL_DRIVER_RESOURCES = {"cpu": 0.01}
+SCHEDULERS = ("asha", "none")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SweepSettings:
+    """How a sweep runs; checked when made (the space-dependent checks are `check_for`)."""
+
     sweep_name: str
     num_samples: int = 1
     max_concurrent: int = 1
@@ -51,6 +64,23 @@ class SweepSettings:
     seeds: int = 1
     resume: bool = False
     search_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for metric in self.metrics:
+            if metric not in METRICS:
+                raise ConfigError(f"--metric {metric!r} is not one of {', '.join(METRICS)}")
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"--scheduler {self.scheduler!r}: allowed {', '.join(SCHEDULERS)}")
+        if len(self.metrics) > 1 and self.scheduler == "asha":
+            raise ConfigError("several metrics (multi-objective) need --scheduler none")
+        for name in ("num_samples", "max_concurrent", "seeds"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+
+    def check_for(self, space: SweepSpace) -> None:
+        if len(self.metrics) > 1 and space.kind != "search":
+            raise ConfigError(f"several metrics (multi-objective) need a kind: search space; {space.path} is "
+                              f"a {space.kind}")
 
 
 @dataclass
@@ -66,46 +96,33 @@ def _trial(params: dict, *, base: dict, space: SweepSpace, data: str, sweep_name
     trial_id = tune.get_context().get_trial_id()
     params = params.get("point", params)  # grid / ablation points arrive whole
     config = load_config(base=base, updates=space.trial_updates(params))
-    tags = {SWEEP_TAG: sweep_name, TRIAL_TAG: trial_id, "cxr.seed": str(config.train.seed)}
-    if "row" in params:
-        tags[ROW_TAG] = str(params["row"])
-        tags[ROW_LABEL_TAG] = space.row_label(params["row"])
-    run_training(config, data, run_name=f"{sweep_name}-{trial_id}", parent_run_id=parent_run_id, tags=tags,
-                 callbacks=[TuneReportCallback()])
+    row = str(params["row"]) if "row" in params else None
+    tags = trial_tags(sweep_name, trial_id, config.train.seed, row, space.row_label(row) if row else "")
+    run_training(config, plan_training(config, data), run_name=f"{sweep_name}-{trial_id}",
+                 parent_run_id=parent_run_id, tags=tags, callbacks=[TuneReportCallback()])
 
 
 def _check_trials(space: SweepSpace, base: Config, data: str, seeds: int) -> list[dict]:
     """Every grid point / the base config must make a valid training plan: checked before Ray."""
-    from data_prep.prepared import PreparedDataset
-
     prepared = PreparedDataset.load(data)
     points = space.grid_points(prepared.domains, prepared.internal, seeds) if space.kind != "search" else [{}]
     for point in points:
         try:
             plan_training(load_config(base=base.model_dump(mode="json"), updates=space.trial_updates(point)), data)
-        except ConfigError as exc:
+        except (ConfigError, PlanError) as exc:
             where = f"row {point['row']!r}" if "row" in point else (str(point) if point else "the base config")
             raise ConfigError(f"{space.path}: {where}: {exc}") from None
     return points
 
 
-def find_sweep(client: MlflowClient, experiment: str, sweep_name: str):
-    """The sweep's MLflow parent run, or None."""
-    return find_tagged_run(client, experiment, {SWEEP_TAG: sweep_name, "cxr.kind": "sweep"})
-
-
-def child_runs(client: MlflowClient, parent_run_id: str, experiment_ids: list[str]):
-    return client.search_runs(experiment_ids, filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
-
-
-def _settle_children(client: MlflowClient, parent_run_id: str, experiment_ids: list[str], trial_status: dict[str, str]) -> None:
+def _settle_children(client: MlflowClient, parent_run_id: str, trial_status: dict[str, str]) -> None:
     """No child left RUNNING: Tune may stop a trial (ASHA) or lose it without its run ending."""
-    for run in child_runs(client, parent_run_id, experiment_ids):
+    for run in child_runs(client, parent_run_id):
         if run.info.status != "RUNNING":
             continue
         status = trial_status.get(run.data.tags.get(TRIAL_TAG, ""), "")
         if status == "TERMINATED":
-            client.set_tag(run.info.run_id, "cxr.early_stopped", "true")
+            client.set_tag(run.info.run_id, EARLY_STOPPED_TAG, "true")
             client.set_terminated(run.info.run_id, "FINISHED")
         else:
             client.set_terminated(run.info.run_id, "FAILED")
@@ -115,13 +132,7 @@ def run_sweep(
     space: SweepSpace, base: Config, data: str | Path, settings: SweepSettings, *,
     address: str | None = None, handle_signals: bool = False,
 ) -> SweepOutcome:
-    for metric in settings.metrics:
-        if metric not in METRICS:
-            raise ConfigError(f"--metric {metric!r} is not one of {', '.join(METRICS)}")
-    if settings.scheduler not in ("asha", "none"):
-        raise ConfigError(f"--scheduler {settings.scheduler!r}: allowed asha, none")
-    if len(settings.metrics) > 1 and (space.kind != "search" or settings.scheduler == "asha"):
-        raise ConfigError("several metrics (multi-objective) need a kind: search space and --scheduler none")
+    settings.check_for(space)
     data = str(Path(data).resolve())
     original_storage = base.train.storage_path
     storage = Path(original_storage).resolve()
@@ -140,7 +151,7 @@ def run_sweep(
         if not tune.Tuner.can_restore(str(experiment_path)):
             raise ConfigError(f"nothing to resume: no sweep {settings.sweep_name!r} under {storage}")
         if parent is None:
-            raise ConfigError(f"no MLflow parent run tagged {SWEEP_TAG}={settings.sweep_name!r} to continue")
+            raise ConfigError(f"no MLflow parent run of sweep {settings.sweep_name!r} to continue")
         parent_run_id = parent.info.run_id
         client.update_run(parent_run_id, status="RUNNING")
     else:
@@ -148,9 +159,10 @@ def run_sweep(
             raise ConfigError(f"sweep {settings.sweep_name!r} exists already: pass --resume to continue it, or "
                               "choose another --sweep-name")
         parent_run_id = _open_parent(client, base, space, settings)
-    exp_ids = [experiment_id(client, base.mlflow.experiment)]
 
     init_ray(address)
+    if not verbose():
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # not one line per study and trial
     trainable = tune.with_resources(
         tune.with_parameters(_trial, base=base.model_dump(mode="json"), space=space, data=data,
                              sweep_name=settings.sweep_name, parent_run_id=parent_run_id),
@@ -163,7 +175,7 @@ def run_sweep(
         tuner = _new_tuner(trainable, space, settings, data, base, str(storage))
 
     def killed(signal_name: str) -> None:
-        for run in child_runs(client, parent_run_id, exp_ids):
+        for run in child_runs(client, parent_run_id):
             if run.info.status == "RUNNING":
                 client.set_terminated(run.info.run_id, "KILLED")
         client.set_terminated(parent_run_id, "KILLED")
@@ -173,7 +185,7 @@ def run_sweep(
         with exit_on_signals(killed, handle_signals):
             results = tuner.fit()
         trials = _trial_table(results, space)
-        _settle_children(client, parent_run_id, exp_ids, dict(zip(trials["trial_id"], trials["status"])))
+        _settle_children(client, parent_run_id, dict(zip(trials["trial_id"], trials["status"])))
         best_path, best_updates = _write_best(results, trials, space, settings, base, experiment_path,
                                               original_storage)
         _log_parent(uri, parent_run_id, trials, experiment_path, best_path, best_updates, settings)
@@ -185,21 +197,15 @@ def run_sweep(
 
 
 def _open_parent(client: MlflowClient, base: Config, space: SweepSpace, settings: SweepSettings) -> str:
-    run = client.create_run(
-        experiment_id(client, base.mlflow.experiment), run_name=settings.sweep_name,
-        tags={SWEEP_TAG: settings.sweep_name, "cxr.kind": "sweep", "cxr.space": space.name,
-              "cxr.space_kind": space.kind, "mlflow.runName": settings.sweep_name},
-    )
     params = {
         "space": space.name, "space_kind": space.kind, "num_samples": settings.num_samples,
         "max_concurrent": settings.max_concurrent, "scheduler": settings.scheduler,
         "metric": ",".join(settings.metrics), "seeds": settings.seeds, "search_seed": settings.search_seed,
         **{f"base.{k}": v for k, v in flatten_config(base).items()},
     }
-    for key, value in redact(params).items():
-        client.log_param(run.info.run_id, key[:250], value)
-    client.log_artifact(run.info.run_id, str(space.path), "space")
-    return run.info.run_id
+    run_id = open_sweep(client, base.mlflow.experiment, settings.sweep_name, space.name, space.kind, params)
+    client.log_artifact(run_id, str(space.path), SPACE_DIR)
+    return run_id
 
 
 def _new_tuner(trainable, space: SweepSpace, settings: SweepSettings, data: str, base: Config, storage: str) -> tune.Tuner:
@@ -211,8 +217,6 @@ def _new_tuner(trainable, space: SweepSpace, settings: SweepSettings, data: str,
                                   mode=modes if not single else modes[0], sampler=sampler)
         param_space, num_samples = {}, settings.num_samples
     else:
-        from data_prep.prepared import PreparedDataset
-
         prepared = PreparedDataset.load(data)
         points = space.grid_points(prepared.domains, prepared.internal, settings.seeds)
         search_alg, num_samples = None, 1
@@ -232,10 +236,21 @@ def _new_tuner(trainable, space: SweepSpace, settings: SweepSettings, data: str,
     )
 
 
+def sweep_trials(results: tune.ResultGrid) -> list:
+    """Every trial of a finished Tune run, those that errored before reporting anything included
+    (the public ResultGrid leaves them out). Ray has no public API for this: the one place that
+    reads its private ExperimentAnalysis (tests/test_tune.py checks it on the installed Ray)."""
+    analysis = getattr(results, "_experiment_analysis", None)
+    trials = getattr(analysis, "trials", None)
+    if trials is None:
+        raise RuntimeError(f"ray {ray.__version__}: ResultGrid._experiment_analysis.trials is gone; "
+                           "update orchestration.tune.sweep_trials for this Ray version")
+    return trials
+
+
 def _trial_table(results: tune.ResultGrid, space: SweepSpace) -> pd.DataFrame:
     rows = []
-    # ExperimentAnalysis.trials also lists trials that errored before reporting anything.
-    for trial in results._experiment_analysis.trials:
+    for trial in sweep_trials(results):
         params = trial.config.get("point", trial.config)
         last = trial.last_result or {}
         rows.append({
@@ -261,7 +276,7 @@ def _write_best(results, trials: pd.DataFrame, space: SweepSpace, settings: Swee
         return None, {}
     best = front.loc[front[list(settings.metrics)].sum(axis=1).idxmax() if space.mode == "max"
                      else front[list(settings.metrics)].sum(axis=1).idxmin()]
-    trial = next(t for t in results._experiment_analysis.trials if t.trial_id == best["trial_id"])
+    trial = next(t for t in sweep_trials(results) if t.trial_id == best["trial_id"])
     updates = space.trial_updates(trial.config.get("point", trial.config))
     config = load_config(base=base.model_dump(mode="json"), updates={
         **updates, "train.storage_path": original_storage, "train.run_name": None, "mlflow.tracking_uri": None,
@@ -277,10 +292,10 @@ def _log_parent(uri: str, parent_run_id: str, trials: pd.DataFrame, experiment_p
     client = MlflowClient(uri)
     table = experiment_path / "trials.csv"
     trials.to_csv(table, index=False)
-    client.log_artifact(parent_run_id, str(table), "trials")
+    client.log_artifact(parent_run_id, str(table), TRIALS_DIR)
     if best_path is not None:
-        client.log_artifact(parent_run_id, str(best_path), "best")
-        client.set_tag(parent_run_id, "cxr.best_trial_id", best["trial_id"])
+        client.log_artifact(parent_run_id, str(best_path), BEST_DIR)
+        client.set_tag(parent_run_id, BEST_TRIAL_TAG, best["trial_id"])
         for metric in settings.metrics:
             client.log_metric(parent_run_id, f"best_{metric}", best[metric])
     client.log_metric(parent_run_id, "trials_errored", int((trials["status"] == "ERROR").sum()))

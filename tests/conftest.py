@@ -19,6 +19,14 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 
+def pytest_collection_modifyitems(items):
+    """A test that needs the session's Ray (directly, or through a prepared dataset) is a `ray` test:
+    `make test-fast` leaves those out, and the `slow` (multi-process, end-to-end) ones."""
+    for item in items:
+        if "ray_session" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

@@ -15,6 +15,7 @@ from data_prep.synth import RELABELLED_FILE
 from orchestration.clean_labels import evaluate_clean_labels
 from orchestration.cli import app
 from orchestration.config import ConfigError
+from orchestration.tracking import EVALUATION, KIND_TAG
 
 HEADER = "Image Index,Patient ID,Fracture,Pneumothorax,Airspace opacity,Nodule or mass,Set Id\n"
 ROWS = [
@@ -109,7 +110,7 @@ def test_cli_writes_stats_json_and_logs_an_evaluation_run(tmp_path, monkeypatch)
     assert stats["auc"] == pytest.approx({"Pneumothorax": 0.75, "Airspace opacity": 4 / 6, "Nodule or mass": 1.0})
     client = MlflowClient(uri)
     [run] = client.search_runs([client.get_experiment_by_name("cxr-orchestra").experiment_id])
-    assert run.data.tags["cxr.kind"] == "evaluation" and run.data.params["set"] == "test"
+    assert run.data.tags[KIND_TAG] == EVALUATION and run.data.params["set"] == "test"
     assert run.data.metrics["clean_test/auc/Pneumothorax"] == pytest.approx(0.75)
     assert run.data.metrics["clean_test/missing_predictions"] == 1
     both = CliRunner().invoke(app, ["evaluate", "--predictions", str(predictions), "--clean-labels",

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from orchestration.config import ConfigError, flatten_config, load_config, parse_override
@@ -52,3 +54,11 @@ def test_internal_must_be_a_dataset(tmp_path):
 def test_flatten_for_mlflow_params():
     flat = flatten_config(load_config([], ["prepare.image_size=64"]))
     assert flat["prepare.image_size"] == 64
+
+
+def test_load_config_leaves_the_callers_base_unchanged():
+    base = load_config().model_dump(mode="json")
+    before = json.dumps(base, sort_keys=True)
+    changed = load_config(base=base, updates={"method.h_schedule.start": 0.3, "train.domains": ["nih"]})
+    assert changed.method.h_schedule.start == 0.3 and changed.train.domains == ["nih"]
+    assert json.dumps(base, sort_keys=True) == before  # a shallow copy shared method.h_schedule

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 from conftest import tiny_training
 from data_prep.prepared import PreparedDataset
 from orchestration.cli import app
-from orchestration.predict import load_trained, predict
-from orchestration.train import CHECKPOINT_TAG
-from orchestration.tune import child_runs, find_sweep
+from orchestration.checkpoint import load_trained
+from orchestration.prediction import predict_table
+from orchestration.tracking import CHECKPOINT_TAG, child_runs, find_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ def test_cross_domain_matrix(prepared_dir, tmp_path, ray_session):
     prepared = PreparedDataset.load(prepared_dir)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     parent = find_sweep(client, "cxr-orchestra", "xd")
-    children = child_runs(client, parent.info.run_id, [parent.info.experiment_id])
+    children = child_runs(client, parent.info.run_id)
     assert not client.list_artifacts(children[0].info.run_id, "model")  # mlflow.log_model=false
     trained_on = sorted(c.data.params["train.domains"] for c in children)
     assert trained_on == sorted(f'["{d}"]' for d in prepared.domains)
@@ -42,7 +42,7 @@ def test_cross_domain_matrix(prepared_dir, tmp_path, ray_session):
     # Recompute "trained on chexpert, tested on nih" from the model and the shard labels.
     [chexpert_run] = [c for c in children if c.data.params["train.domains"] == '["chexpert"]']
     net, _, plan = load_trained(chexpert_run.data.tags[CHECKPOINT_TAG])
-    probs = predict(net, plan, prepared, split="test", domains=["nih"])
+    probs = predict_table(net, plan, prepared, split="test", domains=["nih"])
     labels = prepared.read_columns("nih", "test", ["image_id", *prepared.common]).to_pandas().set_index("image_id")
     aucs = []
     for finding in prepared.common:
@@ -66,4 +66,4 @@ def test_cross_domain_matrix(prepared_dir, tmp_path, ray_session):
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
     assert "finished already" in again.output
-    assert len(child_runs(client, parent.info.run_id, [parent.info.experiment_id])) == len(prepared.domains)
+    assert len(child_runs(client, parent.info.run_id)) == len(prepared.domains)

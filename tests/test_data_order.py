@@ -15,8 +15,8 @@ from data_prep.pipeline import run_prepare
 from data_prep.synth import synth_nih
 from orchestration.config import load_config
 from orchestration.plan import plan_training
+from orchestration.feed import DomainBatches
 from orchestration.train import training_datasets
-from orchestration.train_loop import DomainBatches
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,8 @@ def test_training_batches_mix_patients(nih_only):
     config = load_config(updates={"train.domains": ["nih"], "train.batch_size": 16, "method.adversarial": "none"})
     plan = plan_training(config, nih_only.root)
     stream = training_datasets(plan)["train_nih"].iterator()
-    batches = DomainBatches(plan, nih_only.image_size, [stream], config.train.shuffle_buffer)
+    batches = DomainBatches(plan.domains, plan.label_space, [stream], per_domain=plan.per_domain_batch,
+                            image_size=nih_only.image_size, shuffle_buffer=config.train.shuffle_buffer)
     patient_of = nih_only.read_columns("nih", "train", ["sample_id", "patient_id"]).to_pandas() \
         .set_index("sample_id")["patient_id"]
     distinct = []

@@ -21,6 +21,18 @@ from conftest import ROOT, wait_for
 from orchestration.config import load_config
 from orchestration.plan import plan_training
 from orchestration.spaces import load_space
+from orchestration.tracking import (
+    EVALUATES_TAG,
+    EVALUATION,
+    EXPERIMENT_KIND_TAG,
+    KIND_TAG,
+    MODEL_TRAINING_KIND,
+    ROW_TAG,
+    RUN_NAME_TAG,
+    SWEEP,
+    SWEEP_TAG,
+    TRIAL_TAG,
+)
 
 pytestmark = pytest.mark.slow
 SMALL_DEMO = {"DEMO_IMAGES": "120", "DEMO_IMAGE_SIZE": "32", "DEMO_EPOCHS": "3", "DEMO_TRIAL_STEPS": "2"}
@@ -50,22 +62,22 @@ def _runs(client: MlflowClient, condition: str = ""):
 def test_demo_leaves_the_expected_runs_report_and_learned_aucs(demo):
     out, log = demo
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-    [train] = _runs(client, "tags.`cxr.run_name` = 'demo-train'")
+    [train] = _runs(client, f"tags.`{RUN_NAME_TAG}` = 'demo-train'")
     assert train.info.status == "FINISHED"
     # The synthetic findings are learnable: clearly better than chance after three small epochs (two, 22 steps at 32², gave 0.50 to 0.68 across runs).
     assert train.data.metrics["test_mean_auc"] > 0.6, train.data.metrics
-    sweeps = {r.data.tags["cxr.sweep_name"]: r for r in _runs(client, "tags.`cxr.kind` = 'sweep'")}
+    sweeps = {r.data.tags[SWEEP_TAG]: r for r in _runs(client, f"tags.`{KIND_TAG}` = '{SWEEP}'")}
     assert set(sweeps) == {"demo-tune", "demo-ablation"}
     for name, parent in sweeps.items():
         children = _runs(client, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
         assert parent.info.status == "FINISHED" and len(children) == 2, name
         assert {c.info.status for c in children} == {"FINISHED"}
     _check_optuna_sweep(client, sweeps["demo-tune"], out)
-    ablation_rows = {c.data.tags["cxr.ablation_row"] for c in
+    ablation_rows = {c.data.tags[ROW_TAG] for c in
                      _runs(client, f"tags.`mlflow.parentRunId` = '{sweeps['demo-ablation'].info.run_id}'")}
     assert ablation_rows == {"a", "g"}
-    evaluations = _runs(client, "tags.`cxr.kind` = 'evaluation'")
-    assert len(evaluations) == 2 and {e.data.tags["cxr.evaluates"] for e in evaluations} == {train.info.run_id}
+    evaluations = _runs(client, f"tags.`{KIND_TAG}` = '{EVALUATION}'")
+    assert len(evaluations) == 2 and {e.data.tags[EVALUATES_TAG] for e in evaluations} == {train.info.run_id}
     [by_domain] = [e for e in evaluations if "nih/mean_auc" in e.data.metrics]
     assert by_domain.data.metrics["nih/mean_auc"] == pytest.approx(train.data.metrics["test_mean_auc"], abs=1e-6)
 
@@ -87,6 +99,13 @@ def test_demo_leaves_the_expected_runs_report_and_learned_aucs(demo):
     assert alone.loc["demo-train †", ("summary", "Mean")] == pytest.approx(train.data.metrics["test_mean_auc"])
     assert "model.pretrained=false" in (report / "report.md").read_text()
     assert f"report:    {report}/report.html" in log
+    # A quiet console: the project's lines, each trial's progress among them, and none of Ray's own.
+    assert not [noise for noise in ("Execution plan", "gcs_server", "raylet", "repeated") if noise in log], log[-3000:]
+    trials = [c for p in sweeps.values() for c in _runs(client, f"tags.`mlflow.parentRunId` = '{p.info.run_id}'")]
+    for run in [train, *trials]:
+        assert f"[{run.data.tags[RUN_NAME_TAG]}] test (nih, best model from step" in log, run.data.tags[RUN_NAME_TAG]
+    # Every 5th global step: steps 25 and 30 fall in epoch 3 (steps 23-33).
+    assert "[demo-train] epoch 3/3 step 8/11: cls" in log and "img/s/worker | ETA" in log
     assert "ui --backend-store-uri sqlite:///" in log
 
 
@@ -96,7 +115,7 @@ def _check_optuna_sweep(client: MlflowClient, parent, out: Path) -> None:
     space = load_space("optuna_full")
     assert parent.data.params["space"] == "optuna_full"
     children = _runs(client, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    assert len({c.data.tags["cxr.trial_id"] for c in children}) == 2
+    assert len({c.data.tags[TRIAL_TAG] for c in children}) == 2
     for child in children:
         assert "val_mean_auc" in child.data.metrics
         assert 1e-3 <= float(child.data.params["method.lambda_tat"]) <= 0.3
@@ -151,7 +170,10 @@ def test_mlflow_server_serves_the_demo_through_its_rest_api(demo, tmp_path):
         wait_for(up, 120, "mlflow server", server, log)
         experiment = _get(base, "/api/2.0/mlflow/experiments/get-by-name", experiment_name="cxr-orchestra")
         exp_id = experiment["experiment"]["experiment_id"]
-        parents = _search(base, exp_id, "tags.`cxr.kind` = 'sweep'")
+        # The UI opens the experiment in its model-training view, not the GenAI one.
+        tags = {t["key"]: t["value"] for t in experiment["experiment"].get("tags", [])}
+        assert tags.get(EXPERIMENT_KIND_TAG) == MODEL_TRAINING_KIND
+        parents = _search(base, exp_id, f"tags.`{KIND_TAG}` = '{SWEEP}'")
         assert len(parents) == 2
         for parent in parents:
             run_id = parent["info"]["run_id"]
@@ -164,7 +186,7 @@ def test_mlflow_server_serves_the_demo_through_its_rest_api(demo, tmp_path):
             listed = {f["path"] for f in _get(base, "/api/2.0/mlflow/artifacts/list", run_id=run_id,
                                               path="report").get("files", [])}
             assert {"report/report.md", "report/report.html", "report/table.csv"} <= listed
-        [train] = _search(base, exp_id, "tags.`cxr.run_name` = 'demo-train'")
+        [train] = _search(base, exp_id, f"tags.`{RUN_NAME_TAG}` = 'demo-train'")
         metrics = {m["key"]: m["value"] for m in train["data"]["metrics"]}
         assert metrics["test_mean_auc"] > 0.6
         train_id = train["info"]["run_id"]

@@ -64,10 +64,15 @@ def test_tencrop_averages_ten_views():
 
 def test_auc_table_of_an_empty_split_has_its_columns():
     from orchestration.evaluation import Predictions, auc_table, report_for
+    from orchestration.plan import TrainingPlan
 
+    space = ["Nodule", "Mass"]
+    plan = TrainingPlan(data="", domains=["nih", "chexpert"], label_space=space, common=["Mass"], internal_only=["Nodule"],
+                        evaluated=space, trained=space, alpha=[1.0, 3.0], beta=[1.0, 1.0], positive=[1, 1],
+                        negative=[1, 1], ensemble=["Nodule"], per_domain_batch=1, steps_per_epoch=1, num_samples=1)
     empty = Predictions(np.empty(0, np.int64), np.empty((0, 2), np.float32), np.empty((0, 2), np.int8))
-    report = report_for(empty, ["Nodule", "Mass"], evaluated=["Nodule", "Mass"], common=["Mass"], internal_only=["Nodule"])
-    table = auc_table(report, empty, ["Nodule", "Mass"], common=["Mass"], internal_only=["Nodule"])
+    table = auc_table(report_for(empty, plan), empty, plan)
     assert list(table.columns) == ["finding", "group", "auc", "positives", "negatives", "note"]
     assert table["finding"].tolist() == ["Nodule", "Mass"]  # both listed, both undefined
+    assert table["group"].tolist() == ["internal_only", "common"]
     assert table["auc"].isna().all() and table["note"].str.contains("only one class").all()

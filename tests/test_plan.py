@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from conftest import ROOT
 from data_prep.prepared import MANIFEST_NAME, PreparedDataset
 from orchestration.cli import app
-from orchestration.config import ConfigError, load_config
-from orchestration.plan import plan_document, plan_training
+from orchestration.config import load_config
+from orchestration.plan import PlanError, plan_document, plan_training
 
 runner = CliRunner()
 
@@ -68,7 +68,7 @@ def test_a_finding_never_positive_in_the_trained_domains_is_refused(prepared_dir
     manifest["train_class_balance"]["nih"]["Hernia"] = {"positive": 0, "negative": 50}
     (copy / MANIFEST_NAME).write_text(json.dumps(manifest))
     single = load_config(updates={"train.domains": ["nih"], "method.adversarial": "none"})
-    with pytest.raises(ConfigError, match="'Hernia' has no positive training image"):
+    with pytest.raises(PlanError, match="'Hernia' has no positive training image"):
         plan_training(single, copy)
     plan_training(load_config(updates={"train.domains": ["nih", "inhouse"]}), copy)  # the in-house set has some
 

@@ -16,7 +16,9 @@ from conftest import tiny_training
 from data_prep.prepared import PreparedDataset
 from orchestration.cli import app
 from orchestration.config import load_config
+from orchestration.plan import plan_training
 from orchestration.train import run_training
+from orchestration.tracking import EVALUATES_TAG
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -26,7 +28,7 @@ runner = CliRunner()
 def trained(prepared_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("predict")
     config = load_config([], tiny_training(tmp, **{"train.epochs": 1, "train.steps_per_epoch": 4}))
-    outcome = run_training(config, prepared_dir, run_name="for-predict")
+    outcome = run_training(config, plan_training(config, prepared_dir), run_name="for-predict")
     return outcome, tmp
 
 
@@ -75,7 +77,7 @@ def test_evaluate_matches_sklearn_and_run_id_finds_the_checkpoint(trained, prepa
     # Logged as an evaluation run linked to the training run.
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
     exp = client.get_experiment_by_name("cxr-orchestra")
-    [evaluation] = client.search_runs([exp.experiment_id], filter_string=f"tags.`cxr.evaluates` = '{outcome.run_id}'")
+    [evaluation] = client.search_runs([exp.experiment_id], filter_string=f"tags.`{EVALUATES_TAG}` = '{outcome.run_id}'")
     assert evaluation.info.status == "FINISHED"
     assert evaluation.data.metrics["nih/mean_auc"] == pytest.approx(table.loc["Mean", "nih"])
     assert [a.path for a in client.list_artifacts(evaluation.info.run_id, "evaluation")] == ["evaluation/auc.csv"]
@@ -105,3 +107,22 @@ def test_predict_refuses_bad_arguments(trained, prepared_dir, tmp_path):
     ext = runner.invoke(app, ["predict", "--checkpoint", outcome.checkpoint, "--data", str(prepared_dir),
                               "--out", str(tmp_path / "p.txt")])
     assert ext.exit_code == 2 and ".parquet or .csv" in ext.output
+
+
+def test_predict_and_evaluate_find_a_run_in_the_store_their_config_names(trained, prepared_dir, tmp_path,
+                                                                         monkeypatch):
+    outcome, tmp = trained
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # the default store, ./mlflow.db, does not hold the run
+    config = tmp_path / "store.yaml"
+    config.write_text(f"mlflow:\n  tracking_uri: sqlite:///{tmp / 'mlflow.db'}\n")
+    out = tmp_path / "preds.csv"
+    result = runner.invoke(app, ["predict", "--run", "for-predict", "--data", str(prepared_dir), "--out", str(out),
+                                 "--domain", "nih", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_csv(out)) == PreparedDataset.load(prepared_dir).num_samples("nih", "test")
+    result = runner.invoke(app, ["evaluate", "--run", "for-predict", "--data", str(prepared_dir),
+                                 f"mlflow.tracking_uri=sqlite:///{tmp / 'mlflow.db'}"])
+    assert result.exit_code == 0, result.output
+    elsewhere = runner.invoke(app, ["predict", "--run", "for-predict", "--data", str(prepared_dir), "--out", str(out)])
+    assert elsewhere.exit_code == 2 and "no MLflow run with id or run name 'for-predict'" in elsewhere.output

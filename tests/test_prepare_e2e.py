@@ -58,7 +58,7 @@ def _nih_expected(root):
 
 def test_skipped_images_are_listed_with_reasons(prepared, damaged):
     _, expected = damaged
-    skipped = {s["path"].rsplit("/", 1)[-1]: s["reason"] for s in prepared.manifest["skipped"]}
+    skipped = {s["path"].rsplit("/", 1)[-1]: s["reason"] for s in prepared.manifest.skipped}
     assert set(skipped) == set(expected)
     for name, reason in expected.items():
         assert reason in skipped[name]
@@ -77,9 +77,9 @@ def test_counts_match_the_raw_tables(prepared, damaged):
         d: sum(len(ids) for s in ("train", "val", "test") for ids, _, _ in prepared.iter_uint8_batches(d, s, 16))
         for d in prepared.domains
     }
-    assert read_back == {d: prepared.manifest["domains"][d]["num_images"] for d in prepared.domains}
-    assert prepared.manifest["num_samples"] == sum(read_back.values())
-    assert all(prepared.manifest["patient_disjoint"].values())
+    assert read_back == {d: prepared.manifest.domains[d].num_images for d in prepared.domains}
+    assert prepared.manifest.num_samples == sum(read_back.values())
+    assert all(prepared.manifest.patient_disjoint.values())
 
 
 def test_labels_in_shards_match_the_csv(prepared, damaged):
@@ -127,15 +127,15 @@ def test_sample_ids_are_unique_and_dense(prepared):
         for ids, _, _ in prepared.iter_uint8_batches(d, s, 64)
     ])
     assert len(ids) == len(set(ids.tolist()))
-    assert ids.max() == prepared.manifest["max_sample_id"]
-    assert prepared.manifest["max_sample_id"] + 1 == len(ids) + len(prepared.manifest["skipped"])
+    assert ids.max() == prepared.manifest.max_sample_id
+    assert prepared.manifest.max_sample_id + 1 == len(ids) + len(prepared.manifest.skipped)
 
 
 def test_manifest_contents(prepared):
     m = prepared.manifest
-    assert prepared.domains[0] == "nih" and m["internal"] == "nih"
-    assert m["common"] == ["Atelectasis", "Cardiomegaly", "Consolidation", "Effusion", "Pneumonia", "Pneumothorax"]
-    assert m["internal_only"] == ["Emphysema"]  # the in-house set labels the other NIH findings
+    assert prepared.domains[0] == "nih" and m.internal == "nih"
+    assert m.common == ["Atelectasis", "Cardiomegaly", "Consolidation", "Effusion", "Pneumonia", "Pneumothorax"]
+    assert m.internal_only == ["Emphysema"]  # the in-house set labels the other NIH findings
     # P_c / N_c counted over the training shards of each domain; a run sums its own domains'.
     col = prepared.label_space.index("Atelectasis")
 
@@ -144,10 +144,10 @@ def test_manifest_contents(prepared):
         return {"positive": int((labels[:, col] == 1).sum()), "negative": int((labels[:, col] == 0).sum())}
 
     for d in prepared.domains:
-        assert m["train_class_balance"][d]["Atelectasis"] == counts([d])
+        assert m.train_class_balance[d]["Atelectasis"].model_dump() == counts([d])
     assert prepared.class_balance(["nih", "chexpert"])["Atelectasis"] == counts(["nih", "chexpert"])
     assert counts(["nih"]) != counts(["nih", "chexpert"])
-    assert m["config"]["prepare"]["image_size"] == 32
+    assert m.config["prepare"]["image_size"] == 32
 
 
 def test_too_many_bad_images_fails_but_keeps_the_list(ray_session, damaged, tmp_path):
@@ -193,7 +193,12 @@ def test_prepared_dir_checks(prepared, tmp_path):
     (copy / MANIFEST_NAME).write_text(json.dumps(manifest))
     with pytest.raises(DataPrepError, match="format_version 999.*re\\)create"):
         PreparedDataset.load(copy)
-    manifest["format_version"] = prepared.manifest["format_version"]
+    manifest["format_version"] = prepared.manifest.format_version
+    del manifest["train_class_balance"]
+    (copy / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(DataPrepError, match="manifest.json: train_class_balance: Field required"):
+        PreparedDataset.load(copy)
+    manifest["train_class_balance"] = prepared.manifest.model_dump()["train_class_balance"]
     (copy / MANIFEST_NAME).write_text(json.dumps(manifest))
     next(copy.rglob("*.parquet")).unlink()
     with pytest.raises(DataPrepError, match="is missing"):

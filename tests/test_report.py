@@ -10,6 +10,19 @@ from typer.testing import CliRunner
 
 from orchestration.cli import app
 from orchestration.report import collect_sections, result_table
+from orchestration.tracking import (
+    EARLY_STOPPED_TAG,
+    EVALUATES_TAG,
+    EVALUATION,
+    KIND_TAG,
+    ROW_LABEL_TAG,
+    ROW_TAG,
+    RUN_NAME_TAG,
+    SPACE_KIND_TAG,
+    SPACE_TAG,
+    SWEEP,
+    SWEEP_TAG,
+)
 
 LABEL_SPACE = ["Emphysema", "Hernia", "Atelectasis", "Effusion", "Mass"]
 SUMMARY = {"label_space": LABEL_SPACE, "common": ["Atelectasis", "Effusion"], "internal_only": ["Emphysema", "Hernia"]}
@@ -19,9 +32,9 @@ ROW_G = [0.75, 0.85, 0.72, 0.56, 0.9]
 
 
 def _child(client, exp, parent, name, status, *, row=None, aucs=None, params=None, tags=None):
-    all_tags = {"mlflow.parentRunId": parent, "cxr.run_name": name, "mlflow.runName": name, **(tags or {})}
+    all_tags = {"mlflow.parentRunId": parent, RUN_NAME_TAG: name, "mlflow.runName": name, **(tags or {})}
     if row:
-        all_tags.update({"cxr.ablation_row": row[0], "cxr.ablation_label": row[1]})
+        all_tags.update({ROW_TAG: row[0], ROW_LABEL_TAG: row[1]})
     run = client.create_run(exp, run_name=name, tags=all_tags).info.run_id
     for key, value in (params or {}).items():
         client.log_param(run, key, value)
@@ -36,7 +49,7 @@ def _child(client, exp, parent, name, status, *, row=None, aucs=None, params=Non
 
 
 def _parent(client, exp, name, space, kind):
-    tags = {"cxr.kind": "sweep", "cxr.sweep_name": name, "cxr.space": space, "cxr.space_kind": kind}
+    tags = {KIND_TAG: SWEEP, SWEEP_TAG: name, SPACE_TAG: space, SPACE_KIND_TAG: kind}
     return client.create_run(exp, run_name=name, tags=tags).info.run_id
 
 
@@ -53,7 +66,7 @@ def store(tmp_path, monkeypatch):
     _child(client, exp, ablation, "abl-b", "FAILED", row=("b", "Joint + TW"))
     _child(client, exp, ablation, "abl-c", "RUNNING", row=("c", "Joint + TW + TAT"))
     _child(client, exp, ablation, "abl-d", "FINISHED", row=("d", "Joint + TW + TAT + TE"),
-           tags={"cxr.early_stopped": "true"})
+           tags={EARLY_STOPPED_TAG: "true"})
     tat = _parent(client, exp, "tat", "fig4_lambda_tat", "grid")
     for value in (0, 0.03):  # λ_tat = 0 is a point of Fig. 4(b): the axis must show it
         _child(client, exp, tat, f"tat-{value}", "FINISHED", aucs=[0.6 + value] * 5,
@@ -66,7 +79,7 @@ def store(tmp_path, monkeypatch):
     for metrics in ({"nih/mean_auc": 0.7, "nih/auc/Mass": 0.6},
                     {"clean_test/auc/Pneumothorax": 0.8, "clean_test/num_images": 40}):
         evaluation = client.create_run(exp, run_name="evaluate preds.parquet",
-                                       tags={"cxr.kind": "evaluation", "cxr.evaluates": evaluated})
+                                       tags={KIND_TAG: EVALUATION, EVALUATES_TAG: evaluated})
         for key, value in metrics.items():
             client.log_metric(evaluation.info.run_id, key, value)
     return client, ablation, grid, tmp_path

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from cxrmodel.network import CXRNet
-from cxrmodel.schedules import H_SCHEDULES, HSchedule, make_optimizers
+from cxrmodel.optimizers import make_optimizers
+from cxrmodel.schedules import H_SCHEDULES, HSchedule
 
 
 @pytest.mark.parametrize(

@@ -116,32 +116,49 @@ def test_unknown_builtin_name_lists_the_builtins():
         load_space("table9")
 
 
-def test_sweep_settings_and_rows_are_checked_before_ray(prepared_dir, tmp_path):
+def test_sweep_settings_are_checked_when_made():
+    from orchestration.config import ConfigError
+    from orchestration.tune import SweepSettings
+
+    cases = [
+        (dict(metrics=("accuracy",)), "--metric 'accuracy' is not one of"),
+        (dict(scheduler="hyperband"), "--scheduler 'hyperband': allowed asha, none"),
+        (dict(metrics=("val_mean_com_auc", "val_mean_int_auc"), scheduler="asha"), "multi-objective"),
+        (dict(num_samples=0), "--num-samples must be at least 1"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            SweepSettings("s", **kwargs)
+    two = SweepSettings("s", metrics=("val_mean_com_auc", "val_mean_int_auc"))
+    two.check_for(load_space("optuna_full"))
+    with pytest.raises(ConfigError, match="multi-objective.*fig4_lambda_ute.yaml is a grid"):
+        two.check_for(load_space("fig4_lambda_ute"))
+
+
+def test_pareto_front_keeps_the_undominated_trials():
     import pandas as pd
 
+    from orchestration.tune import _pareto
+
+    trials = pd.DataFrame({"a": [0.9, 0.8, 0.7, 0.95], "b": [0.5, 0.9, 0.4, 0.1]})
+    assert sorted(_pareto(trials, ("a", "b"), "max").index) == [0, 1, 3]  # trial 2 is dominated by 0
+    assert sorted(_pareto(trials, ("a", "b"), "min").index) == [2, 3]
+
+
+@pytest.mark.slow
+def test_sweeps_are_checked_against_the_data_before_ray(prepared_dir, tmp_path):
     from conftest import tiny_training
     from orchestration.config import ConfigError
-    from orchestration.tune import SweepSettings, _pareto, run_sweep
+    from orchestration.tune import SweepSettings, run_sweep
 
     base = load_config([], tiny_training(tmp_path))
-    space = load_space("fig4_lambda_ute")
-    cases = [
-        (SweepSettings("s", metrics=("accuracy",)), "--metric 'accuracy' is not one of"),
-        (SweepSettings("s", scheduler="hyperband"), "--scheduler 'hyperband': allowed asha, none"),
-        (SweepSettings("s", metrics=("val_mean_com_auc", "val_mean_int_auc")), "multi-objective"),
-        (SweepSettings("s", resume=True), "nothing to resume"),
-    ]
-    for settings, message in cases:
-        with pytest.raises(ConfigError, match=message):
-            run_sweep(space, base, prepared_dir, settings)
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        run_sweep(load_space("fig4_lambda_ute"), base, prepared_dir, SweepSettings("s", resume=True))
     bad_row = tmp_path / "bad_row.yaml"
     bad_row.write_text("kind: ablation\nrows:\n  - {name: lonely, domains: internal, set: {method.adversarial: task}}\n")
     with pytest.raises(ConfigError, match="row 'lonely'.*needs at least 2 training domains"):
         run_sweep(load_space(str(bad_row)), base, prepared_dir, SweepSettings("s"))
     assert not (tmp_path / "ray_results").exists()  # nothing started
-
-    trials = pd.DataFrame({"a": [0.9, 0.8, 0.7, 0.95], "b": [0.5, 0.9, 0.4, 0.1]})
-    assert sorted(_pareto(trials, ("a", "b"), "max").index) == [0, 1, 3]  # trial 2 is dominated by 0
 
 
 def test_ablate_rows_can_be_chosen_and_unknown_ones_are_named():

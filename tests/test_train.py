@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 
 from conftest import ROOT, tiny_training, wait_for
 from orchestration.cli import app
-from orchestration.config import ConfigError, load_config
-from orchestration.plan import plan_training
+from orchestration.config import load_config
+from orchestration.plan import PlanError, plan_training
 from orchestration.train import run_training
 from orchestration.tracking import RUN_NAME_TAG, find_run
 
@@ -41,7 +41,7 @@ def _latest_state(storage: Path, run_name: str) -> dict:
 
 def test_two_worker_training_logs_one_finished_run(prepared_dir, tmp_path):
     config = load_config([], tiny_training(tmp_path, **{"train.workers": 2, "mlflow.log_model": "true"}))
-    outcome = run_training(config, prepared_dir, run_name="two-workers")
+    outcome = run_training(config, plan_training(config, prepared_dir), run_name="two-workers")
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.get_run(outcome.run_id)
     assert run.info.status == "FINISHED"
@@ -82,7 +82,7 @@ def test_an_exception_in_the_workers_ends_the_run_failed(prepared_dir, tmp_path)
     import ray.train
 
     with pytest.raises(ray.train.TrainingFailedError, match="_read_state_dict"):
-        run_training(config, prepared_dir, run_name="broken")
+        run_training(config, plan_training(config, prepared_dir), run_name="broken")
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert find_run(client, "cxr-orchestra", "broken").info.status == "FAILED"
 
@@ -196,7 +196,7 @@ def test_bad_prepared_dirs_are_refused(prepared_dir, tmp_path):
     (old / "manifest.json").write_text(json.dumps({**manifest, "format_version": 0}))
     result = runner.invoke(app, ["train", "--data", str(old), *tiny_training(tmp_path)])
     assert result.exit_code == 2 and "format_version 0" in result.output and "cxr prepare" in result.output
-    with pytest.raises(ConfigError):
+    with pytest.raises(PlanError):
         plan_training(load_config([], ["train.batch_size=1"]), prepared_dir)
 
 

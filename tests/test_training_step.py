@@ -6,7 +6,8 @@ import torch
 
 from cxrmodel.losses import adversarial_loss, ensemble_loss, ensemble_mask, finding_weights, partial_label_bce, with_hard_labels
 from cxrmodel.network import CXRNet
-from cxrmodel.schedules import HSchedule, make_optimizers
+from cxrmodel.optimizers import make_optimizers
+from cxrmodel.schedules import HSchedule
 from cxrmodel.temporal_ensemble import TemporalEnsemble
 from cxrmodel.training_step import TrainingStep
 from data_prep.synth import LOOKS, _ImageMaker

@@ -20,7 +20,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, tiny_training, wait_for
-from orchestration.tune import TRIAL_TAG, child_runs, find_sweep
+from orchestration.tracking import TRIAL_TAG, child_runs, find_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ def _parent(client: MlflowClient, sweep: str):
 
 
 def _children(client: MlflowClient, parent):
-    return child_runs(client, parent.info.run_id, [parent.info.experiment_id])
+    return child_runs(client, parent.info.run_id)
 
 
 def _grid(tmp_path: Path) -> Path:

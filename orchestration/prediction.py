@@ -1,0 +1,79 @@
+"""`cxr predict`: a trained model's probabilities for every image of a split, as a table.
+
+A model is found by its checkpoint folder, or by its training run (id or run name) through the
+run's `cxr.checkpoint` tag. The table (image_id, domain, one column per finding) is what
+`cxr evaluate --predictions` reads back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from data_prep.prepared import PreparedDataset
+from data_prep.split import SPLITS
+from orchestration.checkpoint import load_trained
+from orchestration.config import Config, ConfigError
+from orchestration.evaluation import PREDICTION_COLUMNS, score_split
+from orchestration.plan import TrainingPlan
+from orchestration.tracking import checkpoint_of_run, client_for
+
+
+def trained_model(config: Config, *, checkpoint: Path | None = None, run: str | None = None,
+                  ) -> tuple[torch.nn.Module, TrainingPlan]:
+    """The best network of a checkpoint folder or of a training run of `config`'s MLflow experiment."""
+    if (checkpoint is None) == (run is None):
+        raise ConfigError("give exactly one of --checkpoint PATH or --run RUN")
+    if run is not None:
+        checkpoint = checkpoint_of_run(client_for(config), config.mlflow.experiment, run)
+    net, _, plan = load_trained(checkpoint)
+    return net, plan
+
+
+def predict_table(
+    net: torch.nn.Module, plan: TrainingPlan, prepared: PreparedDataset, *, split: str = "test",
+    domains: list[str] | None = None, tencrop: bool = False, batch_size: int = 64, device: str = "cpu",
+) -> pd.DataFrame:
+    """One row per image: image_id, domain, then one probability column per finding."""
+    if plan.label_space != prepared.label_space:
+        raise ConfigError(
+            f"the model was trained on label space {plan.label_space}, the prepared data has "
+            f"{prepared.label_space}: predict on data prepared the same way"
+        )
+    if split not in SPLITS:
+        raise ConfigError(f"--split {split!r} is not one of {', '.join(SPLITS)}")
+    frames = []
+    net = net.to(device)
+    for domain in domains or prepared.domains:
+        if domain not in prepared.domains:
+            raise ConfigError(f"--domain {domain!r} is not one of {prepared.domains}")
+        scored = score_split(net, prepared, domain, split, batch_size=batch_size, device=device, tencrop=tencrop)
+        ids = prepared.read_columns(domain, split, ["sample_id", "image_id"]).to_pandas()
+        image_id = ids.set_index("sample_id")["image_id"].reindex(scored.sample_id).to_numpy()
+        frame = pd.DataFrame(scored.probs, columns=plan.label_space)
+        frame.insert(0, "domain", domain)
+        frame.insert(0, "image_id", image_id)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def write_table(frame: pd.DataFrame, out: Path) -> None:
+    if out.suffix == ".parquet":
+        frame.to_parquet(out, index=False)
+    elif out.suffix == ".csv":
+        frame.to_csv(out, index=False)
+    else:
+        raise ConfigError(f"--out {out}: the extension decides the format, .parquet or .csv")
+
+
+def read_predictions(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise ConfigError(f"predictions file {path} does not exist")
+    frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    missing = [c for c in PREDICTION_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ConfigError(f"{path}: missing column(s) {missing}; expected image_id, domain, then one column "
+                          "per finding")
+    return frame

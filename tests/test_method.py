@@ -1,0 +1,106 @@
+"""build_method wires what the config and the plan say, and a checkpoint round-trips what it built."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cxrmodel.heads import HolisticHead, MultiTaskHead, TaskSpecificHeads
+from orchestration.checkpoint import Progress, load_trained, restore_checkpoint, write_checkpoint
+from orchestration.config import load_config
+from orchestration.method import build_method
+from orchestration.plan import TrainingPlan
+
+SPACE = ["Nodule", "Mass", "Effusion"]
+
+
+def _plan(**changes) -> TrainingPlan:
+    values = dict(data="", domains=["nih", "chexpert"], label_space=SPACE, common=["Mass", "Effusion"],
+                  internal_only=["Nodule"], evaluated=SPACE, trained=["Nodule", "Mass"], alpha=[1.0, 3.0, 3.0],
+                  beta=[4.0, 2.0, 1.0], positive=[2, 3, 0], negative=[8, 6, 0], ensemble=["Nodule"],
+                  per_domain_batch=2, steps_per_epoch=1, num_samples=7)
+    return TrainingPlan(**{**values, **changes})
+
+
+def _small(**updates):
+    return load_config(updates={"model.branch_features": 4, "model.discriminator_hidden": 4, **updates})
+
+
+def test_the_full_method_takes_its_weights_from_the_plan_and_its_switches_from_the_config():
+    method = build_method(_small(**{"method.lambda_tat": 0.05, "method.lambda_ute": 7.0, "method.gamma": 0.8}), _plan())
+    step = method.step
+    assert torch.equal(step.alpha, torch.tensor([1.0, 3.0, 3.0])) and torch.equal(step.beta, torch.tensor([4.0, 2.0, 1.0]))
+    assert step.num_classes == 2 and step.num_domains == 2  # eq. 1's C: the findings the domains label
+    assert step.ensemble_findings.tolist() == [True, False, False]
+    assert step.lambda_ute == 7.0 and step.lambda_tat == 0.05 and step.uncertainty and not step.hard_labels
+    assert method.ensemble is step.ensemble and method.ensemble.gamma == 0.8
+    assert method.ensemble.targets(torch.tensor([6]))[0].shape == (1, 3)  # rows for sample ids 0..num_samples-1
+    assert isinstance(method.network.head, TaskSpecificHeads) and step.model is method.network
+    assert method.optimizers.discriminators is not None
+    assert method.optimizers.lr_schedule.optimizer is method.optimizers.network
+    assert method.autocast_dtype is None and not method.channels_last  # CPU defaults
+
+
+def test_table_vi_switches_remove_what_they_name():
+    joint = build_method(_small(**{"method.adversarial": "none", "method.temporal_ensemble": False,
+                                   "method.uncertainty": False}), _plan(ensemble=[]))
+    assert joint.ensemble is None and joint.optimizers.discriminators is None
+    assert not joint.step.ensemble_findings.any()
+    holistic = build_method(_small(**{"method.adversarial": "holistic"}), _plan())
+    assert isinstance(holistic.network.head, HolisticHead)
+    multi = build_method(_small(**{"method.multi_task": True, "method.adversarial": "none"}), _plan())
+    assert isinstance(multi.network.head, MultiTaskHead)
+    hard = build_method(_small(**{"method.hard_labels": True, "method.temporal_ensemble": False}), _plan())
+    assert hard.step.hard_labels and hard.ensemble is not None
+
+
+class _Wrapper(torch.nn.Module):
+    """Stands in for DistributedDataParallel: the network as `.module`."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+
+def test_precision_settings_and_the_wrapper_reach_the_step():
+    method = build_method(_small(**{"train.bf16": True, "train.channels_last": True, "train.random_crop": True}),
+                          _plan(), wrap=_Wrapper)
+    assert isinstance(method.step.model, _Wrapper) and method.step.model.module is method.network
+    assert method.autocast_dtype == torch.bfloat16 and method.step.autocast_dtype == torch.bfloat16
+    assert method.channels_last and method.step.channels_last and method.step.random_crop
+    weight = method.network.backbone.features.conv0.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_checkpoint_restores_the_built_method_and_loads_as_a_trained_model(tmp_path):
+    config, plan = _small(), _plan()
+    torch.manual_seed(0)
+    method = build_method(config, plan)
+    images = torch.randint(0, 256, (4, 32, 32), dtype=torch.uint8)
+    labels = torch.tensor([[1, 0, -2], [0, 1, 1], [-2, 1, 0], [-2, 0, 1]], dtype=torch.int8)
+    method.step(images, labels, torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 2, 3]), h=0.3)
+    method.ensemble.end_epoch()
+    method.optimizers.lr_schedule.step()
+    best = {k: v.clone() for k, v in method.network.state_dict().items()}
+    progress = Progress(epoch=1, global_step=1, best_metric=0.7, best_step=1, history=[{"step": 1, "val_mean_auc": 0.7}])
+    test = {"sample_id": np.arange(3), "probs": np.zeros((3, 3), np.float32), "labels": np.zeros((3, 3), np.int8)}
+    write_checkpoint(tmp_path, method, progress, best, {"epoch": 1}, config, plan, test=test)
+
+    torch.manual_seed(1)
+    fresh = build_method(config, plan)
+    restored, best_state = restore_checkpoint(tmp_path, fresh, "cpu")
+    assert restored == progress
+    for key, value in method.network.state_dict().items():
+        assert torch.equal(fresh.network.state_dict()[key], value), key
+    assert fresh.optimizers.lr_schedule.last_epoch == 1
+    assert torch.equal(fresh.ensemble.state_dict()["Z"], method.ensemble.state_dict()["Z"])
+    assert fresh.optimizers.network.state_dict()["state"].keys() == method.optimizers.network.state_dict()["state"].keys()
+    assert best_state.keys() == best.keys()
+
+    net, loaded_config, loaded_plan = load_trained(tmp_path)
+    assert loaded_plan == plan and loaded_config == config and not net.training
+    for key, value in best.items():
+        assert torch.equal(net.state_dict()[key], value), key

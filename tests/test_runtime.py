@@ -1,0 +1,49 @@
+"""The Ray internals this project leans on, checked on the installed Ray: a Ray upgrade that moves
+them fails here, by name, instead of silently changing what users see."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+
+def test_the_console_hooks_exist():
+    from ray._private import worker
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher
+
+    assert isinstance(worker._worker_logs_enabled, bool)  # Ray's switch for printing worker logs
+    assert callable(global_worker_stdstream_dispatcher.add_handler)
+    assert callable(global_worker_stdstream_dispatcher.remove_handler)
+
+
+def test_ray_data_takes_the_quiet_logging_config(monkeypatch):
+    from ray.data._internal.logging import configure_logging
+
+    from orchestration.runtime import RAY_DATA_LOGGING_CONFIG, _quiet_ray_data_logging
+
+    monkeypatch.setenv(RAY_DATA_LOGGING_CONFIG, str(_quiet_ray_data_logging()))
+    configure_logging()
+    levels = {type(h).__name__: h.level for h in logging.getLogger("ray.data").handlers}
+    assert levels == {"SessionFileHandler": logging.NOTSET, "PlainRayHandler": logging.ERROR}
+    monkeypatch.delenv(RAY_DATA_LOGGING_CONFIG)
+    configure_logging()  # back to Ray's default for the other tests
+    assert logging.getLogger("ray.data").handlers[-1].level == logging.INFO
+
+
+@pytest.mark.slow
+def test_sweep_trials_lists_trials_that_errored_before_reporting(ray_session, tmp_path):
+    from ray import tune
+
+    from orchestration.tune import sweep_trials
+
+    def trainable(config: dict) -> None:
+        if config["fail"]:
+            raise ValueError("fails before its first report")
+        tune.report({"score": 1.0})
+
+    results = tune.Tuner(trainable, param_space={"fail": tune.grid_search([False, True])},
+                         run_config=tune.RunConfig(storage_path=str(tmp_path), name="adapter", verbose=0)).fit()
+    trials = sweep_trials(results)
+    assert sorted((t.config["fail"], t.status) for t in trials) == [(False, "TERMINATED"), (True, "ERROR")]
+    assert [t.last_result.get("score") for t in trials if not t.config["fail"]] == [1.0]
