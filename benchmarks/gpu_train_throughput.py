@@ -4,6 +4,10 @@ bf16 autocast and channels_last, eager and with torch.compile, measured in one r
 Target on one H200: >= 2,000 images/s (the memory-bandwidth bound is about 3,900). Without a GPU
 it says so in its JSON line and exits 0. Last line: JSON figures.
 
+It wires the step from cxrmodel itself instead of orchestration.method.build_method: the GPU
+machine has torch only (no pydantic, hence no Config). The settings are the paper default's,
+except that the ensemble covers every finding (a little more work per step than internal-only).
+
     python benchmarks/gpu_train_throughput.py [--batch-per-domain 64] [--steps 30] [--size 320]
 """
 
