@@ -56,6 +56,7 @@ from orchestration.tracking import (  # noqa: E402
     auc_metric,
     child_runs,
     download_text,
+    existing_experiment_id,
     runs_of_kind,
     standalone_training_runs,
 )
@@ -99,13 +100,12 @@ def _slug(text: str) -> str:
 
 def collect_sections(client: MlflowClient, experiment: str, parent_run_id: str | None = None) -> list[Section]:
     """The sweep `parent_run_id`, or every sweep of the experiment plus its stand-alone training runs."""
-    parents = runs_of_kind(client, experiment, SWEEP)  # also: says so when there is no such experiment
     if parent_run_id:
         parent = client.get_run(parent_run_id)
-        if parent.info.experiment_id != client.get_experiment_by_name(experiment).experiment_id:
+        if parent.info.experiment_id != existing_experiment_id(client, experiment):
             raise ConfigError(f"run {parent_run_id} is not in experiment {experiment!r}")
         return [_sweep_section(client, parent)]
-    sections = [_sweep_section(client, p) for p in parents]
+    sections = [_sweep_section(client, p) for p in runs_of_kind(client, experiment, SWEEP)]
     alone = standalone_training_runs(client, experiment)
     if alone:
         sections.append(Section("Training runs", "training-runs", None, alone))
@@ -173,14 +173,13 @@ def result_table(client: MlflowClient, section: Section) -> tuple[pd.DataFrame, 
     values = per_run.groupby(level=0, sort=False).mean().dropna(axis=1, how="all")
 
     def group(finding: str) -> str:
-        return GROUPS["internal_only"] if finding in internal_only else GROUPS["common"] if finding in common \
-            else GROUPS["other"]
+        return "internal_only" if finding in internal_only else "common" if finding in common else "other"
 
-    ordered = [f for g in GROUPS.values() for f in values.columns if group(f) == g]
+    ordered = [f for g in GROUPS for f in values.columns if group(f) == g]
     findings = values[ordered]
-    table = findings.set_axis(pd.MultiIndex.from_tuples([(group(f), f) for f in ordered]), axis=1)
-    table[("summary", "Mean_Com")] = findings[[f for f in ordered if group(f) == GROUPS["common"]]].mean(axis=1)
-    table[("summary", "Mean_Int")] = findings[[f for f in ordered if group(f) == GROUPS["internal_only"]]].mean(axis=1)
+    table = findings.set_axis(pd.MultiIndex.from_tuples([(GROUPS[group(f)], f) for f in ordered]), axis=1)
+    table[("summary", "Mean_Com")] = findings[[f for f in ordered if group(f) == "common"]].mean(axis=1)
+    table[("summary", "Mean_Int")] = findings[[f for f in ordered if group(f) == "internal_only"]].mean(axis=1)
     table[("summary", "Mean")] = findings.mean(axis=1)
     table[RUNS_COLUMN] = runs
     return table, excluded

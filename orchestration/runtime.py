@@ -24,6 +24,7 @@ import ray
 
 PROJECT_LINE = "[cxr] "  # marks the lines of `say` in Ray's worker logs
 PROJECT_HANDLER = "cxr_project_lines"
+RAY_DATA_LOGGING_CONFIG = "RAY_DATA_LOGGING_CONFIG"  # Ray Data reads its logging config from this file
 
 
 def verbose() -> bool:
@@ -77,9 +78,6 @@ def quiet_console() -> None:
     for handler in logging.getLogger("ray.data").handlers:
         if type(handler).__name__ != "SessionFileHandler":
             handler.setLevel(logging.ERROR)
-
-
-RAY_DATA_LOGGING_CONFIG = "RAY_DATA_LOGGING_CONFIG"  # Ray Data reads its logging config from this file
 
 
 def _quiet_ray_data_logging() -> Path:

@@ -114,11 +114,12 @@ def experiment_id(client: MlflowClient, name: str) -> str:
     return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
 
 
-def _experiment_ids(client: MlflowClient, experiment: str) -> list[str]:
+def existing_experiment_id(client: MlflowClient, experiment: str) -> str:
+    """The id of an experiment that must exist already (for reading it)."""
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise ConfigError(f"MLflow has no experiment {experiment!r} at this tracking URI")
-    return [exp.experiment_id]
+    return exp.experiment_id
 
 
 def find_tagged_run(client: MlflowClient, experiment: str, tags: dict[str, str]):
@@ -143,13 +144,14 @@ def find_sweep(client: MlflowClient, experiment: str, sweep_name: str):
 
 def runs_of_kind(client: MlflowClient, experiment: str, kind: str) -> list:
     """The experiment's runs tagged `cxr.kind=kind`, oldest first."""
-    return client.search_runs(_experiment_ids(client, experiment), filter_string=f"tags.`{KIND_TAG}` = '{kind}'",
+    return client.search_runs([existing_experiment_id(client, experiment)],
+                              filter_string=f"tags.`{KIND_TAG}` = '{kind}'",
                               order_by=["attributes.start_time ASC"])
 
 
 def standalone_training_runs(client: MlflowClient, experiment: str) -> list:
     """Training runs that are no sweep's trial, oldest first (older runs lack cxr.kind)."""
-    runs = client.search_runs(_experiment_ids(client, experiment), order_by=["attributes.start_time ASC"])
+    runs = client.search_runs([existing_experiment_id(client, experiment)], order_by=["attributes.start_time ASC"])
     return [r for r in runs if RUN_NAME_TAG in r.data.tags and PARENT_TAG not in r.data.tags]
 
 
