@@ -1,6 +1,6 @@
 """The checkpoint format of `cxr train`: one folder per checkpoint, readable without Ray.
 
-    state.pt                 everything to continue: network, optimizers, LR schedule, ensemble, Progress
+    state.pt                 everything to continue: cxrmodel.method.method_state + Progress
     best_model.pt            the network weights with the best validation metric so far
     summary.json             the metrics reported with this checkpoint
     run.json                 the run's config and training plan: the folder loads on its own
@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cxrmodel.method import Method, load_method_state, method_state
 from orchestration.config import Config, ConfigError
-from orchestration.method import Method, build_network
+from orchestration.method import build_network
 from orchestration.plan import TrainingPlan
 
 STATE_FILE = "state.pt"
@@ -46,15 +47,7 @@ def write_checkpoint(
     config: Config, plan: TrainingPlan, test: dict[str, np.ndarray] | None = None,
 ) -> None:
     """Write one checkpoint into `directory`; `test`: sample_id, probs and labels of the test split."""
-    optimizers = method.optimizers
-    torch.save({
-        "model": method.network.state_dict(),
-        "optimizer": optimizers.network.state_dict(),
-        "discriminator_optimizer": optimizers.discriminators.state_dict() if optimizers.discriminators else None,
-        "lr_schedule": optimizers.lr_schedule.state_dict(),
-        "ensemble": method.ensemble.state_dict() if method.ensemble else None,
-        "progress": asdict(progress),
-    }, directory / STATE_FILE)
+    torch.save({**method_state(method), "progress": asdict(progress)}, directory / STATE_FILE)
     if best_state is not None:
         torch.save(best_state, directory / BEST_MODEL_FILE)
     (directory / SUMMARY_FILE).write_text(json.dumps(metrics, indent=1))
@@ -71,13 +64,7 @@ def restore_checkpoint(directory: Path, method: Method, device: torch.device | s
     state = torch.load(directory / STATE_FILE, map_location=device, weights_only=False)
     best_path = directory / BEST_MODEL_FILE
     best_state = torch.load(best_path, map_location="cpu") if best_path.exists() else None
-    method.network.load_state_dict(state["model"])
-    method.optimizers.network.load_state_dict(state["optimizer"])
-    if method.optimizers.discriminators is not None:
-        method.optimizers.discriminators.load_state_dict(state["discriminator_optimizer"])
-    method.optimizers.lr_schedule.load_state_dict(state["lr_schedule"])
-    if method.ensemble is not None:
-        method.ensemble.load_state_dict(state["ensemble"])
+    load_method_state(method, state)
     return Progress(**state["progress"]), best_state
 
 

@@ -104,6 +104,9 @@ class TrainConfig(_Section):
     cpus_per_worker: float | None = Field(default=None, gt=0.0)  # None: 1 with GPUs, 0.5 without
     bf16: bool | None = None  # None: on GPUs only
     channels_last: bool | None = None  # None: on GPUs only
+    compile: bool | None = None  # torch.compile the trained network; None: on GPUs only
+    # "reduce-overhead" adds CUDA graphs, "max-autotune" searches kernels (minutes of compiling).
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     max_failures: int = Field(default=0, ge=0)
     seed: int = 0
     run_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -114,6 +117,8 @@ class TrainConfig(_Section):
     # Rows each domain's training stream shuffles among (Ray Data's local shuffle buffer). Memory:
     # rows x image bytes per domain and worker, e.g. 2,048 x 320² B = 210 MB.
     shuffle_buffer: int = Field(default=2048, ge=1)
+    # Batches built ahead of the step on a background thread (0: built on the training thread).
+    prefetch_batches: int = Field(default=2, ge=0)
 
 
 class MlflowConfig(_Section):

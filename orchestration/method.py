@@ -1,87 +1,57 @@
-"""The one factory that wires the paper's method from a config and a training plan:
-network -> optimizers -> temporal ensemble -> training step (α and β come from the plan).
-
-Training (each Ray Train worker), prediction, the MLflow model export, the benchmarks and the tests
-all build through here, so what is measured and tested is what trains.
+"""The config side of the one method factory (`cxrmodel.method`): a config and a training plan
+become a `MethodSpec` (what to train) and an `Acceleration` (how fast), and `build_method` wires
+them. Training (each Ray Train worker), prediction, the MLflow model export, the benchmarks and the
+tests all build through here, so what is measured and tested is what trains.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, NamedTuple
+from dataclasses import replace
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from cxrmodel import method as factory
+from cxrmodel.method import Acceleration, Method, MethodSpec
 from cxrmodel.network import CXRNet
-from cxrmodel.optimizers import make_optimizers
-from cxrmodel.temporal_ensemble import TemporalEnsemble
-from cxrmodel.training_step import TrainingStep
 
 if TYPE_CHECKING:
     from orchestration.config import Config
     from orchestration.plan import TrainingPlan
 
 
-class Optimizers(NamedTuple):
-    network: torch.optim.Adam
-    discriminators: torch.optim.RMSprop | None  # None without an adversary
-    lr_schedule: torch.optim.lr_scheduler.MultiStepLR  # steps once per epoch
-
-
-@dataclass
-class Method:
-    network: CXRNet  # unwrapped: state dicts and evaluation use it
-    optimizers: Optimizers
-    ensemble: TemporalEnsemble | None
-    step: TrainingStep  # trains `network` (through the wrapper, e.g. DDP, when one was given)
-    autocast_dtype: torch.dtype | None
-    channels_last: bool
-
-
-def build_network(config: Config, plan: TrainingPlan, *, weights: str | None = None) -> CXRNet:
-    """The network alone (random or `weights`-initialised), e.g. to load trained weights into."""
-    method = config.method
-    head = "multi_task" if method.multi_task else "holistic" if method.adversarial == "holistic" else "task_specific"
-    return CXRNet(
-        len(plan.label_space), plan.common_index, len(plan.domains),
-        head=head,
-        adversarial=method.adversarial != "none",
-        adversarial_weight=method.lambda_tat,
-        branch_features=config.model.branch_features,
-        discriminator_hidden=config.model.discriminator_hidden,
-        in_channels=1,
-        weights=weights,
+def method_spec(config: Config, plan: TrainingPlan) -> MethodSpec:
+    method, model, train = config.method, config.model, config.train
+    return MethodSpec(
+        num_findings=len(plan.label_space), common=tuple(plan.common_index), num_domains=len(plan.domains),
+        alpha=tuple(plan.alpha), beta=tuple(plan.beta), num_samples=plan.num_samples,
+        num_classes=len(plan.trained), ensemble_findings=tuple(plan.ensemble_mask),
+        head="multi_task" if method.multi_task else "holistic" if method.adversarial == "holistic" else "task_specific",
+        adversarial=method.adversarial != "none", lambda_tat=method.lambda_tat,
+        temporal_ensemble=method.uses_ensemble, uncertainty=method.uncertainty, hard_labels=method.hard_labels,
+        lambda_ute=method.lambda_ute, gamma=method.gamma,
+        branch_features=model.branch_features, discriminator_hidden=model.discriminator_hidden, weights=model.weights,
+        lr=train.lr, lr_milestones=tuple(train.lr_milestones), lr_decay=train.lr_decay,
+        discriminator_lr=train.discriminator_lr, random_crop=train.random_crop,
     )
+
+
+def acceleration(config: Config, device: torch.device | str) -> Acceleration:
+    """`train.bf16` / `channels_last` / `compile` where set; unset: on GPUs, off on CPUs."""
+    train = config.train
+    return Acceleration.for_device(device, bf16=train.bf16, channels_last=train.channels_last,
+                                   compile=train.compile, compile_mode=train.compile_mode)
+
+
+def build_network(config: Config, plan: TrainingPlan) -> CXRNet:
+    """The network alone, random (weights to be loaded into it), e.g. to score a checkpoint."""
+    return factory.build_network(replace(method_spec(config, plan), weights=None))
 
 
 def build_method(
     config: Config, plan: TrainingPlan, device: torch.device | str = "cpu", *,
     wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
 ) -> Method:
-    """Everything one worker trains with, on `device`. bf16 autocast and channels_last follow
-    `train.bf16` / `train.channels_last` (unset: on GPUs only); `wrap` (e.g. Ray Train's
-    prepare_model) wraps the network the step trains."""
-    device = torch.device(device)
-    on_gpu = device.type == "cuda"
-    train, method = config.train, config.method
-    bf16 = train.bf16 if train.bf16 is not None else on_gpu
-    channels_last = train.channels_last if train.channels_last is not None else on_gpu
-    network = build_network(config, plan, weights=config.model.weights).to(device)
-    if channels_last:
-        network = network.to(memory_format=torch.channels_last)
-    optimizers = Optimizers(*make_optimizers(
-        network, lr=train.lr, lr_milestones=tuple(train.lr_milestones), lr_decay=train.lr_decay,
-        discriminator_lr=train.discriminator_lr,
-    ))
-    ensemble = (TemporalEnsemble(plan.num_samples, len(plan.label_space), method.gamma, device)
-                if method.uses_ensemble else None)
-    autocast_dtype = torch.bfloat16 if bf16 else None
-    step = TrainingStep(
-        wrap(network) if wrap else network, optimizers.network, optimizers.discriminators,
-        alpha=torch.tensor(plan.alpha), beta=torch.tensor(plan.beta),
-        num_domains=len(plan.domains), num_classes=len(plan.trained),
-        ensemble=ensemble, ensemble_findings=torch.tensor(plan.ensemble_mask),
-        lambda_ute=method.lambda_ute, uncertainty=method.uncertainty, hard_labels=method.hard_labels,
-        random_crop=train.random_crop, autocast_dtype=autocast_dtype, channels_last=channels_last,
-    )
-    return Method(network, optimizers, ensemble, step, autocast_dtype, channels_last)
+    """Everything one worker trains with, on `device`; `wrap` (e.g. Ray Train's prepare_model)
+    wraps the network the step trains."""
+    return factory.build_method(method_spec(config, plan), device, acceleration(config, device), wrap=wrap)

@@ -31,6 +31,7 @@ import torch
 import yaml
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
+from ray.data import FileShuffleConfig
 from ray.train.torch import TorchTrainer
 
 from cxrmodel.inference import ProbabilityModel
@@ -45,7 +46,7 @@ from orchestration.checkpoint import (
 )
 from orchestration.config import Config
 from orchestration.evaluation import Predictions, auc_table, report_for, roc_figure, score_split
-from orchestration.feed import DomainBatches
+from orchestration.feed import DomainBatches, Prefetched
 from orchestration.method import Method, build_method
 from orchestration.plan import TrainingPlan, plan_document
 from orchestration.runtime import check_shared_storage, exit_on_signals, init_ray, say
@@ -120,17 +121,26 @@ def run_training(
     return TrainingOutcome(run_id, run_name, dict(result.metrics), result.checkpoint.path)
 
 
-def training_datasets(plan: TrainingPlan) -> dict[str, ray.data.Dataset]:
+def training_datasets(config: Config, plan: TrainingPlan) -> dict[str, ray.data.Dataset]:
+    """One stream per training domain that lasts the whole run: its shard files listed once per
+    pass the run needs, in a seeded random order. Ray Data then starts one stream, not one per pass
+    (each start costs seconds), and no all-to-all step holds the first batch until a whole domain
+    is read. Rows are in random order within files (`cxr prepare`) and mixed again by the
+    worker's shuffle buffer."""
     prepared = PreparedDataset.load(plan.data)
     # Rank 0 prints progress lines; per-operator bars of every domain's stream would bury them.
     ray.data.DataContext.get_current().enable_progress_bars = False
     columns = ["sample_id", IMAGE_COLUMN, *plan.label_space]
-    return {
-        f"train_{d}": ray.data.read_parquet(
-            [str(p) for p in prepared.shard_files(d, "train")], columns=columns, partitioning=None
-        ).randomize_block_order()
-        for d in plan.domains
-    }
+    rows_needed = config.train.epochs * plan.steps_per_epoch * plan.per_domain_batch * config.train.workers
+    streams = {}
+    for d in plan.domains:
+        files = [str(p) for p in prepared.shard_files(d, "train")]
+        passes = -(-rows_needed // prepared.num_samples(d, "train")) + 1  # +1: drop_last and uneven splits
+        streams[f"train_{d}"] = ray.data.read_parquet(
+            files * passes, columns=columns, partitioning=None,
+            shuffle=FileShuffleConfig(seed=config.train.seed),
+        )
+    return streams
 
 
 def _scaling(config: Config) -> ray.train.ScalingConfig:
@@ -157,7 +167,7 @@ def _make_trainer(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
         ),
-        datasets=training_datasets(plan),
+        datasets=training_datasets(config, plan),
     )
 
 
@@ -225,12 +235,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
     shards = [ray.train.get_dataset_shard(f"train_{d}") for d in plan.domains]
     batches = DomainBatches(plan.domains, plan.label_space, shards, per_domain=plan.per_domain_batch,
                             image_size=prepared.image_size, shuffle_buffer=config.train.shuffle_buffer)
+    feed = Prefetched(batches.next, depth=config.train.prefetch_batches, pin_memory=device.type == "cuda")
     h_schedule = config.method.h_schedule.build()
     epochs, steps_per_epoch = config.train.epochs, plan.steps_per_epoch
     total_steps = epochs * steps_per_epoch
     scoring = dict(batch_size=config.train.eval_batch_size, device=device, autocast_dtype=method.autocast_dtype,
-                   channels_last=method.channels_last)
+                   channels_last=method.acceleration.channels_last)
     run = f"[{loop_config['run_name']}]"  # starts every progress line: a sweep's trials run side by side
+    loop_started = time.perf_counter()
     if logger:
         say(f"{run} training {plan.domains} for {epochs} epochs of {steps_per_epoch} steps "
             f"(batch {plan.per_domain_batch} per domain per worker)"
@@ -239,21 +251,23 @@ def train_loop_per_worker(loop_config: dict) -> None:
     for epoch in range(progress.epoch, epochs):
         _reseed(config.train.seed, rank, epoch)
         method.step.model.train()
-        started, first_step = time.perf_counter(), progress.global_step
         for i in range(steps_per_epoch):
             h = h_schedule(progress.global_step / total_steps)
-            out = method.step(*batches.next(), h=h)
+            out = method.step(*feed.next(), h=h)
             progress.global_step += 1
+            if i == 0:  # img/s counts from here: the first step waits for the feed (and compiles)
+                started, first_step = time.perf_counter(), progress.global_step
+                if logger and method.acceleration.compile and epoch == progress.epoch:
+                    say(f"{run} first step with torch.compile warm-up took {started - loop_started:.1f} s")
             if logger and progress.global_step % config.train.log_every_steps == 0:
                 losses = {k: v.item() for k, v in out.losses.items()}
                 lr = method.optimizers.network.param_groups[0]["lr"]
                 logger.log({**{f"train/loss_{k}": v for k, v in losses.items()}, "train/lr": lr, "train/h": h},
                            progress.global_step)
-                seconds_per_step = (time.perf_counter() - started) / (progress.global_step - first_step)
                 say(f"{run} epoch {epoch + 1}/{epochs} step {i + 1}/{steps_per_epoch}: "
                     + " ".join(f"{k} {v:.4f}" for k, v in losses.items())
-                    + f" | {len(out.probs) / seconds_per_step:.1f} img/s/worker"
-                    + f" | ETA {_duration(seconds_per_step * (total_steps - progress.global_step))}")
+                    + _speed(len(out.probs), time.perf_counter() - started, progress.global_step - first_step,
+                             total_steps - progress.global_step))
             every = config.train.val_every_steps
             if every and progress.global_step % every == 0 and i < steps_per_epoch - 1:
                 _, best_state = _validate(method, prepared, plan, config, progress, best_state, scoring, logger, run)
@@ -268,6 +282,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         _report(rank, method, progress, best_state, config, plan,
                 {"epoch": progress.epoch, "global_step": progress.global_step, **metrics})
 
+    feed.close()
     # The best model on the internal test split.
     if best_state is not None:
         method.network.load_state_dict({k: v.to(device) for k, v in best_state.items()})
@@ -328,6 +343,14 @@ def _reseed(seed: int, rank: int, epoch: int) -> None:
 def _summary(metrics: dict[str, float], prefix: str) -> str:
     names = ("mean_auc", "mean_com_auc", "mean_int_auc")
     return ", ".join(f"{n} {metrics[prefix + n]:.4f}" for n in names if prefix + n in metrics)
+
+
+def _speed(batch: int, seconds: float, steps: int, steps_left: int) -> str:
+    """' | img/s | ETA' over `steps` timed steps (none yet: nothing to say)."""
+    if steps == 0:
+        return ""
+    per_step = seconds / steps
+    return f" | {batch / per_step:.1f} img/s/worker | ETA {_duration(per_step * steps_left)}"
 
 
 def _duration(seconds: float) -> str:

@@ -39,7 +39,7 @@ def test_shards_hold_rows_in_a_random_order(nih_only):
 def test_training_batches_mix_patients(nih_only):
     config = load_config(updates={"train.domains": ["nih"], "train.batch_size": 16, "method.adversarial": "none"})
     plan = plan_training(config, nih_only.root)
-    stream = training_datasets(plan)["train_nih"].iterator()
+    stream = training_datasets(config, plan)["train_nih"].iterator()
     batches = DomainBatches(plan.domains, plan.label_space, [stream], per_domain=plan.per_domain_batch,
                             image_size=nih_only.image_size, shuffle_buffer=config.train.shuffle_buffer)
     patient_of = nih_only.read_columns("nih", "train", ["sample_id", "patient_id"]).to_pandas() \

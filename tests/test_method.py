@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from cxrmodel import method as factory
 from cxrmodel.heads import HolisticHead, MultiTaskHead, TaskSpecificHeads
+from cxrmodel.method import Acceleration, load_method_state, method_state
 from orchestration.checkpoint import Progress, load_trained, restore_checkpoint, write_checkpoint
 from orchestration.config import load_config
-from orchestration.method import build_method
+from orchestration.method import acceleration, build_method, method_spec
 from orchestration.plan import TrainingPlan
 
 SPACE = ["Nodule", "Mass", "Effusion"]
@@ -38,7 +40,7 @@ def test_the_full_method_takes_its_weights_from_the_plan_and_its_switches_from_t
     assert isinstance(method.network.head, TaskSpecificHeads) and step.model is method.network
     assert method.optimizers.discriminators is not None
     assert method.optimizers.lr_schedule.optimizer is method.optimizers.network
-    assert method.autocast_dtype is None and not method.channels_last  # CPU defaults
+    assert method.acceleration == Acceleration()  # CPU defaults: fp32, contiguous, eager
 
 
 def test_table_vi_switches_remove_what_they_name():
@@ -70,7 +72,7 @@ def test_precision_settings_and_the_wrapper_reach_the_step():
                           _plan(), wrap=_Wrapper)
     assert isinstance(method.step.model, _Wrapper) and method.step.model.module is method.network
     assert method.autocast_dtype == torch.bfloat16 and method.step.autocast_dtype == torch.bfloat16
-    assert method.channels_last and method.step.channels_last and method.step.random_crop
+    assert method.acceleration.channels_last and method.step.channels_last and method.step.random_crop
     weight = method.network.backbone.features.conv0.weight
     assert weight.is_contiguous(memory_format=torch.channels_last)
 
@@ -104,3 +106,59 @@ def test_a_checkpoint_restores_the_built_method_and_loads_as_a_trained_model(tmp
     assert loaded_plan == plan and loaded_config == config and not net.training
     for key, value in best.items():
         assert torch.equal(net.state_dict()[key], value), key
+
+
+def test_gpu_workers_compile_fuse_adam_and_use_bf16_by_default_and_the_config_can_say_no():
+    gpu = acceleration(_small(), "cuda")
+    assert gpu.compile and gpu.fused_adam and gpu.bf16 and gpu.channels_last and gpu.cudnn_benchmark
+    assert acceleration(_small(), "cpu") == Acceleration()
+    off = acceleration(_small(**{"train.compile": False, "train.bf16": False}), "cuda")
+    assert not off.compile and not off.bf16 and off.channels_last
+    assert acceleration(_small(**{"train.compile": True, "train.compile_mode": "max-autotune"}), "cpu").compile_mode \
+        == "max-autotune"
+
+
+def test_a_compiled_method_trains_the_saved_network_and_its_state_loads_uncompiled_and_back():
+    spec = method_spec(_small(), _plan())
+    torch.manual_seed(0)
+    compiled = factory.build_method(spec, acceleration=Acceleration(compile=True, compile_backend="eager"))
+    assert compiled.step.model is not compiled.network and compiled.step.model._orig_mod is compiled.network
+    images = torch.randint(0, 256, (4, 32, 32), dtype=torch.uint8)
+    labels = torch.tensor([[1, 0, -2], [0, 1, 1], [-2, 1, 0], [-2, 0, 1]], dtype=torch.int8)
+    before = compiled.network.backbone.features.conv0.weight.detach().clone()
+    compiled.step(images, labels, torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 2, 3]), h=0.3)
+    state = method_state(compiled)
+    assert not any("_orig_mod" in key for key in state["model"])
+    assert not torch.equal(state["model"]["backbone.features.conv0.weight"], before)  # trained what is saved
+
+    plain = factory.build_method(spec)
+    load_method_state(plain, state)
+    again = factory.build_method(spec, acceleration=Acceleration(compile=True, compile_backend="eager"))
+    load_method_state(again, method_state(plain))
+    plain.network.eval(), again.network.eval(), compiled.network.eval()
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        reference = compiled.network(x, torch.tensor([0, 1])).logits
+        assert torch.equal(plain.network(x, torch.tensor([0, 1])).logits, reference)
+        assert torch.equal(again.step.model(x, torch.tensor([0, 1])).logits, reference)
+
+
+def test_the_gpu_benchmark_measures_what_the_default_config_trains():
+    """benchmarks/gpu_train_throughput.py builds its spec by hand (the GPU machine has no pydantic):
+    it must be the spec the default config gives for NIH (14 findings) + CheXpert (7 common)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_train_throughput.py"
+    loaded = importlib.util.spec_from_file_location("gpu_train_throughput", path)
+    benchmark = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(benchmark)
+    spec = benchmark.paper_spec(num_samples=512)
+    names = [f"finding{c}" for c in range(14)]
+    plan = TrainingPlan(
+        data="", domains=["nih", "chexpert"], label_space=names, common=names[7:], internal_only=names[:7],
+        evaluated=names, trained=names, alpha=list(spec.alpha), beta=list(spec.beta), positive=[100] * 14,
+        negative=[900] * 14, ensemble=names[:7], per_domain_batch=64, steps_per_epoch=1, num_samples=512)
+    assert method_spec(load_config(), plan) == spec
+    assert spec.alpha == (1.0,) * 7 + (3.0,) * 7 and spec.beta == (9.0,) * 14
+    assert benchmark.VARIANTS["method_compiled"][0] == acceleration(load_config(), "cuda")
