@@ -42,7 +42,9 @@ Overrides = Annotated[
 
 
 Address = Annotated[
-    Optional[str], typer.Option(help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).")
+    Optional[str], typer.Option(help="Ray cluster: HOST:PORT, ray://HOST:PORT, or auto (the cluster `ray start` runs on this "
+                               "machine). Default: $RAY_ADDRESS, else a fresh local Ray. One that does not answer "
+                               "fails within 30 s.")
 ]
 MaxConcurrent = Annotated[int, typer.Option(help="Trials running at once.")]
 SweepName = Annotated[Optional[str], typer.Option(help="Name of the sweep; with --resume, the one to continue.")]

@@ -14,17 +14,21 @@ import copy
 import logging
 import os
 import signal
+import socket
 import stat
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import ray
 
+from data_prep.errors import UserError
 
 PROJECT_LINE = "[cxr] "  # marks the lines of `say` in Ray's worker logs
 PROJECT_HANDLER = "cxr_project_lines"
 RAY_DATA_LOGGING_CONFIG = "RAY_DATA_LOGGING_CONFIG"  # Ray Data reads its logging config from this file
+RAY_CONNECT_TIMEOUT_S = float(os.environ.get("CXR_RAY_CONNECT_TIMEOUT_S", 30))  # a given address must answer
 
 
 def verbose() -> bool:
@@ -38,17 +42,57 @@ def say(line: str) -> None:
     print(PROJECT_LINE + line, file=sys.__stdout__, flush=True)
 
 
+class RayAddressError(UserError):
+    """A Ray address that does not answer; the message names it and what to do."""
+
+
+def ray_address(address: str | None) -> str:
+    """What to pass to ray.init: `address` or $RAY_ADDRESS (`ray job submit` sets it), checked to
+    answer within RAY_CONNECT_TIMEOUT_S; `auto` the machine's running cluster (`ray start`);
+    neither: "local", a fresh Ray of this process's own, never a cluster a stale
+    /tmp/ray/ray_current_cluster file still names."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None or address == "local":
+        return "local"
+    target = address
+    if address == "auto":
+        from ray._common.utils import get_ray_address_file
+        from ray._private.utils import read_ray_address
+
+        target = read_ray_address()
+        if not target:
+            raise RayAddressError("--address auto: no Ray cluster runs on this machine (no ray_current_cluster "
+                                  "file); start one with `ray start --head`, or leave --address out for a local Ray")
+    host, _, port = target.split("://")[-1].rpartition(":")
+    if not port.isdigit():
+        raise RayAddressError(f"Ray address {target!r} is not HOST:PORT (or auto, or ray://HOST:PORT)")
+    deadline = time.monotonic() + RAY_CONNECT_TIMEOUT_S
+    while True:
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=2).close()
+            return address
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                origin = f" (named by {get_ray_address_file(None)}, left by a Ray that stopped without " \
+                         "`ray stop`)" if address == "auto" else ""
+                raise RayAddressError(
+                    f"no Ray answers at {target}{origin} after {RAY_CONNECT_TIMEOUT_S:.0f} s ({exc.strerror or exc}): "
+                    "start the cluster (`ray start --head`), fix --address / $RAY_ADDRESS, "
+                    "or leave both unset for a local Ray") from None
+            time.sleep(1)
+
+
 def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
-    """Join `address` / $RAY_ADDRESS, else start a local Ray; then keep the console quiet unless
-    verbose. Idempotent."""
+    """Join `address` / $RAY_ADDRESS (see `ray_address`), else start a local Ray; then keep the
+    console quiet unless verbose. Idempotent."""
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    address = ray_address(address)
     quiet = not verbose()
     if quiet:  # before ray.init: a local Ray's workers inherit it
         os.environ.setdefault(RAY_DATA_LOGGING_CONFIG, str(_quiet_ray_data_logging()))
     kwargs = {"logging_level": logging.ERROR if quiet else logging.WARNING, "log_to_driver": True}
-    if address is None and num_cpus is not None:
+    if address == "local" and num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
     ray.init(address=address, **kwargs)
     _tighten_token_file()

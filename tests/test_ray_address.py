@@ -1,0 +1,86 @@
+"""Starting or joining Ray never hangs: no address starts a fresh local Ray even when a stale
+/tmp/ray/ray_current_cluster names a dead cluster; `auto` joins the machine's cluster; an address
+that does not answer fails within a bound, naming it. The address file is redirected with TMPDIR
+(Ray reads it from $TMPDIR/ray) so the machine's own is never touched."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestration import runtime
+from orchestration.runtime import RayAddressError, ray_address
+
+JOINED = "from orchestration.runtime import init_ray; import ray; init_ray({address!r}); " \
+         "print('GCS', ray.get_runtime_context().gcs_address, flush=True)"
+
+
+def _dead_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]  # free once closed: nothing listens there
+
+
+@pytest.fixture
+def machine_temp(monkeypatch):
+    """A short TMPDIR (Ray's socket paths must stay under 108 bytes) holding ray/ray_current_cluster."""
+    root = Path(tempfile.mkdtemp(prefix="cxr", dir="/tmp"))
+    (root / "ray").mkdir()
+    monkeypatch.setenv("TMPDIR", str(root))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return root
+
+
+def _python(code: str, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ}, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_an_address_that_does_not_answer_fails_within_the_bound_naming_it(monkeypatch):
+    monkeypatch.setattr(runtime, "RAY_CONNECT_TIMEOUT_S", 2.0)
+    dead = f"127.0.0.1:{_dead_port()}"
+    started = time.monotonic()
+    with pytest.raises(RayAddressError, match=f"no Ray answers at {dead} after 2 s"):
+        ray_address(dead)
+    assert time.monotonic() - started < 10
+    with pytest.raises(RayAddressError, match="not HOST:PORT"):
+        ray_address("my-head-node")
+
+
+def test_auto_with_a_stale_cluster_file_fails_within_the_bound_and_says_why(machine_temp, monkeypatch):
+    monkeypatch.setattr(runtime, "RAY_CONNECT_TIMEOUT_S", 2.0)
+    with pytest.raises(RayAddressError, match="no Ray cluster runs on this machine"):
+        ray_address("auto")
+    stale = f"127.0.0.1:{_dead_port()}"
+    (machine_temp / "ray" / "ray_current_cluster").write_text(stale)
+    with pytest.raises(RayAddressError, match=f"{stale} \\(named by {machine_temp}/ray/ray_current_cluster, left by a Ray"):
+        ray_address("auto")
+
+
+@pytest.mark.ray
+def test_no_address_starts_a_fresh_local_ray_even_with_a_stale_cluster_file(machine_temp):
+    stale = f"127.0.0.1:{_dead_port()}"
+    (machine_temp / "ray" / "ray_current_cluster").write_text(stale)
+    assert ray_address(None) == "local"
+    started = time.monotonic()
+    done = _python(JOINED.format(address=None), timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    gcs = done.stdout.split("GCS ")[1].split()[0]
+    assert gcs != stale and time.monotonic() - started < 120
+
+
+@pytest.mark.ray
+def test_auto_joins_the_running_cluster_the_file_names(ray_session, machine_temp):
+    address = ray_session.get_runtime_context().gcs_address
+    (machine_temp / "ray" / "ray_current_cluster").write_text(address)
+    assert ray_address("auto") == "auto"
+    done = _python(JOINED.format(address="auto"), timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("GCS ")[1].split()[0] == address
