@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -257,12 +259,75 @@ def log_evaluation(client: MlflowClient, experiment: str, name: str, metrics: di
 
 
 class MetricLogger:
-    """Logs metrics with explicit steps. A metric is logged at a step only past the last step it
-    was ever logged at in this run, so a restart from an older checkpoint logs nothing twice."""
+    """Logs metrics with explicit steps, off the training thread, surviving a tracking-server outage.
 
-    def __init__(self, uri: str, run_id: str):
+    A metric is logged at a step only past the last step it was ever logged at in this run, so a
+    restart from an older checkpoint logs nothing twice. `log` only queues (bounded); a thread
+    delivers. A request that fails after MLflow's own HTTP retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+    exponential backoff: its last waits reach a minute or more, so a server that is back can sit
+    unused that long) is tried again every `retry_every_s` until the server has been unreachable
+    for `retry_s`; new metrics wait in the queue meanwhile. What still cannot be delivered, or finds
+    the queue full, is appended to `spill_file` (JSON lines), never dropped; `close` says how many."""
+
+    def __init__(self, uri: str, run_id: str, *, spill_file: Path | None = None, queue_size: int = 10_000,
+                 retry_s: float = 600.0, retry_every_s: float = 2.0):
         self.client, self.run_id = MlflowClient(uri), run_id
+        self.retry_s, self.retry_every_s = retry_s, retry_every_s
+        self._unreachable_since: float | None = None
+        self.spill_file = spill_file or Path(tempfile.gettempdir()) / f"cxr-undelivered-{run_id}.jsonl"
+        self.undelivered = 0
         self._logged_through: dict[str, int] = {}
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._in_flight: tuple | None = None
+        self._thread = threading.Thread(target=self._deliver, name="cxr-mlflow", daemon=True)
+        self._thread.start()
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        item = ({k: float(v) for k, v in metrics.items()}, step, int(time.time() * 1000))
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            self._spill(item, "the delivery queue was full")
+
+    def close(self, timeout: float = 300.0) -> int:
+        """Deliver what is queued (waiting at most `timeout` s); returns how many metric values went
+        to `spill_file` instead."""
+        self._queue.put((None, None, None))
+        self._thread.join(timeout)
+        if self._thread.is_alive():  # still retrying: keep what it holds and what waits behind it
+            if self._in_flight is not None:
+                self._spill(self._in_flight, "still undelivered when training ended")
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item[0] is not None:
+                    self._spill(item, "still undelivered when training ended")
+        return self.undelivered
+
+    def _deliver(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item[0] is None:
+                return
+            self._in_flight = item
+            self._deliver_one(item)
+            self._in_flight = None
+
+    def _deliver_one(self, item: tuple) -> None:
+        while True:
+            try:
+                self._send(*item)
+                self._unreachable_since = None
+                return
+            except Exception as exc:  # noqa: BLE001 - any failure: retry within the bound, then keep the values
+                now = time.monotonic()
+                self._unreachable_since = self._unreachable_since or now
+                if now - self._unreachable_since >= self.retry_s:
+                    self._spill(item, f"{type(exc).__name__}: {exc}"[:300])
+                    return
+                time.sleep(self.retry_every_s)
 
     def _last_step(self, key: str) -> int:
         if key not in self._logged_through:
@@ -270,13 +335,17 @@ class MetricLogger:
             self._logged_through[key] = max((int(m.step) for m in history), default=-1)
         return self._logged_through[key]
 
-    def log(self, metrics: dict[str, float], step: int) -> bool:
-        """Log the metrics not yet logged at `step` or later; False when there were none."""
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if step > self._last_step(k)]
-        if not batch:
-            return False
-        self.client.log_batch(self.run_id, metrics=batch)
+    def _send(self, metrics: dict[str, float], step: int, timestamp: int) -> None:
+        batch = [Metric(k, v, timestamp, step) for k, v in metrics.items() if step > self._last_step(k)]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
         for metric in batch:
             self._logged_through[metric.key] = step
-        return True
+
+    def _spill(self, item: tuple, reason: str) -> None:
+        metrics, step, timestamp = item
+        self.spill_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.spill_file.open("a") as out:
+            out.write(json.dumps({"run_id": self.run_id, "step": step, "timestamp": timestamp,
+                                  "metrics": metrics, "reason": reason}) + "\n")
+        self.undelivered += len(metrics)

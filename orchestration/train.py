@@ -109,6 +109,10 @@ def run_training(
 
         with exit_on_signals(killed, handle_signals):
             result = trainer.fit()
+        undelivered = undelivered_metrics_file(storage, run_name, run_id)
+        if undelivered.exists():
+            print(f"[{run_name}] some metrics could not reach the MLflow server at {uri} during training; "
+                  f"they are kept in {undelivered} (one JSON object per step)", file=sys.stderr, flush=True)
         client.set_tag(run_id, CHECKPOINT_TAG, result.checkpoint.path)  # what `cxr predict --run` loads
         with result.checkpoint.as_directory() as directory:
             _log_artifacts(client, run_id, config, plan, Path(directory))
@@ -119,6 +123,13 @@ def run_training(
         system_metrics.finish()
     client.set_terminated(run_id, "FINISHED")
     return TrainingOutcome(run_id, run_name, dict(result.metrics), result.checkpoint.path)
+
+
+def undelivered_metrics_file(storage: str, run_name: str, run_id: str) -> Path:
+    """Where rank 0 keeps metrics the tracking server never took (the run's storage when local)."""
+    if "://" in storage:
+        return Path(tempfile.gettempdir()) / f"cxr-undelivered-{run_id}.jsonl"
+    return Path(storage) / run_name / "undelivered_metrics.jsonl"
 
 
 def training_datasets(config: Config, plan: TrainingPlan) -> dict[str, ray.data.Dataset]:
@@ -159,6 +170,9 @@ def _make_trainer(
         train_loop_config={
             "config": config.model_dump(mode="json"), "plan": plan.to_dict(), "tracking_uri": uri, "run_id": run_id,
             "run_name": run_name, "pid_dir": str(Path(storage) / run_name / "workers") if local_storage else None,
+            "undelivered": str(undelivered_metrics_file(storage, run_name, run_id)),
+            # The driver's MLflow retry settings (no credentials: this dict is stored with the run).
+            "mlflow_http_env": {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_HTTP_REQUEST_")},
         },
         scaling_config=_scaling(config),
         run_config=ray.train.RunConfig(
@@ -213,6 +227,7 @@ def _log_model(uri: str, run_id: str, net: torch.nn.Module, image_size: int) -> 
 def train_loop_per_worker(loop_config: dict) -> None:
     config = Config.model_validate(loop_config["config"])
     plan = TrainingPlan(**loop_config["plan"])
+    os.environ.update(loop_config["mlflow_http_env"])
     prepared = PreparedDataset.load(plan.data)
     context = ray.train.get_context()
     rank = context.get_world_rank()
@@ -231,7 +246,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             progress, best_state = restore_checkpoint(Path(directory), method, device)
-    logger = MetricLogger(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else None
+    logger = MetricLogger(loop_config["tracking_uri"], loop_config["run_id"],
+                          spill_file=Path(loop_config["undelivered"])) if rank == 0 else None
     shards = [ray.train.get_dataset_shard(f"train_{d}") for d in plan.domains]
     batches = DomainBatches(plan.domains, plan.label_space, shards, per_domain=plan.per_domain_batch,
                             image_size=prepared.image_size, shuffle_buffer=config.train.shuffle_buffer)
@@ -293,6 +309,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         logger.log(test_metrics, progress.global_step)
         say(f"{run} test ({plan.internal}, best model from step {progress.best_step}): "
             f"{_summary(test_metrics, 'test_')}")
+        if logger.close():
+            say(f"{run} {logger.undelivered} metric values could not reach MLflow; kept in {logger.spill_file}")
     # The final report carries the best validation metrics: what a sweep ranks this run by.
     best_val = next((h for h in progress.history if h["step"] == progress.best_step), {})
     _report(rank, method, progress, best_state, config, plan, {
