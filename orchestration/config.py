@@ -100,8 +100,17 @@ class TrainConfig(_Section):
     eval_batch_size: int = Field(default=64, ge=1)
     log_every_steps: int = Field(default=10, ge=1)
     workers: int = Field(default=1, ge=1)
+    # Elastic training: after losing workers (a node), go on with as few as this many from the last
+    # checkpoint instead of waiting for all `workers`. None: a fixed worker count.
+    min_workers: int | None = Field(default=None, ge=1)
+    # PACK fills a node first; SPREAD / STRICT_SPREAD put workers on different nodes (a lost node
+    # then costs fewer workers).
+    placement: Literal["PACK", "SPREAD", "STRICT_SPREAD"] = "PACK"
     gpu: bool = False
     cpus_per_worker: float | None = Field(default=None, gt=0.0)  # None: 1 with GPUs, 0.5 without
+    # Custom Ray resources each worker also needs, e.g. {trainer_slot: 1} to keep workers on the
+    # nodes started with `ray start --resources='{"trainer_slot": 1}'`, one per node.
+    worker_resources: dict[str, float] = Field(default_factory=dict)
     bf16: bool | None = None  # None: on GPUs only
     channels_last: bool | None = None  # None: on GPUs only
     compile: bool | None = None  # torch.compile the trained network; None: on GPUs only
@@ -119,6 +128,12 @@ class TrainConfig(_Section):
     shuffle_buffer: int = Field(default=2048, ge=1)
     # Batches built ahead of the step on a background thread (0: built on the training thread).
     prefetch_batches: int = Field(default=2, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.min_workers is not None and self.min_workers > self.workers:
+            raise ValueError(f"train.min_workers ({self.min_workers}) must be <= train.workers ({self.workers})")
+        return self
 
 
 class MlflowConfig(_Section):

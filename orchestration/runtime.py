@@ -145,12 +145,48 @@ def _tighten_token_file() -> None:
         token.chmod(0o600)
 
 
-class ClusterStorageError(RuntimeError):
+class ClusterStorageError(UserError):
     """A path or store that the nodes of a multi-node cluster cannot all reach."""
+
+
+class ClusterResourceError(UserError):
+    """Workers (with Ray Data's readers beside them) that this cluster can never place."""
+
+
+READER_CPUS = 1.0  # Ray Data's read tasks take a whole CPU each: one must stay free of workers
 
 
 def _alive_nodes() -> list[dict]:
     return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def _node_name(node: dict) -> str:
+    """IP and the start of the node id: nodes may share an IP (several on one machine)."""
+    return f"{node['NodeManagerAddress']} ({node['NodeID'][:8]})"
+
+
+def check_resources(per_worker: dict[str, float], workers: int, placement: str,
+                    nodes: list[dict] | None = None) -> None:
+    """Fail now, naming what is short, when `workers` workers of `per_worker` resources, plus a CPU
+    for Ray Data's readers, can never be placed on the cluster's `nodes` (default: the alive ones,
+    as `ray.nodes()` lists them): Ray would wait for them forever. (An autoscaling cluster is
+    judged by the nodes it has now.)"""
+    nodes = [n["Resources"] | {"address": _node_name(n)} for n in (nodes if nodes is not None else _alive_nodes())]
+    listing = "; ".join(f"{n['address']}: " + ", ".join(f"{n.get(r, 0):g} {r}" for r in per_worker) for n in nodes)
+    fits = [min(int(n.get(r, 0) / need + 1e-9) for r, need in per_worker.items()) for n in nodes]
+    placeable = sum(min(f, 1) for f in fits) if placement == "STRICT_SPREAD" else sum(fits)
+    wanted = ", ".join(f"{need:g} {r}" for r, need in per_worker.items())
+    if placeable < workers:
+        raise ClusterResourceError(
+            f"{workers} training worker(s) of {wanted} each cannot be placed: this cluster has room for "
+            f"{placeable}{' on distinct nodes' if placement == 'STRICT_SPREAD' else ''} ({listing}). Lower "
+            "train.workers (or train.min_workers) or train.cpus_per_worker, or add nodes")
+    spare = sum(n.get("CPU", 0) for n in nodes) - workers * per_worker.get("CPU", 0)
+    if spare < READER_CPUS:
+        raise ClusterResourceError(
+            f"{workers} training worker(s) of {wanted} each leave {spare:g} CPU for Ray Data's readers, which "
+            f"need {READER_CPUS:g} ({listing}): training would wait for them forever. Lower "
+            "train.cpus_per_worker or train.workers, or add a node with CPUs")
 
 
 def check_shared_storage(paths: dict[str, str], tracking_uri: str) -> None:
@@ -178,7 +214,7 @@ def check_shared_storage(paths: dict[str, str], tracking_uri: str) -> None:
         missing = ray.get(visible.options(scheduling_strategy=strategy).remote(local))
         if missing:
             raise ClusterStorageError(
-                f"node {node['NodeManagerAddress']} cannot see {', '.join(f'{m} {local[m]}' for m in missing)}: "
+                f"node {_node_name(node)} cannot see {', '.join(f'{m} {local[m]}' for m in missing)}: "
                 "on a multi-node cluster use a shared filesystem or an object-store URI"
             )
 

@@ -49,7 +49,7 @@ from orchestration.evaluation import Predictions, auc_table, report_for, roc_fig
 from orchestration.feed import DomainBatches, Prefetched
 from orchestration.method import Method, build_method
 from orchestration.plan import TrainingPlan, plan_document
-from orchestration.runtime import check_shared_storage, exit_on_signals, init_ray, say
+from orchestration.runtime import check_resources, check_shared_storage, exit_on_signals, init_ray, say
 from orchestration.tracking import (
     CHECKPOINT_TAG,
     CONFIG_ARTIFACT,
@@ -100,6 +100,8 @@ def run_training(
         client.log_dict(run_id, plan_document(config, plan), PLAN_ARTIFACT)
         init_ray(address)
         check_shared_storage({"prepared dataset": plan.data, "train.storage_path": storage}, uri)
+        check_resources(worker_resources(config), config.train.min_workers or config.train.workers,
+                        config.train.placement)
         trainer = _make_trainer(config, plan, uri, run_id, run_name, storage, callbacks or [])
 
         def killed(signal_name: str) -> None:
@@ -156,9 +158,15 @@ def training_datasets(config: Config, plan: TrainingPlan) -> dict[str, ray.data.
 
 def _scaling(config: Config) -> ray.train.ScalingConfig:
     train = config.train
+    workers = (train.min_workers, train.workers) if train.min_workers is not None else train.workers
+    return ray.train.ScalingConfig(num_workers=workers, use_gpu=train.gpu, resources_per_worker=worker_resources(config),
+                                   placement_strategy=train.placement)
+
+
+def worker_resources(config: Config) -> dict[str, float]:
+    train = config.train
     cpus = train.cpus_per_worker or (1.0 if train.gpu else 0.5)  # fractional: leave CPUs to Ray Data
-    resources = {"CPU": cpus, **({"GPU": 1} if train.gpu else {})}
-    return ray.train.ScalingConfig(num_workers=train.workers, use_gpu=train.gpu, resources_per_worker=resources)
+    return {"CPU": cpus, **({"GPU": 1} if train.gpu else {}), **train.worker_resources}
 
 
 def _make_trainer(
@@ -259,9 +267,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
                    channels_last=method.acceleration.channels_last)
     run = f"[{loop_config['run_name']}]"  # starts every progress line: a sweep's trials run side by side
     loop_started = time.perf_counter()
+    world = context.get_world_size()
     if logger:
+        # After an elastic restart on fewer workers the global batch shrinks; the history shows when.
+        logger.log({"train/workers": world, "train/global_batch": world * plan.per_domain_batch * len(plan.domains)},
+                   progress.global_step)
         say(f"{run} training {plan.domains} for {epochs} epochs of {steps_per_epoch} steps "
-            f"(batch {plan.per_domain_batch} per domain per worker)"
+            f"(batch {plan.per_domain_batch} per domain per worker, {world} worker(s))"
             + (f"; resumed after epoch {progress.epoch}" if checkpoint else ""))
 
     for epoch in range(progress.epoch, epochs):
@@ -377,6 +389,7 @@ def _duration(seconds: float) -> str:
 
 
 def _write_pid(folder: Path, rank: int) -> None:
-    """Which process is which rank: for operators (and the worker-failure test)."""
+    """Which process, on which Ray node, is which rank: for operators (and the failure tests)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"rank{rank}.pid").write_text(str(os.getpid()))
+    (folder / f"rank{rank}.node").write_text(ray.get_runtime_context().get_node_id())

@@ -223,7 +223,9 @@ def _new_tuner(trainable, space: SweepSpace, settings: SweepSettings, data: str,
         param_space = {"point": tune.grid_search(points)}
     scheduler = None
     if settings.scheduler == "asha":
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=base.train.epochs, grace_period=1)
+        # A training reports once per epoch, then once more with its test metrics: max_t counts that
+        # last report, or ASHA would stop every trial at its last epoch, before its test.
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=base.train.epochs + 1, grace_period=1)
     return tune.Tuner(
         trainable,
         param_space=param_space,

@@ -25,7 +25,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.gpu_train_throughput import (  # noqa: E402
-    COMMON,
     FINDINGS,
     paper_spec,
     run_variants,

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -108,3 +111,27 @@ def wait_for(condition, timeout: float, what: str, process: subprocess.Popen | N
         time.sleep(0.5)
     tail = log.read_text()[-3000:] if log else ""
     raise AssertionError(f"timed out waiting for {what}\n{tail}")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def serve_mlflow(store: Path, port: int, log: Path) -> subprocess.Popen:
+    """A real `mlflow server` on 127.0.0.1:`port` over a SQLite store in `store`, once it answers."""
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+         "--artifacts-destination", str(store / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], stdout=log.open("a"), stderr=subprocess.STDOUT, cwd=store)
+
+    def up() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    wait_for(up, 120, "mlflow server", server, log)
+    return server

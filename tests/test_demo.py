@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import urllib.parse
@@ -17,7 +16,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, wait_for
+from conftest import ROOT, free_port, serve_mlflow
 from orchestration.config import load_config
 from orchestration.plan import plan_training
 from orchestration.spaces import load_space
@@ -131,12 +130,6 @@ def _check_optuna_sweep(client: MlflowClient, parent, out: Path) -> None:
     plan_training(best, out / "prepared")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(base: str, endpoint: str, **query) -> dict:
     with urllib.request.urlopen(f"{base}{endpoint}?{urllib.parse.urlencode(query)}", timeout=30) as response:
         return json.loads(response.read())
@@ -152,22 +145,10 @@ def _search(base: str, experiment_id: str, condition: str) -> list[dict]:
 
 def test_mlflow_server_serves_the_demo_through_its_rest_api(demo, tmp_path):
     out, _ = demo
-    port = _free_port()
-    log = tmp_path / "server.log"
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{out / 'mlflow.db'}",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=tmp_path)
+    port = free_port()
+    server = serve_mlflow(out, port, tmp_path / "server.log")
     base = f"http://127.0.0.1:{port}"
     try:
-        def up() -> bool:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
-                    return response.status == 200
-            except OSError:
-                return False
-
-        wait_for(up, 120, "mlflow server", server, log)
         experiment = _get(base, "/api/2.0/mlflow/experiments/get-by-name", experiment_name="cxr-orchestra")
         exp_id = experiment["experiment"]["experiment_id"]
         # The UI opens the experiment in its model-training view, not the GenAI one.

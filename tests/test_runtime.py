@@ -1,11 +1,14 @@
 """The Ray internals this project leans on, checked on the installed Ray: a Ray upgrade that moves
-them fails here, by name, instead of silently changing what users see."""
+them fails here, by name, instead of silently changing what users see; and the
+resource check that refuses workers a cluster can never place."""
 
 from __future__ import annotations
 
 import logging
 
 import pytest
+
+from orchestration.runtime import ClusterResourceError, check_resources
 
 
 def test_the_console_hooks_exist():
@@ -47,3 +50,29 @@ def test_sweep_trials_lists_trials_that_errored_before_reporting(ray_session, tm
     trials = sweep_trials(results)
     assert sorted((t.config["fail"], t.status) for t in trials) == [(False, "TERMINATED"), (True, "ERROR")]
     assert [t.last_result.get("score") for t in trials if not t.config["fail"]] == [1.0]
+
+
+def _node(ip: str, node_id: str, **resources) -> dict:
+    return {"NodeManagerAddress": ip, "NodeID": node_id, "Resources": resources, "Alive": True}
+
+
+TWO_NODES = [_node("10.0.0.1", "aaaaaaaa11", CPU=2.0), _node("10.0.0.2", "bbbbbbbb22", CPU=2.0)]
+
+
+def test_workers_that_leave_ray_data_no_cpu_are_refused_naming_the_shortfall():
+    check_resources({"CPU": 1.0}, 3, "PACK", TWO_NODES)  # 4 CPUs: 3 for workers, 1 for readers
+    with pytest.raises(ClusterResourceError, match=r"4 training worker\(s\) of 1 CPU each leave 0 CPU for "
+                                                   r"Ray Data's readers, which need 1 \(10.0.0.1 \(aaaaaaaa\): 2 CPU"):
+        check_resources({"CPU": 1.0}, 4, "PACK", TWO_NODES)
+
+
+def test_workers_no_node_can_hold_are_refused_naming_what_each_node_has():
+    with pytest.raises(ClusterResourceError, match=r"2 training worker\(s\) of 1 CPU, 1 GPU each cannot be placed: "
+                                                   r"this cluster has room for 0 .*2 CPU, 0 GPU"):
+        check_resources({"CPU": 1.0, "GPU": 1.0}, 2, "PACK", TWO_NODES)
+    gpus = [_node("10.0.0.1", "aaaaaaaa11", CPU=8.0, GPU=2.0)]
+    check_resources({"CPU": 1.0, "GPU": 1.0}, 2, "PACK", gpus)
+    with pytest.raises(ClusterResourceError, match="room for 1 on distinct nodes"):
+        check_resources({"CPU": 1.0, "GPU": 1.0}, 2, "STRICT_SPREAD", gpus)
+    with pytest.raises(ClusterResourceError, match="cannot be placed"):  # 2.5 CPUs per worker fit nowhere
+        check_resources({"CPU": 2.5}, 1, "PACK", TWO_NODES)

@@ -5,30 +5,21 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, tiny_training, wait_for
+from conftest import ROOT, free_port, serve_mlflow, tiny_training, wait_for
 from orchestration.tracking import MetricLogger, find_run
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_metrics_that_cannot_be_delivered_are_kept_in_the_spill_file(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     spill = tmp_path / "storage" / "run" / "undelivered_metrics.jsonl"
-    logger = MetricLogger(f"http://127.0.0.1:{_free_port()}", "0123abcd", spill_file=spill, queue_size=1,
+    logger = MetricLogger(f"http://127.0.0.1:{free_port()}", "0123abcd", spill_file=spill, queue_size=1,
                           retry_s=1.5, retry_every_s=0.5)
     started = time.monotonic()
     for step in (1, 2, 3):
@@ -43,30 +34,13 @@ def test_metrics_that_cannot_be_delivered_are_kept_in_the_spill_file(tmp_path, m
     assert "queue was full" in next(k for k in kept if k["step"] == 3)["reason"]
 
 
-def _serve(store: Path, port: int, log: Path) -> subprocess.Popen:
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-         "--artifacts-destination", str(store / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], stdout=log.open("a"), stderr=subprocess.STDOUT, cwd=store)
-
-    def up() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
-    wait_for(up, 120, "mlflow server", server, log)
-    return server
-
-
 @pytest.mark.slow
 def test_training_survives_a_minute_without_its_tracking_server(prepared_dir, tmp_path, ray_session):
-    port, store = _free_port(), tmp_path / "store"
+    port, store = free_port(), tmp_path / "store"
     store.mkdir()
     uri = f"http://127.0.0.1:{port}"
     server_log = tmp_path / "server.log"
-    server = _serve(store, port, server_log)
+    server = serve_mlflow(store, port, server_log)
     steps, epochs = 12, 3
     overrides = tiny_training(tmp_path, **{"train.epochs": epochs, "train.steps_per_epoch": steps,
                                            "mlflow.tracking_uri": uri})
@@ -90,7 +64,7 @@ def test_training_survives_a_minute_without_its_tracking_server(prepared_dir, tm
         server.wait(timeout=30)
         time.sleep(60)
         assert training.poll() in (None, 0), log.read_text()[-3000:]  # no crash while the server was away
-        server = _serve(store, port, server_log)
+        server = serve_mlflow(store, port, server_log)
         assert training.wait(timeout=400) == 0, log.read_text()[-3000:]
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED"

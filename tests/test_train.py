@@ -135,30 +135,6 @@ def test_sigterm_ends_killed_and_the_same_command_resumes(prepared_dir, tmp_path
                        torch.ones_like(epoch1["ensemble"]["updates"], dtype=torch.bool))
 
 
-def test_a_killed_worker_is_replaced_and_the_run_finishes_once(prepared_dir, tmp_path, ray_session):
-    address = ray_session.get_runtime_context().gcs_address
-    overrides = tiny_training(tmp_path, **{"train.steps_per_epoch": 25, "train.workers": 2, "train.max_failures": 1})
-    storage, log = tmp_path / "ray_results", tmp_path / "run.log"
-    process = _cli(prepared_dir, "failing", overrides, address, log)
-    pid_file = storage / "failing" / "workers" / "rank1.pid"
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-
-    def training_started() -> bool:
-        run = find_run(client, "cxr-orchestra", "failing")
-        return pid_file.exists() and run is not None and len(_history(client, run.info.run_id, "train/loss_cls")) >= 3
-
-    wait_for(training_started, 240, "training steps", process, log)
-    killed = int(pid_file.read_text())
-    os.kill(killed, signal.SIGKILL)
-    assert process.wait(timeout=400) == 0, log.read_text()[-3000:]
-    assert int(pid_file.read_text()) != killed  # a new worker group took over
-    run = find_run(client, "cxr-orchestra", "failing")
-    assert run.info.status == "FINISHED"
-    assert [v for _, v in _history(client, run.info.run_id, "epoch")] == [1.0, 2.0]
-    steps = [s for s, _ in _history(client, run.info.run_id, "train/loss_cls")]
-    assert steps == sorted(set(steps)) == list(range(1, 51))
-
-
 runner = CliRunner()
 
 
@@ -181,6 +157,18 @@ def test_impossible_configs_fail_before_workers_start(prepared_dir, tmp_path, ov
 
     assert re.search(message, result.output), result.output
     assert not (tmp_path / "ray_results").exists()  # nothing was started
+
+
+def test_workers_that_leave_ray_data_no_cpu_are_refused_before_they_start(prepared_dir, tmp_path, ray_session):
+    cpus = int(ray_session.cluster_resources()["CPU"])
+    started = time.monotonic()
+    result = runner.invoke(app, ["train", "--data", str(prepared_dir), "--run-name", "refused",
+                                 *tiny_training(tmp_path), f"train.workers={cpus}", "train.cpus_per_worker=1"])
+    assert result.exit_code == 2, result.output
+    assert f"{cpus} training worker(s) of 1 CPU each leave 0 CPU for Ray Data's readers" in result.output
+    assert time.monotonic() - started < 30
+    assert find_run(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "cxr-orchestra", "refused").info.status \
+        == "FAILED"
 
 
 def test_bad_prepared_dirs_are_refused(prepared_dir, tmp_path):

@@ -8,7 +8,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, tiny_training, wait_for
+from conftest import ROOT, free_port, tiny_training, wait_for
 from orchestration.tracking import TRIAL_TAG, child_runs, find_sweep
 
 pytestmark = pytest.mark.slow
@@ -80,12 +79,6 @@ def test_resume_after_the_driver_is_killed(prepared_dir, tmp_path, ray_session):
         assert [m.value for m in client.get_metric_history(child.info.run_id, "epoch")] == [1.0]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def token_cluster(tmp_path):
     """A head started here: own ports, own temp dir, token auth on. Only its processes are stopped."""
@@ -93,16 +86,16 @@ def token_cluster(tmp_path):
     token = tmp_path / "token"
     token.write_text(secrets.token_hex(32))
     token.chmod(0o600)
-    dashboard = _free_port()
+    dashboard = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     subprocess.run(
         [str(Path(sys.executable).parent / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
-         f"--port={_free_port()}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
-         f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
-         f"--dashboard-agent-grpc-port={_free_port()}", f"--metrics-export-port={_free_port()}",
-         f"--runtime-env-agent-port={_free_port()}", f"--temp-dir={temp}", "--num-cpus=4",
+         f"--port={free_port()}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
+         f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+         f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
+         f"--runtime-env-agent-port={free_port()}", f"--temp-dir={temp}", "--num-cpus=4",
          "--include-dashboard=true", "--disable-usage-stats"],
         env=env, check=True, capture_output=True, timeout=120,
     )
