@@ -30,8 +30,11 @@ def test_metrics_that_cannot_be_delivered_are_kept_in_the_spill_file(tmp_path, m
     assert sorted(k["step"] for k in kept) == [1, 2, 3]
     assert {k["run_id"] for k in kept} == {"0123abcd"}
     assert next(k for k in kept if k["step"] == 2)["metrics"] == {"train/loss_cls": 0.25, "train/h": 0.3}
-    # One place in the queue, the first step held by the retrying thread: step 3 finds it full.
-    assert "queue was full" in next(k for k in kept if k["step"] == 3)["reason"]
+    # Step 1 found the queue empty and was retried until the bound; the one-place queue then held
+    # step 2 or 3 while step 1 was being retried, so at least one of them found it full.
+    reasons = {k["step"]: k["reason"] for k in kept}
+    assert reasons[1].startswith("MlflowException")
+    assert "the delivery queue was full" in (reasons[2], reasons[3]), reasons
 
 
 @pytest.mark.slow
