@@ -263,7 +263,7 @@ def _trial_table(results: tune.ResultGrid, space: SweepSpace) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _pareto(trials: pd.DataFrame, metrics: tuple[str, ...], mode: str) -> pd.DataFrame:
+def pareto_front(trials: pd.DataFrame, metrics: tuple[str, ...], mode: str) -> pd.DataFrame:
     scored = trials.dropna(subset=list(metrics))
     sign = 1 if mode == "max" else -1
     values = scored[list(metrics)].to_numpy() * sign
@@ -273,7 +273,7 @@ def _pareto(trials: pd.DataFrame, metrics: tuple[str, ...], mode: str) -> pd.Dat
 
 def _write_best(results, trials: pd.DataFrame, space: SweepSpace, settings: SweepSettings, base: Config,
                 experiment_path: Path, original_storage: str) -> tuple[Path | None, dict]:
-    front = _pareto(trials, settings.metrics, space.mode)
+    front = pareto_front(trials, settings.metrics, space.mode)
     if front.empty:
         return None, {}
     best = front.loc[front[list(settings.metrics)].sum(axis=1).idxmax() if space.mode == "max"

@@ -138,11 +138,11 @@ def test_sweep_settings_are_checked_when_made():
 def test_pareto_front_keeps_the_undominated_trials():
     import pandas as pd
 
-    from orchestration.tune import _pareto
+    from orchestration.tune import pareto_front
 
     trials = pd.DataFrame({"a": [0.9, 0.8, 0.7, 0.95], "b": [0.5, 0.9, 0.4, 0.1]})
-    assert sorted(_pareto(trials, ("a", "b"), "max").index) == [0, 1, 3]  # trial 2 is dominated by 0
-    assert sorted(_pareto(trials, ("a", "b"), "min").index) == [2, 3]
+    assert sorted(pareto_front(trials, ("a", "b"), "max").index) == [0, 1, 3]  # trial 2 is dominated by 0
+    assert sorted(pareto_front(trials, ("a", "b"), "min").index) == [2, 3]
 
 
 @pytest.mark.slow
