@@ -65,13 +65,17 @@ def synthetic_batch(per_domain: int, size: int, device: torch.device, seed: int 
 def _images_per_s(step: Callable[[], None], batch: int, steps: int, device: torch.device, warmup: int = 5) -> dict:
     """Warm-up (and compilation) timed apart from the measured steps."""
     started = time.perf_counter()
+    def finish() -> None:  # GPU work is asynchronous: wait for it before reading the clock
+        if device.type != "cpu":
+            torch.accelerator.synchronize(device)
+
     for _ in range(warmup):
         step()
-    torch.accelerator.synchronize(device) if device.type != "cpu" else None
+    finish()
     measured = time.perf_counter()
     for _ in range(steps):
         step()
-    torch.accelerator.synchronize(device) if device.type != "cpu" else None
+    finish()
     return {"images_per_s": round(steps * batch / (time.perf_counter() - measured), 1),
             "warmup_s": round(measured - started, 1)}
 
@@ -147,7 +151,8 @@ def run_variants(size: int, per_domain: int, steps: int, budget_s: float, *, dev
         except Exception as exc:  # noqa: BLE001 - one variant failing must not hide the others
             results[name] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
         results[name]["batch"] = 2 * per_domain * multiple
-        torch.cuda.empty_cache() if device.type == "cuda" else None
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         say(f"{name}: {results[name]}")
     return results
 

@@ -35,10 +35,10 @@ from orchestration.tracking import find_run
 from orchestration.train import run_training
 
 
-def prepare(work: Path, image_size: int) -> Path:
-    # Domains large enough that no pass ends inside the measured steps: a new pass costs Ray Data
-    # ~1-2 s of start-up here, nothing next to a real dataset's thousands of steps per pass.
-    synthesize(work / "raw", images_per_source=1500, image_size=max(image_size, 64), seed=1)
+def prepare(work: Path, image_size: int, images_per_source: int = 1500) -> Path:
+    """Synthetic NIH and CheXpert, prepared at `image_size` (also used by train_feed.py). The
+    default keeps domains large enough that no pass ends inside the measured steps."""
+    synthesize(work / "raw", images_per_source=images_per_source, image_size=max(image_size, 64), seed=1)
     config = PrepareConfig(sources=[
         SourceConfig(name="nih", kind="nih", path=work / "raw" / "nih"),
         SourceConfig(name="chexpert", kind="chexpert", path=work / "raw" / "chexpert"),
