@@ -23,7 +23,7 @@ from orchestration.config import load_config
 from orchestration.feed import DomainBatches, Prefetched
 from orchestration.plan import plan_training
 from orchestration.runtime import init_ray
-from orchestration.train import training_datasets
+from orchestration.train import data_config, training_datasets
 from train_overhead import prepare  # benchmarks/ is on the path when a benchmark runs as a script
 
 TARGET = 8000.0
@@ -37,7 +37,7 @@ def feed_worker(loop_config: dict) -> None:
     figures = {}
     for depth in (2, 0):
         batches = DomainBatches(plan["domains"], plan["label_space"], shards, per_domain=plan["per_domain"],
-                                image_size=SIZE, shuffle_buffer=loop_config["shuffle_buffer"])
+                                image_size=SIZE, shuffle_buffer=loop_config["shuffle_buffer"], seed=0)
         feed = Prefetched(batches.next, depth=depth)
         for _ in range(10):
             feed.next()
@@ -70,6 +70,7 @@ def main() -> None:
             scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.5}),
             run_config=ray.train.RunConfig(name="train_feed", storage_path=str(work / "ray_results")),
             datasets=training_datasets(config, plan),
+            dataset_config=data_config(),
         )
         trainer.fit()
         figures = json.loads((work / "figures.json").read_text())

@@ -259,6 +259,13 @@ def _run_sweep(space: "SweepSpace", data: Path, settings_kwargs: dict, address: 
     described_by = "row" if space.kind == "ablation" else "params"
     columns = list(dict.fromkeys(["status", described_by, *settings.metrics, "test_mean_auc"]))
     _print_frame(outcome.trials.set_index("trial_id")[columns], f"trials of {settings.sweep_name}")
+    if len(settings.metrics) > 1:
+        front = outcome.trials[outcome.trials["pareto"]]
+        console.print(f"Pareto front over {', '.join(settings.metrics)} ({len(front)} of {len(outcome.trials)} "
+                      "trials): " + "; ".join(f"{row.trial_id} ("
+                                              + ", ".join(f"{row[m]:.4f}" for m in settings.metrics) + ")"
+                                              for _, row in front.iterrows()),
+                      highlight=False, soft_wrap=True)
     if outcome.best_config_path:
         console.print(f"best trial {outcome.best_updates['trial_id']}: {outcome.best_updates}", highlight=False, soft_wrap=True)
         console.print(f"its config: {outcome.best_config_path} (cxr train --data {data} --config {outcome.best_config_path})",

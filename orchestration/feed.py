@@ -3,7 +3,8 @@ built ahead of the step on a background thread.
 
 Each domain is a Ray Data stream (this worker's shard of its training split, rows already in a
 seeded random order); rows are drawn at random from a buffer of `shuffle_buffer` rows on top of
-that, and a stream that runs out starts a new pass, so small domains cycle. `Prefetched` keeps a
+that (seeded: with its stream's blocks in order, the same seed gives the same batches), and a
+stream that runs out starts a new pass, so small domains cycle. `Prefetched` keeps a
 bounded number of finished batches ready (pinned for GPU copies), so decoding Arrow into tensors
 overlaps the step instead of preceding it. Images stay uint8 until the device.
 """
@@ -27,16 +28,21 @@ class DomainBatches:
     stream, in the order of `domains` (the internal one first)."""
 
     def __init__(self, domains: list[str], label_space: list[str], shards: list, *, per_domain: int,
-                 image_size: int, shuffle_buffer: int):
+                 image_size: int, shuffle_buffer: int, seed: int | None = None):
         self.domains, self.label_space, self.shards = domains, label_space, shards
         self.per_domain, self.image_size = per_domain, image_size
         self.shuffle_buffer = max(shuffle_buffer, per_domain)
+        self.seed = seed
         self.iterators = [None] * len(self.shards)
+        self.passes = [0] * len(self.shards)
 
     def _pass(self, d: int):
+        # Seeded per (domain, pass): a stream read in the same order gives the same batches.
+        shuffle_seed = None if self.seed is None else hash((self.seed, d, self.passes[d])) % 2**31
+        self.passes[d] += 1
         return iter(self.shards[d].iter_batches(
             batch_size=self.per_domain, batch_format="pyarrow", drop_last=True,
-            local_shuffle_buffer_size=self.shuffle_buffer, prefetch_batches=4,
+            local_shuffle_buffer_size=self.shuffle_buffer, local_shuffle_seed=shuffle_seed, prefetch_batches=4,
         ))
 
     def _next_table(self, d: int):

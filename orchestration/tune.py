@@ -36,6 +36,7 @@ from orchestration.tracking import (
     BEST_DIR,
     BEST_TRIAL_TAG,
     EARLY_STOPPED_TAG,
+    PARETO_TAG,
     SPACE_DIR,
     TRIAL_TAG,
     TRIALS_DIR,
@@ -142,6 +143,7 @@ def run_sweep(
         "train.storage_path": str(storage / settings.sweep_name / "train"), "mlflow.tracking_uri": tracking_uri(base),
     })
     _check_trials(space, base, data, settings.seeds)
+    scheduler = asha_scheduler(base.train.epochs) if settings.scheduler == "asha" else None
     experiment_path = storage / settings.sweep_name
 
     uri = tracking_uri(base)
@@ -172,7 +174,7 @@ def run_sweep(
         tuner = tune.Tuner.restore(str(experiment_path), trainable=trainable, resume_unfinished=True,
                                    resume_errored=False, restart_errored=False)
     else:
-        tuner = _new_tuner(trainable, space, settings, data, base, str(storage))
+        tuner = _new_tuner(trainable, space, settings, data, scheduler, str(storage))
 
     def killed(signal_name: str) -> None:
         for run in child_runs(client, parent_run_id):
@@ -185,6 +187,8 @@ def run_sweep(
         with exit_on_signals(killed, handle_signals):
             results = tuner.fit()
         trials = _trial_table(results, space)
+        # The trials no other trial beats on every metric: with one metric, the best trial(s).
+        trials["pareto"] = trials["trial_id"].isin(pareto_front(trials, settings.metrics, space.mode)["trial_id"])
         _settle_children(client, parent_run_id, dict(zip(trials["trial_id"], trials["status"])))
         best_path, best_updates = _write_best(results, trials, space, settings, base, experiment_path,
                                               original_storage)
@@ -208,7 +212,8 @@ def _open_parent(client: MlflowClient, base: Config, space: SweepSpace, settings
     return run_id
 
 
-def _new_tuner(trainable, space: SweepSpace, settings: SweepSettings, data: str, base: Config, storage: str) -> tune.Tuner:
+def _new_tuner(trainable, space: SweepSpace, settings: SweepSettings, data: str, scheduler: ASHAScheduler | None,
+               storage: str) -> tune.Tuner:
     metrics, modes = list(settings.metrics), [space.mode] * len(settings.metrics)
     single = len(metrics) == 1
     if space.kind == "search":
@@ -221,11 +226,6 @@ def _new_tuner(trainable, space: SweepSpace, settings: SweepSettings, data: str,
         points = space.grid_points(prepared.domains, prepared.internal, settings.seeds)
         search_alg, num_samples = None, 1
         param_space = {"point": tune.grid_search(points)}
-    scheduler = None
-    if settings.scheduler == "asha":
-        # A training reports once per epoch, then once more with its test metrics: max_t counts that
-        # last report, or ASHA would stop every trial at its last epoch, before its test.
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=base.train.epochs + 1, grace_period=1)
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -236,6 +236,17 @@ def _new_tuner(trainable, space: SweepSpace, settings: SweepSettings, data: str,
         ),
         run_config=tune.RunConfig(name=settings.sweep_name, storage_path=storage),
     )
+
+
+def asha_scheduler(epochs: int) -> ASHAScheduler:
+    """ASHA judging trials by their epoch reports, at epochs 1, 4, 16, ... below the last one. A
+    trial that reaches its last epoch is never stopped: it ends by itself, with its test metrics,
+    artifacts and FINISHED run (a stop at the last report would cut those off). Its final report
+    repeats the last epoch's number, so ASHA does not judge it again."""
+    if epochs < 2:
+        raise ConfigError(f"--scheduler asha stops trials between epochs: it needs train.epochs of 2 or more "
+                          f"(got {epochs})")
+    return ASHAScheduler(time_attr="epoch", max_t=epochs - 1, grace_period=1, stop_last_trials=False)
 
 
 def sweep_trials(results: tune.ResultGrid) -> list:
@@ -273,7 +284,7 @@ def pareto_front(trials: pd.DataFrame, metrics: tuple[str, ...], mode: str) -> p
 
 def _write_best(results, trials: pd.DataFrame, space: SweepSpace, settings: SweepSettings, base: Config,
                 experiment_path: Path, original_storage: str) -> tuple[Path | None, dict]:
-    front = pareto_front(trials, settings.metrics, space.mode)
+    front = trials[trials["pareto"]]
     if front.empty:
         return None, {}
     best = front.loc[front[list(settings.metrics)].sum(axis=1).idxmax() if space.mode == "max"
@@ -298,6 +309,8 @@ def _log_parent(uri: str, parent_run_id: str, trials: pd.DataFrame, experiment_p
     if best_path is not None:
         client.log_artifact(parent_run_id, str(best_path), BEST_DIR)
         client.set_tag(parent_run_id, BEST_TRIAL_TAG, best["trial_id"])
+    if len(settings.metrics) > 1:
+        client.set_tag(parent_run_id, PARETO_TAG, ",".join(trials.loc[trials["pareto"], "trial_id"]))
         for metric in settings.metrics:
             client.log_metric(parent_run_id, f"best_{metric}", best[metric])
     client.log_metric(parent_run_id, "trials_errored", int((trials["status"] == "ERROR").sum()))

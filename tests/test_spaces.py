@@ -145,6 +145,45 @@ def test_pareto_front_keeps_the_undominated_trials():
     assert sorted(pareto_front(trials, ("a", "b"), "min").index) == [2, 3]
 
 
+def test_asha_judges_epochs_before_the_last_and_lets_a_finishing_trial_end_by_itself():
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from orchestration.config import ConfigError
+    from orchestration.tune import asha_scheduler
+
+    def reports(scheduler, trial_id: str, values: list[float], epochs: int) -> list[str]:
+        """What ASHA answers to a trial's epoch reports, then to its final (test) report."""
+        trial = SimpleNamespace(trial_id=trial_id)
+        scheduler.on_trial_add(None, trial)
+        answers = []
+        for epoch, value in enumerate(values, start=1):
+            answers.append(scheduler.on_trial_result(None, trial, {"epoch": epoch, "val_mean_auc": value}))
+            if answers[-1] == TrialScheduler.STOP:
+                return answers
+        # The final report repeats the last epoch and carries the best validation value.
+        answers.append(scheduler.on_trial_result(None, trial, {"epoch": epochs, "val_mean_auc": max(values)}))
+        return answers
+
+    go, stop = TrialScheduler.CONTINUE, TrialScheduler.STOP
+    scheduler = asha_scheduler(3)
+    scheduler.set_search_properties("val_mean_auc", "max")
+    # Judged at epoch 1 only: the first trial sets the bar; one below it stops there, one above
+    # the 75th percentile of those before it runs to its end, test report included.
+    assert reports(scheduler, "a", [0.70, 0.72, 0.75], 3) == [go, go, go, go]
+    assert reports(scheduler, "b", [0.60, 0.90, 0.90], 3) == [stop]
+    assert reports(scheduler, "c", [0.71, 0.50, 0.40], 3) == [go, go, go, go]  # above 0.675, the cut
+    assert reports(scheduler, "d", [0.69, 0.99, 0.99], 3) == [stop]  # below 0.705
+    # Eight epochs (the paper's): judged at epochs 1 and 4, never at the last one.
+    scheduler = asha_scheduler(8)
+    scheduler.set_search_properties("val_mean_auc", "max")
+    assert reports(scheduler, "a", [0.7] * 8, 8) == [go] * 9
+    assert reports(scheduler, "b", [0.8, 0.8, 0.8, 0.6, 0.1, 0.1, 0.1, 0.1], 8) == [go, go, go, stop]
+    with pytest.raises(ConfigError, match="needs train.epochs of 2 or more"):
+        asha_scheduler(1)
+
+
 @pytest.mark.slow
 def test_sweeps_are_checked_against_the_data_before_ray(prepared_dir, tmp_path):
     from conftest import tiny_training

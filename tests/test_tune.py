@@ -1,10 +1,11 @@
 """Sweeps with real Ray Tune, Ray Train and MLflow: a resume after the sweep's driver was killed,
-and `ray job submit` to a head this test starts (token auth on). The demo test runs a 2-trial
-Optuna sweep and checks it."""
+an ASHA sweep that stops a trial early, and `ray job submit` of a multi-objective Optuna sweep to a
+head this test starts (token auth on). The demo test runs a 2-trial Optuna sweep and checks it."""
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -19,7 +20,14 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, free_port, tiny_training, wait_for
-from orchestration.tracking import TRIAL_TAG, child_runs, find_sweep
+from orchestration.tracking import (
+    EARLY_STOPPED_TAG,
+    PARETO_TAG,
+    SUMMARY_ARTIFACT,
+    TRIAL_TAG,
+    child_runs,
+    find_sweep,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -79,6 +87,46 @@ def test_resume_after_the_driver_is_killed(prepared_dir, tmp_path, ray_session):
         assert [m.value for m in client.get_metric_history(child.info.run_id, "epoch")] == [1.0]
 
 
+def _first_epoch_value(client: MlflowClient, run, metric: str) -> float:
+    """The metric as epoch 1's validation logged it (the value ASHA judged)."""
+    end_of_epoch_1 = next(m.step for m in client.get_metric_history(run.info.run_id, "epoch") if m.value == 1)
+    return next(m.value for m in client.get_metric_history(run.info.run_id, metric) if m.step == end_of_epoch_1)
+
+
+def test_asha_stops_a_trial_after_its_first_epoch(prepared_dir, tmp_path, ray_session):
+    """Trials A, B, A, one at a time. One worker trains deterministically, so the second A repeats
+    the first one's epoch-1 value, and ASHA (judging at epoch 1 against the 75th percentile of the
+    trials before) must stop B if it is below A, else the second A: exactly one trial either way."""
+    space = tmp_path / "asha.yaml"
+    space.write_text(yaml.safe_dump({"kind": "grid", "metric": "val_mean_auc", "mode": "max",
+                                     "parameters": {"train.lr": {"distribution": "choice", "values": [3e-3, 1e-6, 3e-3]}}}))
+    log = tmp_path / "asha.log"
+    args = ["--space", str(space), "--data", str(prepared_dir), "--sweep-name", "asha", "--scheduler", "asha",
+            "--address", ray_session.get_runtime_context().gcs_address,
+            *tiny_training(tmp_path, **{**FAST, "train.epochs": 3})]
+    assert _tune_cli(args, log).wait(timeout=600) == 0, log.read_text()[-3000:]
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = _parent(client, "asha")
+    first, second, third = sorted(_children(client, parent), key=lambda c: c.data.tags[TRIAL_TAG])
+    assert [float(c.data.params["train.lr"]) for c in (first, second, third)] == [3e-3, 1e-6, 3e-3]
+    a, b, a_again = (_first_epoch_value(client, c, "val_mean_auc") for c in (first, second, third))
+    assert a_again == a  # same config, same seed, one worker: the same training
+    assert b != a, "B and A tied at epoch 1: ASHA stops neither; choose values of train.lr further apart"
+    stopped = second if b < a else third
+    assert parent.info.status == "FINISHED"
+    for child in (first, second, third):
+        epochs = [m.value for m in client.get_metric_history(child.info.run_id, "epoch")]
+        assert child.info.status == "FINISHED"
+        if child is stopped:
+            assert child.data.tags.get(EARLY_STOPPED_TAG) == "true" and epochs == [1.0]
+            assert "test_mean_auc" not in child.data.metrics
+        else:
+            assert EARLY_STOPPED_TAG not in child.data.tags and epochs == [1.0, 2.0, 3.0]
+            assert "test_mean_auc" in child.data.metrics  # ran to its end: test metrics and artifacts
+            assert SUMMARY_ARTIFACT in {a.path for a in client.list_artifacts(child.info.run_id, "evaluation")}
+
+
 @pytest.fixture
 def token_cluster(tmp_path):
     """A head started here: own ports, own temp dir, token auth on. Only its processes are stopped."""
@@ -116,11 +164,17 @@ def _job(env: dict, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-def test_ray_job_submit_runs_a_sweep_on_a_token_cluster(prepared_dir, tmp_path, token_cluster):
+def test_ray_job_submit_runs_a_multi_objective_sweep_on_a_token_cluster(prepared_dir, tmp_path, token_cluster):
+    """The job: two Optuna trials over train.lr, two objectives; the Pareto front it prints is the
+    one the trials' metrics in MLflow give."""
     address, env = token_cluster
-    # One trial: what is tested here is the job's way onto a token cluster (the resume test runs two).
-    sweep = ["--", "python", "-m", "orchestration.cli", "tune", "--space", str(_grid(tmp_path, (30,))),
-             "--data", str(prepared_dir), "--sweep-name", "job", *tiny_training(tmp_path, **FAST)]
+    space = tmp_path / "two_objectives.yaml"
+    space.write_text(yaml.safe_dump({"kind": "search", "metric": "val_mean_com_auc", "mode": "max",
+                                     "parameters": {"train.lr": {"distribution": "loguniform", "low": 1e-5, "high": 1e-2}}}))
+    objectives = ("val_mean_com_auc", "val_mean_int_auc")
+    sweep = ["--", "python", "-m", "orchestration.cli", "tune", "--space", str(space), "--num-samples", "2",
+             "--metric", ",".join(objectives), "--data", str(prepared_dir), "--sweep-name", "job",
+             *tiny_training(tmp_path, **FAST)]
     excludes = '{"excludes": [".venv", ".git", "demo_out", "ray_results", "*.db"]}'
 
     no_token = {k: v for k, v in env.items() if k not in ("RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")}
@@ -150,5 +204,17 @@ def test_ray_job_submit_runs_a_sweep_on_a_token_cluster(prepared_dir, tmp_path, 
     parent = _parent(client, "job")
     assert parent.info.status == "FINISHED"
     children = _children(client, parent)
-    assert len(children) == 1 and {c.info.status for c in children} == {"FINISHED"}
-    assert all("val_mean_auc" in c.data.metrics for c in children)
+    assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
+    scores = {}
+    for child in children:  # one epoch, so one validation: the values the trial reported
+        assert len(client.get_metric_history(child.info.run_id, objectives[0])) == 1
+        scores[child.data.tags[TRIAL_TAG]] = tuple(child.data.metrics[m] for m in objectives)
+    expected = {t for t, v in scores.items()
+                if not any(all(o >= x for o, x in zip(other, v)) and other != v for other in scores.values())}
+    printed = re.search(r"Pareto front over val_mean_com_auc, val_mean_int_auc \((\d) of 2 trials\): (.*)", logs)
+    assert printed, logs[-3000:]
+    shown = dict(re.findall(r"(\S+) \(([^)]*)\)", printed.group(2)))
+    assert set(shown) == expected and int(printed.group(1)) == len(expected)
+    for trial, values in shown.items():
+        assert values == ", ".join(f"{v:.4f}" for v in scores[trial])
+    assert set(parent.data.tags[PARETO_TAG].split(",")) == expected
