@@ -70,7 +70,7 @@ def main() -> None:
             scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.5}),
             run_config=ray.train.RunConfig(name="train_feed", storage_path=str(work / "ray_results")),
             datasets=training_datasets(config, plan),
-            dataset_config=data_config(),
+            dataset_config=data_config(config),
         )
         trainer.fit()
         figures = json.loads((work / "figures.json").read_text())

@@ -128,6 +128,10 @@ class TrainConfig(_Section):
     shuffle_buffer: int = Field(default=2048, ge=1)
     # Batches built ahead of the step on a background thread (0: built on the training thread).
     prefetch_batches: int = Field(default=2, ge=0)
+    # Ray Data hands each stream's blocks over in file order: one worker then sees the same batches
+    # for the same seed (two sweep trials with one config train alike), at a cost to the feed's
+    # speed (benchmarks/train_feed.py: ~2,000 instead of ~5,500 img/s on 2 cores).
+    reproducible_order: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

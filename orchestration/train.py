@@ -156,13 +156,12 @@ def training_datasets(config: Config, plan: TrainingPlan) -> dict[str, ray.data.
     return streams
 
 
-def data_config() -> ray.train.DataConfig:
-    """Ray's ingest defaults, with each stream's blocks handed over in file order (not in the order
-    reads finish): one worker then sees the same batches for the same seed, so two trials with
-    the same config train alike and a sweep's comparisons are not read-timing noise. Several
-    workers still share blocks in the order they ask for them."""
+def data_config(config: Config) -> ray.train.DataConfig:
+    """Ray's ingest defaults; with `train.reproducible_order`, each stream's blocks are handed over
+    in file order (not in the order reads finish), so one worker sees the same batches for the
+    same seed. Several workers still share blocks in the order they ask for them."""
     options = ray.train.DataConfig.default_ingest_options()
-    options.preserve_order = True
+    options.preserve_order = config.train.reproducible_order
     return ray.train.DataConfig(execution_options=options)
 
 
@@ -200,7 +199,7 @@ def _make_trainer(
             callbacks=callbacks,
         ),
         datasets=training_datasets(config, plan),
-        dataset_config=data_config(),
+        dataset_config=data_config(config),
     )
 
 

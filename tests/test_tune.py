@@ -94,16 +94,17 @@ def _first_epoch_value(client: MlflowClient, run, metric: str) -> float:
 
 
 def test_asha_stops_a_trial_after_its_first_epoch(prepared_dir, tmp_path, ray_session):
-    """Trials A, B, A, one at a time. One worker trains deterministically, so the second A repeats
-    the first one's epoch-1 value, and ASHA (judging at epoch 1 against the 75th percentile of the
-    trials before) must stop B if it is below A, else the second A: exactly one trial either way."""
+    """Trials A, B, A, one at a time. One worker with train.reproducible_order trains
+    deterministically, so the second A repeats the first one's epoch-1 value, and ASHA (judging at
+    epoch 1 against the 75th percentile of the trials before) must stop B if it is below A, else
+    the second A: exactly one trial either way."""
     space = tmp_path / "asha.yaml"
     space.write_text(yaml.safe_dump({"kind": "grid", "metric": "val_mean_auc", "mode": "max",
                                      "parameters": {"train.lr": {"distribution": "choice", "values": [3e-3, 1e-6, 3e-3]}}}))
     log = tmp_path / "asha.log"
     args = ["--space", str(space), "--data", str(prepared_dir), "--sweep-name", "asha", "--scheduler", "asha",
             "--address", ray_session.get_runtime_context().gcs_address,
-            *tiny_training(tmp_path, **{**FAST, "train.epochs": 3})]
+            *tiny_training(tmp_path, **{**FAST, "train.epochs": 3, "train.reproducible_order": "true"})]
     assert _tune_cli(args, log).wait(timeout=600) == 0, log.read_text()[-3000:]
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
