@@ -2,9 +2,11 @@
 
 Both decode the same N NIH-like 1024x1024 8-bit PNGs, convert to grayscale, resize to 320x320 and
 write uncompressed Parquet. Also measures reading the prepared shards back into torch uint8
-batches from one process. Last line: one JSON object with the figures.
+batches from one process, and the DICOM case: M in-house-like 512x512 12-bit DICOMs (half
+JPEG 2000, half uncompressed) against the same pictures as 16-bit PNGs, both through `cxr
+prepare`, with how busy the cores were (no target). Last line: one JSON object with the figures.
 
-    python benchmarks/prepare_throughput.py --images 5000
+    python benchmarks/prepare_throughput.py --images 5000 --dicom-images 1000
 """
 
 from __future__ import annotations
@@ -19,15 +21,17 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
 from data_prep.config import PrepareConfig, SourceConfig
 from data_prep.join import load_sources
 from data_prep.pipeline import run_prepare
-from data_prep.synth import LOOKS, NIH_HEADER, _ImageMaker
+from data_prep.synth import LOOKS, NIH_HEADER, _ImageMaker, _write_dicom
 from orchestration.runtime import init_ray
 
 DISTINCT = 48  # distinct pictures; files repeat them so writing N inputs stays quick
@@ -52,6 +56,44 @@ def make_nih_folder(root: Path, n: int, size: int) -> list[Path]:
     lines[1] = lines[1].replace("No Finding", "Mass")
     (root / "Data_Entry_2017_v2020.csv").write_text("\n".join(lines) + "\n")
     return paths
+
+
+def make_dicom_and_png_sets(root: Path, n: int, size: int) -> dict[str, Path]:
+    """The same pictures twice, as generic-CSV sets: 12-bit DICOMs (even files JPEG 2000 lossless,
+    odd ones uncompressed) and 16-bit PNGs."""
+    rng = np.random.default_rng(1)
+    maker = _ImageMaker(size, LOOKS["inhouse"], rng)
+    pictures = [maker.make(rng.random(21) < 0.2) for _ in range(DISTINCT)]
+    tables = {}
+    for kind in ("dicom", "png16"):
+        folder = root / kind
+        folder.mkdir(parents=True)
+        lines = ["path,patient_id,Mass"]
+        for i in range(n):
+            if kind == "dicom":
+                name = f"im{i:06d}.dcm"
+                variant = {"photometric": "MONOCHROME2", "bits": 12, "rescale": None, "window": False,
+                           "syntax": ExplicitVRLittleEndian if i % 2 else JPEG2000Lossless}
+                _write_dicom(folder / name, pictures[i % DISTINCT], variant, f"P{i}")
+            else:
+                name = f"im{i:06d}.png"
+                cv2.imwrite(str(folder / name), (pictures[i % DISTINCT] * 4095).round().astype(np.uint16))
+            lines.append(f"{name},P{i // 3},{i % 2}")
+        (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+        tables[kind] = folder / "labels.csv"
+    return tables
+
+
+def prepare_rate(table: Path, out: Path, image_size: int) -> tuple[float, float]:
+    """(images/s, mean % busy of all cores) for `cxr prepare` of one generic-CSV set."""
+    config = PrepareConfig(sources=[SourceConfig(name="inhouse", kind="csv", path=table)], internal="inhouse",
+                           image_size=image_size)
+    joined = load_sources(config)
+    psutil.cpu_percent()
+    start = time.perf_counter()
+    run_prepare(joined, config, out)
+    seconds = time.perf_counter() - start
+    return len(joined.rows) / seconds, psutil.cpu_percent()
 
 
 def pillow_loop(paths: list[Path], out: Path, size: int) -> None:
@@ -83,6 +125,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--source-size", type=int, default=1024)
     parser.add_argument("--image-size", type=int, default=320)
+    parser.add_argument("--dicom-images", type=int, default=1000)
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench_prepare_"))
@@ -107,6 +150,9 @@ def main() -> None:
         pillow_s = time.perf_counter() - start
 
         read = read_rate(prepared)
+        tables = make_dicom_and_png_sets(work / "dicom_case", args.dicom_images, 512)
+        dicom_rate, dicom_busy = prepare_rate(tables["dicom"], work / "prepared_dicom", args.image_size)
+        png16_rate, png16_busy = prepare_rate(tables["png16"], work / "prepared_png16", args.image_size)
         figures = {
             "benchmark": "prepare_throughput",
             "images": args.images,
@@ -118,8 +164,16 @@ def main() -> None:
             "target": 1.5,
             "read_images_per_s": round(read),
             "read_target": 20000,
+            "dicom_images": args.dicom_images,
+            "dicom_images_per_s": round(dicom_rate, 1),
+            "png16_images_per_s": round(png16_rate, 1),
+            "dicom_vs_png16": round(dicom_rate / png16_rate, 3),
+            "dicom_cpu_busy_percent": round(dicom_busy),
+            "png16_cpu_busy_percent": round(png16_busy),
         }
         print(f"Ray Data prepare: {ray_s:.1f} s, Pillow loop: {pillow_s:.1f} s, read back: {read:,.0f} img/s")
+        print(f"512² 12-bit DICOM (half JPEG 2000): {dicom_rate:,.0f} img/s ({dicom_busy:.0f}% of the cores busy); "
+              f"the same as 16-bit PNG: {png16_rate:,.0f} img/s ({png16_busy:.0f}%)")
         print(json.dumps(figures))
     finally:
         shutil.rmtree(work, ignore_errors=True)

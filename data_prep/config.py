@@ -7,7 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-SourceKind = Literal["nih", "chexpert", "csv"]
+SourceKind = Literal["nih", "chexpert", "mimic", "vindr", "padchest", "csv"]
+# Settings only one kind reads: given for another kind they are a mistake, not a no-op.
+KIND_SETTINGS = {"labeler": "mimic", "vote": "vindr", "skip_bad_labels": "padchest"}
 
 
 class SourceConfig(BaseModel):
@@ -25,12 +27,27 @@ class SourceConfig(BaseModel):
     # What a blank cell means. Default: CheXpert negative (Stanford's convention), csv unknown.
     blank: Literal["negative", "unknown"] | None = None
     views: Literal["all", "frontal", "lateral"] = "all"
+    # MIMIC-CXR: which labeler's table (mimic-cxr-2.0.0-<labeler>.csv).
+    labeler: Literal["chexpert", "negbio"] = "chexpert"
+    # VinDr-CXR: how the three radiologists' reads of a training image become one label.
+    vote: Literal["any", "majority"] = "majority"
+    # PadChest: an empty or unparsable Labels cell skips the image (counted) instead of stopping.
+    skip_bad_labels: bool = False
+
+    @model_validator(mode="after")
+    def _settings_of_this_kind(self) -> SourceConfig:
+        for setting, kind in KIND_SETTINGS.items():
+            if self.kind != kind and getattr(self, setting) != type(self).model_fields[setting].default:
+                raise ValueError(f"dataset {self.name!r}: {setting} applies to kind {kind!r} only "
+                                 f"(this one is {self.kind!r})")
+        return self
 
     @property
     def blank_value(self) -> Literal["negative", "unknown"]:
+        """CheXpert-labeler tables leave a finding blank when the report does not mention it."""
         if self.blank is not None:
             return self.blank
-        return "negative" if self.kind == "chexpert" else "unknown"
+        return "negative" if self.kind in ("chexpert", "mimic") else "unknown"
 
 
 class PrepareConfig(BaseModel):

@@ -1,13 +1,16 @@
 """Decode one radiograph file to a square uint8 grayscale array, or say exactly why not.
 
 OpenCV decodes PNG/JPEG (8/16-bit, RGBA, palette) straight to grayscale and its area resize is
-the fastest measured here (RAY_NOTES: decoding is the cost of `cxr prepare`).
+the fastest measured here (RAY_NOTES: decoding is the cost of `cxr prepare`). DICOM files go
+through `data_prep.dicom` (pydicom) to 8 bits first, then the same resize.
 """
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
+
+from data_prep.dicom import DicomError, dicom_to_uint8, looks_like_dicom
 
 cv2.setNumThreads(1)  # Ray runs one decode task per core; OpenCV's own threads would oversubscribe.
 
@@ -31,8 +34,17 @@ def _check_complete(data: bytes) -> None:
             raise ImageError("truncated JPEG (no end-of-image marker)")
 
 
-def decode_grayscale(data: bytes, size: int) -> np.ndarray:
-    """Encoded image bytes -> (size, size) uint8 grayscale. Raises ImageError with the reason."""
+def decode_grayscale(data: bytes, size: int, *, path: str | None = None, notes: list[str] | None = None) -> np.ndarray:
+    """Encoded image bytes (PNG, JPEG or DICOM) -> (size, size) uint8 grayscale. Raises ImageError
+    with the reason; remarks on an image that is still used (a DICOM's extra frames) go to `notes`."""
+    if looks_like_dicom(path, data):
+        try:
+            decoded = dicom_to_uint8(data)
+        except DicomError as exc:
+            raise ImageError(str(exc)) from None
+        if notes is not None:
+            notes.extend(decoded.notes)
+        return _resized(decoded.image, size)
     _check_complete(data)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
     if image is None or image.size == 0:
@@ -42,6 +54,10 @@ def decode_grayscale(data: bytes, size: int) -> np.ndarray:
         image = image.astype(np.float32)
         low, high = float(image.min()), float(image.max())
         image = ((image - low) * (255.0 / max(high - low, 1.0))).round().astype(np.uint8)
+    return _resized(image, size)
+
+
+def _resized(image: np.ndarray, size: int) -> np.ndarray:
     if image.shape != (size, size):
         shrinking = image.shape[0] > size or image.shape[1] > size
         image = cv2.resize(
@@ -50,7 +66,7 @@ def decode_grayscale(data: bytes, size: int) -> np.ndarray:
     return image
 
 
-def load_grayscale(path: str | None, size: int) -> np.ndarray:
+def load_grayscale(path: str | None, size: int, notes: list[str] | None = None) -> np.ndarray:
     """Read and decode one file. Raises ImageError for missing or unreadable files too."""
     if path is None:
         raise ImageError("image file not found")
@@ -61,4 +77,4 @@ def load_grayscale(path: str | None, size: int) -> np.ndarray:
         raise ImageError("image file not found") from exc
     except OSError as exc:
         raise ImageError(f"cannot read file: {exc.strerror}") from exc
-    return decode_grayscale(data, size)
+    return decode_grayscale(data, size, path=path, notes=notes)

@@ -1,11 +1,17 @@
 """Canonical finding names, source spellings, and the finding groups of a set of domains.
 
-The label values themselves (1 / 0 / -2) are defined in `cxrmodel.labels`.
+NIH and CheXpert spell findings as the canonical names or the synonyms below; the datasets with
+many labels of their own (MIMIC-CXR, VinDr-CXR, PadChest) map theirs in YAML presets under
+`label_maps/`. The label values themselves (1 / 0 / -2) are defined in `cxrmodel.labels`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
 
 from data_prep.errors import DataPrepError
 
@@ -117,3 +123,59 @@ def common_findings(label_space: Sequence[str], finding_sets: Iterable[Iterable[
         return []
     shared = set.intersection(*sets)
     return [f for f in label_space if f in shared]
+
+
+# --- label-map presets: data_prep/label_maps/<kind>.yaml ---------------------------------------
+
+PRESETS_DIR = Path(__file__).resolve().parent / "label_maps"
+
+
+@dataclass(frozen=True)
+class LabelPreset:
+    """A dataset's spellings -> canonical finding (None: ignored); `unlisted` says what a label the
+    preset does not list means: "error" (stop, name it) or "ignore" (named in the warnings)."""
+
+    kind: str
+    description: str
+    labels: dict[str, str | None]
+    unlisted: str
+
+    def resolve(self, names: Iterable[str], user_map: Mapping[str, str | None], where: str,
+                ) -> tuple[dict[str, str], list[str]]:
+        """Each source label -> its canonical finding, the user's `label_map` over the preset's;
+        returns (mapped labels, unlisted labels that were ignored). 'No Finding' / 'normal' are
+        not findings and are left out."""
+        merged = {**self.labels, **user_map}
+        mapped, ignored = {}, []
+        for name in names:
+            if is_no_finding(name):
+                continue
+            known = next((k for k in merged if _normalise(k) == _normalise(name)), None)
+            if known is not None:
+                target = merged[known]
+            elif self.unlisted == "ignore":
+                ignored.append(name)
+                continue
+            else:
+                target = canonical_name(name, user_map, where=where)
+            if target is not None:
+                mapped[name] = target
+        return mapped, ignored
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def load_preset(kind: str) -> LabelPreset:
+    path = PRESETS_DIR / f"{kind}.yaml"
+    if not path.exists():
+        raise DataPrepError(f"no label-map preset for {kind!r}; presets: {', '.join(preset_names())}")
+    doc = yaml.safe_load(path.read_text())
+    labels = doc.get("labels") or {}
+    for source, target in labels.items():
+        if target is not None and target not in CANONICAL_FINDINGS:
+            raise DataPrepError(f"{path}: {source!r} maps to {target!r}, not a canonical finding")
+    if doc.get("unlisted") not in ("error", "ignore"):
+        raise DataPrepError(f"{path}: unlisted must be 'error' or 'ignore'")
+    return LabelPreset(kind, doc.get("description", ""), dict(labels), doc["unlisted"])

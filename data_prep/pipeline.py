@@ -1,7 +1,8 @@
 """`cxr prepare` with Ray Data: decode -> grayscale -> resize -> uint8 -> Parquet shards + manifest.
 
 Images that cannot be used are not dropped silently: each decode task appends them, with the
-reason, to a JSON-lines file under `_skipped/`; the driver gathers those into the manifest.
+reason, to a JSON-lines file under `_skipped/` (and images used with a remark, such as a DICOM's
+first of several frames, to another); the driver gathers those into the manifest.
 """
 
 from __future__ import annotations
@@ -25,37 +26,48 @@ from data_prep.split import SPLITS, patients_crossing_splits
 
 log = logging.getLogger(__name__)
 
-SKIPPED_DIR = "_skipped"
+SKIPPED_DIR = "_skipped"  # decode tasks' reports while `cxr prepare` runs
+SKIPPED_KIND, NOTE_KIND = "skipped", "note"  # an image left out / one used with a remark
 SKIPPED_LIST = "skipped.json"
 
 
 def _decode_batch(batch: pd.DataFrame, *, size: int, skipped_dir: str) -> pd.DataFrame:
-    images, keep, skipped = [], [], []
+    images, keep, skipped, noted = [], [], [], []
     for row in batch.itertuples(index=False):
+        where = {"sample_id": int(row.sample_id), "domain": row.domain, "image_id": row.image_id, "path": row.path}
+        notes: list[str] = []
         try:
-            images.append(load_grayscale(row.path, size).tobytes())
+            images.append(load_grayscale(row.path, size, notes).tobytes())
             keep.append(True)
         except ImageError as err:
             keep.append(False)
-            skipped.append(
-                {"sample_id": int(row.sample_id), "domain": row.domain, "image_id": row.image_id,
-                 "path": row.path, "reason": str(err)}
-            )
-    if skipped:
-        with open(Path(skipped_dir) / f"{uuid.uuid4().hex}.jsonl", "w") as f:
-            f.writelines(json.dumps(s) + "\n" for s in skipped)
+            skipped.append({**where, "reason": str(err)})
+        noted += [{**where, "note": note} for note in notes]
+    for records, kind in ((skipped, SKIPPED_KIND), (noted, NOTE_KIND)):
+        if records:
+            with open(Path(skipped_dir) / f"{kind}-{uuid.uuid4().hex}.jsonl", "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in records)
     out = batch[keep].drop(columns=["path"])
     out[IMAGE_COLUMN] = images
     return out
 
 
-def _gather_skipped(skipped_dir: Path) -> list[dict]:
-    by_sample: dict[int, dict] = {}  # keyed by sample: a retried task may report a file twice
-    for part in sorted(skipped_dir.glob("*.jsonl")):
+def _gather(skipped_dir: Path, kind: str) -> list[dict]:
+    by_sample: dict[tuple, dict] = {}  # keyed by sample: a retried task may report a file twice
+    for part in sorted(skipped_dir.glob(f"{kind}-*.jsonl")):
         for line in part.read_text().splitlines():
             record = json.loads(line)
-            by_sample[record["sample_id"]] = record
+            by_sample[(record["sample_id"], record.get("note"))] = record
     return [by_sample[k] for k in sorted(by_sample)]
+
+
+def _note_warnings(noted: list[dict]) -> list[str]:
+    """One manifest warning per domain and note: how many images, and one of them."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for record in noted:
+        groups.setdefault((record["domain"], record["note"]), []).append(record)
+    return [f"{domain}: {len(records)} image(s): {note} (e.g. {records[0]['path']})"
+            for (domain, note), records in sorted(groups.items())]
 
 
 def _prepare_out_dir(out: Path, overwrite: bool) -> None:
@@ -109,7 +121,8 @@ def run_prepare(
         compression="none",  # raw uint8 pixels do not compress well and read 4x faster plain
     )
 
-    skipped = _gather_skipped(skipped_dir)
+    skipped = _gather(skipped_dir, SKIPPED_KIND)
+    noted = _gather(skipped_dir, NOTE_KIND)
     shutil.rmtree(skipped_dir)
     (out / SKIPPED_LIST).write_text(json.dumps(skipped, indent=1))
     total = len(joined.rows)
@@ -143,7 +156,7 @@ def run_prepare(
         },
         shards=_list_shards(out, list(kept.domain_findings)),
         skipped=skipped,
-        warnings=kept.warnings,
+        warnings=kept.warnings + _note_warnings(noted),
         config=resolved_config or config.model_dump(mode="json"),
     ).write(out)
     return PreparedDataset.load(out)

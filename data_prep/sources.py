@@ -42,7 +42,10 @@ def read_source(source: SourceConfig, *, find_images: bool = True) -> SourceTabl
     """Read one dataset's label table (and, with `find_images`, locate its image files)."""
     if not source.path.exists():
         raise DataPrepError(f"dataset {source.name!r}: {source.path} does not exist")
-    reader = {"nih": _read_nih, "chexpert": _read_chexpert, "csv": _read_generic_csv}[source.kind]
+    from data_prep import public_sets  # its readers build on this module's helpers
+
+    reader = {"nih": _read_nih, "chexpert": _read_chexpert, "csv": _read_generic_csv, "mimic": public_sets.read_mimic,
+              "vindr": public_sets.read_vindr, "padchest": public_sets.read_padchest}[source.kind]
     table = reader(source, find_images)
     if table.rows.empty:
         raise DataPrepError(f"dataset {source.name!r} ({source.path}) has no images after filtering")
@@ -55,14 +58,14 @@ def read_source(source: SourceConfig, *, find_images: bool = True) -> SourceTabl
     return table
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+def read_csv(path: Path) -> pd.DataFrame:
     try:
         return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
         raise DataPrepError(f"{path}: cannot be read as CSV: {exc}") from exc
 
 
-def _require_columns(df: pd.DataFrame, required: list[str], path: Path) -> None:
+def require_columns(df: pd.DataFrame, required: list[str], path: Path) -> None:
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise DataPrepError(
@@ -70,7 +73,7 @@ def _require_columns(df: pd.DataFrame, required: list[str], path: Path) -> None:
         )
 
 
-def _line(index: int) -> int:
+def csv_line(index: int) -> int:
     """CSV line number of a 0-based data row (line 1 is the header)."""
     return int(index) + 2
 
@@ -103,8 +106,8 @@ def _read_list(path: Path) -> set[str]:
 def _read_nih(source: SourceConfig, find_images: bool) -> SourceTable:
     root = source.path
     csv_path = _find_nih_csv(root)
-    df = _read_csv(csv_path)
-    _require_columns(df, ["Image Index", "Finding Labels", "Patient ID"], csv_path)
+    df = read_csv(csv_path)
+    require_columns(df, ["Image Index", "Finding Labels", "Patient ID"], csv_path)
 
     tokens = df["Finding Labels"].str.split("|")
     findings: dict[str, str] = {}  # source token -> canonical
@@ -115,7 +118,7 @@ def _read_nih(source: SourceConfig, find_images: bool) -> SourceTable:
             continue
         first = int(exploded.index[exploded == token][0])
         name = canonical_name(
-            token, source.label_map, where=f"{csv_path} line {_line(first)} column 'Finding Labels'"
+            token, source.label_map, where=f"{csv_path} line {csv_line(first)} column 'Finding Labels'"
         )
         if name is None:
             ignored.add(token)
@@ -127,7 +130,7 @@ def _read_nih(source: SourceConfig, find_images: bool) -> SourceTable:
     )
     bad_patient = rows["patient_id"] == ""
     if bad_patient.any():
-        raise DataPrepError(f"{csv_path} line {_line(bad_patient.idxmax())}: empty 'Patient ID'")
+        raise DataPrepError(f"{csv_path} line {csv_line(bad_patient.idxmax())}: empty 'Patient ID'")
     token_sets = tokens.map(lambda ts: {t.strip() for t in ts})
     canonical = in_label_order(findings.values())
     for name in canonical:
@@ -165,11 +168,11 @@ def _nih_official_split(root: Path, csv_path: Path, rows: pd.DataFrame) -> tuple
         )
         log.warning(warning)
         warnings.append(warning)
-    _check_official_patients(rows["patient_id"], split, f"{root} official split lists")
+    check_official_patients(rows["patient_id"], split, f"{root} official split lists")
     return split.astype(object), warnings
 
 
-def _check_official_patients(patients: pd.Series, split: pd.Series, where: str) -> None:
+def check_official_patients(patients: pd.Series, split: pd.Series, where: str) -> None:
     crossing = patients_crossing_splits(patients, split)
     if crossing:
         raise DataPrepError(
@@ -188,7 +191,7 @@ _CHEXPERT_META = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")
 _CHEXPERT_FOLDERS = ("CheXpert-v1.0-small", "CheXpert-v1.0")
 
 
-def _table_file(folder: Path, stem: str) -> Path | None:
+def table_file(folder: Path, stem: str) -> Path | None:
     """folder/stem.csv, or its gzipped twin."""
     for name in (f"{stem}.csv", f"{stem}.csv.gz"):
         if (folder / name).exists():
@@ -198,7 +201,7 @@ def _table_file(folder: Path, stem: str) -> Path | None:
 
 def _find_chexpert_folder(path: Path) -> Path:
     for folder in (path, *(path / name for name in _CHEXPERT_FOLDERS)):
-        if _table_file(folder, "train"):
+        if table_file(folder, "train"):
             return folder
     raise DataPrepError(
         f"{path}: no CheXpert train.csv here nor in {' or '.join(_CHEXPERT_FOLDERS)}/"
@@ -207,9 +210,9 @@ def _find_chexpert_folder(path: Path) -> Path:
 
 def _read_chexpert(source: SourceConfig, find_images: bool) -> SourceTable:
     folder = _find_chexpert_folder(source.path)
-    parts = [(_table_file(folder, "train"), "train")]
-    if _table_file(folder, "valid"):
-        parts.append((_table_file(folder, "valid"), "val"))
+    parts = [(table_file(folder, "train"), "train")]
+    if table_file(folder, "valid"):
+        parts.append((table_file(folder, "valid"), "val"))
     tables = [_read_chexpert_csv(source, csv_path, split) for csv_path, split in parts]
     findings = tables[0][1]
     for csv_path, (_, other) in zip([p for p, _ in parts[1:]], tables[1:]):
@@ -222,8 +225,8 @@ def _read_chexpert(source: SourceConfig, find_images: bool) -> SourceTable:
 
 
 def _read_chexpert_csv(source: SourceConfig, csv_path: Path, split: str) -> tuple[pd.DataFrame, list[str]]:
-    df = _read_csv(csv_path)
-    _require_columns(df, ["Path", "Frontal/Lateral"], csv_path)
+    df = read_csv(csv_path)
+    require_columns(df, ["Path", "Frontal/Lateral"], csv_path)
     label_columns = [c for c in df.columns if c not in _CHEXPERT_META]
     if source.views != "all":
         df = df[df["Frontal/Lateral"].str.lower() == source.views]
@@ -231,7 +234,7 @@ def _read_chexpert_csv(source: SourceConfig, csv_path: Path, split: str) -> tupl
     if patient.isna().any():
         bad = patient.index[patient.isna()][0]
         raise DataPrepError(
-            f"{csv_path} line {_line(bad)}: cannot find 'patientNNNNN' in Path {df['Path'][bad]!r}"
+            f"{csv_path} line {csv_line(bad)}: cannot find 'patientNNNNN' in Path {df['Path'][bad]!r}"
         )
     rows = pd.DataFrame({"image_id": df["Path"], "patient_id": patient, "split": split})
     findings = _label_columns(source, df, label_columns, csv_path, rows)
@@ -242,18 +245,28 @@ def _label_columns(
     source: SourceConfig, df: pd.DataFrame, columns: list[str], csv_path: Path, rows: pd.DataFrame
 ) -> list[str]:
     """Add one int8 column per mapped finding to `rows`; return the findings in canonical order."""
-    uncertain = {"ones": POSITIVE, "zeros": NEGATIVE, "ignore": UNKNOWN}[source.uncertain]
-    blank = {"negative": NEGATIVE, "unknown": UNKNOWN}[source.blank_value]
     names: dict[str, str] = {}
     for column in columns:
         if is_no_finding(column):
             continue
         name = canonical_name(column, source.label_map, where=f"{csv_path} column {column!r}")
-        if name is None:
-            continue
-        if name in names.values():
-            raise DataPrepError(f"{csv_path}: two columns map to finding {name!r} (one is {column!r})")
-        names[column] = name
+        if name is not None:
+            names[column] = name
+    return chexpert_style_values(source, df, names, csv_path, rows)
+
+
+def chexpert_style_values(
+    source: SourceConfig, df: pd.DataFrame, names: dict[str, str], csv_path: Path, rows: pd.DataFrame
+) -> list[str]:
+    """Columns of 1 / 0 / -1 / blank (CheXpert's labeler) -> one int8 column per finding in `rows`,
+    by the source's `uncertain` and `blank` policies; returns the findings in canonical order."""
+    uncertain = {"ones": POSITIVE, "zeros": NEGATIVE, "ignore": UNKNOWN}[source.uncertain]
+    blank = {"negative": NEGATIVE, "unknown": UNKNOWN}[source.blank_value]
+    seen: dict[str, str] = {}
+    for column, name in names.items():
+        if name in seen:
+            raise DataPrepError(f"{csv_path}: columns {seen[name]!r} and {column!r} both map to finding {name!r}")
+        seen[name] = column
     for column, name in names.items():
         raw = df[column].str.strip()
         numeric = pd.to_numeric(raw, errors="coerce")
@@ -261,7 +274,7 @@ def _label_columns(
         if not valid.all():
             bad = valid.index[~valid][0]
             raise DataPrepError(
-                f"{csv_path} line {_line(bad)} column {column!r}: value {df[column][bad]!r} "
+                f"{csv_path} line {csv_line(bad)} column {column!r}: value {df[column][bad]!r} "
                 "is not one of 1, 0, -1 or blank"
             )
         values = np.select(
@@ -282,12 +295,12 @@ def _read_generic_csv(source: SourceConfig, find_images: bool) -> SourceTable:
         csv_path = csv_path / "labels.csv"
     if not csv_path.exists():
         raise DataPrepError(f"dataset {source.name!r}: {csv_path} does not exist")
-    df = _read_csv(csv_path)
-    _require_columns(df, ["path", "patient_id"], csv_path)
+    df = read_csv(csv_path)
+    require_columns(df, ["path", "patient_id"], csv_path)
     for column in ("path", "patient_id"):
         empty = df[column].str.strip() == ""
         if empty.any():
-            raise DataPrepError(f"{csv_path} line {_line(empty.idxmax())}: empty {column!r}")
+            raise DataPrepError(f"{csv_path} line {csv_line(empty.idxmax())}: empty {column!r}")
     image_id = df["image_id"] if "image_id" in df.columns else df["path"]
     rows = pd.DataFrame({"image_id": image_id, "patient_id": df["patient_id"].str.strip()})
     if "split" in df.columns:
@@ -296,10 +309,10 @@ def _read_generic_csv(source: SourceConfig, find_images: bool) -> SourceTable:
         if bad.any():
             first = bad.idxmax()
             raise DataPrepError(
-                f"{csv_path} line {_line(first)} column 'split': value {df['split'][first]!r} "
+                f"{csv_path} line {csv_line(first)} column 'split': value {df['split'][first]!r} "
                 f"is not one of {list(SPLITS)}"
             )
-        _check_official_patients(rows["patient_id"], split, f"{csv_path} column 'split'")
+        check_official_patients(rows["patient_id"], split, f"{csv_path} column 'split'")
         rows["split"] = split.astype(object)
     else:
         rows["split"] = None

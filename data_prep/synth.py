@@ -9,11 +9,20 @@ does not label still appear in its images, as in real data: domain and label dis
 from __future__ import annotations
 
 import csv
+import gzip
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import (
+    DigitalXRayImageStorageForPresentation,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    RLELossless,
+    generate_uid,
+)
 
 from data_prep.errors import DataPrepError
 from data_prep.labels import CANONICAL_FINDINGS
@@ -226,15 +235,21 @@ def synth_chexpert(out: Path, n: int, size: int, rng: np.random.Generator) -> No
             writer.writerows(rows)
 
 
-def synth_inhouse(out: Path, n: int, size: int, rng: np.random.Generator) -> None:
+def synth_inhouse(out: Path, n: int, size: int, rng: np.random.Generator, image_format: str = "dicom") -> None:
+    """A hospital export: DICOM (a mix of the encodings PACS produce, see `_write_dicom`) or
+    16-bit PNGs holding 12-bit data."""
     present = _presence(rng, n)
     maker = _ImageMaker(size, LOOKS["inhouse"], rng)
     patients = _patients(rng, n)
     rows = []
     for i in range(n):
-        rel = f"images/IH{i:06d}.png"
-        # 16-bit PNGs holding 12-bit data, as many hospital exports do.
-        _write(out / rel, (maker.make(present[i]) * 4095).round().astype(np.uint16))
+        image = maker.make(present[i])
+        if image_format == "dicom":
+            rel = f"images/IH{i:06d}.dcm"
+            _write_dicom(out / rel, image, dicom_variant(i), f"IH-P{patients[i]:05d}", pixels=i != n - 1)
+        else:
+            rel = f"images/IH{i:06d}.png"
+            _write(out / rel, (image * 4095).round().astype(np.uint16))
         values = [
             "" if rng.random() < 0.02 else str(int(present[i, _column(f)])) for f in INHOUSE_FINDINGS
         ]
@@ -245,15 +260,221 @@ def synth_inhouse(out: Path, n: int, size: int, rng: np.random.Generator) -> Non
         writer.writerows(rows)
 
 
-def synthesize(out: Path, *, images_per_source: int = 300, image_size: int = 256, seed: int = 0) -> dict[str, Path]:
-    """Write out/nih, out/chexpert and out/inhouse; return each dataset's folder."""
+def dicom_variant(i: int) -> dict:
+    """How in-house image i is encoded: MONOCHROME1 (every 3rd), 12 or 16 bits stored, a rescale
+    (every 4th), a window (every 5th), RLE or JPEG 2000 lossless (every 6th each)."""
+    return {
+        "photometric": "MONOCHROME1" if i % 3 == 1 else "MONOCHROME2",
+        "bits": 12 if i % 2 == 0 else 16,
+        "rescale": (0.5, -1024.0) if i % 4 == 3 else None,  # slope, intercept
+        "window": i % 5 == 2,
+        "syntax": {4: RLELossless, 5: JPEG2000Lossless}.get(i % 6, ExplicitVRLittleEndian),
+    }
+
+
+def _write_dicom(path: Path, image: np.ndarray, variant: dict, patient: str, *, pixels: bool = True) -> None:
+    """`image` (floats in [0, 1], bright = dense) as a DX file encoded as `variant` (see
+    `dicom_variant`) says; without `pixels`, a file with no PixelData (as a PACS export of a
+    report would be)."""
+    top = 2 ** variant["bits"] - 1
+    shown = 1.0 - image if variant["photometric"] == "MONOCHROME1" else image  # MONOCHROME1: dense is dark
+    stored = (shown * top).round().astype(np.uint16)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[patient, path.name])
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID, ds.ViewPosition = "DX", patient, "PA"
+    if pixels:
+        ds.Rows, ds.Columns = stored.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, variant["photometric"]
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, variant["bits"], variant["bits"] - 1, 0
+        slope, intercept = variant["rescale"] or (1.0, 0.0)
+        if variant["rescale"]:
+            ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = slope, intercept, "US"
+        if variant["window"]:  # the middle 80% of the stored range, in modality units
+            low, high = (0.1 * top) * slope + intercept, (0.9 * top) * slope + intercept
+            ds.WindowCenter, ds.WindowWidth = (low + high) / 2, high - low
+        ds.PixelData = stored.tobytes()
+        if variant["syntax"] != ExplicitVRLittleEndian:
+            ds.compress(variant["syntax"], stored)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+
+
+MIMIC_COLUMNS = (
+    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture",
+    "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia",
+    "Pneumothorax", "Support Devices",
+)
+
+
+def _hex_id(rng: np.random.Generator, digits: int) -> str:
+    return "".join(rng.choice(list("0123456789abcdef"), digits))
+
+
+def _write_gz_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    with gzip.open(path, "wt", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def synth_mimic(out: Path, n: int, size: int, rng: np.random.Generator) -> None:
+    """MIMIC-CXR-JPG 2.0.0: labels per study from the CheXpert and NegBio labelers, the official
+    split and the metadata (views) per image, JPEGs under files/p<2>/p<subject>/s<study>/. The
+    last study has no label row, as a few real ones do."""
+    maker = _ImageMaker(size, LOOKS["chexpert"], rng)
+    studies, subject, study = [], 10000000, 50000000
+    while sum(len(images) for _, _, images in studies) < n:
+        subject += int(rng.integers(1, 40))
+        for _ in range(int(rng.integers(1, 3))):  # one or two studies per subject
+            study += int(rng.integers(1, 500))
+            studies.append((subject, study, ["PA", "LATERAL"][: int(rng.integers(1, 3))]))
+    present = _presence(rng, len(studies))
+    chexpert_rows, negbio_rows, split_rows, meta_rows, k = [], [], [], [], 0
+    for j, (subject_id, study_id, views) in enumerate(studies):
+        values = [_chexpert_value(rng, bool(present[j, _column("Effusion" if c == "Pleural Effusion" else c)]), True)
+                  if c != "No Finding" else "" for c in MIMIC_COLUMNS]
+        values[MIMIC_COLUMNS.index("No Finding")] = "" if {"1.0", "-1.0"} & set(values) else "1.0"
+        if j < len(studies) - 1:
+            chexpert_rows.append([subject_id, study_id, *values])
+            negbio_rows.append([subject_id, study_id, *["1.0" if v == "-1.0" else v for v in values]])
+        split = "test" if subject_id % 10 == 0 else "validate" if subject_id % 10 == 1 else "train"
+        for view in views:
+            if k == n:
+                break
+            k += 1
+            dicom_id = _hex_id(rng, 40)
+            view_position = view if view == "LATERAL" or k % 11 else "AP"
+            image = maker.make(present[j])
+            if view == "LATERAL":
+                image = np.ascontiguousarray(image[:, ::-1] * 0.9)
+            s = str(subject_id)
+            _write(out / "files" / f"p{s[:2]}" / f"p{s}" / f"s{study_id}" / f"{dicom_id}.jpg",
+                   (image * 255).round().astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 90])
+            split_rows.append([dicom_id, study_id, subject_id, split])
+            meta_rows.append([dicom_id, subject_id, study_id, "CHEST (PA AND LAT)", view_position, size, size])
+    _write_gz_csv(out / "mimic-cxr-2.0.0-chexpert.csv.gz", ["subject_id", "study_id", *MIMIC_COLUMNS], chexpert_rows)
+    _write_gz_csv(out / "mimic-cxr-2.0.0-negbio.csv.gz", ["subject_id", "study_id", *MIMIC_COLUMNS], negbio_rows)
+    _write_gz_csv(out / "mimic-cxr-2.0.0-split.csv.gz", ["dicom_id", "study_id", "subject_id", "split"], split_rows)
+    _write_gz_csv(out / "mimic-cxr-2.0.0-metadata.csv.gz", ["dicom_id", "subject_id", "study_id",
+                  "PerformedProcedureStepDescription", "ViewPosition", "Rows", "Columns"], meta_rows)
+
+
+VINDR_COLUMNS = (
+    "Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", "Clavicle fracture", "Consolidation",
+    "Edema", "Emphysema", "Enlarged PA", "ILD", "Infiltration", "Lung Opacity", "Lung cavity", "Lung cyst",
+    "Mediastinal shift", "Nodule/Mass", "Pleural effusion", "Pleural thickening", "Pneumothorax",
+    "Pulmonary fibrosis", "Rib fracture", "Other lesion", "COPD", "Lung tumor", "Pneumonia", "Tuberculosis",
+    "Other diseases", "No finding",
+)
+# What each VinDr column shows in the drawn image (None: drawn nowhere, present at random).
+_VINDR_DRAWN = {
+    "Atelectasis": ("Atelectasis",), "Cardiomegaly": ("Cardiomegaly",), "Consolidation": ("Consolidation",),
+    "Edema": ("Edema",), "Emphysema": ("Emphysema",), "Infiltration": ("Infiltration",),
+    "Lung Opacity": ("Lung Opacity",), "Nodule/Mass": ("Nodule", "Mass"), "Pleural effusion": ("Effusion",),
+    "Pleural thickening": ("Pleural Thickening",), "Pneumothorax": ("Pneumothorax",),
+    "Pulmonary fibrosis": ("Fibrosis",), "Pneumonia": ("Pneumonia",), "Tuberculosis": ("Tuberculosis",),
+    "Clavicle fracture": ("Fracture",), "Rib fracture": ("Fracture",),
+}
+
+
+def synth_vindr(out: Path, n: int, size: int, rng: np.random.Generator) -> None:
+    """VinDr-CXR 1.0.0: three radiologists' image labels per training image (they disagree now and
+    then), a consensus per test image, DICOM files under train/ and test/."""
+    present = _presence(rng, n)
+    maker = _ImageMaker(size, LOOKS["nih"], rng)
+    n_test = max(n // 5, 2)
+    train_rows, test_rows = [], []
+    for i in range(n):
+        truth = []
+        for column in VINDR_COLUMNS[:-1]:
+            drawn = _VINDR_DRAWN.get(column)
+            shown = present[i, [_column(c) for c in drawn]].any() if drawn else rng.random() < 0.1
+            if column in ("Clavicle fracture", "Rib fracture"):  # one fracture, at one of two places
+                shown = shown and (column == "Rib fracture") == bool(i % 2)
+            truth.append(int(shown))
+        image_id = _hex_id(rng, 32)
+        test = i >= n - n_test
+        _write_dicom(out / ("test" if test else "train") / f"{image_id}.dicom", maker.make(present[i]), dicom_variant(i),
+                     image_id)
+        if test:
+            test_rows.append([image_id, *truth, int(not any(truth))])
+            continue
+        for rad in rng.choice(17, 3, replace=False):
+            read = [int(t if rng.random() < 0.9 else 1 - t) if t or rng.random() < 0.3 else 0 for t in truth]
+            train_rows.append([image_id, f"R{rad + 1}", *read, int(not any(read))])
+    (out / "annotations").mkdir(parents=True, exist_ok=True)
+    for name, rows, header in (("image_labels_train.csv", train_rows, ["image_id", "rad_id", *VINDR_COLUMNS]),
+                               ("image_labels_test.csv", test_rows, ["image_id", *VINDR_COLUMNS])):
+        with open(out / "annotations" / name, "w", newline="") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(header)
+            writer.writerows(rows)
+
+
+PADCHEST_HEADER = (
+    "ImageID", "ImageDir", "StudyDate_DICOM", "StudyID", "PatientID", "PatientBirth", "PatientSex_DICOM",
+    "ViewPosition_DICOM", "Projection", "MethodProjection", "Labels", "Localizations", "MethodLabel",
+)
+# PadChest's spelling of the canonical findings it draws, and terms of its own (ignored by default).
+_PADCHEST_TERMS = {
+    "Atelectasis": "atelectasis", "Cardiomegaly": "cardiomegaly", "Consolidation": "consolidation",
+    "Edema": "pulmonary edema", "Emphysema": "emphysema", "Fibrosis": "pulmonary fibrosis", "Hernia": "hiatal hernia",
+    "Infiltration": "infiltrates", "Pleural Thickening": "pleural thickening", "Mass": "mass", "Nodule": "nodule",
+    "Effusion": "pleural effusion", "Pneumonia": "pneumonia", "Pneumothorax": "pneumothorax",
+    "Fracture": "rib fracture", "Tuberculosis": "tuberculosis",
+}
+_PADCHEST_OWN_TERMS = ("aortic elongation", "scoliosis", "chronic changes", "kyphosis")
+
+
+def synth_padchest(out: Path, n: int, size: int, rng: np.random.Generator) -> None:
+    """PadChest: one gzipped table, Labels as Python-style lists (with PadChest's stray leading
+    spaces), 16-bit PNGs under numbered ImageDir folders."""
+    present = _presence(rng, n)
+    maker = _ImageMaker(size, LOOKS["inhouse"], rng)
+    patients = _patients(rng, n)
+    projections = ("PA", "PA", "L", "AP", "AP_horizontal", "COSTAL")
+    rows = []
+    for i in range(n):
+        image_id = f"{_hex_id(rng, 24)}.png"
+        folder = str(i % 4)
+        _write(out / folder / image_id, (maker.make(present[i]) * 65535).round().astype(np.uint16))
+        terms = [t for f, t in _PADCHEST_TERMS.items() if present[i, _column(f)]]
+        terms += [t for t in _PADCHEST_OWN_TERMS if rng.random() < 0.1]
+        terms = [(" " if rng.random() < 0.3 else "") + t for t in terms] or ["normal"]
+        projection = projections[i % len(projections)]
+        rows.append([image_id, folder, "20140101", _hex_id(rng, 16), f"P{patients[i]:06d}", "1950", "M",
+                     "['POSTEROANTERIOR']", projection, "Manual review of DICOM fields", str(terms), "[]",
+                     "Physician" if i % 4 else "RNN_model"])
+    _write_gz_csv(out / "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz", list(PADCHEST_HEADER), rows)
+
+
+INHOUSE_FORMATS = ("dicom", "png16")
+SOURCES = ("nih", "chexpert", "inhouse", "mimic", "vindr", "padchest")
+DEFAULT_SOURCES = ("nih", "chexpert", "inhouse")
+
+
+def synthesize(out: Path, *, images_per_source: int = 300, image_size: int = 256, seed: int = 0,
+               inhouse_format: str = "dicom", sources: tuple[str, ...] = DEFAULT_SOURCES) -> dict[str, Path]:
+    """Write out/<source> for each of `sources`; return each dataset's folder."""
+    if inhouse_format not in INHOUSE_FORMATS:
+        raise DataPrepError(f"--inhouse-format must be one of {', '.join(INHOUSE_FORMATS)} (got {inhouse_format!r})")
+    unknown = [s for s in sources if s not in SOURCES]
+    if unknown or not sources:
+        raise DataPrepError(f"--sources {','.join(sources)}: each must be one of {', '.join(SOURCES)}")
     if images_per_source < 20:
         raise DataPrepError(f"--images-per-source must be at least 20 (got {images_per_source})")
     if image_size < 32:
         raise DataPrepError(f"--image-size must be at least 32 (got {image_size})")
-    folders = {"nih": out / "nih", "chexpert": out / "chexpert", "inhouse": out / "inhouse"}
-    writers = {"nih": synth_nih, "chexpert": synth_chexpert, "inhouse": synth_inhouse}
-    for k, (name, folder) in enumerate(folders.items()):
-        folder.mkdir(parents=True, exist_ok=True)
-        writers[name](folder, images_per_source, image_size, np.random.default_rng([seed, k]))
+    writers = {"nih": synth_nih, "chexpert": synth_chexpert, "mimic": synth_mimic, "vindr": synth_vindr,
+               "padchest": synth_padchest, "inhouse": lambda *a: synth_inhouse(*a, image_format=inhouse_format)}
+    folders = {}
+    for name in sources:
+        folders[name] = out / name
+        folders[name].mkdir(parents=True, exist_ok=True)
+        # Seeded by the dataset's place in SOURCES: adding a dataset leaves the others' files as they were.
+        writers[name](folders[name], images_per_source, image_size, np.random.default_rng([seed, SOURCES.index(name)]))
     return folders

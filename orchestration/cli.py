@@ -100,39 +100,57 @@ def _cell(value) -> str:
 
 @verb
 def synth(
-    out: Annotated[Path, typer.Option(help="Folder to write nih/, chexpert/ and inhouse/ into.")],
+    out: Annotated[Path, typer.Option(help="Folder to write one folder per dataset into (nih/, chexpert/, inhouse/, ...).")],
     images_per_source: Annotated[int, typer.Option(help="Images per dataset.")] = 300,
     image_size: Annotated[int, typer.Option(help="Side of the generated images in pixels.")] = 256,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed writes the same files.")] = 0,
+    inhouse_format: Annotated[str, typer.Option(help="dicom (a PACS-like mix: MONOCHROME1/2, 12/16 bits, windows, rescale, RLE / JPEG 2000, one file without pixels) or png16.")] = "dicom",
+    sources: Annotated[str, typer.Option(help="Comma-separated, from nih, chexpert, inhouse, mimic (MIMIC-CXR-JPG), vindr (VinDr-CXR), padchest.")] = "nih,chexpert,inhouse",
 ) -> None:
-    """Write NIH-, CheXpert- and in-house-like datasets in the real on-disk formats, with learnable signal."""
+    """Write NIH-, CheXpert-, in-house-, MIMIC-CXR-, VinDr-CXR- and PadChest-like datasets in the real on-disk formats, with learnable signal."""
     from data_prep.synth import synthesize
 
-    folders = synthesize(out, images_per_source=images_per_source, image_size=image_size, seed=seed)
+    folders = synthesize(out, images_per_source=images_per_source, image_size=image_size, seed=seed,
+                         inhouse_format=inhouse_format, sources=tuple(x.strip() for x in sources.split(",") if x.strip()))
     for name, folder in folders.items():
         console.print(f"wrote {name:9s} {folder}")
-    console.print(
-        f"next: cxr prepare --nih {folders['nih']} --chexpert {folders['chexpert']} "
-        f"--csv inhouse={folders['inhouse'] / 'labels.csv'} --out PREPARED_DIR"
-    )
+    flags = [f"--{name} {folder}" if name != "inhouse" else f"--csv inhouse={folder / 'labels.csv'}"
+             for name, folder in folders.items()]
+    if "inhouse" in folders and inhouse_format == "dicom":
+        console.print("the in-house set holds one DICOM file without pixel data: cxr prepare lists it as skipped")
+        flags.append("--max-bad-fraction 0.01")
+    internal = "" if "nih" in folders else f" --internal {next(iter(folders))}"
+    console.print(f"next: cxr prepare {' '.join(flags)}{internal} --out PREPARED_DIR", soft_wrap=True)
 
 
-def _sources_from_flags(
-    config: Config, nih: Path | None, chexpert: Path | None, csv: list[str]
-) -> list[SourceConfig]:
+def _sources_from_flags(config: Config, folders: dict[str, Path | None], csv: list[str]) -> list[SourceConfig]:
+    """Config sources, then one per dataset flag (named as its kind), then the --csv ones."""
     sources = {s.name: s for s in config.prepare.sources}
-    if nih:
-        sources["nih"] = SourceConfig(name="nih", kind="nih", path=nih)
-    if chexpert:
-        sources["chexpert"] = SourceConfig(name="chexpert", kind="chexpert", path=chexpert)
+    for kind, folder in folders.items():
+        if folder:
+            sources[kind] = SourceConfig(name=kind, kind=kind, path=folder)
     for item in csv:
         name, sep, file = item.partition("=")
         if not sep or not name or not file:
             raise UsageError(f"--csv {item!r}: expected NAME=FILE, e.g. --csv inhouse=/data/labels.csv")
         previous = sources.get(name)
-        extra = previous.model_dump(exclude={"name", "kind", "path"}) if previous else {}
+        extra = previous.model_dump(exclude={"name", "kind", "path"}, exclude_unset=True) if previous else {}
         sources[name] = SourceConfig(name=name, kind="csv", path=Path(file), **extra)
     return list(sources.values())
+
+
+def _print_presets() -> None:
+    from data_prep.labels import PRESETS_DIR, load_preset, preset_names
+
+    for kind in preset_names():
+        preset = load_preset(kind)
+        console.print(f"[bold]{kind}[/] ({PRESETS_DIR / kind}.yaml): {preset.description}; labels not listed: "
+                      f"{'stop cxr prepare' if preset.unlisted == 'error' else 'ignored, named in the manifest'}",
+                      highlight=False, soft_wrap=True)
+        for label, finding in preset.labels.items():
+            console.print(f"  {label:28s} -> {finding or '(ignored)'}", highlight=False, soft_wrap=True)
+    console.print("override any of them with label_map in the dataset's config "
+                  "(prepare.sources[].label_map: {LABEL: FINDING or null})", highlight=False, soft_wrap=True)
 
 
 TABLE_ONE_TITLE = "Findings per dataset (positives; '-' = not labelled; * = common to all)"
@@ -143,6 +161,10 @@ def prepare(
     out: Annotated[Optional[Path], typer.Option(help="Prepared dataset folder to write.")] = None,
     nih: Annotated[Optional[Path], typer.Option(help="NIH ChestX-ray14 folder (Data_Entry_2017*.csv, images*/).")] = None,
     chexpert: Annotated[Optional[Path], typer.Option(help="CheXpert folder (train.csv) or its parent.")] = None,
+    mimic: Annotated[Optional[Path], typer.Option(help="MIMIC-CXR-JPG folder (mimic-cxr-2.0.0-{chexpert,split,metadata}.csv[.gz], files/).")] = None,
+    vindr: Annotated[Optional[Path], typer.Option(help="VinDr-CXR folder (annotations/image_labels_{train,test}.csv, train/, test/ DICOMs).")] = None,
+    padchest: Annotated[Optional[Path], typer.Option(help="PadChest folder (PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv[.gz], image folders).")] = None,
+    list_presets: Annotated[bool, typer.Option("--list-presets", help="Print the label-map presets (source label -> finding) and stop.")] = False,
     csv: Annotated[Optional[list[str]], typer.Option(help="NAME=FILE: a dataset in the generic CSV schema (repeatable).")] = None,
     internal: Annotated[Optional[str], typer.Option(help="Name of the internal (target) dataset. Default: nih.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Side of the stored square images. Default: 320.")] = None,
@@ -157,11 +179,14 @@ def prepare(
     """Read, join, split and preprocess the datasets into Parquet shards with Ray Data."""
     from data_prep.join import dataset_stats, load_sources, table_one
 
+    if list_presets:
+        _print_presets()
+        return
     flags = {"internal": internal, "image_size": image_size, "max_bad_fraction": max_bad_fraction}
     extra = [f"prepare.{k}={v}" for k, v in flags.items() if v is not None]
     cfg = load_config(config or [], [*extra, *(overrides or [])])
     cfg = with_updates(cfg, "prepare", sources=[s.model_dump(mode="json") for s in
-                                                _sources_from_flags(cfg, nih, chexpert, csv or [])])
+                                                _sources_from_flags(cfg, {"nih": nih, "chexpert": chexpert, "mimic": mimic, "vindr": vindr, "padchest": padchest}, csv or [])])
     if not dry_run and out is None:
         raise UsageError("--out is required (or use --dry-run)")
     joined = load_sources(cfg.prepare, find_images=not dry_run)
@@ -180,6 +205,8 @@ def prepare(
     manifest = run_prepare(joined, cfg.prepare, out, overwrite=overwrite,
                            resolved_config=cfg.model_dump(mode="json")).manifest
     _print_frame(table_one(manifest.model_dump()), TABLE_ONE_TITLE)
+    for warning in manifest.warnings[len(joined.warnings):]:  # remarks on images, from decoding
+        console.print(f"[yellow]note:[/] {warning}", highlight=False, soft_wrap=True)
     console.print(f"prepared {manifest.num_samples:,} images into {out} "
                   f"({len(manifest.skipped)} skipped, listed in manifest.json)")
 

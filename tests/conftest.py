@@ -86,6 +86,7 @@ def prepared_dir(ray_session, tmp_path_factory) -> Path:
             SourceConfig(name="inhouse", kind="csv", path=root / "raw" / "inhouse" / "labels.csv"),
         ],
         image_size=32,
+        max_bad_fraction=0.05,  # the in-house DICOM set's file without pixels
     )
     run_prepare(load_sources(config), config, root / "prepared")
     return root / "prepared"

@@ -5,12 +5,13 @@ import csv
 import json
 import shutil
 
-import cv2
 import numpy as np
+import pydicom
 import pytest
 from typer.testing import CliRunner
 
 from data_prep.errors import DataPrepError
+from data_prep.images import load_grayscale
 from data_prep.prepared import MANIFEST_NAME, PreparedDataset
 from data_prep.synth import INHOUSE_FINDINGS
 from orchestration.cli import app
@@ -27,9 +28,13 @@ def damaged(synth_dir, tmp_path_factory):
     nih_image.write_bytes(b"")
     jpg = sorted((root / "chexpert").rglob("*.jpg"))[5]
     jpg.write_bytes(jpg.read_bytes()[:-100])
-    inhouse = sorted((root / "inhouse" / "images").glob("*.png"))[2]
+    inhouse = sorted((root / "inhouse" / "images").glob("*.dcm"))[2]
     inhouse.unlink()
-    return root, {nih_image.name: "zero-byte file", jpg.name: "truncated JPEG", inhouse.name: "image file not found"}
+    # `cxr synth` writes one in-house DICOM without pixel data, as a PACS export of a report would be.
+    no_pixels = [p.name for p in (root / "inhouse" / "images").glob("*.dcm") if "PixelData" not in pydicom.dcmread(p)]
+    assert len(no_pixels) == 1
+    return root, {nih_image.name: "zero-byte file", jpg.name: "truncated JPEG", inhouse.name: "image file not found",
+                  no_pixels[0]: "no PixelData"}
 
 
 def _args(root, out, *extra):
@@ -113,12 +118,10 @@ def test_inhouse_label_and_image_round_trip(prepared, damaged):
     for finding in INHOUSE_FINDINGS:
         raw = rows[image_id][finding]
         assert table[finding][0] == (-2 if raw == "" else int(raw))
-    # The stored pixels are the 16-bit source stretched to 8 bits and resized to 32x32.
-    source = cv2.imread(str(root / "inhouse" / image_id), cv2.IMREAD_UNCHANGED).astype(np.float32)
-    stretched = (source - source.min()) * 255 / (source.max() - source.min())
-    expected = cv2.resize(stretched.round().astype(np.uint8), (32, 32), interpolation=cv2.INTER_AREA)
+    # The stored pixels are the DICOM's decoded 8 bits (test_dicom checks those against what synth
+    # drew) resized to 32x32.
     stored = np.frombuffer(table["image"][0], np.uint8).reshape(32, 32)
-    assert np.abs(stored.astype(int) - expected.astype(int)).max() <= 1
+    assert np.array_equal(stored, load_grayscale(str(root / "inhouse" / image_id), 32))
 
 
 def test_sample_ids_are_unique_and_dense(prepared):
@@ -127,7 +130,8 @@ def test_sample_ids_are_unique_and_dense(prepared):
         for ids, _, _ in prepared.iter_uint8_batches(d, s, 64)
     ])
     assert len(ids) == len(set(ids.tolist()))
-    assert ids.max() == prepared.manifest.max_sample_id
+    skipped = [s["sample_id"] for s in prepared.manifest.skipped]
+    assert max(ids.max(), *skipped) == prepared.manifest.max_sample_id
     assert prepared.manifest.max_sample_id + 1 == len(ids) + len(prepared.manifest.skipped)
 
 
@@ -155,7 +159,7 @@ def test_too_many_bad_images_fails_but_keeps_the_list(ray_session, damaged, tmp_
     out = tmp_path / "p"
     result = runner.invoke(app, _args(root, out))
     assert result.exit_code == 2
-    assert "3 of" in result.output and "--max-bad-fraction 0.001" in result.output
+    assert "4 of" in result.output and "--max-bad-fraction 0.001" in result.output
     assert not (out / MANIFEST_NAME).exists()
     assert len(json.loads((out / "skipped.json").read_text())) == len(bad)
     with pytest.raises(DataPrepError, match="has no manifest.json"):
@@ -170,7 +174,7 @@ def test_existing_output_is_not_overwritten_by_accident(prepared, damaged):
 
 def test_dry_run_needs_no_images(tmp_path, synth_dir):
     root = tmp_path / "labels_only"
-    shutil.copytree(synth_dir, root, ignore=shutil.ignore_patterns("*.png", "*.jpg"))
+    shutil.copytree(synth_dir, root, ignore=shutil.ignore_patterns("*.png", "*.jpg", "*.dcm"))
     stats_path = tmp_path / "stats.json"
     result = runner.invoke(app, [*_args(root, tmp_path / "unused")[:-4], "--dry-run", "--stats-json", str(stats_path)])
     assert result.exit_code == 0, result.output
