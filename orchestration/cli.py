@@ -418,31 +418,78 @@ def cross_domain(
 
 @verb
 def predict(
-    data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
     out: Annotated[Path, typer.Option(help="Output file: .parquet or .csv.")],
+    data: Annotated[Optional[Path], typer.Option(help="Prepared dataset folder (or give --images).")] = None,
+    images: Annotated[Optional[Path], typer.Option(help="Raw images instead of --data: a folder (PNG, JPEG, DICOM, searched recursively) or a CSV with a path column.")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help="A cxr train checkpoint_* folder.")] = None,
     run: Annotated[Optional[str], typer.Option(help="A cxr train run, by MLflow run id or run name (uses its checkpoint).")] = None,
-    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
-    domain: Annotated[Optional[list[str]], typer.Option(help="Domain(s) to predict (default: all).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Any of: a checkpoint folder, a run id or name, models:/NAME@ALIAS (the MLflow Model Registry).")] = None,
+    split: Annotated[str, typer.Option(help="With --data: train, val or test.")] = "test",
+    domain: Annotated[Optional[list[str]], typer.Option(help="With --data: domain(s) to predict (default: all).")] = None,
     tencrop: Annotated[bool, typer.Option("--tencrop", help="Average 10 crops (4 corners + centre, flipped).")] = False,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    device: Annotated[str, typer.Option(help="With --data: cpu or cuda (--images uses a GPU per actor when the cluster has them).")] = "cpu",
+    image_size: Annotated[Optional[int], typer.Option(help="With --images: the side the model was trained at. Default: that of its prepared data.")] = None,
+    actors: Annotated[int, typer.Option(help="With --images: at most this many model copies scoring in parallel.")] = 2,
+    address: Address = None,
     config: ConfigFiles = None,
     overrides: Overrides = None,
 ) -> None:
-    """Write one probability per finding for every image of a split: image_id, domain, findings.
+    """Write one probability per finding for every image of a prepared split, or of a folder / CSV of
+    raw images (--images): image_id, domain, findings (and path).
 
-    With --run, the run is looked up in the MLflow store and experiment of the config
+    --run and --model names are looked up in the MLflow store and experiment of the config
     (--config / overrides such as mlflow.tracking_uri=..., else $MLFLOW_TRACKING_URI).
     """
-    from data_prep.prepared import PreparedDataset
-    from orchestration.prediction import predict_table, trained_model, write_table
+    from orchestration.prediction import resolve_checkpoint, write_table
 
+    if (data is None) == (images is None):
+        raise UsageError("give --data DIR (a prepared split) or --images DIR|CSV (raw files)")
+    if sum(x is not None for x in (checkpoint, run, model)) != 1:
+        raise UsageError("give the model once: --model, --checkpoint or --run")
     cfg = load_config(config or [], overrides or [])
-    net, plan = trained_model(cfg, checkpoint=checkpoint, run=run)
+    found = resolve_checkpoint(cfg, checkpoint if checkpoint is not None else (model or run))
+    if images is not None:
+        _predict_images(cfg, images, found, out, tencrop=tencrop, image_size=image_size, actors=actors,
+                        address=address)
+        return
+    from data_prep.prepared import PreparedDataset
+    from orchestration.checkpoint import load_trained
+    from orchestration.prediction import predict_table
+
+    net, _, plan = load_trained(found)
     frame = predict_table(net, plan, PreparedDataset.load(data), split=split, domains=domain, tencrop=tencrop,
                           device=device)
     write_table(frame, out)
     console.print(f"wrote {len(frame):,} predictions to {out}")
+
+
+def _predict_images(cfg: Config, images: Path, checkpoint: Path, out: Path, *, tencrop: bool,
+                    image_size: int | None, actors: int, address: str | None) -> None:
+    from orchestration.image_prediction import list_images, predict_images
+    from orchestration.prediction import trained_image_size, write_table
+    from orchestration.runtime import init_ray
+
+    listed = list_images(images)
+    size = image_size or trained_image_size(checkpoint)
+    init_ray(address)
+    import ray
+
+    gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    console.print(f"scoring {len(listed):,} images at {size}² with up to {actors} model copies"
+                  + (" on GPUs" if gpus else ""), highlight=False)
+    step = max(len(listed) // 10, 1)
+
+    def progress(done: int, total: int) -> None:
+        if done // step != (done - 1) // step or done == total:
+            console.print(f"  {done:,} / {total:,}", highlight=False)
+
+    result = predict_images(listed, checkpoint, size=size, tencrop=tencrop, domain=images.stem, actors=actors,
+                            gpus_per_actor=gpus, progress=progress)
+    write_table(result.table, out)
+    skipped = out.with_name(out.stem + ".skipped.json")
+    skipped.write_text(json.dumps(result.skipped, indent=1))
+    console.print(f"wrote {len(result.table):,} predictions to {out}; {len(result.skipped)} images could not be "
+                  f"used, listed with the reason in {skipped}", highlight=False, soft_wrap=True)
 
 
 @verb
@@ -458,10 +505,12 @@ def evaluate(
     device: Annotated[str, typer.Option(help="When predicting here: cpu or cuda.")] = "cpu",
     csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Also write the AUC table here.")] = None,
     stats_json: Annotated[Optional[Path], typer.Option(help="Also write the figures as JSON here.")] = None,
+    bootstrap: Annotated[int, typer.Option(help="With --data: bootstrap replicates for 95% intervals of each AUC and mean (0: none).")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
     config: ConfigFiles = None,
     overrides: Overrides = None,
 ) -> None:
-    """AUC of a model's predictions per finding; printed and logged as an MLflow evaluation run.
+    """AUC of a model's predictions per finding, with 95% bootstrap intervals; printed and logged as an MLflow evaluation run.
 
     The evaluation run is linked to the training run given with --run (tag cxr.evaluates).
     Predictions come from --predictions FILE (cxr predict), or are made here with --checkpoint or
@@ -496,12 +545,15 @@ def evaluate(
         frame = predict_table(net, plan, PreparedDataset.load(data), split=split, tencrop=tencrop, device=device)
         source = f"{split} split of {data.resolve()} predicted by {checkpoint or run}"
     result = (evaluate_on_relabelled(frame, clean_labels, set_name) if clean_labels
-              else evaluate_on_prepared(frame, data))
+              else evaluate_on_prepared(frame, data, bootstrap=bootstrap, seed=seed))
     what = predictions.name if predictions else checkpoint.name if checkpoint else run
     against = f" against relabelled NIH ({set_name})" if clean_labels else ""
     run_id = log_evaluation(client, cfg.mlflow.experiment, f"evaluate {what}{against}", result.metrics,
                             result.table.to_csv(), {**result.params, "predictions": source}, evaluates)
-    _print_frame(result.table, f"AUC of {what}")
+    if result.shown is not None:
+        _print_frame(result.shown, f"AUC of {what} [95% interval, {bootstrap} bootstrap replicates]")
+    else:
+        _print_frame(result.table, f"AUC of {what}")
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     if csv_out:
@@ -509,6 +561,42 @@ def evaluate(
     if stats_json:
         stats_json.write_text(json.dumps(result.stats, indent=1))
     console.print(f"logged as MLflow run {run_id}")
+
+
+@verb
+def compare(
+    data: Annotated[Path, typer.Option(help="The prepared dataset whose labels score both models.")],
+    predictions: Annotated[Optional[list[Path]], typer.Option(help="Two files written by cxr predict: A, then B.")] = None,
+    run: Annotated[Optional[list[str]], typer.Option(help="Two training runs (id or name), A then B: their logged test predictions.")] = None,
+    split: Annotated[str, typer.Option(help="The split both were scored on.")] = "test",
+    domain: Annotated[Optional[str], typer.Option(help="The domain compared. Default: the internal one.")] = None,
+    bootstrap: Annotated[int, typer.Option(help="Paired bootstrap replicates for the intervals of Δ.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    stats_json: Annotated[Optional[Path], typer.Option(help="Write the figures as JSON here.")] = None,
+    config: ConfigFiles = None,
+    overrides: Overrides = None,
+) -> None:
+    """Model B against model A on the images both scored: per finding AUC_A, AUC_B, Δ = B − A with a
+    paired-bootstrap 95% interval, DeLong's p and Holm's p across findings; Δ and its interval for
+    Mean, Mean_Com and Mean_Int. A difference whose interval holds 0 may be noise."""
+    from data_prep.prepared import PreparedDataset
+    from orchestration.comparison import compare_predictions, comparison_table, run_test_predictions
+    from orchestration.prediction import read_predictions
+
+    if bool(predictions) == bool(run) or len(predictions or run or []) != 2:
+        raise UsageError("give two models: --predictions A.parquet --predictions B.parquet, or --run A --run B")
+    cfg = load_config(config or [], overrides or [])
+    prepared = PreparedDataset.load(data)
+    frames = ([read_predictions(p) for p in predictions] if predictions
+              else [run_test_predictions(cfg, r, prepared) for r in run])
+    result = compare_predictions(*frames, prepared, domain=domain, split=split, bootstrap=bootstrap, seed=seed)
+    _print_frame(comparison_table(result), f"B against A on {result.stats['num_images']:,} images "
+                                           f"({result.domain}, {result.split}); {bootstrap} paired replicates")
+    if result.only_in_a or result.only_in_b:
+        console.print(f"[yellow]note:[/] left out: {result.only_in_a} images only A scored, "
+                      f"{result.only_in_b} only B scored", highlight=False)
+    if stats_json:
+        stats_json.write_text(json.dumps(result.stats, indent=1))
 
 
 @verb

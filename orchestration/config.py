@@ -144,6 +144,15 @@ class MlflowConfig(_Section):
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here
     experiment: str = "cxr-orchestra"
     log_model: bool = True  # the best model as an mlflow.pytorch export (~10 s on a CPU); off for quick sweeps
+    # Register the logged model under this name in the Model Registry; alias `champion` moves to it
+    # when its best validation metric (train.select_metric) beats the current champion's.
+    register_model: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> MlflowConfig:
+        if self.register_model and not self.log_model:
+            raise ValueError("mlflow.register_model needs mlflow.log_model=true (the registry holds the logged model)")
+        return self
 
 
 class Config(_Section):

@@ -61,9 +61,9 @@ def cross_domain_matrix(
             raise ConfigError(f"run {run.info.run_id} was trained on {trained_on or 'all domains'}, not on one "
                               f"domain: --sweep-name must name a {SPACE_NAME} sweep")
         net, _, plan = load_trained(run.data.tags[CHECKPOINT_TAG])
-        reports, _ = evaluate_predictions(predict_table(net, plan, prepared, split=split, tencrop=tencrop, device=device),
-                                          prepared)
-        for tested_on, report in reports.items():
+        scores = evaluate_predictions(predict_table(net, plan, prepared, split=split, tencrop=tencrop, device=device),
+                                      prepared)
+        for tested_on, report in scores.reports.items():
             rows += [{"trained_on": trained_on[0], "tested_on": tested_on, "seed": run.data.params.get(SEED_PARAM),
                       "run_id": run.info.run_id, "finding": f, "auc": report.auc[f]}
                      for f in prepared.common if f in report.auc]

@@ -20,6 +20,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
+from cxrmodel.auc_statistics import auc_intervals  # noqa: E402
 from cxrmodel.inference import predict_probs  # noqa: E402
 from cxrmodel.metrics import AucReport, auc_report  # noqa: E402
 from data_prep.labels import exclusive_findings  # noqa: E402
@@ -135,15 +136,23 @@ def roc_figure(predictions: Predictions, label_space: list[str], report: AucRepo
     return fig
 
 
-def evaluate_predictions(frame: pd.DataFrame, prepared: PreparedDataset) -> tuple[dict[str, AucReport], dict[str, int]]:
+@dataclass
+class DomainScores:
+    reports: dict[str, AucReport]
+    unmatched: dict[str, int]  # per domain: predicted images the prepared data does not have
+    intervals: dict[str, dict[str, tuple[float, float]]]  # per domain: finding / mean group -> 95% CI
+
+
+def evaluate_predictions(frame: pd.DataFrame, prepared: PreparedDataset, *, bootstrap: int = 0,
+                         seed: int = 0) -> DomainScores:
     """Per domain of a predictions table: AUC of each finding that domain labels, against the
-    prepared labels (found by image_id in any split). Returns the reports and, per domain, how many
-    predicted images the prepared data does not have."""
+    prepared labels (found by image_id in any split), and with `bootstrap` replicates their 95%
+    percentile intervals (images resampled within each finding's classes)."""
     space = prepared.label_space
     unknown = [f for f in space if f not in frame.columns]
     if unknown:
         raise ConfigError(f"predictions lack finding column(s) {unknown} of the prepared label space")
-    reports, unmatched = {}, {}
+    scores = DomainScores({}, {}, {})
     for domain, rows in frame.groupby("domain", sort=False):
         if domain not in prepared.domains:
             raise ConfigError(f"predictions name domain {domain!r}; the prepared data has {prepared.domains}")
@@ -151,16 +160,34 @@ def evaluate_predictions(frame: pd.DataFrame, prepared: PreparedDataset) -> tupl
             [prepared.read_columns(domain, s, ["image_id", *space]).to_pandas() for s in SPLITS], ignore_index=True
         ).set_index("image_id")
         known = rows["image_id"].isin(labels.index)
-        unmatched[domain] = int((~known).sum())
+        scores.unmatched[domain] = int((~known).sum())
         rows = rows[known]
         y = labels.loc[rows["image_id"], space].to_numpy(np.int8)
+        probs = rows[space].to_numpy(np.float32)
         own = prepared.domain_findings(domain)
         others = [prepared.domain_findings(d) for d in prepared.domains if d != domain]
-        reports[domain] = auc_report(
-            rows[space].to_numpy(np.float32), y, space, evaluated=own,
-            common=prepared.common, internal_only=exclusive_findings(own, others),
-        )
-    return reports, unmatched
+        groups = dict(evaluated=own, common=prepared.common, internal_only=exclusive_findings(own, others))
+        scores.reports[domain] = auc_report(probs, y, space, **groups)
+        if bootstrap:
+            scores.intervals[domain] = auc_intervals(y, probs, space, replicates=bootstrap, seed=seed, **groups)
+    return scores
+
+
+def with_intervals(table: pd.DataFrame, intervals: dict[str, dict[str, tuple[float, float]]]) -> pd.DataFrame:
+    """An AUC table (rows: findings then Mean / Mean_Com / Mean_Int; columns: domains) as text,
+    each cell "0.8412 [0.8301, 0.8519]" where an interval exists."""
+    keys = {"Mean": "mean", "Mean_Com": "mean_com", "Mean_Int": "mean_int"}
+    shown = table.astype(object)
+    for domain in table.columns:
+        for row in table.index:
+            value, bounds = table.loc[row, domain], intervals.get(domain, {}).get(keys.get(row, row))
+            if pd.isna(value):
+                shown.loc[row, domain] = ""
+            elif bounds is None:
+                shown.loc[row, domain] = f"{value:.4f}"
+            else:
+                shown.loc[row, domain] = f"{value:.4f} [{bounds[0]:.4f}, {bounds[1]:.4f}]"
+    return shown
 
 
 @dataclass
@@ -172,19 +199,35 @@ class Evaluation:
     stats: dict  # the --stats-json document
     warnings: list[str]
     params: dict[str, str]  # MLflow params: what was scored against what
+    shown: pd.DataFrame | None = None  # the table as printed, when it carries intervals
 
 
-def evaluate_on_prepared(frame: pd.DataFrame, data: Path) -> Evaluation:
-    """Per domain: AUC of each labelled finding, then Mean, Mean_Com and Mean_Int."""
+def evaluate_on_prepared(frame: pd.DataFrame, data: Path, *, bootstrap: int = 0, seed: int = 0) -> Evaluation:
+    """Per domain: AUC of each labelled finding, then Mean, Mean_Com and Mean_Int; with
+    `bootstrap` replicates, each with its 95% interval (metrics <domain>/auc_ci_low/<finding>,
+    <domain>/mean_auc_ci_low, ... and _high)."""
     prepared = PreparedDataset.load(data)
-    reports, unmatched = evaluate_predictions(frame, prepared)
+    scores = evaluate_predictions(frame, prepared, bootstrap=bootstrap, seed=seed)
+    reports = scores.reports
     table = pd.DataFrame({d: {f: r.auc.get(f, np.nan) for f in prepared.label_space} for d, r in reports.items()})
     summary = pd.DataFrame({d: {"Mean": r.mean, "Mean_Com": r.mean_com, "Mean_Int": r.mean_int}
                             for d, r in reports.items()})
+    table = pd.concat([table.dropna(how="all"), summary]).astype(float)
+    metrics = {f"{d}/{k}": v for d, r in reports.items() for k, v in r.as_metrics().items()}
+    intervals = {d: {} for d in reports}
+    for d, bounds in scores.intervals.items():
+        for name, (low, high) in bounds.items():
+            key = f"{name}_auc" if name in ("mean", "mean_com", "mean_int") else f"auc/{name}"
+            metrics[f"{d}/{key.replace('auc', 'auc_ci_low', 1)}"] = low
+            metrics[f"{d}/{key.replace('auc', 'auc_ci_high', 1)}"] = high
+            intervals[d][key] = [low, high]
     return Evaluation(
-        table=pd.concat([table.dropna(how="all"), summary]).astype(float),
-        metrics={f"{d}/{k}": v for d, r in reports.items() for k, v in r.as_metrics().items()},
-        stats={"domains": {d: {**r.as_metrics(), "unmatched_images": unmatched[d]} for d, r in reports.items()}},
-        warnings=[f"{n} predicted {d} images are not in {data}; left out" for d, n in unmatched.items() if n],
-        params={"data": str(Path(data).resolve())},
+        table=table,
+        metrics=metrics,
+        stats={"domains": {d: {**r.as_metrics(), "unmatched_images": scores.unmatched[d],
+                               **({"ci95": intervals[d], "bootstrap": bootstrap, "seed": seed} if bootstrap else {})}
+                           for d, r in reports.items()}},
+        warnings=[f"{n} predicted {d} images are not in {data}; left out" for d, n in scores.unmatched.items() if n],
+        params={"data": str(Path(data).resolve()), "bootstrap": str(bootstrap), "seed": str(seed)},
+        shown=with_intervals(table, scores.intervals) if bootstrap else None,
     )

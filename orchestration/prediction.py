@@ -12,13 +12,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from data_prep.errors import DataPrepError
 from data_prep.prepared import PreparedDataset
 from data_prep.split import SPLITS
 from orchestration.checkpoint import load_trained
 from orchestration.config import Config, ConfigError
 from orchestration.evaluation import PREDICTION_COLUMNS, score_split
 from orchestration.plan import TrainingPlan
-from orchestration.tracking import checkpoint_of_run, client_for
+from orchestration.tracking import checkpoint_of_registered, checkpoint_of_run, client_for
 
 
 def trained_model(config: Config, *, checkpoint: Path | None = None, run: str | None = None,
@@ -30,6 +31,27 @@ def trained_model(config: Config, *, checkpoint: Path | None = None, run: str | 
         checkpoint = checkpoint_of_run(client_for(config), config.mlflow.experiment, run)
     net, _, plan = load_trained(checkpoint)
     return net, plan
+
+
+def resolve_checkpoint(config: Config, model: str | Path) -> Path:
+    """A checkpoint folder from any model reference: the folder itself, models:/NAME@ALIAS (or
+    models:/NAME/VERSION) of the MLflow Model Registry, or a training run's id or name."""
+    text = str(model)
+    if text.startswith("models:/"):
+        return checkpoint_of_registered(client_for(config), text)
+    if Path(text).exists():
+        return Path(text)
+    return checkpoint_of_run(client_for(config), config.mlflow.experiment, text)
+
+
+def trained_image_size(checkpoint: Path) -> int:
+    """The side of the images a model was trained on: that of its prepared dataset."""
+    _, _, plan = load_trained(checkpoint)
+    try:
+        return PreparedDataset.load(plan.data).image_size
+    except DataPrepError:
+        raise ConfigError(f"the model's prepared data {plan.data} is not readable here: pass --image-size "
+                          "(the side it was prepared at)") from None
 
 
 def predict_table(

@@ -32,9 +32,17 @@ import yaml  # noqa: E402
 from mlflow.entities import Run  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from cxrmodel.auc_statistics import (  # noqa: E402
+    delong_test,
+    finding_replicates,
+    holm,
+    mean_delta_replicates,
+    percentile_interval,
+)
 from orchestration.config import ConfigError  # noqa: E402
 from orchestration.spaces import load_space  # noqa: E402
 from orchestration.tracking import (  # noqa: E402
+    BEST_TRIAL_TAG,
     CROSS_DOMAIN_MATRIX,
     DATA_SUMMARY_ARTIFACT,
     DOMAINS_PARAM,
@@ -47,12 +55,15 @@ from orchestration.tracking import (  # noqa: E402
     REPORT_DIR,
     ROW_LABEL_TAG,
     ROW_TAG,
+    SEED_PARAM,
     SPACE_DIR,
     SPACE_KIND_TAG,
     SPACE_TAG,
     SUMMARY_METRICS,
     SWEEP,
     SWEEP_TAG,
+    TEST_PREDICTIONS_ARTIFACT,
+    TRIAL_TAG,
     auc_metric,
     child_runs,
     download_text,
@@ -65,6 +76,8 @@ from orchestration.tracking import (  # noqa: E402
 GROUPS = {"internal_only": "internal only", "common": "common", "other": "other"}
 LAMBDAS = {"method.lambda_ute": "λ_ute", "method.lambda_tat": "λ_tat"}
 RUNS_COLUMN = ("", "runs")
+REPORT_BOOTSTRAP = 500  # paired replicates per comparison of two runs
+PAPER_DEFAULT = "paper_default"  # the built-in space of the paper's point
 RANDOM_INIT_MARK = " †"
 RANDOM_INIT_NOTE = ("† trained from random weights (MLflow param model.pretrained=false); the paper starts from "
                     "ImageNet weights, so these numbers are not comparable with its tables.")
@@ -92,6 +105,7 @@ class SectionReport:
     figures: dict[str, str] = field(default_factory=dict)  # file name -> caption
     notes: list[str] = field(default_factory=list)
     cross_domain: str = ""  # Table II in Markdown, when the sweep has one
+    comparisons: pd.DataFrame = field(default_factory=pd.DataFrame)  # ablation rows against a and g
 
 
 def _slug(text: str) -> str:
@@ -193,6 +207,86 @@ def _best(table: pd.DataFrame) -> pd.DataFrame:
     if RUNS_COLUMN in table.columns:
         best[RUNS_COLUMN] = False
     return best[table.columns]
+
+
+class _TestPredictions:
+    """The test predictions runs logged, downloaded once each; runs without them are noted."""
+
+    def __init__(self, client: MlflowClient):
+        self.client, self.cache, self.notes = client, {}, set()
+
+    def __call__(self, run: Run) -> dict | None:
+        if run.info.run_id not in self.cache:
+            with tempfile.TemporaryDirectory() as tmp:
+                try:
+                    path = self.client.download_artifacts(run.info.run_id, TEST_PREDICTIONS_ARTIFACT, tmp)
+                except Exception:  # noqa: BLE001 - runs from before the file was logged
+                    self.notes.add(f"run {run.info.run_name} logged no test predictions (trained before they were "
+                                   "logged): left out of the comparisons")
+                    self.cache[run.info.run_id] = None
+                else:
+                    with np.load(path) as saved:
+                        self.cache[run.info.run_id] = {k: saved[k] for k in ("sample_id", "probs", "labels")}
+        return self.cache[run.info.run_id]
+
+
+def _compare_pairs(pairs: list[tuple[Run, Run]], label_space: list[str], predictions: _TestPredictions) -> dict | None:
+    """B against A over (A, B) run pairs scored on the same test images (one pair per seed):
+    ΔMean averaged over the pairs, its interval from their replicates averaged replicate by
+    replicate, and per pair the findings with Holm p < 0.05."""
+    deltas, replicates, significant = [], [], []
+    for run_a, run_b in pairs:
+        a, b = predictions(run_a), predictions(run_b)
+        if a is None or b is None or not np.array_equal(a["sample_id"], b["sample_id"]):
+            continue
+        # The same bootstrap seed for every pair: same test images, same resamples.
+        paired = finding_replicates(a["labels"], [a["probs"], b["probs"]], label_space, label_space,
+                                    REPORT_BOOTSTRAP, seed=0)
+        tests = {f: delong_test(*_known(a, b, label_space.index(f))) for f in paired}
+        deltas.append(np.mean([t.auc_b - t.auc_a for t in tests.values()]))
+        replicates.append(mean_delta_replicates(paired, list(paired)))
+        significant.append(sum(p < 0.05 for p in holm({f: t.p for f, t in tests.items()}).values()))
+    if not deltas:
+        return None
+    low, high = percentile_interval(np.mean(replicates, axis=0))
+    return {"seeds": len(deltas), "ΔMean": float(np.mean(deltas)), "95% CI": f"[{low:+.4f}, {high:+.4f}]",
+            "findings with Holm p < 0.05": "/".join(map(str, significant))}
+
+
+def row_comparisons(client: MlflowClient, section: Section, default_runs: list[Run]) -> tuple[pd.DataFrame, list[str]]:
+    """An ablation's rows against row a (Joint Training) and row g (Ours); an Optuna sweep's best
+    trial against the paper default's runs (`default_runs`), seeds matched. On the internal test
+    predictions the runs logged (see `_compare_pairs`)."""
+    done = [r for r in section.runs if _finished(r)]
+    if not done:
+        return pd.DataFrame(), []
+    label_space = _finding_groups(client, done)[0]
+    predictions, rows = _TestPredictions(client), []
+    seed_of = lambda run: run.data.params.get(SEED_PARAM, "0")  # noqa: E731
+    if all(ROW_TAG in r.data.tags for r in done):
+        by_row: dict[str, dict[str, Run]] = {}
+        for run in done:
+            by_row.setdefault(run.data.tags[ROW_TAG], {})[seed_of(run)] = run
+        for reference in [r for r in ("a", "g") if r in by_row]:
+            for row, seeds in by_row.items():
+                pairs = [(by_row[reference][s], seeds[s]) for s in sorted(set(seeds) & set(by_row[reference]))]
+                found = _compare_pairs(pairs, label_space, predictions) if row != reference else None
+                if found:
+                    rows.append({"row": row, "against": reference, **found})
+    elif section.space_kind == "search" and section.parent is not None and default_runs:
+        best = next((r for r in done if r.data.tags.get(TRIAL_TAG) == section.parent.data.tags.get(BEST_TRIAL_TAG)),
+                    None)
+        defaults = {seed_of(r): r for r in default_runs if _finished(r)}
+        if best is not None and seed_of(best) in defaults:
+            found = _compare_pairs([(defaults[seed_of(best)], best)], label_space, predictions)
+            if found:
+                rows.append({"row": f"best trial {best.data.tags[TRIAL_TAG]}", "against": "paper default", **found})
+    return pd.DataFrame(rows), sorted(predictions.notes)
+
+
+def _known(a: dict, b: dict, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    known = a["labels"][:, c] >= 0
+    return a["labels"][known, c] == 1, a["probs"][known, c], b["probs"][known, c]
 
 
 def lambda_figures(section: Section, out: Path) -> dict[str, str]:
@@ -357,6 +451,20 @@ CAPTION = ("Test AUC of the internal domain per finding; best of each column in 
            "Mean average the columns of their group. Ablation rows average their seeds (column runs).")
 
 
+COMPARISON_CAPTION = (f"ΔMean = Mean AUC of the row − that of the reference on the same test images, averaged over "
+                      f"the seeds both ran; its 95% interval from {REPORT_BOOTSTRAP} paired bootstrap replicates "
+                      "(images resampled within each finding's classes, replicates averaged over seeds). An interval "
+                      "holding 0 is no evidence of a difference. Last column: per seed, the findings whose DeLong "
+                      "p, Holm-adjusted across findings, is below 0.05.")
+
+
+def _comparisons_markdown(comparisons: pd.DataFrame) -> str:
+    lines = ["| " + " | ".join(comparisons.columns) + " |", "|" + "---|" * len(comparisons.columns)]
+    for row in comparisons.itertuples(index=False):
+        lines.append("| " + " | ".join(f"{v:+.4f}" if isinstance(v, float) else str(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
 def section_markdown(report: SectionReport, prefix: str) -> str:
     parts = [f"## {report.section.title}", ""]
     if report.section.parent is not None:
@@ -365,6 +473,9 @@ def section_markdown(report: SectionReport, prefix: str) -> str:
         parts += ["No finished run with test metrics yet.", ""]
     else:
         parts += [table_markdown(report.table), "", CAPTION, ""]
+    if not report.comparisons.empty:
+        parts += ["### Rows against Joint Training (a) and Ours (g)", "", _comparisons_markdown(report.comparisons),
+                  "", COMPARISON_CAPTION, ""]
     if report.cross_domain:
         parts += ["### Cross-dataset testing (Table II)", "", report.cross_domain, ""]
     parts += [f"![{caption}]({prefix}{name})\n\n{caption}\n" for name, caption in report.figures.items()]
@@ -382,6 +493,10 @@ def section_html(report: SectionReport, prefix: str) -> str:
         parts.append("<p>No finished run with test metrics yet.</p>")
     else:
         parts += [table_html(report.table), f"<p class='caption'>{html.escape(CAPTION)}</p>"]
+    if not report.comparisons.empty:
+        parts += ["<h3>Rows against Joint Training (a) and Ours (g)</h3>",
+                  report.comparisons.to_html(index=False, float_format=lambda v: f"{v:+.4f}"),
+                  f"<p class='caption'>{html.escape(COMPARISON_CAPTION)}</p>"]
     if report.cross_domain:
         matrix = report.cross_domain.split("\n\n")[0]
         parts.append(f"<h3>Cross-dataset testing (Table II)</h3><pre>{html.escape(matrix)}</pre>")
@@ -423,6 +538,9 @@ def write_report(client: MlflowClient, experiment: str, out: Path, parent_run_id
         raise ConfigError(f"experiment {experiment!r} has no sweeps and no training runs to report")
     out.mkdir(parents=True, exist_ok=True)
     reports, logged = [], []
+    # The paper default's runs, what an Optuna sweep's best trial is compared with.
+    default_runs = [r for s in sections if s.parent is not None and s.parent.data.tags.get(SPACE_TAG) == PAPER_DEFAULT
+                    for r in s.runs]
     title = f"cxr-orchestra report: {experiment}"
     for section in sections:
         if progress:
@@ -438,6 +556,10 @@ def write_report(client: MlflowClient, experiment: str, out: Path, parent_run_id
         if any(str(key).endswith(RANDOM_INIT_MARK) for key in table.index):
             report.notes.append(RANDOM_INIT_NOTE)
         report.cross_domain = _cross_domain_markdown(client, section)
+        report.comparisons, comparison_notes = row_comparisons(client, section, default_runs)
+        report.notes += comparison_notes
+        if not report.comparisons.empty:
+            report.comparisons.to_csv(folder / "comparisons.csv", index=False)
         if not table.empty:
             table.to_csv(folder / "table.csv")
         if not excluded.empty:

@@ -63,6 +63,8 @@ DATA_SUMMARY_ARTIFACT = "data/manifest_summary.json"
 SUMMARY_ARTIFACT = "evaluation/summary.json"  # the final metrics of a training run
 TEST_AUC_ARTIFACT = "evaluation/test_auc.csv"
 TEST_ROC_ARTIFACT = "evaluation/test_roc.png"
+# The best model's internal test split: sample_id, probs, labels (what cxr report compares runs by).
+TEST_PREDICTIONS_ARTIFACT = "evaluation/test_predictions.npz"
 EVALUATION_ARTIFACT = "evaluation/auc.csv"  # of an evaluation run
 MODEL_ARTIFACT = "model"
 SPACE_DIR, TRIALS_DIR, BEST_DIR = "space", "trials", "best"  # of a sweep run
@@ -174,6 +176,48 @@ def resolve_run_id(client: MlflowClient, experiment: str, run: str) -> str:
     if named is None:
         raise ConfigError(f"no MLflow run with id or run name {run!r} in experiment {experiment!r}")
     return named.info.run_id
+
+
+CHAMPION = "champion"  # the registry alias of a name's best model so far
+
+
+def register_and_promote(client: MlflowClient, name: str, run_id: str, metric: str) -> tuple[str, bool]:
+    """Register run `run_id`'s logged model as a new version of `name`; move the alias `champion`
+    to it when the run's best `metric` beats the champion's run (or there is none). Returns the
+    version and whether it became champion."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(client.tracking_uri)  # register_model finds the run's logged model there
+    try:
+        version = mlflow.register_model(f"runs:/{run_id}/model", name).version
+    finally:
+        mlflow.set_tracking_uri(previous)
+    mine = client.get_run(run_id).data.metrics.get(f"best/{metric}", float("-inf"))
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+        theirs = client.get_run(champion.run_id).data.metrics.get(f"best/{metric}", float("-inf"))
+    except MlflowException:
+        theirs = None
+    promoted = theirs is None or mine > theirs
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    return str(version), promoted
+
+
+def checkpoint_of_registered(client: MlflowClient, uri: str) -> Path:
+    """models:/NAME@ALIAS or models:/NAME/VERSION -> the checkpoint of the run that version came from."""
+    name, _, rest = uri.removeprefix("models:/").partition("/")
+    name, _, alias = name.partition("@")
+    try:
+        version = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, rest)
+    except MlflowException as exc:
+        raise ConfigError(f"{uri}: no such registered model version in {client.tracking_uri} "
+                          f"({exc.message.splitlines()[0]})") from None
+    path = client.get_run(version.run_id).data.tags.get(CHECKPOINT_TAG)
+    if not path:
+        raise ConfigError(f"{uri} comes from run {version.run_id}, which has no {CHECKPOINT_TAG} tag")
+    return Path(path)
 
 
 def checkpoint_of_run(client: MlflowClient, experiment: str, run: str) -> Path:

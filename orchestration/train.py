@@ -38,6 +38,7 @@ from cxrmodel.inference import ProbabilityModel
 from data_prep.prepared import IMAGE_COLUMN, PreparedDataset
 from orchestration.checkpoint import (
     SUMMARY_FILE,
+    TEST_FILE,
     Progress,
     load_trained,
     read_test_predictions,
@@ -51,6 +52,7 @@ from orchestration.method import Method, build_method
 from orchestration.plan import TrainingPlan, plan_document
 from orchestration.runtime import check_resources, check_shared_storage, exit_on_signals, init_ray, say
 from orchestration.tracking import (
+    CHAMPION,
     CHECKPOINT_TAG,
     CONFIG_ARTIFACT,
     DATA_SUMMARY_ARTIFACT,
@@ -58,9 +60,11 @@ from orchestration.tracking import (
     PLAN_ARTIFACT,
     SUMMARY_ARTIFACT,
     TEST_AUC_ARTIFACT,
+    TEST_PREDICTIONS_ARTIFACT,
     TEST_ROC_ARTIFACT,
     MetricLogger,
     open_run,
+    register_and_promote,
     tracking_uri,
 )
 
@@ -215,6 +219,7 @@ def _log_artifacts(client: MlflowClient, run_id: str, config: Config, plan: Trai
         "skipped_images": len(manifest.skipped),
     }, DATA_SUMMARY_ARTIFACT)
     client.log_text(run_id, (checkpoint / SUMMARY_FILE).read_text(), SUMMARY_ARTIFACT)
+    client.log_artifact(run_id, str(checkpoint / TEST_FILE), str(Path(TEST_PREDICTIONS_ARTIFACT).parent))
     test = Predictions(**read_test_predictions(checkpoint))
     report = report_for(test, plan)
     client.log_text(run_id, auc_table(report, test, plan).to_csv(index=False), TEST_AUC_ARTIFACT)
@@ -222,6 +227,12 @@ def _log_artifacts(client: MlflowClient, run_id: str, config: Config, plan: Trai
                       TEST_ROC_ARTIFACT)
     if config.mlflow.log_model:
         _log_model(client.tracking_uri, run_id, load_trained(checkpoint)[0], manifest.image_size)
+    if config.mlflow.register_model:
+        version, promoted = register_and_promote(client, config.mlflow.register_model, run_id,
+                                                 config.train.select_metric)
+        print(f"registered model {config.mlflow.register_model} version {version}"
+              + (f"; alias {CHAMPION} now points to it" if promoted else f"; {CHAMPION} stays (it scores better)"),
+              flush=True)
 
 
 def _log_model(uri: str, run_id: str, net: torch.nn.Module, image_size: int) -> None:

@@ -35,6 +35,7 @@ from orchestration.spaces import METRICS, SweepSpace
 from orchestration.tracking import (
     BEST_DIR,
     BEST_TRIAL_TAG,
+    CHAMPION,
     EARLY_STOPPED_TAG,
     PARETO_TAG,
     SPACE_DIR,
@@ -43,6 +44,7 @@ from orchestration.tracking import (
     child_runs,
     find_sweep,
     open_sweep,
+    register_and_promote,
     tracking_uri,
     trial_tags,
 )
@@ -96,7 +98,8 @@ def _trial(params: dict, *, base: dict, space: SweepSpace, data: str, sweep_name
     """One Tune trial: a full `cxr train` run, its MLflow run nested under the sweep's."""
     trial_id = tune.get_context().get_trial_id()
     params = params.get("point", params)  # grid / ablation points arrive whole
-    config = load_config(base=base, updates=space.trial_updates(params))
+    # The sweep registers its best trial's model once it is known, not every trial's.
+    config = load_config(base=base, updates={**space.trial_updates(params), "mlflow.register_model": None})
     row = str(params["row"]) if "row" in params else None
     tags = trial_tags(sweep_name, trial_id, config.train.seed, row, space.row_label(row) if row else "")
     run_training(config, plan_training(config, data), run_name=f"{sweep_name}-{trial_id}",
@@ -117,15 +120,15 @@ def _check_trials(space: SweepSpace, base: Config, data: str, seeds: int) -> lis
 
 
 def _settle_children(client: MlflowClient, parent_run_id: str, trial_status: dict[str, str]) -> None:
-    """No child left RUNNING: Tune may stop a trial (ASHA) or lose it without its run ending."""
+    """No child left RUNNING: Tune may stop a trial (ASHA) or lose it without its run ending. A
+    trial Tune ended TERMINATED whose run did not finish by itself was stopped by the scheduler:
+    its run may still say RUNNING, or FAILED when the stop reached the training as an error first."""
     for run in child_runs(client, parent_run_id):
-        if run.info.status != "RUNNING":
-            continue
         status = trial_status.get(run.data.tags.get(TRIAL_TAG, ""), "")
-        if status == "TERMINATED":
+        if status == "TERMINATED" and run.info.status in ("RUNNING", "FAILED"):
             client.set_tag(run.info.run_id, EARLY_STOPPED_TAG, "true")
             client.set_terminated(run.info.run_id, "FINISHED")
-        else:
+        elif run.info.status == "RUNNING":
             client.set_terminated(run.info.run_id, "FAILED")
 
 
@@ -193,11 +196,22 @@ def run_sweep(
         best_path, best_updates = _write_best(results, trials, space, settings, base, experiment_path,
                                               original_storage)
         _log_parent(uri, parent_run_id, trials, experiment_path, best_path, best_updates, settings)
+        if base.mlflow.register_model and best_updates:
+            _register_best(client, parent_run_id, best_updates["trial_id"], base)
     except BaseException:
         client.set_terminated(parent_run_id, "FAILED")
         raise
     client.set_terminated(parent_run_id, "FINISHED" if (trials["status"] != "ERROR").any() else "FAILED")
     return SweepOutcome(parent_run_id, trials, best_path, best_updates)
+
+
+def _register_best(client: MlflowClient, parent_run_id: str, trial_id: str, base: Config) -> None:
+    run = next(r for r in child_runs(client, parent_run_id) if r.data.tags.get(TRIAL_TAG) == trial_id)
+    version, promoted = register_and_promote(client, base.mlflow.register_model, run.info.run_id,
+                                             base.train.select_metric)
+    print(f"registered the best trial's model as {base.mlflow.register_model} version {version}"
+          + (f"; alias {CHAMPION} now points to it" if promoted else f"; {CHAMPION} stays (it scores better)"),
+          flush=True)
 
 
 def _open_parent(client: MlflowClient, base: Config, space: SweepSpace, settings: SweepSettings) -> str:

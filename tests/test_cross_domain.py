@@ -20,7 +20,22 @@ from orchestration.tracking import CHECKPOINT_TAG, child_runs, find_sweep
 pytestmark = pytest.mark.slow
 
 
-def test_cross_domain_matrix(prepared_dir, tmp_path, ray_session):
+@pytest.fixture(scope="module")
+def two_domains(prepared_dir, tmp_path_factory):
+    """NIH and CheXpert only, from the session's raw sets: one trained model per domain, two runs."""
+    from data_prep.config import PrepareConfig, SourceConfig
+    from data_prep.join import load_sources
+    from data_prep.pipeline import run_prepare
+
+    raw = prepared_dir.parent / "raw"
+    config = PrepareConfig(sources=[SourceConfig(name="nih", kind="nih", path=raw / "nih"),
+                                    SourceConfig(name="chexpert", kind="chexpert", path=raw / "chexpert")],
+                           image_size=32)
+    return run_prepare(load_sources(config), config, tmp_path_factory.mktemp("two_domains") / "prepared").root
+
+
+def test_cross_domain_matrix(two_domains, tmp_path, ray_session):
+    prepared_dir = two_domains
     overrides = tiny_training(tmp_path, **{"train.epochs": 1, "train.steps_per_epoch": 2, "train.domains": "null"})
     args = ["cross-domain", "--data", str(prepared_dir), "--sweep-name", "xd", *overrides]
     result = CliRunner().invoke(app, args)

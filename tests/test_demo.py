@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.parse
@@ -26,6 +27,7 @@ from orchestration.tracking import (
     EXPERIMENT_KIND_TAG,
     KIND_TAG,
     MODEL_TRAINING_KIND,
+    PARETO_TAG,
     ROW_TAG,
     RUN_NAME_TAG,
     SWEEP,
@@ -71,7 +73,7 @@ def test_demo_leaves_the_expected_runs_report_and_learned_aucs(demo):
         children = _runs(client, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
         assert parent.info.status == "FINISHED" and len(children) == 2, name
         assert {c.info.status for c in children} == {"FINISHED"}
-    _check_optuna_sweep(client, sweeps["demo-tune"], out)
+    _check_optuna_sweep(client, sweeps["demo-tune"], out, log)
     ablation_rows = {c.data.tags[ROW_TAG] for c in
                      _runs(client, f"tags.`mlflow.parentRunId` = '{sweeps['demo-ablation'].info.run_id}'")}
     assert ablation_rows == {"a", "g"}
@@ -93,6 +95,15 @@ def test_demo_leaves_the_expected_runs_report_and_learned_aucs(demo):
     assert len(pd.read_csv(report / "evaluations.csv", header=[0, 1], index_col=0)) == 2
     rows = pd.read_csv(report / "demo-ablation" / "table.csv", header=[0, 1], index_col=0)
     assert [r.split(")")[0] for r in rows.index] == ["a", "g"]
+    # Row g against row a on the test predictions the two trials logged: ΔMean, its interval.
+    compared = pd.read_csv(report / "demo-ablation" / "comparisons.csv").set_index(["row", "against"])
+    assert set(compared.index) == {("g", "a"), ("a", "g")}
+    g_vs_a = compared.loc[("g", "a")]
+    assert g_vs_a["ΔMean"] == pytest.approx(rows.iloc[1][("summary", "Mean")] - rows.iloc[0][("summary", "Mean")],
+                                            abs=1e-6)
+    low, high = (float(x) for x in g_vs_a["95% CI"].strip("[]").split(","))
+    assert -1 < low < high < 1
+    assert "Rows against Joint Training (a) and Ours (g)" in (report / "report.md").read_text()
     alone = pd.read_csv(report / "training-runs" / "table.csv", header=[0, 1], index_col=0)
     # The demo trains from random weights: its row is marked, and the report says why.
     assert alone.loc["demo-train †", ("summary", "Mean")] == pytest.approx(train.data.metrics["test_mean_auc"])
@@ -108,9 +119,10 @@ def test_demo_leaves_the_expected_runs_report_and_learned_aucs(demo):
     assert "ui --backend-store-uri sqlite:///" in log
 
 
-def _check_optuna_sweep(client: MlflowClient, parent, out: Path) -> None:
-    """The demo's two Optuna trials: sampled values inside the space, the sweep's artifacts, and a
-    best config that `cxr train --config` accepts."""
+def _check_optuna_sweep(client: MlflowClient, parent, out: Path, log: str) -> None:
+    """The demo's two Optuna trials: sampled values inside the space, the sweep's artifacts, a
+    best config that `cxr train --config` accepts, and the Pareto front of its two objectives as
+    printed, recomputed from the trials' metrics in MLflow."""
     space = load_space("optuna_full")
     assert parent.data.params["space"] == "optuna_full"
     children = _runs(client, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
@@ -128,6 +140,23 @@ def _check_optuna_sweep(client: MlflowClient, parent, out: Path) -> None:
     assert best.method.lambda_tat in [float(c.data.params["method.lambda_tat"]) for c in children]
     assert best.train.run_name is None and best.mlflow.tracking_uri is None
     plan_training(best, out / "prepared")
+
+    objectives = ("val_mean_com_auc", "val_mean_int_auc")
+    assert parent.data.params["metric"] == ",".join(objectives)
+    scores = {}
+    for child in children:  # one epoch, so one validation: the values the trial reported
+        assert len(client.get_metric_history(child.info.run_id, objectives[0])) == 1
+        scores[child.data.tags[TRIAL_TAG]] = tuple(child.data.metrics[m] for m in objectives)
+    front = {t for t, v in scores.items()
+             if not any(all(o >= x for o, x in zip(other, v)) and other != v for other in scores.values())}
+    printed = re.search(r"Pareto front over val_mean_com_auc, val_mean_int_auc \((\d) of 2 trials\): (.*)", log)
+    assert printed, log[-3000:]
+    shown = dict(re.findall(r"(\S+) \(([^)]*)\)", printed.group(2)))
+    assert set(shown) == front and int(printed.group(1)) == len(front)
+    for trial, values in shown.items():
+        assert values == ", ".join(f"{v:.4f}" for v in scores[trial])
+    assert set(parent.data.tags[PARETO_TAG].split(",")) == front
+    assert set(trials.loc[trials["pareto"], "trial_id"]) == front
 
 
 def _get(base: str, endpoint: str, **query) -> dict:

@@ -4,6 +4,7 @@ AUC against scikit-learn on labels read here from the shards."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -100,7 +101,13 @@ def test_predict_refuses_bad_arguments(trained, prepared_dir, tmp_path):
     outcome, _ = trained
     both = runner.invoke(app, ["predict", "--checkpoint", outcome.checkpoint, "--run", "x", "--data",
                                str(prepared_dir), "--out", str(tmp_path / "p.csv")])
-    assert both.exit_code == 2 and "exactly one of --checkpoint" in both.output
+    assert both.exit_code == 2 and "give the model once: --model, --checkpoint or --run" in both.output
+    neither = runner.invoke(app, ["predict", "--checkpoint", outcome.checkpoint, "--out", str(tmp_path / "p.csv")])
+    assert neither.exit_code == 2 and "give --data DIR (a prepared split) or --images DIR|CSV" in neither.output
+    unregistered = runner.invoke(app, ["predict", "--model", "models:/nothing@champion", "--images", str(tmp_path),
+                                       "--out", str(tmp_path / "p.csv"), f"mlflow.tracking_uri=sqlite:///{tmp_path / 'm.db'}"])
+    assert unregistered.exit_code == 2 and "models:/nothing@champion: no such registered model version" in \
+        unregistered.output
     wrong = runner.invoke(app, ["predict", "--checkpoint", str(tmp_path), "--data", str(prepared_dir),
                                 "--out", str(tmp_path / "p.csv")])
     assert wrong.exit_code == 2 and "is not a cxr train checkpoint" in wrong.output
@@ -126,3 +133,54 @@ def test_predict_and_evaluate_find_a_run_in_the_store_their_config_names(trained
     assert result.exit_code == 0, result.output
     elsewhere = runner.invoke(app, ["predict", "--run", "for-predict", "--data", str(prepared_dir), "--out", str(out)])
     assert elsewhere.exit_code == 2 and "no MLflow run with id or run name 'for-predict'" in elsewhere.output
+
+
+def test_predict_images_scores_raw_files_and_lists_the_unusable(trained, prepared_dir, tmp_path, monkeypatch):
+    """A folder of raw files: NIH PNGs, in-house DICOMs (one without pixels), a zero-byte file.
+    Probabilities equal a one-process loop over the same decode and model; the model is found
+    through the MLflow Model Registry (models:/NAME@champion)."""
+    import shutil
+
+    import numpy as np
+    import torch
+
+    from cxrmodel.inference import predict_probs
+    from data_prep.images import load_grayscale
+    from orchestration.checkpoint import load_trained
+
+    outcome, tmp = trained
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    raw = prepared_dir.parent / "raw"
+    folder = tmp_path / "incoming"
+    (folder / "dicom").mkdir(parents=True)
+    for png in sorted((raw / "nih").rglob("*.png"))[:6]:
+        shutil.copy(png, folder / png.name)
+    dicoms = sorted((raw / "inhouse" / "images").glob("*.dcm"))
+    for dcm in dicoms[:5] + dicoms[-1:]:  # the last one has no pixel data
+        shutil.copy(dcm, folder / "dicom" / dcm.name)
+    (folder / "empty.png").write_bytes(b"")
+
+    client = MlflowClient(uri)
+    client.create_registered_model("cxr-test")
+    version = client.create_model_version("cxr-test", source=f"runs:/{outcome.run_id}/model", run_id=outcome.run_id)
+    client.set_registered_model_alias("cxr-test", "champion", version.version)
+
+    out = tmp_path / "preds.parquet"
+    result = runner.invoke(app, ["predict", "--images", str(folder), "--model", "models:/cxr-test@champion",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(out)
+    prepared = PreparedDataset.load(prepared_dir)
+    assert list(frame.columns) == ["image_id", "domain", *prepared.label_space, "path"]
+    skipped = {Path(s["path"]).name: s["reason"] for s in json.loads((tmp_path / "preds.skipped.json").read_text())}
+    assert set(skipped) == {"empty.png", dicoms[-1].name}
+    assert "zero-byte" in skipped["empty.png"] and "no PixelData" in skipped[dicoms[-1].name]
+    assert len(frame) == 6 + 5 and (frame["domain"] == "incoming").all()
+
+    net, _, _ = load_trained(outcome.checkpoint)
+    images = torch.from_numpy(np.stack([load_grayscale(p, prepared.image_size) for p in frame["path"]]))
+    with torch.no_grad():
+        expected = predict_probs(net, images).numpy()
+    assert np.abs(frame[prepared.label_space].to_numpy() - expected).max() < 1e-5
+    assert "11 / 13" not in result.output and "13 / 13" in result.output  # progress, up to every file

@@ -174,3 +174,70 @@ def test_groups_come_from_the_joint_rows_plan_and_random_init_rows_are_marked(tm
                                 env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
     assert result.exit_code == 0, result.output
     assert "model.pretrained=false" in (out / "report.md").read_text()
+
+
+def test_ablation_rows_are_compared_with_a_and_g_on_logged_test_predictions(tmp_path):
+    """Rows a and b with seeds 0 and 1, g with seed 0; each run logs its test predictions (labels
+    with unknowns, b's signal twice a's). ΔMean is recomputed here with scikit-learn."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from orchestration.report import row_comparisons
+    from orchestration.tracking import BEST_TRIAL_TAG, SEED_PARAM, TEST_PREDICTIONS_ARTIFACT, TRIAL_TAG
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("lab", artifact_location=str(tmp_path / "artifacts"))
+    parent = _parent(client, exp, "abl", "ablation_table6", "ablation")
+    rng = np.random.default_rng(0)
+    labels = (rng.random((300, len(LABEL_SPACE))) < 0.3).astype(np.int8)
+    labels[:40, 1] = -2  # a finding the internal domain leaves unknown for some images
+    saved = {}
+    for row, signal, seeds in (("a", 1.0, (0, 1)), ("b", 2.0, (0, 1)), ("g", 1.5, (0,))):
+        for seed in seeds:
+            probs = (labels.clip(0, 1) * signal + rng.normal(0, 1, labels.shape)).astype(np.float32)
+            run = _child(client, exp, parent, f"abl-{row}{seed}", "RUNNING", row=(row, row), aucs=[0.7] * 5,
+                         params={SEED_PARAM: str(seed)})
+            path = tmp_path / f"{row}{seed}" / "test_predictions.npz"
+            path.parent.mkdir()
+            np.savez(path, sample_id=np.arange(len(labels)), probs=probs, labels=labels)
+            client.log_artifact(run, str(path), "evaluation")
+            client.set_terminated(run, "FINISHED")
+            saved[(row, seed)] = probs
+    assert TEST_PREDICTIONS_ARTIFACT == "evaluation/test_predictions.npz"
+    [section] = collect_sections(client, "lab")
+    table, notes = row_comparisons(client, section, [])
+    assert not notes
+
+    def mean_auc(probs):
+        return np.mean([roc_auc_score(labels[labels[:, c] >= 0, c], probs[labels[:, c] >= 0, c])
+                        for c in range(len(LABEL_SPACE))])
+
+    got = table.set_index(["row", "against"])
+    assert set(got.index) == {("b", "a"), ("g", "a"), ("a", "g"), ("b", "g")}
+    b_vs_a = got.loc[("b", "a")]
+    expected = np.mean([mean_auc(saved[("b", s)]) - mean_auc(saved[("a", s)]) for s in (0, 1)])
+    assert b_vs_a["seeds"] == 2 and b_vs_a["ΔMean"] == pytest.approx(expected)
+    low, high = (float(x) for x in b_vs_a["95% CI"].strip("[]").split(","))
+    assert low < expected < high and low > 0  # twice the signal: clearly better
+    assert len(b_vs_a["findings with Holm p < 0.05"].split("/")) == 2
+    assert got.loc[("a", "g"), "ΔMean"] == pytest.approx(-got.loc[("g", "a"), "ΔMean"])
+
+    # An Optuna sweep's best trial against the paper default's run with the same seed; a trial that
+    # logged no predictions is named.
+    search = _parent(client, exp, "opt", "optuna_full", "search")
+    best = _child(client, exp, search, "opt-1", "FINISHED", aucs=[0.7] * 5, params={SEED_PARAM: "0"},
+                  tags={TRIAL_TAG: "t1"})
+    client.log_artifact(best, str(tmp_path / "b0" / "test_predictions.npz"), "evaluation")
+    client.set_tag(search, BEST_TRIAL_TAG, "t1")
+    default = _parent(client, exp, "default", "paper_default", "ablation")
+    plain = _child(client, exp, default, "default-0", "FINISHED", aucs=[0.7] * 5, params={SEED_PARAM: "0"})
+    sections = {s.title.split(" ")[0]: s for s in collect_sections(client, "lab")}
+    table, notes = row_comparisons(client, sections["opt"], sections["default"].runs)
+    assert notes == ["run default-0 logged no test predictions (trained before they were logged): left out of the "
+                     "comparisons"] and table.empty
+    client.log_artifact(plain, str(tmp_path / "a0" / "test_predictions.npz"), "evaluation")
+    table, _ = row_comparisons(client, sections["opt"], sections["default"].runs)
+    [found] = table.to_dict("records")
+    assert found["row"] == "best trial t1" and found["against"] == "paper default"
+    assert found["ΔMean"] == pytest.approx(mean_auc(saved[("b", 0)]) - mean_auc(saved[("a", 0)]))

@@ -40,7 +40,8 @@ def _latest_state(storage: Path, run_name: str) -> dict:
 
 
 def test_two_worker_training_logs_one_finished_run(prepared_dir, tmp_path):
-    config = load_config([], tiny_training(tmp_path, **{"train.workers": 2, "mlflow.log_model": "true"}))
+    config = load_config([], tiny_training(tmp_path, **{"train.workers": 2, "mlflow.log_model": "true",
+                                                        "mlflow.register_model": "cxr-two"}))
     outcome = run_training(config, plan_training(config, prepared_dir), run_name="two-workers")
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.get_run(outcome.run_id)
@@ -73,6 +74,10 @@ def test_two_worker_training_logs_one_finished_run(prepared_dir, tmp_path):
     model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
     probs = model(torch.zeros(3, 32, 32, dtype=torch.uint8))
     assert probs.shape == (3, len(plan.label_space)) and bool(((probs >= 0) & (probs <= 1)).all())
+    # Registered, and the first version of its name is the champion; it loads by its alias.
+    assert client.get_model_version_by_alias("cxr-two", "champion").run_id == run.info.run_id
+    registered = mlflow.pytorch.load_model("models:/cxr-two@champion")
+    assert torch.equal(registered(torch.zeros(2, 32, 32, dtype=torch.uint8)), probs[:2])
 
 
 def test_an_exception_in_the_workers_ends_the_run_failed(prepared_dir, tmp_path):

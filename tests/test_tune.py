@@ -1,11 +1,10 @@
 """Sweeps with real Ray Tune, Ray Train and MLflow: a resume after the sweep's driver was killed,
-an ASHA sweep that stops a trial early, and `ray job submit` of a multi-objective Optuna sweep to a
-head this test starts (token auth on). The demo test runs a 2-trial Optuna sweep and checks it."""
+an ASHA sweep that stops a trial early, and `ray job submit` to a head this test starts (token
+auth on). The demo test runs a 2-trial multi-objective Optuna sweep and checks its Pareto front."""
 
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -20,14 +19,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, free_port, tiny_training, wait_for
-from orchestration.tracking import (
-    EARLY_STOPPED_TAG,
-    PARETO_TAG,
-    SUMMARY_ARTIFACT,
-    TRIAL_TAG,
-    child_runs,
-    find_sweep,
-)
+from orchestration.tracking import EARLY_STOPPED_TAG, SUMMARY_ARTIFACT, TRIAL_TAG, child_runs, find_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -165,17 +157,12 @@ def _job(env: dict, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-def test_ray_job_submit_runs_a_multi_objective_sweep_on_a_token_cluster(prepared_dir, tmp_path, token_cluster):
-    """The job: two Optuna trials over train.lr, two objectives; the Pareto front it prints is the
-    one the trials' metrics in MLflow give."""
+def test_ray_job_submit_runs_a_sweep_on_a_token_cluster(prepared_dir, tmp_path, token_cluster):
     address, env = token_cluster
-    space = tmp_path / "two_objectives.yaml"
-    space.write_text(yaml.safe_dump({"kind": "search", "metric": "val_mean_com_auc", "mode": "max",
-                                     "parameters": {"train.lr": {"distribution": "loguniform", "low": 1e-5, "high": 1e-2}}}))
-    objectives = ("val_mean_com_auc", "val_mean_int_auc")
-    sweep = ["--", "python", "-m", "orchestration.cli", "tune", "--space", str(space), "--num-samples", "2",
-             "--metric", ",".join(objectives), "--data", str(prepared_dir), "--sweep-name", "job",
-             *tiny_training(tmp_path, **FAST)]
+    # One trial: what is tested here is the job's way onto a token cluster (the resume test runs
+    # two; the demo runs a multi-objective Optuna sweep).
+    sweep = ["--", "python", "-m", "orchestration.cli", "tune", "--space", str(_grid(tmp_path, (30,))),
+             "--data", str(prepared_dir), "--sweep-name", "job", *tiny_training(tmp_path, **FAST)]
     excludes = '{"excludes": [".venv", ".git", "demo_out", "ray_results", "*.db"]}'
 
     no_token = {k: v for k, v in env.items() if k not in ("RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")}
@@ -205,17 +192,5 @@ def test_ray_job_submit_runs_a_multi_objective_sweep_on_a_token_cluster(prepared
     parent = _parent(client, "job")
     assert parent.info.status == "FINISHED"
     children = _children(client, parent)
-    assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
-    scores = {}
-    for child in children:  # one epoch, so one validation: the values the trial reported
-        assert len(client.get_metric_history(child.info.run_id, objectives[0])) == 1
-        scores[child.data.tags[TRIAL_TAG]] = tuple(child.data.metrics[m] for m in objectives)
-    expected = {t for t, v in scores.items()
-                if not any(all(o >= x for o, x in zip(other, v)) and other != v for other in scores.values())}
-    printed = re.search(r"Pareto front over val_mean_com_auc, val_mean_int_auc \((\d) of 2 trials\): (.*)", logs)
-    assert printed, logs[-3000:]
-    shown = dict(re.findall(r"(\S+) \(([^)]*)\)", printed.group(2)))
-    assert set(shown) == expected and int(printed.group(1)) == len(expected)
-    for trial, values in shown.items():
-        assert values == ", ".join(f"{v:.4f}" for v in scores[trial])
-    assert set(parent.data.tags[PARETO_TAG].split(",")) == expected
+    assert len(children) == 1 and {c.info.status for c in children} == {"FINISHED"}
+    assert all("val_mean_auc" in c.data.metrics for c in children)

@@ -1,0 +1,50 @@
+"""The MLflow Model Registry on a real local store: a new version per registration, the alias
+`champion` moving only to a model whose best validation metric beats the champion's."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from orchestration.config import load_config
+from orchestration.prediction import resolve_checkpoint
+from orchestration.tracking import CHAMPION, CHECKPOINT_TAG, register_and_promote
+
+
+def _run(client: MlflowClient, exp: str, best: float, checkpoint: str) -> str:
+    """A finished run with its best validation metric and a (tiny) logged model."""
+    import mlflow
+    import torch
+
+    run = client.create_run(exp, tags={CHECKPOINT_TAG: checkpoint}).info.run_id
+    client.log_metric(run, "best/val_mean_auc", best)
+    mlflow.set_tracking_uri(client.tracking_uri)
+    with mlflow.start_run(run_id=run):
+        mlflow.pytorch.log_model(torch.nn.Linear(1, 1), name="model", input_example=torch.zeros(2, 1).numpy(),
+                                 pip_requirements=["torch"])
+    return run
+
+
+def test_champion_moves_only_to_a_better_model(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("cxr-orchestra", artifact_location=str(tmp_path / "artifacts"))
+    first = _run(client, exp, 0.71, str(tmp_path / "ckpt1"))
+    worse = _run(client, exp, 0.69, str(tmp_path / "ckpt2"))
+    better = _run(client, exp, 0.75, str(tmp_path / "ckpt3"))
+    assert register_and_promote(client, "cxr", first, "val_mean_auc") == ("1", True)
+    assert register_and_promote(client, "cxr", worse, "val_mean_auc") == ("2", False)
+    assert client.get_model_version_by_alias("cxr", CHAMPION).run_id == first
+    assert register_and_promote(client, "cxr", better, "val_mean_auc") == ("3", True)
+    assert client.get_model_version_by_alias("cxr", CHAMPION).run_id == better
+
+    config = load_config([], [f"mlflow.tracking_uri={uri}"])
+    assert resolve_checkpoint(config, "models:/cxr@champion") == tmp_path / "ckpt3"
+    assert resolve_checkpoint(config, "models:/cxr/2") == tmp_path / "ckpt2"
+
+
+def test_registering_needs_the_logged_model():
+    from orchestration.config import ConfigError
+
+    with pytest.raises(ConfigError, match="mlflow.register_model needs mlflow.log_model=true"):
+        load_config([], ["mlflow.register_model=cxr", "mlflow.log_model=false"])
