@@ -74,18 +74,24 @@ def read_test_predictions(directory: Path) -> dict[str, np.ndarray]:
         return {k: saved[k] for k in ("sample_id", "probs", "labels")}
 
 
-def load_trained(checkpoint: str | Path) -> tuple[torch.nn.Module, Config, TrainingPlan]:
-    """The best network of a checkpoint folder, in eval mode, with the config and plan it was
-    trained with (the last weights when no validation ran)."""
+def read_run_description(checkpoint: str | Path) -> tuple[Config, TrainingPlan]:
+    """The config and plan a checkpoint folder was trained with, without loading any weights."""
     directory = Path(checkpoint)
     if not (directory / RUN_FILE).exists():
         raise ConfigError(f"{directory} is not a cxr train checkpoint (no {RUN_FILE}); pass a checkpoint_* folder")
     described = json.loads((directory / RUN_FILE).read_text())
     try:
-        config, plan = Config.model_validate(described["config"]), TrainingPlan(**described["plan"])
+        return Config.model_validate(described["config"]), TrainingPlan(**described["plan"])
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{directory / RUN_FILE} was written by another version of cxr-orchestra ({exc}); "
                           "train the model again with this version") from None
+
+
+def load_trained(checkpoint: str | Path) -> tuple[torch.nn.Module, Config, TrainingPlan]:
+    """The best network of a checkpoint folder, in eval mode, with the config and plan it was
+    trained with (the last weights when no validation ran)."""
+    directory = Path(checkpoint)
+    config, plan = read_run_description(directory)
     net = build_network(config, plan)
     best = directory / BEST_MODEL_FILE
     state = torch.load(best, map_location="cpu") if best.exists() else \

@@ -447,7 +447,7 @@ def predict(
     if sum(x is not None for x in (checkpoint, run, model)) != 1:
         raise UsageError("give the model once: --model, --checkpoint or --run")
     cfg = load_config(config or [], overrides or [])
-    found = resolve_checkpoint(cfg, checkpoint if checkpoint is not None else (model or run))
+    found = checkpoint if checkpoint is not None else resolve_checkpoint(cfg, model or run)
     if images is not None:
         _predict_images(cfg, images, found, out, tencrop=tencrop, image_size=image_size, actors=actors,
                         address=address)
@@ -539,9 +539,10 @@ def evaluate(
         frame, source = read_predictions(predictions), str(predictions.resolve())
     else:
         from data_prep.prepared import PreparedDataset
-        from orchestration.prediction import predict_table, trained_model
+        from orchestration.checkpoint import load_trained
+        from orchestration.prediction import predict_table, resolve_checkpoint
 
-        net, plan = trained_model(cfg, checkpoint=checkpoint, run=None if checkpoint else run)
+        net, _, plan = load_trained(checkpoint if checkpoint is not None else resolve_checkpoint(cfg, run))
         frame = predict_table(net, plan, PreparedDataset.load(data), split=split, tencrop=tencrop, device=device)
         source = f"{split} split of {data.resolve()} predicted by {checkpoint or run}"
     result = (evaluate_on_relabelled(frame, clean_labels, set_name) if clean_labels

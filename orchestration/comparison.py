@@ -17,7 +17,7 @@ from cxrmodel.auc_statistics import paired_comparison
 from data_prep.labels import exclusive_findings
 from data_prep.prepared import PreparedDataset
 from data_prep.split import SPLITS
-from orchestration.checkpoint import load_trained, read_test_predictions
+from orchestration.checkpoint import read_run_description, read_test_predictions
 from orchestration.config import Config, ConfigError
 from orchestration.tracking import checkpoint_of_run, client_for
 
@@ -34,7 +34,7 @@ class Comparison:
 def run_test_predictions(config: Config, run: str, prepared: PreparedDataset) -> pd.DataFrame:
     """The internal test split's predictions a training run saved with its final checkpoint."""
     checkpoint = checkpoint_of_run(client_for(config), config.mlflow.experiment, run)
-    _, _, plan = load_trained(checkpoint)
+    _, plan = read_run_description(checkpoint)
     if plan.label_space != prepared.label_space:
         raise ConfigError(f"run {run!r} was trained on label space {plan.label_space}, the prepared data has "
                           f"{prepared.label_space}")

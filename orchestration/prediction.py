@@ -15,22 +15,11 @@ import torch
 from data_prep.errors import DataPrepError
 from data_prep.prepared import PreparedDataset
 from data_prep.split import SPLITS
-from orchestration.checkpoint import load_trained
+from orchestration.checkpoint import read_run_description
 from orchestration.config import Config, ConfigError
 from orchestration.evaluation import PREDICTION_COLUMNS, score_split
 from orchestration.plan import TrainingPlan
 from orchestration.tracking import checkpoint_of_registered, checkpoint_of_run, client_for
-
-
-def trained_model(config: Config, *, checkpoint: Path | None = None, run: str | None = None,
-                  ) -> tuple[torch.nn.Module, TrainingPlan]:
-    """The best network of a checkpoint folder or of a training run of `config`'s MLflow experiment."""
-    if (checkpoint is None) == (run is None):
-        raise ConfigError("give exactly one of --checkpoint PATH or --run RUN")
-    if run is not None:
-        checkpoint = checkpoint_of_run(client_for(config), config.mlflow.experiment, run)
-    net, _, plan = load_trained(checkpoint)
-    return net, plan
 
 
 def resolve_checkpoint(config: Config, model: str | Path) -> Path:
@@ -46,7 +35,7 @@ def resolve_checkpoint(config: Config, model: str | Path) -> Path:
 
 def trained_image_size(checkpoint: Path) -> int:
     """The side of the images a model was trained on: that of its prepared dataset."""
-    _, _, plan = load_trained(checkpoint)
+    _, plan = read_run_description(checkpoint)
     try:
         return PreparedDataset.load(plan.data).image_size
     except DataPrepError:
