@@ -1,7 +1,8 @@
 """`cxr synth`: NIH-, CheXpert- and in-house-like datasets in the exact on-disk formats of the real ones.
 
 The images carry learnable signal. Every finding of Table I has its own pattern at its own place
-(a bright blob, a ring or stripes on a 5x5 grid over the chest); a present finding draws its pattern.
+(a blob, ring, stripes, checkerboard, cross or square frame of its own size, on a 5x5 grid over the
+chest); a present finding draws its pattern.
 Each dataset has its own look (contrast, gamma, noise, size, file format), and findings a dataset
 does not label still appear in its images, as in real data: domain and label discrepancy to mine.
 """
@@ -63,21 +64,45 @@ LOOKS = {
 }
 
 
+SHAPES = ("blob", "ring", "horizontal stripes", "vertical stripes", "checkerboard", "cross", "square frame")
+SHAPE_RADII = (0.3, 0.36, 0.42)  # of a grid cell: finding k has shape k % 7 at radius k % 3 (21 pairs)
+
+
+def finding_cell(k: int) -> tuple[int, int]:
+    """(row, column) on the 5x5 grid where canonical finding k draws its pattern."""
+    return k // 5, k % 5
+
+
 def _finding_patterns(size: int) -> np.ndarray:
-    """(21, size, size) float32 templates, one per canonical finding, values in [0, 1]."""
+    """(21, size, size) float32 templates, one per canonical finding, values in [0, 1].
+
+    Each finding has a shape no other finding has (one of 7 shapes at one of 3 sizes) at its own grid
+    cell, so a model can tell findings apart by what it sees, as radiologists do, not only by where:
+    a heat map then has a place to point at (tests/test_explain.py)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     cell = 1.0 / 5
+    period = 0.25 * cell
     patterns = []
     for k in range(len(CANONICAL_FINDINGS)):
-        cx, cy = (k % 5 + 0.5) * cell, (k // 5 + 0.5) * cell
-        r = np.hypot(xx - cx, yy - cy)
-        kind = k % 3
-        if kind == 0:  # blob
-            p = np.exp(-((r / (0.32 * cell)) ** 2))
-        elif kind == 1:  # ring
-            p = np.exp(-(((r - 0.3 * cell) / (0.08 * cell)) ** 2))
-        else:  # stripes inside a disc
-            p = (np.cos((xx - cx) * 2 * np.pi / (0.25 * cell)) > 0) * (r < 0.38 * cell)
+        row, column = finding_cell(k)
+        dx, dy = xx - (column + 0.5) * cell, yy - (row + 0.5) * cell
+        r, radius = np.hypot(dx, dy), SHAPE_RADII[k % 3] * cell
+        disc = r < radius
+        shape = SHAPES[k % 7]
+        if shape == "blob":
+            p = np.exp(-((r / radius) ** 2))
+        elif shape == "ring":
+            p = np.exp(-(((r - 0.75 * radius) / (0.08 * cell)) ** 2))
+        elif shape == "horizontal stripes":
+            p = (np.cos(dy * 2 * np.pi / period) > 0) * disc
+        elif shape == "vertical stripes":
+            p = (np.cos(dx * 2 * np.pi / period) > 0) * disc
+        elif shape == "checkerboard":
+            p = (np.cos(dx * 2 * np.pi / period) * np.cos(dy * 2 * np.pi / period) > 0) * disc
+        elif shape == "cross":
+            p = ((np.abs(dx) < 0.25 * radius) & (np.abs(dy) < radius)) | ((np.abs(dy) < 0.25 * radius) & (np.abs(dx) < radius))
+        else:  # square frame
+            p = (np.maximum(np.abs(dx), np.abs(dy)) < radius) & (np.maximum(np.abs(dx), np.abs(dy)) > 0.6 * radius)
         patterns.append(p.astype(np.float32))
     return np.stack(patterns)
 

@@ -440,14 +440,14 @@ def predict(
     --run and --model names are looked up in the MLflow store and experiment of the config
     (--config / overrides such as mlflow.tracking_uri=..., else $MLFLOW_TRACKING_URI).
     """
-    from orchestration.prediction import resolve_checkpoint, write_table
+    from orchestration.prediction import resolve_model, write_table
 
     if (data is None) == (images is None):
         raise UsageError("give --data DIR (a prepared split) or --images DIR|CSV (raw files)")
     if sum(x is not None for x in (checkpoint, run, model)) != 1:
         raise UsageError("give the model once: --model, --checkpoint or --run")
     cfg = load_config(config or [], overrides or [])
-    found = checkpoint if checkpoint is not None else resolve_checkpoint(cfg, model or run)
+    found = checkpoint if checkpoint is not None else resolve_model(cfg, model or run).checkpoint
     if images is not None:
         _predict_images(cfg, images, found, out, tencrop=tencrop, image_size=image_size, actors=actors,
                         address=address)
@@ -540,9 +540,9 @@ def evaluate(
     else:
         from data_prep.prepared import PreparedDataset
         from orchestration.checkpoint import load_trained
-        from orchestration.prediction import predict_table, resolve_checkpoint
+        from orchestration.prediction import predict_table, resolve_model
 
-        net, _, plan = load_trained(checkpoint if checkpoint is not None else resolve_checkpoint(cfg, run))
+        net, _, plan = load_trained(checkpoint if checkpoint is not None else resolve_model(cfg, run).checkpoint)
         frame = predict_table(net, plan, PreparedDataset.load(data), split=split, tencrop=tencrop, device=device)
         source = f"{split} split of {data.resolve()} predicted by {checkpoint or run}"
     result = (evaluate_on_relabelled(frame, clean_labels, set_name) if clean_labels
@@ -562,6 +562,63 @@ def evaluate(
     if stats_json:
         stats_json.write_text(json.dumps(result.stats, indent=1))
     console.print(f"logged as MLflow run {run_id}")
+
+
+@verb
+def explain(
+    out: Annotated[Path, typer.Option(help="Folder for the contact sheets, overlays and explain.csv.")],
+    run: Annotated[Optional[str], typer.Option(help="A cxr train run, by MLflow run id or run name (uses its checkpoint).")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="A cxr train checkpoint_* folder.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Any of: a checkpoint folder, a run id or name, models:/NAME@ALIAS.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Prepared dataset. Default: the one the model was trained on.")] = None,
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    domain: Annotated[Optional[str], typer.Option(help="The domain whose images are explained. Default: the model's internal one.")] = None,
+    findings: Annotated[Optional[str], typer.Option(help="Comma-separated findings. Default: every finding the domain labels.")] = None,
+    top: Annotated[int, typer.Option(help="Images per finding: the K the model scores highest.")] = 4,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    config: ConfigFiles = None,
+    overrides: Overrides = None,
+) -> None:
+    """Grad-CAM heat maps of where the model looks: for each finding, the K images of a split it
+    scores highest, as overlays and one contact sheet, with explain.csv (probability, label and the
+    heat map's peak per image).
+
+    The maps weigh the last dense block's output (denseblock4, 1/32 of the image side) by the gradient
+    of that finding's output, so a model trained at 256² gives 8x8 cells of evidence. When the model
+    comes from a training run that the MLflow store knows, the folder is also logged to it under explain/.
+    """
+    from data_prep.prepared import PreparedDataset
+    from orchestration.checkpoint import load_trained
+    from orchestration.evaluation import score_split
+    from orchestration.explanation import INDEX_FILE, explain_top_images
+    from orchestration.prediction import require_same_label_space, resolve_model
+    from orchestration.tracking import EXPLAIN_ARTIFACT_DIR, client_for
+
+    if sum(x is not None for x in (checkpoint, run, model)) != 1:
+        raise UsageError("give the model once: --model, --checkpoint or --run")
+    if checkpoint is not None and not checkpoint.is_dir():
+        raise UsageError(f"--checkpoint {checkpoint} is not a folder (a cxr train checkpoint_* folder)")
+    cfg = load_config(config or [], overrides or [])
+    found = resolve_model(cfg, checkpoint or model or run)
+    net, _, plan = load_trained(found.checkpoint)
+    prepared = PreparedDataset.load(data or plan.data)
+    require_same_label_space(plan, prepared)
+    domain = domain or plan.internal
+    if domain not in prepared.domains:
+        raise UsageError(f"--domain {domain!r} is not one of {prepared.domains}")
+    chosen = [f.strip() for f in findings.split(",") if f.strip()] if findings else prepared.domain_findings(domain)
+    console.print(f"scoring the {prepared.num_samples(domain, split):,} {domain} {split} images, then Grad-CAM "
+                  f"of the top {top} for {len(chosen)} findings", highlight=False)
+    scores = score_split(net.to(device), prepared, domain, split, device=device)
+    result = explain_top_images(net, plan.label_space, prepared, domain, split, scores, chosen, top, out,
+                                progress=lambda line: console.print(f"  {line}", highlight=False))
+    console.print(f"wrote {len(result.sheets)} contact sheets, {len(result.index)} overlays and "
+                  f"{out / INDEX_FILE}", highlight=False)
+    if found.run_id is not None:
+        client_for(cfg).log_artifacts(found.run_id, str(out), EXPLAIN_ARTIFACT_DIR)
+        console.print(f"logged under {EXPLAIN_ARTIFACT_DIR}/ of MLflow run {found.run_id}", highlight=False)
+    else:
+        console.print("not logged to MLflow: no run in the store has this checkpoint", highlight=False)
 
 
 @verb

@@ -132,6 +132,9 @@ class TrainConfig(_Section):
     # for the same seed (two sweep trials with one config train alike), at a cost to the feed's
     # speed (benchmarks/train_feed.py: ~2,000 instead of ~5,500 img/s on 2 cores).
     reproducible_order: bool = False
+    # At the end, Grad-CAM contact sheets of the best model's K highest-scoring internal test images
+    # per finding, logged under explain/ (0: none).
+    explain_top: int = Field(default=4, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

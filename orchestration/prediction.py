@@ -7,6 +7,7 @@ run's `cxr.checkpoint` tag. The table (image_id, domain, one column per finding)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -19,18 +20,26 @@ from orchestration.checkpoint import read_run_description
 from orchestration.config import Config, ConfigError
 from orchestration.evaluation import PREDICTION_COLUMNS, score_split
 from orchestration.plan import TrainingPlan
-from orchestration.tracking import checkpoint_of_registered, checkpoint_of_run, client_for
+from orchestration.tracking import client_for, registered_run, resolve_run_id, run_checkpoint, run_of_checkpoint
 
 
-def resolve_checkpoint(config: Config, model: str | Path) -> Path:
+@dataclass(frozen=True)
+class ModelReference:
+    checkpoint: Path
+    run_id: str | None  # the training run it came from, where the tracking store knows it
+
+
+def resolve_model(config: Config, model: str | Path) -> ModelReference:
     """A checkpoint folder from any model reference: the folder itself, models:/NAME@ALIAS (or
     models:/NAME/VERSION) of the MLflow Model Registry, or a training run's id or name."""
-    text = str(model)
+    client, text = client_for(config), str(model)
     if text.startswith("models:/"):
-        return checkpoint_of_registered(client_for(config), text)
-    if Path(text).exists():
-        return Path(text)
-    return checkpoint_of_run(client_for(config), config.mlflow.experiment, text)
+        run_id = registered_run(client, text)
+    elif Path(text).exists():
+        return ModelReference(Path(text), run_of_checkpoint(client, config.mlflow.experiment, Path(text)))
+    else:
+        run_id = resolve_run_id(client, config.mlflow.experiment, text)
+    return ModelReference(run_checkpoint(client, run_id), run_id)
 
 
 def trained_image_size(checkpoint: Path) -> int:
@@ -43,16 +52,20 @@ def trained_image_size(checkpoint: Path) -> int:
                           "(the side it was prepared at)") from None
 
 
+def require_same_label_space(plan: TrainingPlan, prepared: PreparedDataset) -> None:
+    if plan.label_space != prepared.label_space:
+        raise ConfigError(
+            f"the model was trained on label space {plan.label_space}, the prepared data has "
+            f"{prepared.label_space}: use data prepared the same way"
+        )
+
+
 def predict_table(
     net: torch.nn.Module, plan: TrainingPlan, prepared: PreparedDataset, *, split: str = "test",
     domains: list[str] | None = None, tencrop: bool = False, batch_size: int = 64, device: str = "cpu",
 ) -> pd.DataFrame:
     """One row per image: image_id, domain, then one probability column per finding."""
-    if plan.label_space != prepared.label_space:
-        raise ConfigError(
-            f"the model was trained on label space {plan.label_space}, the prepared data has "
-            f"{prepared.label_space}: predict on data prepared the same way"
-        )
+    require_same_label_space(plan, prepared)
     if split not in SPLITS:
         raise ConfigError(f"--split {split!r} is not one of {', '.join(SPLITS)}")
     frames = []

@@ -30,6 +30,7 @@ import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 from mlflow.entities import Run  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from cxrmodel.auc_statistics import (  # noqa: E402
@@ -220,7 +221,7 @@ class _TestPredictions:
             with tempfile.TemporaryDirectory() as tmp:
                 try:
                     path = self.client.download_artifacts(run.info.run_id, TEST_PREDICTIONS_ARTIFACT, tmp)
-                except Exception:  # noqa: BLE001 - runs from before the file was logged
+                except (OSError, MlflowException):  # runs from before the file was logged
                     self.notes.add(f"run {run.info.run_name} logged no test predictions (trained before they were "
                                    "logged): left out of the comparisons")
                     self.cache[run.info.run_id] = None

@@ -67,6 +67,7 @@ TEST_ROC_ARTIFACT = "evaluation/test_roc.png"
 TEST_PREDICTIONS_ARTIFACT = "evaluation/test_predictions.npz"
 EVALUATION_ARTIFACT = "evaluation/auc.csv"  # of an evaluation run
 MODEL_ARTIFACT = "model"
+EXPLAIN_ARTIFACT_DIR = "explain"  # Grad-CAM contact sheets (cxr train, cxr explain) and overlays (cxr explain)
 SPACE_DIR, TRIALS_DIR, BEST_DIR = "space", "trials", "best"  # of a sweep run
 CROSS_DOMAIN_DIR = "cross_domain"  # of a cross-domain sweep run: matrix.csv, matrix.md, per_finding.csv
 CROSS_DOMAIN_MATRIX = f"{CROSS_DOMAIN_DIR}/matrix.md"
@@ -205,8 +206,8 @@ def register_and_promote(client: MlflowClient, name: str, run_id: str, metric: s
     return str(version), promoted
 
 
-def checkpoint_of_registered(client: MlflowClient, uri: str) -> Path:
-    """models:/NAME@ALIAS or models:/NAME/VERSION -> the checkpoint of the run that version came from."""
+def registered_run(client: MlflowClient, uri: str) -> str:
+    """models:/NAME@ALIAS or models:/NAME/VERSION -> the id of the run that version came from."""
     name, _, rest = uri.removeprefix("models:/").partition("/")
     name, _, alias = name.partition("@")
     try:
@@ -214,19 +215,30 @@ def checkpoint_of_registered(client: MlflowClient, uri: str) -> Path:
     except MlflowException as exc:
         raise ConfigError(f"{uri}: no such registered model version in {client.tracking_uri} "
                           f"({exc.message.splitlines()[0]})") from None
-    path = client.get_run(version.run_id).data.tags.get(CHECKPOINT_TAG)
+    return version.run_id
+
+
+def run_checkpoint(client: MlflowClient, run_id: str) -> Path:
+    """The final checkpoint folder of a finished training run."""
+    path = client.get_run(run_id).data.tags.get(CHECKPOINT_TAG)
     if not path:
-        raise ConfigError(f"{uri} comes from run {version.run_id}, which has no {CHECKPOINT_TAG} tag")
+        raise ConfigError(f"MLflow run {run_id} has no {CHECKPOINT_TAG} tag: it is not a finished cxr train run")
     return Path(path)
 
 
 def checkpoint_of_run(client: MlflowClient, experiment: str, run: str) -> Path:
     """The final checkpoint folder of a finished training run (by id or run name)."""
-    run_id = resolve_run_id(client, experiment, run)
-    path = client.get_run(run_id).data.tags.get(CHECKPOINT_TAG)
-    if not path:
-        raise ConfigError(f"MLflow run {run_id} has no {CHECKPOINT_TAG} tag: it is not a finished cxr train run")
-    return Path(path)
+    return run_checkpoint(client, resolve_run_id(client, experiment, run))
+
+
+def run_of_checkpoint(client: MlflowClient, experiment: str, checkpoint: Path) -> str | None:
+    """The training run whose final checkpoint is `checkpoint`, if the experiment has one."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs([found.experiment_id], f"tags.`{CHECKPOINT_TAG}` = '{checkpoint.resolve()}'",
+                              max_results=1)
+    return runs[0].info.run_id if runs else None
 
 
 def download_text(client: MlflowClient, run_id: str, path: str) -> str | None:

@@ -56,6 +56,7 @@ from orchestration.tracking import (
     CHECKPOINT_TAG,
     CONFIG_ARTIFACT,
     DATA_SUMMARY_ARTIFACT,
+    EXPLAIN_ARTIFACT_DIR,
     MODEL_ARTIFACT,
     PLAN_ARTIFACT,
     SUMMARY_ARTIFACT,
@@ -225,14 +226,29 @@ def _log_artifacts(client: MlflowClient, run_id: str, config: Config, plan: Trai
     client.log_text(run_id, auc_table(report, test, plan).to_csv(index=False), TEST_AUC_ARTIFACT)
     client.log_figure(run_id, roc_figure(test, plan.label_space, report, f"{plan.internal} test split"),
                       TEST_ROC_ARTIFACT)
+    if config.mlflow.log_model or config.train.explain_top:
+        net = load_trained(checkpoint)[0]
+    if config.train.explain_top and len(test.sample_id):
+        _log_explanations(client, run_id, net, plan, test, config.train.explain_top)
     if config.mlflow.log_model:
-        _log_model(client.tracking_uri, run_id, load_trained(checkpoint)[0], manifest.image_size)
+        _log_model(client.tracking_uri, run_id, net, manifest.image_size)
     if config.mlflow.register_model:
         version, promoted = register_and_promote(client, config.mlflow.register_model, run_id,
                                                  config.train.select_metric)
         print(f"registered model {config.mlflow.register_model} version {version}"
               + (f"; alias {CHAMPION} now points to it" if promoted else f"; {CHAMPION} stays (it scores better)"),
               flush=True)
+
+
+def _log_explanations(client: MlflowClient, run_id: str, net: torch.nn.Module, plan: TrainingPlan,
+                      test: Predictions, top: int) -> None:
+    """Grad-CAM contact sheets of the best model for the internal test split (`cxr explain`'s)."""
+    from orchestration.explanation import explain_top_images
+
+    with tempfile.TemporaryDirectory() as folder:
+        explain_top_images(net, plan.label_space, PreparedDataset.load(plan.data), plan.internal, "test", test,
+                           plan.evaluated, top, Path(folder), overlays=False)
+        client.log_artifacts(run_id, folder, EXPLAIN_ARTIFACT_DIR)
 
 
 def _log_model(uri: str, run_id: str, net: torch.nn.Module, image_size: int) -> None:

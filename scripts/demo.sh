@@ -14,8 +14,8 @@ MLFLOW=$(command -v mlflow)
 cd "$OUT"  # MLflow keeps artifacts in ./mlruns of the directory that creates the experiment
 export MLFLOW_TRACKING_URI="sqlite:///$OUT/mlflow.db"
 SMALL=(train.batch_size=24 "train.storage_path=$OUT/ray_results" train.log_every_steps=5)
-# Sweep trials skip the ~10 s model export; the cxr train run logs its model.
-TRIAL=(train.epochs=1 "train.steps_per_epoch=$TRIAL_STEPS" mlflow.log_model=false "${SMALL[@]}")
+# Sweep trials skip the ~10 s model export and the Grad-CAM sheets; the cxr train run logs both.
+TRIAL=(train.epochs=1 "train.steps_per_epoch=$TRIAL_STEPS" mlflow.log_model=false train.explain_top=0 "${SMALL[@]}")
 
 echo "== 1/7 cxr synth: three datasets in the real on-disk formats (the in-house one as DICOM)"
 cxr synth --out "$OUT/raw" --images-per-source "$IMAGES" --image-size $((IMAGE_SIZE * 2))
@@ -30,14 +30,16 @@ cxr tune --space optuna_full --data "$OUT/prepared" --num-samples 2 --sweep-name
   --metric val_mean_com_auc,val_mean_int_auc "${TRIAL[@]}"
 echo "== 5/7 cxr ablate: Table VI rows a (joint training) and g (the full method)"
 cxr ablate --grid ablation_table6 --rows a,g --data "$OUT/prepared" --sweep-name demo-ablation "${TRIAL[@]}"
-echo "== 6/7 cxr predict + cxr evaluate: every domain's test split, then Google's relabelled NIH test set"
+echo "== 6/7 cxr predict + cxr evaluate + cxr explain: every domain's test split, Google's relabelled NIH test set, Grad-CAM"
 cxr predict --run demo-train --data "$OUT/prepared" --out "$OUT/test_predictions.parquet"
 cxr evaluate --predictions "$OUT/test_predictions.parquet" --data "$OUT/prepared" --run demo-train
 cxr evaluate --predictions "$OUT/test_predictions.parquet" --run demo-train --set test \
   --clean-labels "$OUT/raw/nih/google2019_nih-chest-xray-labels.csv" --stats-json "$OUT/clean_labels_test.json"
+cxr explain --run demo-train --findings Atelectasis,Effusion --top 3 --out "$OUT/explained"
 echo "== 7/7 cxr report: tables, Fig. 4 / Optuna plots from MLflow"
 cxr report --out "$OUT/report"
 echo
 echo "demo finished."
 echo "  report:    $OUT/report/report.html (and report.md)"
+echo "  heat maps: $OUT/explained/ (Grad-CAM contact sheets per finding)"
 echo "  MLflow UI: $MLFLOW ui --backend-store-uri $MLFLOW_TRACKING_URI  (then open http://127.0.0.1:5000)"

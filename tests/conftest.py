@@ -96,6 +96,7 @@ def tiny_training(tmp: Path, **extra) -> list[str]:
         "train.log_every_steps": 1, "model.branch_features": 16, "model.discriminator_hidden": 16,
         "mlflow.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}", "train.storage_path": str(tmp / "ray_results"),
         "mlflow.log_model": "false",  # the ~10 s export is tested once, in test_train
+        "train.explain_top": 0,  # Grad-CAM sheets: tested in test_train's two-worker run and test_explain
         **extra,
     }
     return [f"{k}={v}" for k, v in values.items()]

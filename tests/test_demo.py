@@ -81,6 +81,16 @@ def test_demo_leaves_the_expected_runs_report_and_learned_aucs(demo):
     assert len(evaluations) == 2 and {e.data.tags[EVALUATES_TAG] for e in evaluations} == {train.info.run_id}
     [by_domain] = [e for e in evaluations if "nih/mean_auc" in e.data.metrics]
     assert by_domain.data.metrics["nih/mean_auc"] == pytest.approx(train.data.metrics["test_mean_auc"], abs=1e-6)
+    # Grad-CAM: the training's contact sheets (every finding the internal domain labels), then
+    # cxr explain's for two findings, with overlays, in the folder and under explain/ of the run.
+    logged = {a.path for a in client.list_artifacts(train.info.run_id, "explain")}
+    plan = json.loads(Path(client.download_artifacts(train.info.run_id, "plan/plan.json", str(out))).read_text())
+    evaluated = [f for f, row in plan["findings"].items() if row["evaluated"]]
+    assert evaluated and {f"explain/{f}.png" for f in evaluated} <= logged
+    assert {"explain/explain.csv", "explain/overlays"} <= logged
+    explained = pd.read_csv(out / "explained" / "explain.csv")
+    assert list(explained.finding) == ["Atelectasis"] * 3 + ["Effusion"] * 3 and list(explained["rank"]) == [1, 2, 3] * 2
+    assert explained.groupby("finding").probability.apply(lambda p: p.is_monotonic_decreasing).all()
 
     # Table VII on the synthetic relabelled file: every official NIH test image was predicted.
     stats = json.loads((out / "clean_labels_test.json").read_text())

@@ -7,7 +7,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestration.config import load_config
-from orchestration.prediction import resolve_checkpoint
+from orchestration.prediction import ModelReference, resolve_model
 from orchestration.tracking import CHAMPION, CHECKPOINT_TAG, register_and_promote
 
 
@@ -39,8 +39,13 @@ def test_champion_moves_only_to_a_better_model(tmp_path):
     assert client.get_model_version_by_alias("cxr", CHAMPION).run_id == better
 
     config = load_config([], [f"mlflow.tracking_uri={uri}"])
-    assert resolve_checkpoint(config, "models:/cxr@champion") == tmp_path / "ckpt3"
-    assert resolve_checkpoint(config, "models:/cxr/2") == tmp_path / "ckpt2"
+    assert resolve_model(config, "models:/cxr@champion") == ModelReference(tmp_path / "ckpt3", better)
+    assert resolve_model(config, "models:/cxr/2") == ModelReference(tmp_path / "ckpt2", worse)
+    # A checkpoint folder is traced back to its run; an unknown one has none.
+    (tmp_path / "ckpt1").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    assert resolve_model(config, str(tmp_path / "ckpt1")) == ModelReference(tmp_path / "ckpt1", first)
+    assert resolve_model(config, str(tmp_path / "elsewhere")).run_id is None
 
 
 def test_registering_needs_the_logged_model():

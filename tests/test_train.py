@@ -41,7 +41,8 @@ def _latest_state(storage: Path, run_name: str) -> dict:
 
 def test_two_worker_training_logs_one_finished_run(prepared_dir, tmp_path):
     config = load_config([], tiny_training(tmp_path, **{"train.workers": 2, "mlflow.log_model": "true",
-                                                        "mlflow.register_model": "cxr-two"}))
+                                                        "mlflow.register_model": "cxr-two",
+                                                        "train.explain_top": 2}))
     outcome = run_training(config, plan_training(config, prepared_dir), run_name="two-workers")
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.get_run(outcome.run_id)
@@ -58,6 +59,9 @@ def test_two_worker_training_logs_one_finished_run(prepared_dir, tmp_path):
                  for a in client.list_artifacts(run.info.run_id, folder)}
     assert {"config/resolved_config.yaml", "data/manifest_summary.json", "evaluation/test_auc.csv",
             "evaluation/test_roc.png", "plan/plan.json"} <= artifacts
+    # Grad-CAM contact sheets of the best model: one per finding the internal domain labels.
+    sheets = {a.path for a in client.list_artifacts(run.info.run_id, "explain")}
+    assert sheets == {f"explain/{f}.png" for f in plan.evaluated} | {"explain/explain.csv"}
     assert run.data.params["model.pretrained"] == "false"  # no model.weights: not the paper's ImageNet start
     logged_plan = json.loads(Path(client.download_artifacts(run.info.run_id, "plan/plan.json", str(tmp_path))).read_text())
     assert logged_plan["steps_per_epoch"] == plan.steps_per_epoch and logged_plan["domains"] == plan.domains
