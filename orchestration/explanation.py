@@ -116,7 +116,7 @@ def _overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
 
 
 def _write_overlay(out: Path, finding: str, rank: int, image_id: str, picture: np.ndarray) -> str:
-    path = out / "overlays" / _file_name(finding) / f"{rank:02d}_{_file_name(image_id)}.png"
+    path = out / "overlays" / _file_name(finding) / f"{rank:02d}_{_file_name(str(Path(image_id).with_suffix('')))}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), cv2.cvtColor(_enlarged(picture), cv2.COLOR_RGB2BGR))
     return str(path.relative_to(out))
