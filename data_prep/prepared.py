@@ -13,7 +13,7 @@ reader goes through `PreparedDataset.load`, which checks `format_version` and th
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,9 +182,13 @@ class PreparedDataset:
             for f in self.label_space
         }
 
-    def read_columns(self, domain: str, split: str, columns: list[str]) -> pa.Table:
-        """Some columns of one domain's split (e.g. sample_id, image_id and the labels)."""
-        tables = [pq.read_table(path, columns=columns) for path in self.shard_files(domain, split)]
+    def read_columns(self, domain: str, split: str, columns: list[str],
+                     sample_ids: Iterable[int] | None = None) -> pa.Table:
+        """Some columns of one domain's split (e.g. sample_id, image_id and the labels); with
+        `sample_ids`, only those rows (filtered while reading: a few images of a large split cost
+        the memory of a few images)."""
+        filters = None if sample_ids is None else [("sample_id", "in", [int(i) for i in sample_ids])]
+        tables = [pq.read_table(path, columns=columns, filters=filters) for path in self.shard_files(domain, split)]
         if not tables:
             return pa.table({c: pa.array([], pa.int64()) for c in columns})
         return pa.concat_tables(tables)

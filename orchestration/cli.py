@@ -591,7 +591,7 @@ def explain(
     from orchestration.checkpoint import load_trained
     from orchestration.evaluation import score_split
     from orchestration.explanation import INDEX_FILE, explain_top_images
-    from orchestration.prediction import require_same_label_space, resolve_model
+    from orchestration.prediction import resolve_model
     from orchestration.tracking import EXPLAIN_ARTIFACT_DIR, client_for
 
     if sum(x is not None for x in (checkpoint, run, model)) != 1:
@@ -602,7 +602,7 @@ def explain(
     found = resolve_model(cfg, checkpoint or model or run)
     net, _, plan = load_trained(found.checkpoint)
     prepared = PreparedDataset.load(data or plan.data)
-    require_same_label_space(plan, prepared)
+    plan.require_labels_of(prepared)
     domain = domain or plan.internal
     if domain not in prepared.domains:
         raise UsageError(f"--domain {domain!r} is not one of {prepared.domains}")

@@ -8,7 +8,6 @@ are `cxrmodel.auc_statistics.paired_comparison`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,6 +18,7 @@ from data_prep.prepared import PreparedDataset
 from data_prep.split import SPLITS
 from orchestration.checkpoint import read_run_description, read_test_predictions
 from orchestration.config import Config, ConfigError
+from orchestration.evaluation import Predictions, prediction_frame
 from orchestration.tracking import checkpoint_of_run, client_for
 
 
@@ -35,15 +35,8 @@ def run_test_predictions(config: Config, run: str, prepared: PreparedDataset) ->
     """The internal test split's predictions a training run saved with its final checkpoint."""
     checkpoint = checkpoint_of_run(client_for(config), config.mlflow.experiment, run)
     _, plan = read_run_description(checkpoint)
-    if plan.label_space != prepared.label_space:
-        raise ConfigError(f"run {run!r} was trained on label space {plan.label_space}, the prepared data has "
-                          f"{prepared.label_space}")
-    saved = read_test_predictions(Path(checkpoint))
-    ids = prepared.read_columns(plan.internal, "test", ["sample_id", "image_id"]).to_pandas().set_index("sample_id")
-    frame = pd.DataFrame(saved["probs"], columns=plan.label_space)
-    frame.insert(0, "domain", plan.internal)
-    frame.insert(0, "image_id", ids["image_id"].reindex(saved["sample_id"]).to_numpy())
-    return frame
+    plan.require_labels_of(prepared, f"run {run!r}")
+    return prediction_frame(Predictions(**read_test_predictions(checkpoint)), prepared, plan.internal, "test")
 
 
 def compare_predictions(a: pd.DataFrame, b: pd.DataFrame, prepared: PreparedDataset, *, domain: str | None,

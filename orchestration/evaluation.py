@@ -43,6 +43,16 @@ class Predictions:
         return Predictions(self.sample_id[order], self.probs[order], self.labels[order])
 
 
+def prediction_frame(predictions: Predictions, prepared: PreparedDataset, domain: str, split: str) -> pd.DataFrame:
+    """Scores of one domain's split as `cxr predict` writes them: image_id, domain, then one
+    probability column per finding of the prepared label space."""
+    ids = prepared.read_columns(domain, split, ["sample_id", "image_id"]).to_pandas().set_index("sample_id")
+    frame = pd.DataFrame(predictions.probs, columns=prepared.label_space)
+    frame.insert(0, "domain", domain)
+    frame.insert(0, "image_id", ids["image_id"].reindex(predictions.sample_id).to_numpy())
+    return frame
+
+
 def _gather(parts: Predictions) -> Predictions:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return parts.sorted()

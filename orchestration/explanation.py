@@ -75,14 +75,16 @@ def explain_top_images(
         raise ConfigError(f"--top must be at least 1 (got {top})")
     if len(predictions.sample_id) == 0:
         raise ConfigError(f"the {split} split of {domain} has no images to explain")
-    table = prepared.read_columns(domain, split, ["sample_id", "image_id", IMAGE_COLUMN])
+    # Row numbers in `predictions` of each finding's top images; only those images are read.
+    top_rows = {f: np.argsort(-predictions.probs[:, label_space.index(f)], kind="stable")[:top] for f in findings}
+    wanted = np.unique(np.concatenate([predictions.sample_id[i] for i in top_rows.values()]))
+    table = prepared.read_columns(domain, split, ["sample_id", "image_id", IMAGE_COLUMN], sample_ids=wanted)
     row_of = {int(s): i for i, s in enumerate(table.column("sample_id").to_numpy())}
     image_ids = table.column("image_id").to_pylist()
     out.mkdir(parents=True, exist_ok=True)
     rows, sheets = [], []
-    for finding in findings:
+    for finding, chosen in top_rows.items():
         c = label_space.index(finding)
-        chosen = np.argsort(-predictions.probs[:, c], kind="stable")[:top]
         in_table = [row_of[int(predictions.sample_id[i])] for i in chosen]
         images = images_from_arrow(table.column(IMAGE_COLUMN).take(in_table), prepared.image_size)
         maps = heat_maps(net, images, c)

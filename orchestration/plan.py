@@ -64,6 +64,12 @@ class TrainingPlan:
             return "internal_only"
         return "common" if finding in self.common else "other"
 
+    def require_labels_of(self, prepared: PreparedDataset, model: str = "the model") -> None:
+        """Refuse prepared data whose label space is not this network's outputs."""
+        if prepared.label_space != self.label_space:
+            raise PlanError(f"{model} was trained on label space {self.label_space}, the prepared data has "
+                            f"{prepared.label_space}: use data prepared the same way")
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -18,7 +18,7 @@ from data_prep.prepared import PreparedDataset
 from data_prep.split import SPLITS
 from orchestration.checkpoint import read_run_description
 from orchestration.config import Config, ConfigError
-from orchestration.evaluation import PREDICTION_COLUMNS, score_split
+from orchestration.evaluation import PREDICTION_COLUMNS, prediction_frame, score_split
 from orchestration.plan import TrainingPlan
 from orchestration.tracking import client_for, registered_run, resolve_run_id, run_checkpoint, run_of_checkpoint
 
@@ -52,20 +52,12 @@ def trained_image_size(checkpoint: Path) -> int:
                           "(the side it was prepared at)") from None
 
 
-def require_same_label_space(plan: TrainingPlan, prepared: PreparedDataset) -> None:
-    if plan.label_space != prepared.label_space:
-        raise ConfigError(
-            f"the model was trained on label space {plan.label_space}, the prepared data has "
-            f"{prepared.label_space}: use data prepared the same way"
-        )
-
-
 def predict_table(
     net: torch.nn.Module, plan: TrainingPlan, prepared: PreparedDataset, *, split: str = "test",
     domains: list[str] | None = None, tencrop: bool = False, batch_size: int = 64, device: str = "cpu",
 ) -> pd.DataFrame:
     """One row per image: image_id, domain, then one probability column per finding."""
-    require_same_label_space(plan, prepared)
+    plan.require_labels_of(prepared)
     if split not in SPLITS:
         raise ConfigError(f"--split {split!r} is not one of {', '.join(SPLITS)}")
     frames = []
@@ -74,12 +66,7 @@ def predict_table(
         if domain not in prepared.domains:
             raise ConfigError(f"--domain {domain!r} is not one of {prepared.domains}")
         scored = score_split(net, prepared, domain, split, batch_size=batch_size, device=device, tencrop=tencrop)
-        ids = prepared.read_columns(domain, split, ["sample_id", "image_id"]).to_pandas()
-        image_id = ids.set_index("sample_id")["image_id"].reindex(scored.sample_id).to_numpy()
-        frame = pd.DataFrame(scored.probs, columns=plan.label_space)
-        frame.insert(0, "domain", domain)
-        frame.insert(0, "image_id", image_id)
-        frames.append(frame)
+        frames.append(prediction_frame(scored, prepared, domain, split))
     return pd.concat(frames, ignore_index=True)
 
 

@@ -210,7 +210,8 @@ def _make_trainer(
 
 def _log_artifacts(client: MlflowClient, run_id: str, config: Config, plan: TrainingPlan, checkpoint: Path) -> None:
     """The final checkpoint's figures, the resolved config, a data summary and (optionally) the model."""
-    manifest = PreparedDataset.load(plan.data).manifest
+    prepared = PreparedDataset.load(plan.data)
+    manifest = prepared.manifest
     client.log_text(run_id, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), CONFIG_ARTIFACT)
     client.log_dict(run_id, {
         "data": plan.data, "format_version": manifest.format_version, "image_size": manifest.image_size,
@@ -229,7 +230,7 @@ def _log_artifacts(client: MlflowClient, run_id: str, config: Config, plan: Trai
     if config.mlflow.log_model or config.train.explain_top:
         net = load_trained(checkpoint)[0]
     if config.train.explain_top and len(test.sample_id):
-        _log_explanations(client, run_id, net, plan, test, config.train.explain_top)
+        _log_explanations(client, run_id, net, plan, prepared, test, config.train.explain_top)
     if config.mlflow.log_model:
         _log_model(client.tracking_uri, run_id, net, manifest.image_size)
     if config.mlflow.register_model:
@@ -241,12 +242,12 @@ def _log_artifacts(client: MlflowClient, run_id: str, config: Config, plan: Trai
 
 
 def _log_explanations(client: MlflowClient, run_id: str, net: torch.nn.Module, plan: TrainingPlan,
-                      test: Predictions, top: int) -> None:
+                      prepared: PreparedDataset, test: Predictions, top: int) -> None:
     """Grad-CAM contact sheets of the best model for the internal test split (`cxr explain`'s)."""
     from orchestration.explanation import explain_top_images
 
     with tempfile.TemporaryDirectory() as folder:
-        explain_top_images(net, plan.label_space, PreparedDataset.load(plan.data), plan.internal, "test", test,
+        explain_top_images(net, plan.label_space, prepared, plan.internal, "test", test,
                            plan.evaluated, top, Path(folder), overlays=False)
         client.log_artifacts(run_id, folder, EXPLAIN_ARTIFACT_DIR)
 

@@ -34,6 +34,11 @@ def test_shards_hold_rows_in_a_random_order(nih_only):
     # Source order is sample_id order: the NIH table sorted by image name, i.e. by patient.
     rho = spearmanr(np.arange(len(stored)), stored["sample_id"]).statistic
     assert len(stored) > 800 and abs(rho) < 0.1, rho
+    # A few rows by sample_id (what cxr explain reads): exactly those, with their own columns.
+    wanted = stored.sample(5, random_state=0)
+    few = nih_only.read_columns("nih", "train", ["sample_id", "patient_id"], sample_ids=wanted["sample_id"]).to_pandas()
+    assert few.sort_values("sample_id").reset_index(drop=True).equals(
+        wanted.sort_values("sample_id").reset_index(drop=True))
 
 
 def test_training_batches_mix_patients(nih_only):
