@@ -7,6 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+DEFAULT_MAX_PIXELS = 50_000_000  # 7,071²; real radiographs are up to ~4,300²
+DEFAULT_MAX_FILE_BYTES = 512 * 2**20
+
 SourceKind = Literal["nih", "chexpert", "mimic", "vindr", "padchest", "csv"]
 # Settings only one kind reads: given for another kind they are a mistake, not a no-op.
 KIND_SETTINGS = {"labeler": "mimic", "vote": "vindr", "skip_bad_labels": "padchest"}
@@ -15,7 +18,7 @@ KIND_SETTINGS = {"labeler": "mimic", "vote": "vindr", "skip_bad_labels": "padche
 class SourceConfig(BaseModel):
     """One raw dataset. `kind` picks the reader; `csv` is the generic schema for any other set."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
     kind: SourceKind
@@ -51,7 +54,7 @@ class SourceConfig(BaseModel):
 
 
 class PrepareConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     sources: list[SourceConfig] = Field(default_factory=list)
     internal: str = "nih"
@@ -64,6 +67,14 @@ class PrepareConfig(BaseModel):
     max_bad_fraction: float = Field(default=0.001, ge=0.0, le=1.0)
     # Rows per Ray Data decode task, and so per shard file (256 rows of 320x320 = 26 MB).
     batch_size: int = Field(default=256, ge=1)
+    # Bounds on one image file, checked before decoding it (pixels from the PNG / JPEG / DICOM
+    # header, frames included): a larger one is skipped with the reason. A decode allocates at most
+    # ~13 bytes per pixel for DICOM, ~3 for 16-bit PNG (tests/test_hostile_images.py): 50 MP -> ~650 MB.
+    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
+    max_file_bytes: int = Field(default=DEFAULT_MAX_FILE_BYTES, ge=1)
+    # Image paths from label tables (CSV rows, CheXpert's Path, PadChest's ImageDir) must resolve,
+    # symlinks included, inside the dataset's own folder, unless this is true.
+    allow_outside_root: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> PrepareConfig:

@@ -48,7 +48,8 @@ class JoinedDataset:
 def load_sources(config: PrepareConfig, *, find_images: bool = True) -> JoinedDataset:
     if not config.sources:
         raise DataPrepError("no datasets given: pass --nih, --chexpert and/or --csv NAME=FILE")
-    tables = [read_source(s, find_images=find_images) for s in config.sources]
+    tables = [read_source(s, find_images=find_images, allow_outside_root=config.allow_outside_root)
+              for s in config.sources]
     return join_sources(tables, config)
 
 

@@ -3,12 +3,19 @@
 Images that cannot be used are not dropped silently: each decode task appends them, with the
 reason, to a JSON-lines file under `_skipped/` (and images used with a remark, such as a DICOM's
 first of several frames, to another); the driver gathers those into the manifest.
+
+The output folder is marked incomplete (INCOMPLETE_MARKER) from its creation until its manifest is
+written, so a prepare that failed half-way (a full disk, a kill) leaves a folder no reader takes for
+a finished one. `--overwrite` deletes only a prepared or half-prepared folder, and never one that
+holds or lies above the inputs.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -21,7 +28,16 @@ from data_prep.config import PrepareConfig
 from data_prep.errors import DataPrepError
 from data_prep.images import ImageError, load_grayscale
 from data_prep.join import JoinedDataset, dataset_stats, train_class_balance
-from data_prep.prepared import FORMAT_VERSION, IMAGE_COLUMN, SHARDS_DIR, Manifest, PreparedDataset, shard_dir
+from data_prep.prepared import (
+    FORMAT_VERSION,
+    IMAGE_COLUMN,
+    INCOMPLETE_MARKER,
+    MANIFEST_NAME,
+    SHARDS_DIR,
+    Manifest,
+    PreparedDataset,
+    shard_dir,
+)
 from data_prep.split import SPLITS, patients_crossing_splits
 
 log = logging.getLogger(__name__)
@@ -31,13 +47,13 @@ SKIPPED_KIND, NOTE_KIND = "skipped", "note"  # an image left out / one used with
 SKIPPED_LIST = "skipped.json"
 
 
-def _decode_batch(batch: pd.DataFrame, *, size: int, skipped_dir: str) -> pd.DataFrame:
+def _decode_batch(batch: pd.DataFrame, *, size: int, skipped_dir: str, limits: dict) -> pd.DataFrame:
     images, keep, skipped, noted = [], [], [], []
     for row in batch.itertuples(index=False):
         where = {"sample_id": int(row.sample_id), "domain": row.domain, "image_id": row.image_id, "path": row.path}
         notes: list[str] = []
         try:
-            images.append(load_grayscale(row.path, size, notes).tobytes())
+            images.append(load_grayscale(row.path, size, notes, **limits).tobytes())
             keep.append(True)
         except ImageError as err:
             keep.append(False)
@@ -70,12 +86,55 @@ def _note_warnings(noted: list[dict]) -> list[str]:
             for (domain, note), records in sorted(groups.items())]
 
 
-def _prepare_out_dir(out: Path, overwrite: bool) -> None:
+def _inputs_inside(out: Path, joined: JoinedDataset, sources: list[Path]) -> str | None:
+    """An input (a dataset's folder or table, or an image) that lies in `out` or is `out`, if any."""
+    roots = {os.path.abspath(out), str(out.resolve())}
+    for source in sources:
+        for path in {os.path.abspath(source), str(source.resolve())}:
+            if any(path == root or path.startswith(root + os.sep) for root in roots):
+                return f"dataset {source}"
+    prefixes = tuple(root + os.sep for root in roots)
+    for path in joined.rows["path"].dropna():
+        if os.path.abspath(path).startswith(prefixes):
+            return f"image {path}"
+    return None
+
+
+def _prepare_out_dir(out: Path, overwrite: bool, joined: JoinedDataset, sources: list[Path]) -> None:
+    if out.exists() and not out.is_dir():
+        raise DataPrepError(f"--out {out} is a file, not a folder")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise DataPrepError(f"{out} exists and is not empty; pass --overwrite to replace it")
+        inside = _inputs_inside(out, joined, sources)
+        if inside is not None:
+            raise DataPrepError(f"--overwrite refused: {out} holds the input {inside}; deleting it would "
+                                "delete the data being prepared. Choose an --out folder outside the inputs")
+        if not ((out / MANIFEST_NAME).exists() or (out / INCOMPLETE_MARKER).exists()):
+            raise DataPrepError(f"--overwrite refused: {out} is not a prepared dataset (no {MANIFEST_NAME}, no "
+                                f"{INCOMPLETE_MARKER}); it is left as it is. Choose a new or empty --out folder")
         shutil.rmtree(out)
-    (out / SKIPPED_DIR).mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / INCOMPLETE_MARKER).write_text("cxr prepare is writing this folder, or stopped before it finished; "
+                                         "run it again with --overwrite\n")
+    (out / SKIPPED_DIR).mkdir()
+
+
+_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
+
+
+def _write_failure(exc: BaseException) -> str | None:
+    """The OS's reason when `exc` (or what it wraps, e.g. from a Ray task) is a failed write."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _WRITE_ERRORS:
+            return os.strerror(exc.errno)
+        for code in _WRITE_ERRORS:
+            if os.strerror(code) in str(exc):
+                return os.strerror(code)
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _list_shards(out: Path, domains: list[str]) -> dict[str, dict[str, list[str]]]:
@@ -92,8 +151,29 @@ def run_prepare(
     joined: JoinedDataset, config: PrepareConfig, out: Path, *, overwrite: bool = False,
     resolved_config: dict | None = None,
 ) -> PreparedDataset:
-    """Decode and write every image of `joined` under `out`; return the prepared dataset."""
-    _prepare_out_dir(out, overwrite)
+    """Decode and write every image of `joined` under `out`; return the prepared dataset. A write that
+    fails (read-only folder, full disk) raises DataPrepError; the folder stays marked incomplete."""
+    try:
+        _prepare_out_dir(out, overwrite, joined, [s.path for s in config.sources])
+        return _write_prepared(joined, config, out, resolved_config)
+    except DataPrepError:
+        raise
+    except Exception as exc:  # an OSError, or a Ray error wrapping one from a decode or write task
+        reason = _write_failure(exc)
+        if reason is None:
+            raise
+        raise DataPrepError(_cannot_write(out, exc, reason)) from None
+
+
+def _cannot_write(out: Path, exc: BaseException, reason: str) -> str:
+    where = getattr(exc, "filename", None) or out
+    marked = (f"; the half-written folder is marked incomplete ({INCOMPLETE_MARKER}): free space or fix the "
+              "permissions, then run the same command with --overwrite") if (out / INCOMPLETE_MARKER).exists() else ""
+    return f"cannot write the prepared dataset at {where}: {reason}{marked}"
+
+
+def _write_prepared(joined: JoinedDataset, config: PrepareConfig, out: Path, resolved_config: dict | None,
+                    ) -> PreparedDataset:
     skipped_dir = out / SKIPPED_DIR
     # Decode+write is the only real stage. Ray Data's per-operator reservation would keep a CPU
     # for the (trivial) input stage; measured on 2 cores it halves decode concurrency.
@@ -113,7 +193,8 @@ def run_prepare(
         _decode_batch,
         batch_format="pandas",
         batch_size=None,
-        fn_kwargs={"size": config.image_size, "skipped_dir": str(skipped_dir)},
+        fn_kwargs={"size": config.image_size, "skipped_dir": str(skipped_dir),
+                   "limits": {"max_pixels": config.max_pixels, "max_file_bytes": config.max_file_bytes}},
     )
     ds.write_parquet(
         str(out / SHARDS_DIR),
@@ -159,4 +240,5 @@ def run_prepare(
         warnings=kept.warnings + _note_warnings(noted),
         config=resolved_config or config.model_dump(mode="json"),
     ).write(out)
+    (out / INCOMPLETE_MARKER).unlink()
     return PreparedDataset.load(out)

@@ -26,6 +26,7 @@ from data_prep.errors import DataPrepError
 
 FORMAT_VERSION = 2  # 2: per-domain training P_c / N_c; rows in a seeded random order
 MANIFEST_NAME = "manifest.json"
+INCOMPLETE_MARKER = ".cxr-prepare-incomplete"  # present while `cxr prepare` writes (or after it failed)
 SHARDS_DIR = "shards"
 IMAGE_COLUMN = "image"
 
@@ -104,6 +105,9 @@ class PreparedDataset:
         if not root.is_dir():
             raise DataPrepError(f"prepared dataset {root} does not exist; {how}")
         manifest_path = root / MANIFEST_NAME
+        if (root / INCOMPLETE_MARKER).exists():
+            raise DataPrepError(f"{root} was left by a `cxr prepare` that did not finish (it failed or was "
+                                f"stopped: {INCOMPLETE_MARKER}); run it again with --overwrite")
         if not manifest_path.exists():
             raise DataPrepError(
                 f"{root} has no {MANIFEST_NAME}: not a prepared dataset, or its `cxr prepare` did "
@@ -131,12 +135,18 @@ class PreparedDataset:
         for domain in dataset.domains:
             for split, files in manifest.shards[domain].items():
                 for name in files:
-                    if not (root / name).exists():
+                    problem = _shard_problem(root / name)
+                    if problem:
                         raise DataPrepError(
                             f"{root}: shard {name} of {domain}/{split} listed in {MANIFEST_NAME} "
-                            f"is missing; {how}"
+                            f"{problem}; {how}"
                         )
         return dataset
+
+    def _read_error(self, path: Path, exc: Exception) -> DataPrepError:
+        reason = " ".join(str(exc).split())[:200]
+        return DataPrepError(f"shard {path} cannot be read ({type(exc).__name__}: {reason}); the prepared "
+                             f"dataset is damaged: run `cxr prepare ... --out {self.root} --overwrite` to re-create it")
 
     @property
     def label_space(self) -> list[str]:
@@ -188,7 +198,12 @@ class PreparedDataset:
         `sample_ids`, only those rows (filtered while reading: a few images of a large split cost
         the memory of a few images)."""
         filters = None if sample_ids is None else [("sample_id", "in", [int(i) for i in sample_ids])]
-        tables = [pq.read_table(path, columns=columns, filters=filters) for path in self.shard_files(domain, split)]
+        tables = []
+        for path in self.shard_files(domain, split):
+            try:
+                tables.append(pq.read_table(path, columns=columns, filters=filters))
+            except (pa.ArrowException, OSError) as exc:
+                raise self._read_error(path, exc) from None
         if not tables:
             return pa.table({c: pa.array([], pa.int64()) for c in columns})
         return pa.concat_tables(tables)
@@ -199,7 +214,7 @@ class PreparedDataset:
         """(sample_id, images uint8 (n, s, s), labels int8 (n, C)) straight from the shards."""
         columns = ["sample_id", IMAGE_COLUMN, *self.label_space]
         for path in self.shard_files(domain, split):
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns):
+            for batch in self._batches(path, batch_size, columns):
                 labels = np.stack(
                     [batch.column(f).to_numpy() for f in self.label_space], axis=1
                 ).astype(np.int8)
@@ -208,3 +223,30 @@ class PreparedDataset:
                     images_from_arrow(batch.column(IMAGE_COLUMN), self.image_size),
                     labels,
                 )
+
+    def _batches(self, path: Path, batch_size: int, columns: list[str]) -> Iterator[pa.RecordBatch]:
+        try:
+            yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns)
+        except (pa.ArrowException, OSError) as exc:
+            raise self._read_error(path, exc) from None
+
+
+_PARQUET_MAGIC = b"PAR1"
+
+
+def _shard_problem(path: Path) -> str | None:
+    """Why a listed shard is unusable at a glance (missing, or cut short: a Parquet file ends with
+    its footer and magic bytes), else None. Damage inside a file is found when it is read."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            if size < 12:
+                return f"is truncated ({size} bytes)"
+            f.seek(-4, 2)
+            if f.read(4) != _PARQUET_MAGIC:
+                return "is truncated or damaged (no Parquet footer at its end)"
+    except FileNotFoundError:
+        return "is missing"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    return None

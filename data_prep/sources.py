@@ -38,8 +38,9 @@ class SourceTable:
     warnings: list[str] = field(default_factory=list)
 
 
-def read_source(source: SourceConfig, *, find_images: bool = True) -> SourceTable:
-    """Read one dataset's label table (and, with `find_images`, locate its image files)."""
+def read_source(source: SourceConfig, *, find_images: bool = True, allow_outside_root: bool = False) -> SourceTable:
+    """Read one dataset's label table (and, with `find_images`, locate its image files, which must
+    lie inside the dataset's folder unless `allow_outside_root`)."""
     if not source.path.exists():
         raise DataPrepError(f"dataset {source.name!r}: {source.path} does not exist")
     from data_prep import public_sets  # its readers build on this module's helpers
@@ -55,7 +56,40 @@ def read_source(source: SourceConfig, *, find_images: bool = True) -> SourceTabl
             f"dataset {source.name!r}: duplicate image ids, e.g. {duplicated.iloc[0]!r} "
             f"({len(duplicated)} duplicates)"
         )
+    if find_images and not allow_outside_root:
+        _refuse_paths_outside(table, dataset_root(source))
     return table
+
+
+def dataset_root(source: SourceConfig) -> Path:
+    """The folder a dataset's image paths must stay in: a generic CSV's own folder, else the dataset folder."""
+    return source.path.parent if source.kind == "csv" and not source.path.is_dir() else source.path
+
+
+def _refuse_paths_outside(table: SourceTable, root: Path) -> None:
+    """Paths from a label table (`../../x`, an absolute path, a symlink) that resolve outside `root`
+    would read files the dataset does not hold: refused, naming one."""
+    prefix = os.path.join(os.path.realpath(root), "")
+    real_dirs: dict[str, str] = {}  # each folder resolved once: a dataset has few folders, many files
+
+    def resolved(path: str) -> str:
+        folder, name = os.path.split(os.path.abspath(path))
+        if folder not in real_dirs:
+            real_dirs[folder] = os.path.realpath(folder)
+        real = os.path.join(real_dirs[folder], name)
+        return os.path.realpath(real) if os.path.islink(real) else real
+
+    paths = table.rows["path"].dropna()
+    outside = [(i, p, real) for i, p in paths.items() if not (real := resolved(p)).startswith(prefix)]
+    if outside:
+        index, path, real = outside[0]
+        image_id = table.rows["image_id"][index]
+        raise DataPrepError(
+            f"dataset {table.name!r}: {len(outside)} image path(s) lead outside its folder {root}, e.g. image "
+            f"{image_id!r}: {path}" + (f" (-> {real})" if real != os.path.abspath(path) else "")
+            + "; refused (a label table may only name files inside its dataset). Move the images in, or set "
+            "prepare.allow_outside_root=true if the table is yours"
+        )
 
 
 def read_csv(path: Path) -> pd.DataFrame:

@@ -4,6 +4,7 @@ checked against counts and labels computed here from the raw CSVs."""
 import csv
 import json
 import shutil
+import subprocess
 
 import numpy as np
 import pydicom
@@ -12,7 +13,7 @@ from typer.testing import CliRunner
 
 from data_prep.errors import DataPrepError
 from data_prep.images import load_grayscale
-from data_prep.prepared import MANIFEST_NAME, PreparedDataset
+from data_prep.prepared import INCOMPLETE_MARKER, MANIFEST_NAME, PreparedDataset
 from data_prep.synth import INHOUSE_FINDINGS
 from orchestration.cli import app
 
@@ -162,8 +163,87 @@ def test_too_many_bad_images_fails_but_keeps_the_list(ray_session, damaged, tmp_
     assert "4 of" in result.output and "--max-bad-fraction 0.001" in result.output
     assert not (out / MANIFEST_NAME).exists()
     assert len(json.loads((out / "skipped.json").read_text())) == len(bad)
-    with pytest.raises(DataPrepError, match="has no manifest.json"):
+    with pytest.raises(DataPrepError, match="did not finish"):
         PreparedDataset.load(out)
+    # A half-written folder is one --overwrite may replace; the finished one is no longer marked.
+    result = runner.invoke(app, _args(root, out, "--max-bad-fraction", "0.05", "--overwrite"))
+    assert result.exit_code == 0, result.output
+    assert not (out / INCOMPLETE_MARKER).exists() and PreparedDataset.load(out).manifest.num_samples > 0
+
+
+def _files(folder):
+    return sorted(str(p) for p in folder.rglob("*"))
+
+
+def test_overwrite_never_deletes_the_inputs_or_a_folder_that_is_not_a_prepared_dataset(ray_session, damaged, tmp_path):
+    raw = tmp_path / "raw"
+    shutil.copytree(damaged[0], raw)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "thesis.tex").write_text("years of work")
+    before = _files(tmp_path)
+    refusals = {
+        raw: "holds the input dataset",  # --out equal to the folder holding the datasets
+        tmp_path: "holds the input dataset",  # above it
+        raw / "nih" / "images_001": "holds the input image",  # inside a dataset's folder, holding its images
+        tmp_path / "notes": "is not a prepared dataset",
+    }
+    for out, message in refusals.items():
+        result = runner.invoke(app, [*_args(raw, out), "--overwrite", "--max-bad-fraction", "0.05"])
+        assert result.exit_code == 2 and message in result.output, (out, result.output)
+        assert _files(tmp_path) == before, out
+
+
+def test_a_damaged_shard_is_named_with_the_way_to_re_prepare(prepared, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(prepared.root, copy)
+    shard = sorted(copy.rglob("*.parquet"))[0]
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    damaged = f"shard {shard.relative_to(copy)} .* is truncated or damaged.*--out {copy}"
+    with pytest.raises(DataPrepError, match=damaged):
+        PreparedDataset.load(copy)
+    middle = bytearray(data)
+    middle[4:68] = b"\xff" * 64  # footer intact, the first page header damaged
+    shard.write_bytes(bytes(middle))
+    reloaded = PreparedDataset.load(copy)
+    domain, split = shard.parent.parent.name.split("=")[1], shard.parent.name.split("=")[1]
+    with pytest.raises(DataPrepError, match=f"shard {shard} cannot be read .*--overwrite` to re-create it"):
+        reloaded.read_columns(domain, split, ["sample_id", "image", *reloaded.label_space])
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KB tmpfs (the prepared set needs ~130 KB) and a read-only one (root only: skipped where
+    mounting is not allowed)."""
+    full, read_only = tmp_path / "full", tmp_path / "ro"
+    full.mkdir(), read_only.mkdir()
+    mounted = []
+    try:
+        for folder, options in ((full, "size=64k"), (read_only, "ro,size=64k")):
+            mount = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+            if mount.returncode:
+                pytest.skip("mounting a tmpfs needs root here")
+            mounted.append(folder)
+        yield full, read_only
+    finally:
+        for folder in mounted:
+            subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_full_disk_or_a_read_only_folder_gives_one_error_line(ray_session, damaged, small_disk):
+    root, _ = damaged
+    full, read_only = small_disk
+    result = runner.invoke(app, _args(root, read_only / "p", "--max-bad-fraction", "0.05"))
+    assert result.exit_code == 2, result.output
+    assert f"error: cannot write the prepared dataset at {read_only / 'p'}: Read-only file system" in result.output
+    result = runner.invoke(app, _args(root, full / "p", "--max-bad-fraction", "0.05"))
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "No space left on device" in errors[0], result.output
+    assert "marked incomplete" in result.output and not isinstance(result.exception, OSError)
+    assert (full / "p" / INCOMPLETE_MARKER).exists() and not (full / "p" / MANIFEST_NAME).exists()
+    with pytest.raises(DataPrepError, match="did not finish"):
+        PreparedDataset.load(full / "p")
 
 
 def test_existing_output_is_not_overwritten_by_accident(prepared, damaged):

@@ -175,3 +175,34 @@ def test_generic_csv_paths_relative_to_csv_folder(tmp_path):
     source = _generic(tmp_path, f"path,patient_id,Mass\nimg/a.png,p1,1\n{tmp_path}/abs.png,p2,0\n")
     table = read_source(source, find_images=True)
     assert table.rows["path"].tolist() == [str(tmp_path / "img" / "a.png"), f"{tmp_path}/abs.png"]
+
+
+def test_paths_that_lead_outside_the_dataset_folder_are_refused(tmp_path):
+    data, outside = tmp_path / "data", tmp_path / "elsewhere"
+    data.mkdir(), outside.mkdir()
+    (outside / "secret.dcm").write_bytes(b"x")
+    (data / "link.dcm").symlink_to(outside / "secret.dcm")
+    cases = {"../elsewhere/secret.dcm": "../elsewhere/secret.dcm", str(outside / "secret.dcm"): str(outside),
+             "link.dcm": f"-> {outside / 'secret.dcm'}"}
+    for path, named in cases.items():
+        source = _generic(data, f"path,patient_id,Mass\nok.png,p1,1\n{path},p2,0\n")
+        with pytest.raises(DataPrepError, match=r"1 image path\(s\) lead outside its folder") as refused:
+            read_source(source, find_images=True)
+        assert named in str(refused.value) and "prepare.allow_outside_root=true" in str(refused.value)
+        (data / "labels.csv").unlink()
+    source = _generic(data, "path,patient_id,Mass\n../elsewhere/secret.dcm,p1,1\n")
+    assert len(read_source(source, find_images=True, allow_outside_root=True).rows) == 1
+    assert len(read_source(source, find_images=False).rows) == 1  # label tables alone read no images
+
+
+def test_a_chexpert_path_that_climbs_out_is_refused(tmp_path):
+    from data_prep.synth import synthesize
+
+    synthesize(tmp_path / "raw", images_per_source=20, image_size=32, seed=0, sources=("chexpert",))
+    train_csv = next((tmp_path / "raw" / "chexpert").rglob("train.csv"))
+    lines = train_csv.read_text().splitlines()
+    first = lines[1].split(",")
+    first[0] = "../../../etc/patient00001/study1/view1_frontal.jpg"
+    train_csv.write_text("\n".join([lines[0], ",".join(first), *lines[2:]]) + "\n")
+    with pytest.raises(DataPrepError, match="lead outside its folder"):
+        read_source(SourceConfig(name="chexpert", kind="chexpert", path=tmp_path / "raw" / "chexpert"))
