@@ -16,7 +16,8 @@ from rich.table import Table
 
 from data_prep.config import SourceConfig
 from data_prep.errors import UserError
-from orchestration.config import Config, load_config, with_updates
+from orchestration.config import Config, check_run_name, load_config, with_updates
+from orchestration.masking import MaskedStream
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -30,7 +31,7 @@ app = typer.Typer(
     rich_markup_mode="markdown",  # docstring paragraphs reflow to the terminal width
     help="Train chest X-ray classifiers from several imperfect datasets at once (Luo et al.) on Ray.",
 )
-console = Console(stderr=True)
+console = Console(file=MaskedStream(lambda: sys.stderr))  # type: ignore[arg-type]
 
 ConfigFiles = Annotated[
     Optional[list[Path]], typer.Option("--config", help="YAML config file(s), merged in order.")
@@ -249,7 +250,7 @@ def train(
     _warn_without_imagenet(cfg)
     from orchestration.train import default_run_name, run_training
 
-    name = run_name or cfg.train.run_name or default_run_name()
+    name = check_run_name(run_name or cfg.train.run_name or default_run_name())
     console.print(f"run name: [bold]{name}[/] (resume with: cxr train --data {data} --run-name {name} ...)",
                   highlight=False, soft_wrap=True)
     outcome = run_training(cfg, plan, address=address, run_name=name, handle_signals=True)
@@ -306,7 +307,7 @@ def _sweep_name(given: str | None, resume: bool, prefix: str) -> str:
     from datetime import datetime
 
     if given:
-        return given
+        return check_run_name(given, "--sweep-name")
     if resume:
         raise UsageError("--resume needs --sweep-name NAME (the name printed when the sweep started)")
     return datetime.now().strftime(f"{prefix}-%Y%m%d-%H%M%S")
@@ -465,12 +466,14 @@ def predict(
 
 def _predict_images(cfg: Config, images: Path, checkpoint: Path, out: Path, *, tencrop: bool,
                     image_size: int | None, actors: int, address: str | None) -> None:
+    from orchestration.checkpoint import trained_weights
     from orchestration.image_prediction import list_images, predict_images
     from orchestration.prediction import trained_image_size, write_table
     from orchestration.runtime import init_ray
 
     listed = list_images(images)
     size = image_size or trained_image_size(checkpoint)
+    trained_weights(checkpoint)  # refuse an unusable checkpoint here, not in every scoring actor
     init_ray(address)
     import ray
 
@@ -686,7 +689,26 @@ def report(
         console.print(f"also logged under report/ of MLflow run(s) {', '.join(outcome.logged_to)}", highlight=False)
 
 
+@verb
+def clean() -> None:
+    """Stop the Ray processes that cxr commands killed with SIGKILL (kill -9, the OOM killer) left
+    running. A local Ray ends with the command that started it, except then: its agents live on.
+    Every local Ray start does this too. Deletes no files but its own records of those sessions."""
+    from orchestration.runtime import stop_orphaned_ray
+
+    stopped = stop_orphaned_ray()
+    for session, count in stopped:
+        console.print(f"stopped {count} process(es) of the Ray session {session}, left by a killed cxr command",
+                      highlight=False, soft_wrap=True)
+    if not stopped:
+        console.print("no Ray processes left by killed cxr commands", highlight=False)
+
+
 def main() -> None:
+    # Everything this process prints passes the masking: MLflow's own lines ("View run at URI",
+    # its warnings) and Ray's carry the tracking URI, credentials included.
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = MaskedStream(lambda: out), MaskedStream(lambda: err)
     app()
 
 

@@ -11,14 +11,16 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cxrmodel.schedules import HSchedule
 from data_prep.config import PrepareConfig
 from data_prep.errors import UserError
+from data_prep.yaml_files import load_yaml
+
+MAX_SHOWN_VALUE = 200  # characters of a bad value an error message repeats
 
 
 class ConfigError(UserError):
@@ -26,7 +28,28 @@ class ConfigError(UserError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+RUN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+def check_run_name(name: str, what: str = "run name") -> str:
+    """The one check of a run or sweep name, whatever flag or key sets it: it becomes a folder under
+    train.storage_path, so it may not climb out of it (`..`, `/`) or hide (a leading dot)."""
+    import re
+
+    if not re.fullmatch(RUN_NAME_PATTERN, name) or name in (".", "..") or len(name) > 128:
+        raise ConfigError(f"{what} {_shown(name)} is not allowed: use letters, digits, '_', '.' and '-', "
+                          "starting with a letter or digit, at most 128 characters")
+    return name
+
+
+def _run_name(name: str) -> str:
+    try:
+        return check_run_name(name)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
 
 
 class HScheduleConfig(_Section):
@@ -56,9 +79,9 @@ class MethodConfig(_Section):
     # or those of every finding some training domain labels.
     ensemble_findings: Literal["internal_only", "all_unknown"] = "internal_only"
     multi_task: bool = False  # Table III baseline: common findings scored per domain
-    lambda_tat: float = Field(default=0.03, ge=0.0)
-    lambda_ute: float = Field(default=30.0, ge=0.0)
-    alpha: float = Field(default=3.0, gt=0.0)
+    lambda_tat: float = Field(default=0.03, ge=0.0, le=1e3)
+    lambda_ute: float = Field(default=30.0, ge=0.0, le=1e4)
+    alpha: float = Field(default=3.0, gt=0.0, le=1e3)
     alpha_overrides: dict[str, float] = Field(default_factory=dict)
     gamma: float = Field(default=0.9, gt=0.0, lt=1.0)
     h_schedule: HScheduleConfig = Field(default_factory=HScheduleConfig)
@@ -69,9 +92,9 @@ class MethodConfig(_Section):
             raise ValueError("method.uncertainty needs method.temporal_ensemble or method.hard_labels")
         if self.multi_task and self.adversarial != "none":
             raise ValueError("method.multi_task is a baseline without adversarial training: set method.adversarial=none")
-        bad = {k: v for k, v in self.alpha_overrides.items() if v <= 0}
+        bad = {k: v for k, v in self.alpha_overrides.items() if not 0 < v <= 1e3}
         if bad:
-            raise ValueError(f"method.alpha_overrides must be > 0, got {bad}")
+            raise ValueError(f"method.alpha_overrides must be > 0 and <= 1000, got {_shown(bad)}")
         return self
 
     @property
@@ -91,10 +114,10 @@ class TrainConfig(_Section):
     # None: one pass over the internal dataset's training split per epoch.
     steps_per_epoch: int | None = Field(default=None, ge=1)
     domains: list[str] | None = None  # None: every prepared domain
-    lr: float = Field(default=1e-4, gt=0.0)
+    lr: float = Field(default=1e-4, gt=0.0, le=1.0)
     lr_milestones: list[int] = Field(default_factory=lambda: [3, 6])
     lr_decay: float = Field(default=0.1, gt=0.0, le=1.0)
-    discriminator_lr: float = Field(default=1e-4, gt=0.0)
+    discriminator_lr: float = Field(default=1e-4, gt=0.0, le=1.0)
     val_every_steps: int = Field(default=0, ge=0)  # 0: validate at epoch ends only
     select_metric: Literal["val_mean_auc", "val_mean_com_auc", "val_mean_int_auc"] = "val_mean_auc"
     eval_batch_size: int = Field(default=64, ge=1)
@@ -118,7 +141,7 @@ class TrainConfig(_Section):
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     max_failures: int = Field(default=0, ge=0)
     seed: int = 0
-    run_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    run_name: Annotated[str, AfterValidator(_run_name)] | None = None
     storage_path: str = "ray_results"
     test_tencrop: bool = False
     # Pad-and-crop: shift each training image by up to 1/16 of its side (for runs tested with TenCrop).
@@ -182,10 +205,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} is not of the form section.key=value")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+    value = load_yaml(raw, f"override {_shown(text)}") if raw.strip() else None
     return key.strip(), value
 
 
@@ -219,9 +239,14 @@ def _describe(exc: ValidationError, model: type[BaseModel]) -> str:
             allowed = _allowed_keys(model, err["loc"][:-1])
             lines.append(f"unknown key {key!r}; allowed here: {', '.join(allowed)}")
         else:
-            value = err.get("input")
-            lines.append(f"{key}={value!r}: {err['msg']}")
+            lines.append(f"{key}={_shown(err.get('input'))}: {err['msg'][:MAX_SHOWN_VALUE]}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _shown(value: Any) -> str:
+    """repr(value), cut to MAX_SHOWN_VALUE characters: a bad value may be huge."""
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN_VALUE else f"{text[:MAX_SHOWN_VALUE]}... ({len(text):,} characters)"
 
 
 def load_config(
@@ -235,10 +260,7 @@ def load_config(
         path = Path(file)
         if not path.exists():
             raise ConfigError(f"config file {path} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        loaded = load_yaml(_read_text(path), f"config file {path}") or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path}: expected a mapping of sections at the top")
         for key, value in _flatten(loaded):
@@ -248,6 +270,13 @@ def load_config(
     for key, value in (updates or {}).items():
         _set_dotted(tree, key, value)
     return _validate(tree)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from None
 
 
 def _validate(tree: dict) -> Config:

@@ -28,7 +28,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
 from mlflow.entities import Run  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -40,6 +39,7 @@ from cxrmodel.auc_statistics import (  # noqa: E402
     mean_delta_replicates,
     percentile_interval,
 )
+from data_prep.yaml_files import load_yaml  # noqa: E402
 from orchestration.config import ConfigError  # noqa: E402
 from orchestration.spaces import load_space  # noqa: E402
 from orchestration.tracking import (  # noqa: E402
@@ -341,11 +341,13 @@ def optuna_figures(client: MlflowClient, section: Section, out: Path) -> tuple[d
             continue
         params = {}
         for key in space.parameters:
-            params[key] = yaml.safe_load(run.data.params[key])
+            params[key] = load_yaml(run.data.params[key], f"param {key} of run {run.info.run_id}")
         for key, by_name in space.schedules.items():
             name = run.data.params[f"{key}.name"]
             params[f"{key}.name"] = name
-            params.update({f"{key}.{name}.{p}": yaml.safe_load(run.data.params[f"{key}.{p}"]) for p in by_name[name]})
+            params.update({f"{key}.{name}.{p}": load_yaml(run.data.params[f"{key}.{p}"],
+                                                          f"param {key}.{p} of run {run.info.run_id}")
+                           for p in by_name[name]})
         study.add_trial(optuna.trial.create_trial(
             params=params, distributions={k: distributions[k] for k in params}, value=run.data.metrics[metric]))
     figures, notes = {}, []

@@ -88,6 +88,8 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
     if ray.is_initialized():
         return
     address = ray_address(address)
+    if address == "local":
+        stop_orphaned_ray()
     quiet = not verbose()
     if quiet:  # before ray.init: a local Ray's workers inherit it
         os.environ.setdefault(RAY_DATA_LOGGING_CONFIG, str(_quiet_ray_data_logging()))
@@ -95,6 +97,8 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
     if address == "local" and num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
     ray.init(address=address, **kwargs)
+    if address == "local":
+        _record_session()
     _tighten_token_file()
     if quiet:
         quiet_console()
@@ -125,7 +129,11 @@ def quiet_console() -> None:
 
 
 def _quiet_ray_data_logging() -> Path:
-    """Ray Data's default logging config with its console handler at ERROR (its log file keeps all)."""
+    """Ray Data's default logging config with its console handler at ERROR (its log file keeps all),
+    in a new file of this process's own (mkstemp: private, unpredictable; Ray Data builds whatever
+    classes the file names, so it must never be a file someone else could have put there), removed
+    at exit."""
+    import atexit
     import json
     import tempfile
 
@@ -133,9 +141,97 @@ def _quiet_ray_data_logging() -> Path:
 
     config = copy.deepcopy(DEFAULT_CONFIG)
     config["handlers"]["console"]["level"] = "ERROR"
-    path = Path(tempfile.gettempdir()) / f"cxr-ray-data-logging-{os.getuid()}.yaml"
-    path.write_text(json.dumps(config))  # JSON is YAML
-    return path
+    fd, name = tempfile.mkstemp(prefix="cxr-ray-data-logging-", suffix=".yaml")
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(config))  # JSON is YAML
+    atexit.register(_remove, Path(name))
+    return Path(name)
+
+
+def _remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+# --- Ray processes left by a killed driver ------------------------------------------------------
+# A local Ray's processes end with the driver that started it, unless the driver is killed with
+# SIGKILL: then its dashboard and runtime-env agents (~250 MB) live on and ignore SIGTERM. Each
+# local Ray a cxr command starts is recorded in a private folder; the next local start (or
+# `cxr clean`) stops the processes of every recorded session whose driver is gone. A Ray process
+# is known by the files it holds open in its session folder (its logs): agents rename themselves.
+
+def sessions_dir() -> Path | None:
+    """The private folder of session records (None where it cannot be made: nothing is recorded)."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    folder = base / "cxr-orchestra" / "ray-sessions"
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError:
+        return None
+    return folder
+
+
+def _record_session() -> None:
+    import atexit
+    import json
+
+    import psutil
+
+    folder = sessions_dir()
+    if folder is None:
+        return
+    session = ray._private.worker._global_node.get_session_dir_path()
+    record = folder / f"{os.getpid()}-{Path(session).name}.json"
+    record.write_text(json.dumps({"driver_pid": os.getpid(), "driver_started": psutil.Process().create_time(),
+                                  "session_dir": session}))
+    atexit.register(record.unlink, missing_ok=True)
+
+
+def session_processes(session_dir: str) -> list:
+    """This user's processes that hold files open in `session_dir` (psutil.Process objects)."""
+    import psutil
+
+    inside = os.path.join(session_dir, "")
+    found = []
+    for process in psutil.process_iter(["uids"]):
+        try:
+            if process.info["uids"] is None or process.info["uids"].real != os.getuid() or process.pid == os.getpid():
+                continue
+            if any(f.path.startswith(inside) for f in process.open_files()):
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def stop_orphaned_ray() -> list[tuple[str, int]]:
+    """Stop the processes of recorded local Ray sessions whose driver no longer runs; returns
+    (session folder, processes stopped) for each. Only the records are removed; Ray's session
+    folders and logs stay."""
+    import json
+
+    import psutil
+
+    stopped, folder = [], sessions_dir()
+    for record in sorted(folder.glob("*.json")) if folder else []:
+        try:
+            entry = json.loads(record.read_text())
+            driver = psutil.Process(int(entry["driver_pid"]))
+            if abs(driver.create_time() - float(entry["driver_started"])) < 1:
+                continue  # still running
+        except psutil.NoSuchProcess:
+            pass
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a record this code wrote: left alone
+        processes = session_processes(str(entry["session_dir"]))
+        for process in processes:
+            try:
+                process.kill()  # they ignore SIGTERM
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(processes, timeout=10)
+        record.unlink(missing_ok=True)
+        stopped.append((str(entry["session_dir"]), len(processes)))
+    return stopped
 
 
 def _tighten_token_file() -> None:

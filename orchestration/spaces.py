@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 
 from cxrmodel.schedules import H_SCHEDULES, HSchedule
+from data_prep.yaml_files import load_yaml
 from orchestration.config import ConfigError, config_keys, load_config
 
 KINDS = ("search", "grid", "ablation")
@@ -212,10 +212,7 @@ def _check_key(path: Path, where: str, key: str, known: set[str]) -> None:
 
 def load_space(name_or_file: str) -> SweepSpace:
     path = resolve_space_path(name_or_file)
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SpaceError(f"{path} is not valid YAML: {exc}") from None
+    doc = load_yaml(path.read_text(), str(path))
     if not isinstance(doc, dict):
         raise SpaceError(f"{path}: expected a mapping at the top")
     allowed_top = {"description", "kind", "metric", "mode", "fixed", "parameters", "rows", "paper"}

@@ -27,6 +27,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from orchestration.config import Config, ConfigError, flatten_config
+from orchestration.masking import MASK, is_secret_key, mask_text
 
 # --- tags ---------------------------------------------------------------------------------------
 KIND_TAG = "cxr.kind"
@@ -83,8 +84,6 @@ def auc_metric(split: str, finding: str) -> str:
 SUMMARY_METRICS = {"Mean": "mean_auc", "Mean_Com": "mean_com_auc", "Mean_Int": "mean_int_auc"}
 # An evaluation run's figures: <domain>/mean(_com|_int)_auc and clean_<set>/auc/<finding>.
 EVALUATION_METRIC = re.compile(r"[^/]+/mean(_com|_int)?_auc|clean_[^/]+/auc/.+")
-_SECRET_KEY = re.compile(r"token|password|passwd|secret|credential|api_?key|auth", re.IGNORECASE)
-_URI_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 
 
 def tracking_uri(config: Config) -> str:
@@ -97,7 +96,29 @@ def tracking_uri(config: Config) -> str:
 
 
 def client_for(config: Config) -> MlflowClient:
-    return MlflowClient(tracking_uri(config))
+    return mlflow_client(tracking_uri(config))
+
+
+_READY_STORES: set[str] = set()
+
+
+def mlflow_client(uri: str) -> MlflowClient:
+    """A client of the store at `uri`. A SQLite store is created (or migrated) first, once per
+    process, holding an exclusive lock on the database file: MLflow creates its tables on first
+    use, and two processes doing that at once leave a store every later use fails on."""
+    if uri.startswith("sqlite:///") and ":memory:" not in uri and uri not in _READY_STORES:
+        import fcntl
+
+        database = Path(uri.removeprefix("sqlite:///").split("?")[0])
+        database.parent.mkdir(parents=True, exist_ok=True)
+        with open(database, "ab") as held:  # SQLite itself locks with fcntl, not flock: no conflict
+            fcntl.flock(held, fcntl.LOCK_EX)
+            try:
+                MlflowClient(uri).search_experiments(max_results=1)  # creates or migrates the schema
+            finally:
+                fcntl.flock(held, fcntl.LOCK_UN)
+        _READY_STORES.add(uri)
+    return MlflowClient(uri)
 
 
 def redact(values: dict[str, Any]) -> dict[str, str]:
@@ -105,9 +126,7 @@ def redact(values: dict[str, Any]) -> dict[str, str]:
     safe = {}
     for key, value in values.items():
         text = value if isinstance(value, str) else json.dumps(value)
-        if _SECRET_KEY.search(key):
-            text = "***"
-        safe[key] = _URI_USERINFO.sub("***@", text)[:6000]
+        safe[key] = MASK if is_secret_key(key) else mask_text(text)[:6000]
     return safe
 
 
@@ -324,14 +343,15 @@ class MetricLogger:
     exponential backoff: its last waits reach a minute or more, so a server that is back can sit
     unused that long) is tried again every `retry_every_s` until the server has been unreachable
     for `retry_s`; new metrics wait in the queue meanwhile. What still cannot be delivered, or finds
-    the queue full, is appended to `spill_file` (JSON lines), never dropped; `close` says how many."""
+    the queue full, is appended to `spill_file` (JSON lines; None: a new private temporary file made
+    at the first spill), never dropped; `close` says how many."""
 
     def __init__(self, uri: str, run_id: str, *, spill_file: Path | None = None, queue_size: int = 10_000,
                  retry_s: float = 600.0, retry_every_s: float = 2.0):
         self.client, self.run_id = MlflowClient(uri), run_id
         self.retry_s, self.retry_every_s = retry_s, retry_every_s
         self._unreachable_since: float | None = None
-        self.spill_file = spill_file or Path(tempfile.gettempdir()) / f"cxr-undelivered-{run_id}.jsonl"
+        self.spill_file = spill_file
         self.undelivered = 0
         self._logged_through: dict[str, int] = {}
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
@@ -401,6 +421,10 @@ class MetricLogger:
 
     def _spill(self, item: tuple, reason: str) -> None:
         metrics, step, timestamp = item
+        if self.spill_file is None:  # a fresh file of our own, never a predictable shared name
+            fd, name = tempfile.mkstemp(prefix=f"cxr-undelivered-{self.run_id}-", suffix=".jsonl")
+            os.close(fd)
+            self.spill_file = Path(name)
         self.spill_file.parent.mkdir(parents=True, exist_ok=True)
         with self.spill_file.open("a") as out:
             out.write(json.dumps({"run_id": self.run_id, "step": step, "timestamp": timestamp,

@@ -45,9 +45,10 @@ from orchestration.checkpoint import (
     restore_checkpoint,
     write_checkpoint,
 )
-from orchestration.config import Config
+from orchestration.config import Config, check_run_name
 from orchestration.evaluation import Predictions, auc_table, report_for, roc_figure, score_split
 from orchestration.feed import DomainBatches, Prefetched
+from orchestration.masking import mask_text, masked
 from orchestration.method import Method, build_method
 from orchestration.plan import TrainingPlan, plan_document
 from orchestration.runtime import check_resources, check_shared_storage, exit_on_signals, init_ray, say
@@ -64,6 +65,7 @@ from orchestration.tracking import (
     TEST_PREDICTIONS_ARTIFACT,
     TEST_ROC_ARTIFACT,
     MetricLogger,
+    mlflow_client,
     open_run,
     register_and_promote,
     tracking_uri,
@@ -91,9 +93,9 @@ def run_training(
 ) -> TrainingOutcome:
     """Train as `plan` (from `plan_training`) says; `handle_signals` (main thread only) ends the
     MLflow run KILLED on SIGTERM / SIGINT; `callbacks` go to Ray Train (a sweep passes Tune's)."""
-    run_name = run_name or config.train.run_name or default_run_name()
+    run_name = check_run_name(run_name or config.train.run_name or default_run_name())
     uri = tracking_uri(config)
-    client = MlflowClient(uri)
+    client = mlflow_client(uri)
     run_id, _ = open_run(client, config, run_name, tags=tags, parent_run_id=parent_run_id)
     storage = config.train.storage_path
     if "://" not in storage:
@@ -116,9 +118,9 @@ def run_training(
 
         with exit_on_signals(killed, handle_signals):
             result = trainer.fit()
-        undelivered = undelivered_metrics_file(storage, run_name, run_id)
-        if undelivered.exists():
-            print(f"[{run_name}] some metrics could not reach the MLflow server at {uri} during training; "
+        undelivered = undelivered_metrics_file(storage, run_name)
+        if undelivered is not None and undelivered.exists():
+            print(f"[{run_name}] some metrics could not reach the MLflow server at {mask_text(uri)} during training; "
                   f"they are kept in {undelivered} (one JSON object per step)", file=sys.stderr, flush=True)
         client.set_tag(run_id, CHECKPOINT_TAG, result.checkpoint.path)  # what `cxr predict --run` loads
         with result.checkpoint.as_directory() as directory:
@@ -132,10 +134,11 @@ def run_training(
     return TrainingOutcome(run_id, run_name, dict(result.metrics), result.checkpoint.path)
 
 
-def undelivered_metrics_file(storage: str, run_name: str, run_id: str) -> Path:
-    """Where rank 0 keeps metrics the tracking server never took (the run's storage when local)."""
+def undelivered_metrics_file(storage: str, run_name: str) -> Path | None:
+    """Where rank 0 keeps metrics the tracking server never took: in the run's storage when local,
+    else (None) a private temporary file on rank 0's node, named in its console line."""
     if "://" in storage:
-        return Path(tempfile.gettempdir()) / f"cxr-undelivered-{run_id}.jsonl"
+        return None
     return Path(storage) / run_name / "undelivered_metrics.jsonl"
 
 
@@ -187,12 +190,13 @@ def _make_trainer(
     config: Config, plan: TrainingPlan, uri: str, run_id: str, run_name: str, storage: str, callbacks: list
 ) -> TorchTrainer:
     local_storage = "://" not in storage
+    undelivered = undelivered_metrics_file(storage, run_name)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "config": config.model_dump(mode="json"), "plan": plan.to_dict(), "tracking_uri": uri, "run_id": run_id,
             "run_name": run_name, "pid_dir": str(Path(storage) / run_name / "workers") if local_storage else None,
-            "undelivered": str(undelivered_metrics_file(storage, run_name, run_id)),
+            "undelivered": str(undelivered) if undelivered else None,
             # The driver's MLflow retry settings (no credentials: this dict is stored with the run).
             "mlflow_http_env": {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_HTTP_REQUEST_")},
         },
@@ -212,7 +216,7 @@ def _log_artifacts(client: MlflowClient, run_id: str, config: Config, plan: Trai
     """The final checkpoint's figures, the resolved config, a data summary and (optionally) the model."""
     prepared = PreparedDataset.load(plan.data)
     manifest = prepared.manifest
-    client.log_text(run_id, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), CONFIG_ARTIFACT)
+    client.log_text(run_id, yaml.safe_dump(masked(config.model_dump(mode="json")), sort_keys=False), CONFIG_ARTIFACT)
     client.log_dict(run_id, {
         "data": plan.data, "format_version": manifest.format_version, "image_size": manifest.image_size,
         "label_space": manifest.label_space, "training_domains": plan.domains, "common": plan.common,
@@ -292,8 +296,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             progress, best_state = restore_checkpoint(Path(directory), method, device)
+    spill = loop_config["undelivered"]
     logger = MetricLogger(loop_config["tracking_uri"], loop_config["run_id"],
-                          spill_file=Path(loop_config["undelivered"])) if rank == 0 else None
+                          spill_file=Path(spill) if spill else None) if rank == 0 else None
     shards = [ray.train.get_dataset_shard(f"train_{d}") for d in plan.domains]
     batches = DomainBatches(plan.domains, plan.label_space, shards, per_domain=plan.per_domain_batch,
                             image_size=prepared.image_size, shuffle_buffer=config.train.shuffle_buffer,

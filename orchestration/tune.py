@@ -28,7 +28,8 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from data_prep.prepared import PreparedDataset
-from orchestration.config import Config, ConfigError, flatten_config, load_config
+from orchestration.config import Config, ConfigError, check_run_name, flatten_config, load_config
+from orchestration.masking import masked
 from orchestration.plan import PlanError, plan_training
 from orchestration.runtime import exit_on_signals, init_ray, verbose
 from orchestration.spaces import METRICS, SweepSpace
@@ -43,6 +44,7 @@ from orchestration.tracking import (
     TRIALS_DIR,
     child_runs,
     find_sweep,
+    mlflow_client,
     open_sweep,
     register_and_promote,
     tracking_uri,
@@ -69,6 +71,7 @@ class SweepSettings:
     search_seed: int = 0
 
     def __post_init__(self) -> None:
+        check_run_name(self.sweep_name, "sweep name")
         for metric in self.metrics:
             if metric not in METRICS:
                 raise ConfigError(f"--metric {metric!r} is not one of {', '.join(METRICS)}")
@@ -150,7 +153,7 @@ def run_sweep(
     experiment_path = storage / settings.sweep_name
 
     uri = tracking_uri(base)
-    client = MlflowClient(uri)
+    client = mlflow_client(uri)
     parent = find_sweep(client, base.mlflow.experiment, settings.sweep_name)
     if settings.resume:
         if not tune.Tuner.can_restore(str(experiment_path)):
@@ -309,14 +312,14 @@ def _write_best(results, trials: pd.DataFrame, space: SweepSpace, settings: Swee
         **updates, "train.storage_path": original_storage, "train.run_name": None, "mlflow.tracking_uri": None,
     })
     path = experiment_path / "best_config.yaml"
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    path.write_text(yaml.safe_dump(masked(config.model_dump(mode="json")), sort_keys=False))
     return path, {"trial_id": best["trial_id"], **updates,
                   **{m: float(best[m]) for m in settings.metrics}}
 
 
 def _log_parent(uri: str, parent_run_id: str, trials: pd.DataFrame, experiment_path: Path,
                 best_path: Path | None, best: dict, settings: SweepSettings) -> None:
-    client = MlflowClient(uri)
+    client = mlflow_client(uri)
     table = experiment_path / "trials.csv"
     trials.to_csv(table, index=False)
     client.log_artifact(parent_run_id, str(table), TRIALS_DIR)

@@ -77,7 +77,7 @@ def round_trip(state: dict, acceleration: Acceleration, per_domain: int, size: i
     buffer = io.BytesIO()
     torch.save(state, buffer)
     buffer.seek(0)
-    loaded = torch.load(buffer, map_location=device, weights_only=False)
+    loaded = torch.load(buffer, map_location=device, weights_only=True)  # what cxr loads checkpoints with
     spec = paper_spec(num_samples=BATCHES * 2 * per_domain)
     eager = build_method(spec, device, replace(acceleration, compile=False))
     load_method_state(eager, loaded)

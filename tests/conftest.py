@@ -37,15 +37,21 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray for the whole session; oversubscribed so Data and Train do not starve."""
+def start_test_ray():
+    """A fresh local Ray of this process's own (address="local": never a cluster that a stale
+    ray_current_cluster file names), oversubscribed so Data and Train do not starve."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, resources={"trial_driver": 4}, include_dashboard=False,
+        ray.init(address="local", num_cpus=4, resources={"trial_driver": 4}, include_dashboard=False,
                  logging_level="ERROR", log_to_driver=False)
-    yield ray
+    return ray
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole session."""
+    yield start_test_ray()
 
 
 @pytest.fixture(scope="session")

@@ -6,12 +6,14 @@ workers ask for), tracked by a real `mlflow server`:
   the tracking server is down for a minute, and the run goes on elastically on one worker from its
   last checkpoint; it ends as one FINISHED run with every epoch and step logged once (a
   worker lost without its node takes the same path: Ray Train restarts the group from the last
-  checkpoint);
+  checkpoint); the password in its tracking URI is written down nowhere (console, checkpoints,
+  artifacts, params, tags);
 - a node that cannot see the prepared dataset (its own mount namespace hides the folder) is named.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -78,7 +80,9 @@ def test_a_lost_node_and_a_minute_without_the_tracking_server_cost_no_metric(clu
     nodes, workers, tracking = cluster
     log = tmp_path / "train.log"
     steps, epochs = 8, 3
-    process = _train(prepared_dir, nodes.address, tracking.uri, tmp_path, "elastic", log, **{
+    # The run's URI carries a password (the server ignores it): it must be written down nowhere.
+    with_password = tracking.uri.replace("http://", f"http://alice:{PLANTED}@")
+    process = _train(prepared_dir, nodes.address, with_password, tmp_path, "elastic", log, **{
         "train.workers": 2, "train.min_workers": 1, "train.max_failures": 1, "train.worker_resources": "{trainer_slot: 1}",
         "train.cpus_per_worker": 1, "train.epochs": epochs, "train.steps_per_epoch": steps})
     client = MlflowClient(tracking.uri)
@@ -112,6 +116,22 @@ def test_a_lost_node_and_a_minute_without_the_tracking_server_cost_no_metric(clu
     assert [m.value for m in history("train/global_batch")] == [16.0, 8.0]
     assert "test_mean_auc" in run.data.metrics
     assert not (tmp_path / "ray_results" / "elastic" / "undelivered_metrics.jsonl").exists()
+    _assert_written_nowhere(PLANTED, client, run, [log, tmp_path / "ray_results" / "elastic"], tmp_path / "artifacts")
+
+
+PLANTED = "planted-Pa55word"
+
+
+def _assert_written_nowhere(secret: str, client: MlflowClient, run, places: list[Path], download: Path) -> None:
+    """Not in the console log, any checkpoint or storage file, any artifact, param or tag of the run."""
+    client.download_artifacts(run.info.run_id, "", str(download))
+    files = [p for place in [*places, download] for p in ([place] if place.is_file() else place.rglob("*"))
+             if p.is_file()]
+    assert any(p.name == "run.json" for p in files) and any(p.name == "resolved_config.yaml" for p in files)
+    leaked = [str(p) for p in files if secret.encode() in p.read_bytes()]
+    assert not leaked, leaked
+    assert "http://***@127.0.0.1" in (download / "config" / "resolved_config.yaml").read_text()
+    assert secret not in json.dumps({**run.data.params, **run.data.tags})
 
 
 def test_a_node_that_cannot_see_the_data_is_named(cluster, prepared_dir, tmp_path):

@@ -84,3 +84,18 @@ def test_auto_joins_the_running_cluster_the_file_names(ray_session, machine_temp
     done = _python(JOINED.format(address="auto"), timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split("GCS ")[1].split()[0] == address
+
+
+@pytest.mark.ray
+def test_the_test_suites_own_ray_starts_beside_a_stale_cluster_file(machine_temp):
+    """conftest's Ray (every `ray_session` test runs on it) is a local one of its own: with a stale
+    ray_current_cluster in Ray's temp folder, a plain ray.init(num_cpus=...) would try to join the
+    dead cluster and refuse ("num_cpus ... must not be provided")."""
+    stale = f"127.0.0.1:{_dead_port()}"
+    (machine_temp / "ray" / "ray_current_cluster").write_text(stale)
+    code = ("import sys; sys.path.insert(0, 'tests'); from conftest import start_test_ray; ray = start_test_ray(); "
+            "print('GCS', ray.get_runtime_context().gcs_address, ray.get(ray.remote(lambda: 7).remote()), flush=True)")
+    done = _python(code, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    gcs, answer = done.stdout.split("GCS ")[1].split()[:2]
+    assert gcs != stale and answer == "7"

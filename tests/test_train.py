@@ -34,9 +34,12 @@ def _history(client, run_id, key):
     return [(int(m.step), m.value) for m in client.get_metric_history(run_id, key)]
 
 
+def _latest_checkpoint(storage: Path, run_name: str) -> Path:
+    return sorted(p for p in (storage / run_name).glob("checkpoint_*") if p.is_dir())[-1]
+
+
 def _latest_state(storage: Path, run_name: str) -> dict:
-    checkpoints = sorted(p for p in (storage / run_name).glob("checkpoint_*") if p.is_dir())
-    return torch.load(checkpoints[-1] / "state.pt", map_location="cpu", weights_only=False)
+    return torch.load(_latest_checkpoint(storage, run_name) / "state.pt", map_location="cpu", weights_only=True)
 
 
 def test_two_worker_training_logs_one_finished_run(prepared_dir, tmp_path):
@@ -123,7 +126,7 @@ def test_sigterm_ends_killed_and_the_same_command_resumes(prepared_dir, tmp_path
     run = find_run(client, "cxr-orchestra", "resumable")
     assert run.info.status == "KILLED"
     epoch1 = _latest_state(storage, "resumable")
-    assert epoch1["progress"]["epoch"] == 1  # the last checkpoint is usable
+    assert json.loads((_latest_checkpoint(storage, "resumable") / "progress.json").read_text())["epoch"] == 1
     assert int(epoch1["ensemble"]["updates"].max()) == 1
 
     log2 = tmp_path / "second.log"
