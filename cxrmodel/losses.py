@@ -5,15 +5,20 @@
                      domains label, known for this sample or not.
     L_tat (eq. 3)  = Σ_{c ∈ ∩l} Σ_d mean_{i ∈ domain d} BCE(D_c(f_c,i), d): one expectation per
                      domain present in the batch, summed (not one mean over the mixed batch).
-    L_ute (eq. 6)  = Σ_{c ∈ E} 1[y_c = -2, |0.5 - p_c| ≥ H] (p_c - z_c)², averaged over the batch,
-                     E = the findings the ensemble covers (by default the internal-only ones);
-                     eq. 5, plain TE, is the same without the H condition.
+    L_ute (eq. 6)  = 1/(B·C) Σ_i Σ_{c ∈ E} 1[y_c = -2, |0.5 - p_c| ≥ H] (p_c - z_c)²,
+                     E = the findings the ensemble covers (by default the internal-only ones),
+                     B the step's batch, C eq. 1's C; eq. 5, plain TE, is the same without the H
+                     condition. The 1/(B·C) is the mean squared difference of the work the paper
+                     takes TE from (Laine & Aila, "Temporal ensembling", its [22]), whose weight
+                     w_max = 30 is the paper's λ_ute; `per_sample_sum` (Σ_c, batch mean) is ~C
+                     times larger.
     L (eq. 7)      = L_cls + λ_tat L_tat + λ_ute L_ute.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -99,12 +104,19 @@ def ensemble_mask(
     return mask
 
 
-def ensemble_loss(probs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Eq. 5 / 6: Σ_c over the masked entries of (p - z)², averaged over the batch. probs (B, C)
-    the current predictions p_t, targets (B, C) the ensemble's z_t (no gradient), mask from
-    `ensemble_mask`."""
+UteReduction = Literal["mean", "per_sample_sum"]
+
+
+def ensemble_loss(probs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, *,
+                  num_classes: int | None = None, reduction: UteReduction = "mean") -> torch.Tensor:
+    """Eq. 5 / 6 over the masked entries of (p - z)²: "mean" divides their sum by B·C (every entry
+    of the batch's outputs, unmasked ones counting 0; C = `num_classes`, default every column),
+    "per_sample_sum" sums over findings and averages over the batch. probs (B, C) the current
+    predictions p_t, targets (B, C) the ensemble's z_t (no gradient), mask from `ensemble_mask`."""
     squared = (probs - targets.detach()) ** 2 * mask.to(probs.dtype)
-    return squared.sum(dim=1).mean()
+    if reduction == "per_sample_sum":
+        return squared.sum(dim=1).mean()
+    return squared.sum() / (probs.shape[0] * (num_classes or probs.shape[1]))
 
 
 def with_hard_labels(labels: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

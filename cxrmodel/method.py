@@ -16,6 +16,7 @@ from typing import Callable, Literal, NamedTuple
 
 import torch
 
+from cxrmodel.losses import UteReduction
 from cxrmodel.network import CXRNet, HeadKind
 from cxrmodel.optimizers import (
     PAPER_DISCRIMINATOR_LR,
@@ -49,6 +50,7 @@ class MethodSpec:
     uncertainty: bool = True
     hard_labels: bool = False
     lambda_ute: float = 30.0
+    ute_reduction: UteReduction = "mean"  # Laine & Aila's 1/(B·C); "per_sample_sum" the older choice
     gamma: float = 0.9
     branch_features: int = 128
     discriminator_hidden: int = 128
@@ -137,7 +139,8 @@ def build_method(
         alpha=torch.tensor(spec.alpha), beta=torch.tensor(spec.beta),
         num_domains=spec.num_domains, num_classes=spec.num_classes,
         ensemble=ensemble, ensemble_findings=torch.tensor(covered),
-        lambda_ute=spec.lambda_ute, uncertainty=spec.uncertainty, hard_labels=spec.hard_labels,
+        lambda_ute=spec.lambda_ute, ute_reduction=spec.ute_reduction, uncertainty=spec.uncertainty,
+        hard_labels=spec.hard_labels,
         random_crop=spec.random_crop, autocast_dtype=torch.bfloat16 if speed.bf16 else None,
         channels_last=speed.channels_last,
     )

@@ -16,7 +16,14 @@ import torch
 
 from cxrmodel.inference import _autocast
 from cxrmodel.inputs import to_model_input
-from cxrmodel.losses import adversarial_loss, ensemble_loss, ensemble_mask, partial_label_bce, with_hard_labels
+from cxrmodel.losses import (
+    UteReduction,
+    adversarial_loss,
+    ensemble_loss,
+    ensemble_mask,
+    partial_label_bce,
+    with_hard_labels,
+)
 from cxrmodel.temporal_ensemble import TemporalEnsemble
 
 
@@ -57,6 +64,7 @@ class TrainingStep:
         ensemble: TemporalEnsemble | None = None,
         ensemble_findings: torch.Tensor | None = None,
         lambda_ute: float = 30.0,
+        ute_reduction: UteReduction = "mean",
         uncertainty: bool = True,
         hard_labels: bool = False,
         random_crop: bool = False,
@@ -67,7 +75,7 @@ class TrainingStep:
         self.device = next(model.parameters()).device
         self.alpha, self.beta = alpha.to(self.device), beta.to(self.device)
         self.num_domains, self.num_classes = num_domains, num_classes
-        self.ensemble, self.lambda_ute = ensemble, lambda_ute
+        self.ensemble, self.lambda_ute, self.ute_reduction = ensemble, lambda_ute, ute_reduction
         covered = torch.ones(len(alpha), dtype=torch.bool) if ensemble_findings is None else ensemble_findings
         self.ensemble_findings = covered.to(self.device)
         self.uncertainty, self.hard_labels = uncertainty, hard_labels
@@ -103,7 +111,7 @@ class TrainingStep:
             if self.hard_labels:  # Table VI i: pseudo-labels for eq. 1 instead of the L2 term
                 labels = with_hard_labels(labels, z, mask)
             else:
-                ute = ensemble_loss(probs, z, mask)
+                ute = ensemble_loss(probs, z, mask, num_classes=self.num_classes, reduction=self.ute_reduction)
         losses = {"cls": partial_label_bce(logits, labels, self.alpha, self.beta, self.num_classes)}
         backward = total = losses["cls"]
         if out.domain_logits is not None:

@@ -81,6 +81,10 @@ class MethodConfig(_Section):
     multi_task: bool = False  # Table III baseline: common findings scored per domain
     lambda_tat: float = Field(default=0.03, ge=0.0, le=1e3)
     lambda_ute: float = Field(default=30.0, ge=0.0, le=1e4)
+    # How eq. 6's squared errors are reduced: "mean" over the step batch's B x C outputs (Laine &
+    # Aila's temporal ensembling, the paper's [22], whose w_max = 30 is λ_ute), or "per_sample_sum"
+    # (summed over findings, averaged over the batch: ~C times the weight; before Dec 2026).
+    ute_reduction: Literal["mean", "per_sample_sum"] = "mean"
     alpha: float = Field(default=3.0, gt=0.0, le=1e3)
     alpha_overrides: dict[str, float] = Field(default_factory=dict)
     gamma: float = Field(default=0.9, gt=0.0, lt=1.0)

@@ -29,7 +29,7 @@ def method_spec(config: Config, plan: TrainingPlan) -> MethodSpec:
         head="multi_task" if method.multi_task else "holistic" if method.adversarial == "holistic" else "task_specific",
         adversarial=method.adversarial != "none", lambda_tat=method.lambda_tat,
         temporal_ensemble=method.uses_ensemble, uncertainty=method.uncertainty, hard_labels=method.hard_labels,
-        lambda_ute=method.lambda_ute, gamma=method.gamma,
+        lambda_ute=method.lambda_ute, ute_reduction=method.ute_reduction, gamma=method.gamma,
         branch_features=model.branch_features, discriminator_hidden=model.discriminator_hidden, weights=model.weights,
         lr=train.lr, lr_milestones=tuple(train.lr_milestones), lr_decay=train.lr_decay,
         discriminator_lr=train.discriminator_lr, random_crop=train.random_crop,

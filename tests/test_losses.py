@@ -84,15 +84,24 @@ ALL = torch.ones(3, dtype=torch.bool)
 
 
 def test_ensemble_losses_by_hand():
-    # TE (eq. 5): sample 1 unknown findings 0, 1: 0.4^2 + 0.05^2 = 0.1625; finding 2 is labelled.
-    # sample 2 not yet in the ensemble: 0. Batch mean: 0.1625 / 2 = 0.08125
-    assert ensemble_loss(PROBS, Z, ensemble_mask(PROBS, SEEN, LABELS, ALL)).item() == pytest.approx(0.08125)
-    # UTE (eq. 6), H = 0.1: |0.5-0.55| = 0.05 < H drops finding 1: 0.16 / 2 = 0.08
+    # The masked squared errors: sample 1's unknown findings 0, 1: 0.4^2 + 0.05^2 = 0.1625;
+    # finding 2 is labelled; sample 2 is not yet in the ensemble: 0.
+    te = ensemble_mask(PROBS, SEEN, LABELS, ALL)
+    # Default, Laine & Aila's mean over the B x C outputs (B = 2, C = 3): 0.1625 / 6
+    assert ensemble_loss(PROBS, Z, te).item() == pytest.approx(0.1625 / 6)
+    # C is eq. 1's C, the outputs the run trains (say 2 of the 3 columns): 0.1625 / 4
+    assert ensemble_loss(PROBS, Z, te, num_classes=2).item() == pytest.approx(0.040625)
+    # The older per-sample sum, averaged over the batch: 0.1625 / 2 = 0.08125 (3x the default here)
+    assert ensemble_loss(PROBS, Z, te, reduction="per_sample_sum").item() == pytest.approx(0.08125)
+    # UTE (eq. 6), H = 0.1: |0.5-0.55| = 0.05 < H drops finding 1: 0.16 / 6, or 0.16 / 2 = 0.08
     mask = ensemble_mask(PROBS, SEEN, LABELS, ALL, threshold=0.1)
-    assert ensemble_loss(PROBS, Z, mask).item() == pytest.approx(0.08)
-    # Only finding 1 covered (the internal-only one): 0.05^2 / 2 = 0.00125
+    assert ensemble_loss(PROBS, Z, mask).item() == pytest.approx(0.16 / 6)
+    assert ensemble_loss(PROBS, Z, mask, reduction="per_sample_sum").item() == pytest.approx(0.08)
+    # Only finding 1 covered (the internal-only one): 0.05^2 / 6, or 0.05^2 / 2 = 0.00125
     only_1 = torch.tensor([False, True, False])
-    assert ensemble_loss(PROBS, Z, ensemble_mask(PROBS, SEEN, LABELS, only_1)).item() == pytest.approx(0.00125)
+    assert ensemble_loss(PROBS, Z, ensemble_mask(PROBS, SEEN, LABELS, only_1)).item() == pytest.approx(0.0025 / 6)
+    assert ensemble_loss(PROBS, Z, ensemble_mask(PROBS, SEEN, LABELS, only_1),
+                         reduction="per_sample_sum").item() == pytest.approx(0.00125)
 
 
 def test_ute_threshold_keeps_ties_and_drops_the_uncertain():
@@ -102,8 +111,8 @@ def test_ute_threshold_keeps_ties_and_drops_the_uncertain():
     mask = ensemble_mask(probs, torch.tensor([True]), torch.full((1, 4), -2), torch.ones(4, dtype=torch.bool),
                          threshold=0.25)
     assert mask.tolist() == [[True, False, True, False]]
-    # (0.25 - 0)^2 + (0.75 - 0)^2 = 0.625
-    assert ensemble_loss(probs, torch.zeros(1, 4), mask).item() == 0.625
+    # (0.25 - 0)^2 + (0.75 - 0)^2 = 0.625, over the 1 x 4 outputs
+    assert ensemble_loss(probs, torch.zeros(1, 4), mask).item() == 0.625 / 4
 
 
 def test_hard_labels_enter_eq_1_as_labels():

@@ -41,6 +41,9 @@ def test_the_full_method_takes_its_weights_from_the_plan_and_its_switches_from_t
     assert method.optimizers.discriminators is not None
     assert method.optimizers.lr_schedule.optimizer is method.optimizers.network
     assert method.acceleration == Acceleration()  # CPU defaults: fp32, contiguous, eager
+    assert step.ute_reduction == "mean"  # Laine & Aila's 1/(B·C), the paper's [22]
+    older = build_method(_small(**{"method.ute_reduction": "per_sample_sum"}), _plan())
+    assert older.step.ute_reduction == "per_sample_sum"
 
 
 def test_table_vi_switches_remove_what_they_name():

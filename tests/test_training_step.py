@@ -147,7 +147,7 @@ def _separate_gradients(model, h=0.0, hard_labels=False):
     labels = with_hard_labels(LABELS, z.detach(), mask) if hard_labels else LABELS
     l_cls = partial_label_bce(logits, labels, ALPHA, BETA, C)
     l_tat = adversarial_loss(model.discriminators(features[:, COMMON_SMALL]), DOMAINS, 2)
-    l_ute = ensemble_loss(probs, z, mask)
+    l_ute = ensemble_loss(probs, z, mask, num_classes=C)
     grad = lambda loss, p: torch.autograd.grad(loss, p, retain_graph=True, allow_unused=True)[0]  # noqa: E731
     assert grad(l_ute, z) is None  # the target is a constant: z gets no gradient
     ute = torch.zeros_like(theta) if hard_labels or not mask.any() else grad(l_ute, theta)
