@@ -60,12 +60,37 @@ def finding_weights(
     return torch.tensor(alphas), torch.tensor(betas)
 
 
+def domain_betas(
+    label_space: Sequence[str],
+    common: Sequence[str],
+    per_domain_balance: Mapping[str, Mapping[str, Mapping[str, int]]],
+    pooled_beta: torch.Tensor,
+) -> torch.Tensor:
+    """(D, C) β for the Multi-Task baseline (Table III), rows in the order of `per_domain_balance`
+    (domain -> finding -> P_c / N_c of its train split): its per-domain
+    branches of a common finding are "independent" tasks, each with its own class balance, so
+    β_{d,c} = N_{d,c} / P_{d,c} over domain d's train split; a finding one branch serves for every
+    domain keeps the pooled β_c."""
+    rows = []
+    for domain, balance in per_domain_balance.items():
+        row = pooled_beta.clone()
+        for finding in common:
+            positive, negative = balance[finding]["positive"], balance[finding]["negative"]
+            if positive == 0 and negative > 0:
+                raise ValueError(f"finding {finding!r} has no positive training image in domain {domain!r} "
+                                 f"({negative} negatives): its own branch's β = N/P is undefined")
+            row[label_space.index(finding)] = negative / positive if positive else 1.0
+        rows.append(row)
+    return torch.stack(rows)
+
+
 def partial_label_bce(
     logits: torch.Tensor, labels: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
     num_classes: int | None = None,
 ) -> torch.Tensor:
-    """Eq. 1. logits (B, C) float, labels (B, C) in {1, 0, -2}, alpha/beta (C,). `num_classes` is
-    eq. 1's C, the size of the trained domains' label space (default: every column)."""
+    """Eq. 1. logits (B, C) float, labels (B, C) in {1, 0, -2}, alpha (C,), beta (C,) or per sample
+    (B, C). `num_classes` is eq. 1's C, the size of the trained domains' label space (default:
+    every column)."""
     positive = (labels == POSITIVE).to(logits.dtype)
     negative = (labels == NEGATIVE).to(logits.dtype)
     per_finding = alpha * (beta * positive * F.logsigmoid(logits) + negative * F.logsigmoid(-logits))

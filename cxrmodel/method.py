@@ -43,6 +43,7 @@ class MethodSpec:
     num_samples: int  # rows of the temporal ensemble (sample ids 0..num_samples-1)
     num_classes: int | None = None  # eq. 1's C: findings the trained domains label (None: all)
     ensemble_findings: tuple[bool, ...] | None = None  # findings with ensemble targets (None: all)
+    domain_beta: tuple[tuple[float, ...], ...] | None = None  # (D, C) β per domain: the multi_task head
     head: HeadKind = "task_specific"
     adversarial: bool = True
     lambda_tat: float = 0.03
@@ -136,7 +137,7 @@ def build_method(
     covered = spec.ensemble_findings if spec.ensemble_findings is not None else (True,) * spec.num_findings
     step = TrainingStep(
         trained, optimizers.network, optimizers.discriminators,
-        alpha=torch.tensor(spec.alpha), beta=torch.tensor(spec.beta),
+        alpha=torch.tensor(spec.alpha), beta=torch.tensor(spec.domain_beta or spec.beta),
         num_domains=spec.num_domains, num_classes=spec.num_classes,
         ensemble=ensemble, ensemble_findings=torch.tensor(covered),
         lambda_ute=spec.lambda_ute, ute_reduction=spec.ute_reduction, uncertainty=spec.uncertainty,

@@ -39,7 +39,8 @@ class TrainingStep:
         model: a CXRNet, possibly wrapped in DistributedDataParallel.
         optimizer / discriminator_optimizer: Adam over the network, RMSprop over the discriminators
             (None when the model has no adversary).
-        alpha, beta: per-finding weights of eq. 1.
+        alpha, beta: per-finding weights of eq. 1; beta (D, C) gives each domain's samples their
+            domain's row (the Multi-Task baseline's per-domain branches).
         num_classes: eq. 1's C, the number of findings the trained domains label (default: all).
         ensemble: the temporal ensemble (None switches TE / UTE off).
         ensemble_findings: (C,) bool, the findings whose unknown labels get ensemble targets
@@ -112,7 +113,8 @@ class TrainingStep:
                 labels = with_hard_labels(labels, z, mask)
             else:
                 ute = ensemble_loss(probs, z, mask, num_classes=self.num_classes, reduction=self.ute_reduction)
-        losses = {"cls": partial_label_bce(logits, labels, self.alpha, self.beta, self.num_classes)}
+        beta = self.beta[domain] if self.beta.dim() == 2 else self.beta
+        losses = {"cls": partial_label_bce(logits, labels, self.alpha, beta, self.num_classes)}
         backward = total = losses["cls"]
         if out.domain_logits is not None:
             losses["tat"] = adversarial_loss(out.domain_logits.float(), domain, self.num_domains)

@@ -25,6 +25,7 @@ def method_spec(config: Config, plan: TrainingPlan) -> MethodSpec:
     return MethodSpec(
         num_findings=len(plan.label_space), common=tuple(plan.common_index), num_domains=len(plan.domains),
         alpha=tuple(plan.alpha), beta=tuple(plan.beta), num_samples=plan.num_samples,
+        domain_beta=tuple(map(tuple, plan.domain_beta)) if plan.domain_beta else None,
         num_classes=len(plan.trained), ensemble_findings=tuple(plan.ensemble_mask),
         head="multi_task" if method.multi_task else "holistic" if method.adversarial == "holistic" else "task_specific",
         adversarial=method.adversarial != "none", lambda_tat=method.lambda_tat,

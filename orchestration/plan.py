@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from cxrmodel.losses import finding_weights
+from cxrmodel.losses import domain_betas, finding_weights
 from data_prep.errors import UserError
 from data_prep.labels import common_findings, exclusive_findings
 from data_prep.prepared import PreparedDataset
@@ -46,6 +46,9 @@ class TrainingPlan:
     per_domain_batch: int
     steps_per_epoch: int
     num_samples: int  # temporal-ensemble rows: max sample_id + 1
+    # The Multi-Task baseline: β per training domain (rows in `domains` order), each domain's branch
+    # of a common finding weighted by that domain's own N / P. None: one β per finding.
+    domain_beta: list[list[float]] | None = None
 
     @property
     def internal(self) -> str:
@@ -124,6 +127,8 @@ def plan_training(config: Config, data: str | Path) -> TrainingPlan:
             prepared.label_space, common, balance, alpha=method.alpha,
             task_weighting=method.task_weighting, alpha_overrides=method.alpha_overrides,
         )
+        balances = {d: prepared.class_balance([d]) for d in domains}
+        domain_beta = domain_betas(prepared.label_space, common, balances, beta).tolist() if method.multi_task else None
     except ValueError as exc:
         raise PlanError(f"training domains {domains}: {exc}") from None
     if config.model.weights and not Path(config.model.weights).is_file():
@@ -151,6 +156,7 @@ def plan_training(config: Config, data: str | Path) -> TrainingPlan:
         per_domain_batch=per_domain,
         steps_per_epoch=max(steps, 1),
         num_samples=prepared.manifest.max_sample_id + 1,
+        domain_beta=domain_beta,
     )
 
 

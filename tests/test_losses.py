@@ -7,6 +7,7 @@ import torch
 
 from cxrmodel.losses import (
     adversarial_loss,
+    domain_betas,
     ensemble_loss,
     ensemble_mask,
     finding_weights,
@@ -25,6 +26,28 @@ def test_partial_label_bce_by_hand():
     # sample 2: finding 0 unknown -> 0; -(1/2) [1*3*log 0.25] = 2.0794415
     # batch mean: (2.7725887 + 2.0794415) / 2 = 2.4260151
     assert partial_label_bce(logits, labels, alpha, beta).item() == pytest.approx(2.4260151, abs=1e-6)
+
+
+def test_multi_task_betas_per_domain_and_per_sample():
+    pooled = torch.tensor([2.0, 3.0, 5.0])
+    balance = {"nih": {"A": {"positive": 1, "negative": 47}, "B": {"positive": 4, "negative": 8}},
+               "chexpert": {"A": {"positive": 5, "negative": 10}, "B": {"positive": 0, "negative": 0}}}
+    # Common finding A gets each domain's own N / P (47, 2); B and C are not common: pooled.
+    betas = domain_betas(["A", "B", "C"], ["A"], balance, pooled)
+    assert betas.tolist() == [[47.0, 3.0, 5.0], [2.0, 3.0, 5.0]]
+    with pytest.raises(ValueError, match="'B' has no positive training image in domain 'nih'"):
+        domain_betas(["A", "B"], ["A", "B"], {"nih": {"A": balance["nih"]["A"], "B": {"positive": 0, "negative": 3}}},
+                     pooled[:2])
+    # Per-sample β in eq. 1, the test above's numbers with sample 2 given its own β row [9, 3]:
+    # finding 0 is unknown for it, so only sample 1's row matters: same 2.4260151.
+    logits = torch.tensor([[0.0, LN3], [LN3, -LN3]])
+    labels = torch.tensor([[1, 0], [-2, 1]])
+    per_sample = torch.tensor([[2.0, 3.0], [9.0, 3.0]])
+    assert partial_label_bce(logits, labels, torch.tensor([3.0, 1.0]), per_sample).item() == pytest.approx(2.4260151, abs=1e-6)
+    # Sample 1 with β_0 = 4 instead of 2: -(1/2)[3*4*log 0.5 + log 0.25] = 4.8520303; mean with 2.0794415
+    per_sample[0, 0] = 4.0
+    assert partial_label_bce(logits, labels, torch.tensor([3.0, 1.0]), per_sample).item() == pytest.approx(
+        (4.8520303 + 2.0794415) / 2, abs=1e-6)
 
 
 def test_partial_label_bce_all_unknown_is_zero_and_extremes_are_finite():

@@ -113,3 +113,44 @@ def test_paper_grids_and_train_warn_without_imagenet_weights(tmp_path):
     assert result.exit_code == 2 and "no model.weights" not in result.output
     result = runner.invoke(app, ["tune", "--space", "optuna_full", "--data", str(tmp_path / "none")])
     assert result.exit_code == 2 and "no model.weights" not in result.output  # not one of the paper's
+
+
+def test_multi_task_weighs_each_domain_branch_by_its_own_beta(prepared_dir, shared_data, tmp_path):
+    """Table III's Multi-Task baseline on the real NIH and CheXpert label tables: each domain's
+    branch of a common finding is its own task, weighted by its own domain's β (NIH Edema ~47),
+    not the pooled one (~3.5) that a single branch shared by both gets."""
+    from data_prep.config import PrepareConfig, SourceConfig
+    from data_prep.join import load_sources, train_class_balance
+
+    joined = load_sources(PrepareConfig(sources=[
+        SourceConfig(name="nih", kind="nih", path=shared_data / "nih"),
+        SourceConfig(name="chexpert", kind="chexpert", path=shared_data / "chexpert")]), find_images=False)
+    copy = tmp_path / "prepared"
+    shutil.copytree(prepared_dir, copy)
+    manifest = json.loads((copy / MANIFEST_NAME).read_text())
+    real = train_class_balance(joined)
+    for domain in ("nih", "chexpert"):  # the real tables' P / N in place of the small synthetic set's
+        manifest["train_class_balance"][domain] = {
+            f: real[domain].get(f, {"positive": 0, "negative": 0}) for f in manifest["label_space"]}
+    (copy / MANIFEST_NAME).write_text(json.dumps(manifest))
+    multi = plan_training(load_config(updates={"train.domains": ["nih", "chexpert"], "method.multi_task": True,
+                                               "method.adversarial": "none"}), copy)
+    edema = multi.label_space.index("Edema")
+    assert "Edema" in multi.common
+    train = joined.rows[joined.rows["split"] == "train"]
+    for row, domain in enumerate(multi.domains):  # counted here from the joined rows
+        labels = train.loc[train["domain"] == domain, "Edema"]
+        assert multi.domain_beta[row][edema] == pytest.approx((labels == 0).sum() / (labels == 1).sum())
+    assert 40 < multi.domain_beta[0][edema] < 55 and 3 < multi.beta[edema] < 4.5  # NIH's own vs pooled
+    hernia = multi.label_space.index("Hernia")  # NIH only: one branch, the pooled β
+    assert multi.domain_beta[0][hernia] == multi.domain_beta[1][hernia] == multi.beta[hernia]
+    joint = plan_training(load_config(updates={"train.domains": ["nih", "chexpert"], "method.adversarial": "none"}),
+                          copy)
+    assert joint.domain_beta is None
+
+    from orchestration.method import build_method
+
+    step = build_method(load_config(updates={"method.multi_task": True, "method.adversarial": "none",
+                                             "model.branch_features": 4}), multi).step
+    assert step.beta.shape == (2, len(multi.label_space)) and step.beta[0, edema].item() == pytest.approx(
+        multi.domain_beta[0][edema])

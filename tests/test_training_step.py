@@ -205,3 +205,24 @@ def test_full_method_learns_on_synthetic_images():
     assert te.updates.max() > 0  # the ensemble was in play
     start, end = np.mean(history[:5]), np.mean(history[-5:])
     assert end < 0.6 * start, (start, end)
+
+
+def test_a_beta_per_domain_weighs_each_sample_by_its_own_domains_row():
+    """The Multi-Task baseline's (D, C) β: each sample's eq. 1 uses its domain's row."""
+    images, labels, domains = synthetic_domains(per_domain=4)
+
+    def cls_loss(beta):
+        model, step, _ = make_step(ensemble=False, lambda_tat=0.0)
+        step.beta = beta
+        model.train()
+        torch.manual_seed(5)  # the same flips for every call
+        return step(images, labels, domains, torch.arange(8)).losses["cls"].item()
+
+    _, reference, _ = make_step(ensemble=False)
+    pooled = reference.beta
+    assert cls_loss(torch.stack([pooled, pooled])) == cls_loss(pooled)
+    other = pooled.clone()
+    other[COMMON] *= 10  # domain 1's own β for the common findings
+    per_domain = cls_loss(torch.stack([pooled, other]))
+    assert per_domain != cls_loss(pooled)
+    assert cls_loss(torch.stack([other, pooled])) not in (per_domain, cls_loss(pooled))  # rows are per domain
