@@ -72,6 +72,11 @@ class PrepareConfig(BaseModel):
     # ~13 bytes per pixel for DICOM, ~3 for 16-bit PNG (tests/test_hostile_images.py): 50 MP -> ~650 MB.
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
     max_file_bytes: int = Field(default=DEFAULT_MAX_FILE_BYTES, ge=1)
+    # CheXpert has no public test set; the paper "adopts the official split". "valid": its official
+    # valid.csv images are the test split (Table II's CheXpert row) and train.csv is divided into
+    # train / val by patient (val_fraction), as NIH's train_val is; "none": valid.csv is the val
+    # split and there is no CheXpert test split.
+    chexpert_test: Literal["valid", "none"] = "valid"
     # Image paths from label tables (CSV rows, CheXpert's Path, PadChest's ImageDir) must resolve,
     # symlinks included, inside the dataset's own folder, unless this is true.
     allow_outside_root: bool = False

@@ -50,6 +50,10 @@ def load_sources(config: PrepareConfig, *, find_images: bool = True) -> JoinedDa
         raise DataPrepError("no datasets given: pass --nih, --chexpert and/or --csv NAME=FILE")
     tables = [read_source(s, find_images=find_images, allow_outside_root=config.allow_outside_root)
               for s in config.sources]
+    if config.chexpert_test == "valid":
+        for source, table in zip(config.sources, tables):
+            if source.kind == "chexpert":
+                table.rows["split"] = table.rows["split"].map({"train": "train_val", "val": "test"})
     return join_sources(tables, config)
 
 

@@ -33,8 +33,9 @@ def assign_splits(
 ) -> pd.Series:
     """Final split per row from the reader's `split` column.
 
-    Official splits (train / val / test) stay. NIH's "train_val" is divided into train / val by
-    patient with `val_fraction`; rows without a split get train / val / test by patient.
+    Official splits (train / val / test) stay. "train_val" (NIH's official list, CheXpert's
+    train.csv) is divided into train / val by patient with `val_fraction`; rows without a split get
+    train / val / test by patient.
     """
     split = rows["split"].copy().astype(object)
     train_val = split == "train_val"

@@ -206,3 +206,29 @@ def test_a_chexpert_path_that_climbs_out_is_refused(tmp_path):
     train_csv.write_text("\n".join([lines[0], ",".join(first), *lines[2:]]) + "\n")
     with pytest.raises(DataPrepError, match="lead outside its folder"):
         read_source(SourceConfig(name="chexpert", kind="chexpert", path=tmp_path / "raw" / "chexpert"))
+
+
+def test_chexpert_valid_csv_is_the_test_split_unless_told_otherwise(tmp_path):
+    import pandas as pd
+
+    from data_prep.config import PrepareConfig
+    from data_prep.join import load_sources
+    from data_prep.synth import synthesize
+
+    synthesize(tmp_path / "raw", images_per_source=40, image_size=32, seed=1, sources=("nih", "chexpert"))
+    folder = next((tmp_path / "raw" / "chexpert").rglob("valid.csv")).parent
+    valid = set(pd.read_csv(folder / "valid.csv")["Path"])
+    train = set(pd.read_csv(folder / "train.csv")["Path"])
+    sources = [SourceConfig(name="nih", kind="nih", path=tmp_path / "raw" / "nih"),
+               SourceConfig(name="chexpert", kind="chexpert", path=tmp_path / "raw" / "chexpert")]
+
+    def splits(**settings):
+        rows = load_sources(PrepareConfig(sources=sources, **settings), find_images=False).rows
+        rows = rows[rows["domain"] == "chexpert"]
+        return {s: set(rows.loc[rows["split"] == s, "image_id"]) for s in ("train", "val", "test")}
+
+    default = splits()
+    assert default["test"] == valid  # the official valid.csv images
+    assert default["train"] | default["val"] == train and default["val"] and not default["train"] & default["val"]
+    old = splits(chexpert_test="none")
+    assert old == {"train": train, "val": valid, "test": set()}
