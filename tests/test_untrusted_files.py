@@ -250,6 +250,7 @@ client.set_terminated(run_id, "FINISHED")
 """
 
 
+@pytest.mark.slow
 def test_two_first_runs_on_a_new_sqlite_store_both_finish(tmp_path):
     """What `cxr train` does first (open the store and its run, log metrics), in two processes that
     start at the same instant on a store that does not exist yet: without the creation lock one of
@@ -270,6 +271,7 @@ def test_two_first_runs_on_a_new_sqlite_store_both_finish(tmp_path):
         assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss_cls")] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_a_ray_left_by_a_killed_driver_is_stopped_by_cxr_clean(tmp_path):
     """kill -9 of a command that started a local Ray leaves Ray's agents running; `cxr clean` finds
     them by the session the command recorded and stops them."""
