@@ -103,7 +103,7 @@ def test_evaluate_bootstrap_intervals_are_printed_logged_and_reproducible(files,
     stats_path = tmp_path / "eval.json"
     result = CliRunner().invoke(app, ["evaluate", "--predictions", str(paths["a"]), "--data", str(prepared.root),
                                       "--bootstrap", "200", "--seed", "5", "--stats-json", str(stats_path),
-                                      f"mlflow.tracking_uri={uri}"])
+                                      f"mlflow.tracking_uri={uri}"], env={"COLUMNS": "400"})  # one column per domain
     assert result.exit_code == 0, result.output
     domain = prepared.manifest.internal
     frame = pd.read_parquet(paths["a"])
