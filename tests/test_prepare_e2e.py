@@ -76,9 +76,12 @@ def test_counts_match_the_raw_tables(prepared, damaged):
     kept_nih = {k: v for k, v in nih.items() if k not in bad}
     assert prepared.num_samples("nih", "test") == sum(is_test for _, is_test in kept_nih.values())
     assert sum(prepared.num_samples("nih", s) for s in ("train", "val", "test")) == len(kept_nih)
-    with open(root / "chexpert" / "CheXpert-v1.0-small" / "train.csv") as f:
-        chexpert_train = sum(1 for _ in f) - 1
-    assert prepared.num_samples("chexpert", "train") == chexpert_train - 1  # one truncated
+    tables = root / "chexpert" / "CheXpert-v1.0-small"
+    chexpert_train, chexpert_valid = (sum(1 for _ in open(tables / name)) - 1 for name in ("train.csv", "valid.csv"))
+    # train.csv is divided into train / val by patient, one image truncated (a train/ one: `damaged`
+    # cuts the 6th JPEG in path order); valid.csv is the test split (prepare.chexpert_test: valid).
+    assert prepared.num_samples("chexpert", "train") + prepared.num_samples("chexpert", "val") == chexpert_train - 1
+    assert prepared.num_samples("chexpert", "val") > 0 and prepared.num_samples("chexpert", "test") == chexpert_valid
     read_back = {
         d: sum(len(ids) for s in ("train", "val", "test") for ids, _, _ in prepared.iter_uint8_batches(d, s, 16))
         for d in prepared.domains
