@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from data_prep.errors import first_line
+
 DICOM_SUFFIXES = (".dcm", ".dicom")
 _MAGIC_OFFSET = 128
 GRAY = ("MONOCHROME1", "MONOCHROME2")
@@ -67,7 +69,7 @@ def dicom_to_uint8(data: bytes, check_size: Callable[[int, int, int], None] = la
     try:
         pixels = ds.pixel_array if frames == 1 else _first_frame(ds)
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for damaged pixel data
-        raise DicomError(f"DICOM pixel data cannot be decoded: {_first_line(exc)}") from None
+        raise DicomError(f"DICOM pixel data cannot be decoded: {first_line(exc)}") from None
     if frames > 1:
         notes.append(f"multi-frame DICOM ({frames} frames): the first frame is used")
     if photometric in COLOUR:
@@ -178,7 +180,3 @@ def _check_decoder(ds) -> None:
         needs = "; ".join(decoder.missing_dependencies)  # e.g. "pylibjpeg - requires pylibjpeg-libjpeg>=2.1"
         raise DicomError(f"transfer syntax {syntax.name} ({syntax}): no installed plugin decodes it; "
                          f"install one of: {needs}")
-
-
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

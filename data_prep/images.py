@@ -21,6 +21,7 @@ import numpy as np
 
 from data_prep.config import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
 from data_prep.dicom import DicomError, dicom_to_uint8, looks_like_dicom
+from data_prep.errors import first_line
 
 cv2.setNumThreads(1)  # Ray runs one decode task per core; OpenCV's own threads would oversubscribe.
 
@@ -97,8 +98,7 @@ def decode_grayscale(data: bytes, size: int, *, path: str | None = None, notes: 
     except MemoryError:
         raise ImageError("not enough memory to decode it") from None
     except Exception as exc:  # noqa: BLE001 - a damaged file can make any decoder raise anything
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise ImageError(f"cannot be decoded ({type(exc).__name__}: {first})") from None
+        raise ImageError(f"cannot be decoded ({type(exc).__name__}: {first_line(exc, 200)})") from None
 
 
 def _decode(data: bytes, size: int, path: str | None, notes: list[str] | None, max_pixels: int) -> np.ndarray:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from cxrmodel.method import Method, load_method_state, method_state
+from data_prep.errors import first_line
 from orchestration.config import Config, ConfigError
 from orchestration.masking import masked
 from orchestration.method import build_network
@@ -83,7 +84,7 @@ def restore_checkpoint(directory: Path, method: Method, device: torch.device | s
         load_method_state(method, state)
         progress = Progress(**json.loads((directory / PROGRESS_FILE).read_text()))
     except (KeyError, TypeError, ValueError, RuntimeError, OSError) as exc:
-        raise CheckpointError(f"{directory} is not a checkpoint of this run and version ({_first_line(exc)}); "
+        raise CheckpointError(f"{directory} is not a checkpoint of this run and version ({first_line(exc, 300)}); "
                               "start a new run with another --run-name") from None
     return progress, best_state
 
@@ -99,7 +100,7 @@ def load_tensors(path: Path, map_location: torch.device | str = "cpu"):
                                   f"tensors (it calls {named.group(1)})") from None
         raise CheckpointError(f"{path}: not a readable checkpoint file ({_unpickler_detail(exc)})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint file ({_first_line(exc)})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint file ({first_line(exc, 300)})") from None
 
 
 def _unpickler_detail(exc: Exception) -> str:
@@ -109,10 +110,6 @@ def _unpickler_detail(exc: Exception) -> str:
     return next((line for line in lines if not line.startswith(boilerplate)), "not a torch file")[:300]
 
 
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-
-
 def read_test_predictions(directory: Path) -> dict[str, np.ndarray]:
     """sample_id, probs and labels of the final checkpoint's test split."""
     try:
@@ -120,7 +117,7 @@ def read_test_predictions(directory: Path) -> dict[str, np.ndarray]:
             return {k: saved[k] for k in ("sample_id", "probs", "labels")}
     except (ValueError, KeyError, OSError) as exc:
         raise CheckpointError(f"{directory / TEST_FILE}: not readable as test predictions "
-                              f"({_first_line(exc)})") from None
+                              f"({first_line(exc, 300)})") from None
 
 
 def read_run_description(checkpoint: str | Path) -> tuple[Config, TrainingPlan]:
@@ -159,5 +156,5 @@ def load_trained(checkpoint: str | Path) -> tuple[torch.nn.Module, Config, Train
         net.load_state_dict(state)
     except (TypeError, RuntimeError, AttributeError) as exc:
         raise CheckpointError(f"{source}: its weights do not fit the network {RUN_FILE} describes "
-                              f"({_first_line(exc)})") from None
+                              f"({first_line(exc, 300)})") from None
     return net.eval(), config, plan

@@ -9,6 +9,7 @@ Ray work starts.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -36,20 +37,12 @@ RUN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 def check_run_name(name: str, what: str = "run name") -> str:
     """The one check of a run or sweep name, whatever flag or key sets it: it becomes a folder under
-    train.storage_path, so it may not climb out of it (`..`, `/`) or hide (a leading dot)."""
-    import re
-
-    if not re.fullmatch(RUN_NAME_PATTERN, name) or name in (".", "..") or len(name) > 128:
+    train.storage_path, so it may not climb out of it (`..`, `/`) or hide (a leading dot). Raises
+    ConfigError, a ValueError, so it also serves as the config field's validator."""
+    if not re.fullmatch(RUN_NAME_PATTERN, name) or len(name) > 128:
         raise ConfigError(f"{what} {_shown(name)} is not allowed: use letters, digits, '_', '.' and '-', "
                           "starting with a letter or digit, at most 128 characters")
     return name
-
-
-def _run_name(name: str) -> str:
-    try:
-        return check_run_name(name)
-    except ConfigError as exc:
-        raise ValueError(str(exc)) from None
 
 
 class HScheduleConfig(_Section):
@@ -145,7 +138,7 @@ class TrainConfig(_Section):
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     max_failures: int = Field(default=0, ge=0)
     seed: int = 0
-    run_name: Annotated[str, AfterValidator(_run_name)] | None = None
+    run_name: Annotated[str, AfterValidator(check_run_name)] | None = None
     storage_path: str = "ray_results"
     test_tencrop: bool = False
     # Pad-and-crop: shift each training image by up to 1/16 of its side (for runs tested with TenCrop).

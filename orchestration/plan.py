@@ -127,8 +127,10 @@ def plan_training(config: Config, data: str | Path) -> TrainingPlan:
             prepared.label_space, common, balance, alpha=method.alpha,
             task_weighting=method.task_weighting, alpha_overrides=method.alpha_overrides,
         )
-        balances = {d: prepared.class_balance([d]) for d in domains}
-        domain_beta = domain_betas(prepared.label_space, common, balances, beta).tolist() if method.multi_task else None
+        domain_beta = None
+        if method.multi_task:
+            balances = {d: prepared.class_balance([d]) for d in domains}
+            domain_beta = domain_betas(prepared.label_space, common, balances, beta).tolist()
     except ValueError as exc:
         raise PlanError(f"training domains {domains}: {exc}") from None
     if config.model.weights and not Path(config.model.weights).is_file():

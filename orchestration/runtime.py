@@ -144,12 +144,8 @@ def _quiet_ray_data_logging() -> Path:
     fd, name = tempfile.mkstemp(prefix="cxr-ray-data-logging-", suffix=".yaml")
     with os.fdopen(fd, "w") as f:
         f.write(json.dumps(config))  # JSON is YAML
-    atexit.register(_remove, Path(name))
+    atexit.register(Path(name).unlink, missing_ok=True)
     return Path(name)
-
-
-def _remove(path: Path) -> None:
-    path.unlink(missing_ok=True)
 
 
 # --- Ray processes left by a killed driver ------------------------------------------------------
