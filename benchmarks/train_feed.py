@@ -19,11 +19,12 @@ from pathlib import Path
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from orchestration.config import load_config
-from orchestration.feed import DomainBatches, Prefetched
-from orchestration.plan import plan_training
+from data_prep.prepared import PreparedDataset
+from orchestration.config import Config, load_config
+from orchestration.feed import Prefetched
+from orchestration.plan import TrainingPlan, plan_training
 from orchestration.runtime import init_ray
-from orchestration.train import data_config, training_datasets
+from orchestration.train import data_config, training_datasets, worker_batches
 from train_overhead import prepare  # benchmarks/ is on the path when a benchmark runs as a script
 
 TARGET = 8000.0
@@ -32,12 +33,11 @@ SIZE = 320
 
 def feed_worker(loop_config: dict) -> None:
     """The worker's feed with a no-op step: warm-up, then timed steps, for each prefetch depth."""
-    plan = loop_config["plan"]
-    shards = [ray.train.get_dataset_shard(f"train_{d}") for d in plan["domains"]]
+    config, plan = Config.model_validate(loop_config["config"]), TrainingPlan(**loop_config["plan"])
+    prepared = PreparedDataset.load(plan.data)
     figures = {}
     for depth in (2, 0):
-        batches = DomainBatches(plan["domains"], plan["label_space"], shards, per_domain=plan["per_domain"],
-                                image_size=SIZE, shuffle_buffer=loop_config["shuffle_buffer"], seed=0)
+        batches = worker_batches(config, plan, prepared, rank=0, world=1, first_epoch=0)
         feed = Prefetched(batches.next, depth=depth)
         for _ in range(10):
             feed.next()
@@ -63,14 +63,12 @@ def main() -> None:
         plan = plan_training(config, data)
         trainer = TorchTrainer(
             feed_worker,
-            train_loop_config={"plan": {"domains": plan.domains, "label_space": plan.label_space,
-                                        "per_domain": plan.per_domain_batch},
-                               "steps": args.steps, "shuffle_buffer": config.train.shuffle_buffer,
-                               "figures": str(work / "figures.json")},
+            train_loop_config={"config": config.model_dump(mode="json"), "plan": plan.to_dict(),
+                               "steps": args.steps, "figures": str(work / "figures.json")},
             scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.5}),
             run_config=ray.train.RunConfig(name="train_feed", storage_path=str(work / "ray_results")),
             datasets=training_datasets(config, plan),
-            dataset_config=data_config(config),
+            dataset_config=data_config(config, plan),
         )
         trainer.fit()
         figures = json.loads((work / "figures.json").read_text())

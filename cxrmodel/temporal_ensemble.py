@@ -20,6 +20,7 @@ class TemporalEnsemble:
         self.gamma = gamma
         self.Z = torch.zeros(num_samples, num_findings, dtype=torch.float32, device=device)
         self.updates = torch.zeros(num_samples, dtype=torch.int32, device=device)
+        self.epochs = 0  # end_epoch calls: one per training epoch
         # This epoch's predictions, summed, and how many were summed, per sample.
         self.epoch_sum = torch.zeros_like(self.Z)
         self.epoch_count = torch.zeros(num_samples, dtype=torch.float32, device=device)
@@ -51,11 +52,12 @@ class TemporalEnsemble:
         self.updates[seen] += 1
         self.epoch_sum.zero_()
         self.epoch_count.zero_()
+        self.epochs += 1
         return int(seen.sum())
 
     def state_dict(self) -> dict:
         return {
-            "gamma": self.gamma, "Z": self.Z.cpu(), "updates": self.updates.cpu(),
+            "gamma": self.gamma, "epochs": self.epochs, "Z": self.Z.cpu(), "updates": self.updates.cpu(),
             "epoch_sum": self.epoch_sum.cpu(), "epoch_count": self.epoch_count.cpu(),
         }
 
@@ -66,5 +68,6 @@ class TemporalEnsemble:
                 f"{tuple(self.Z.shape)} (samples x findings) of this dataset"
             )
         self.gamma = float(state["gamma"])
+        self.epochs = int(state["epochs"])
         for name in ("Z", "updates", "epoch_sum", "epoch_count"):
             getattr(self, name).copy_(state[name])

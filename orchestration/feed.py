@@ -1,64 +1,164 @@
-"""Training batches for one worker: an equal share from every training domain at each step,
-built ahead of the step on a background thread.
+"""Training batches for one worker: a batch from every training domain at each step, built ahead
+of the step on a background thread.
 
-Each domain is a Ray Data stream (this worker's shard of its training split, rows already in a
-seeded random order); rows are drawn at random from a buffer of `shuffle_buffer` rows on top of
-that (seeded: with its stream's blocks in order, the same seed gives the same batches), and a
-stream that runs out starts a new pass, so small domains cycle. `Prefetched` keeps a
-bounded number of finished batches ready (pinned for GPU copies), so decoding Arrow into tensors
-overlaps the step instead of preceding it. Images stay uint8 until the device.
+An epoch is one pass over the internal domain's training split, by construction: every rank reads
+the whole split (Ray Data, file order reshuffled per execution, rows mixed again in a seeded buffer
+of `shuffle_buffer` rows) and keeps its `InternalShare` of it, a permutation of the split's sample
+ids seeded by (seed, epoch) dealt to the ranks in turn. The ranks together train on every internal
+image exactly once per epoch, in a new order each epoch, over the same number of steps
+(`pass_steps`); a rank's rows are spread evenly over those steps, so a step's internal part is
+`per_domain` rows or one fewer. Reading the split on every rank costs W reads of it per epoch;
+decoding only touches the rank's own rows.
+
+With `train.steps_per_epoch` set (short runs), an epoch is that many steps of full batches and the
+internal passes follow one another across epoch ends. External domains are Ray Train's shards of
+their streams and cycle: a stream that runs out starts a new pass. `Prefetched` keeps a bounded
+number of finished batches ready (pinned for GPU copies), so decoding Arrow into tensors overlaps
+the step instead of preceding it. Images stay uint8 until the device.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from data_prep.prepared import IMAGE_COLUMN, images_from_arrow
+from orchestration.plan import pass_steps
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-class DomainBatches:
-    """`next()` -> (images uint8, labels int8, domain index, sample_id): `per_domain` rows of each
-    stream, in the order of `domains` (the internal one first)."""
+class InternalShare:
+    """Which internal training rows one rank trains on in each pass: the split's sample ids in a
+    permutation seeded by (seed, pass) (the same on every rank), dealt out to the ranks in turn."""
 
-    def __init__(self, domains: list[str], label_space: list[str], shards: list, *, per_domain: int,
-                 image_size: int, shuffle_buffer: int, seed: int | None = None):
+    def __init__(self, sample_ids: np.ndarray, *, rank: int, world: int, seed: int):
+        self.sample_ids = np.sort(np.asarray(sample_ids, dtype=np.int64))
+        self.rank, self.world, self.seed = rank, world, seed
+        self.size = len(range(rank, len(self.sample_ids), world))
+
+    def rows_of(self, pass_index: int) -> np.ndarray:
+        """(max sample_id + 1,) bool: True for this rank's rows in that pass."""
+        order = np.random.default_rng((self.seed, pass_index)).permutation(self.sample_ids)
+        keep = np.zeros(int(self.sample_ids.max(initial=-1)) + 1, dtype=bool)
+        keep[order[self.rank::self.world]] = True
+        return keep
+
+    def step_sizes(self, steps: int) -> np.ndarray:
+        """This rank's rows spread over `steps` steps: sizes differ by at most one."""
+        return np.diff(np.arange(steps + 1) * self.size // steps)
+
+
+class DomainBatches:
+    """`next()` -> (images uint8, labels int8, domain index, sample_id): the internal domain's
+    rows of the step (its `shards[0]`, the whole split), then `per_domain` rows of every other
+    stream, in the order of `domains`. Counts steps itself, so a prefetching thread crosses epoch
+    ends on its own; `first_epoch` is where a resumed run starts. `steps_per_epoch` None: one
+    exact pass per epoch (see the module docstring)."""
+
+    def __init__(self, domains: list[str], label_space: list[str], shards: list, *, share: InternalShare,
+                 per_domain: int, image_size: int, shuffle_buffer: int, seed: int | None = None,
+                 steps_per_epoch: int | None = None, first_epoch: int = 0):
         self.domains, self.label_space, self.shards = domains, label_space, shards
-        self.per_domain, self.image_size = per_domain, image_size
+        self.share, self.per_domain, self.image_size = share, per_domain, image_size
         self.shuffle_buffer = max(shuffle_buffer, per_domain)
         self.seed = seed
+        self.exact = steps_per_epoch is None
+        self.steps_per_epoch = pass_steps(len(share.sample_ids), share.world, per_domain) if self.exact \
+            else steps_per_epoch
+        self.sizes = share.step_sizes(self.steps_per_epoch) if self.exact \
+            else np.full(self.steps_per_epoch, per_domain)
+        self.epoch, self.step = first_epoch, 0
         self.iterators = [None] * len(self.shards)
         self.passes = [0] * len(self.shards)
+        self.internal: Iterator[pa.Table] | None = None
+        self.pending: list[pa.Table] = []
+        self.empty: pa.Table | None = None  # a rank whose share ran out early still sends its other domains
+        self.taken = 0  # internal rows served in the current pass
 
-    def _pass(self, d: int):
+    def _shuffle_seed(self, d: int, pass_index: int) -> int | None:
         # Seeded per (domain, pass): a stream read in the same order gives the same batches.
-        shuffle_seed = None if self.seed is None else hash((self.seed, d, self.passes[d])) % 2**31
-        self.passes[d] += 1
+        return None if self.seed is None else hash((self.seed, d, pass_index)) % 2**31
+
+    def _stream(self, d: int, pass_index: int, *, drop_last: bool):
         return iter(self.shards[d].iter_batches(
-            batch_size=self.per_domain, batch_format="pyarrow", drop_last=True,
-            local_shuffle_buffer_size=self.shuffle_buffer, local_shuffle_seed=shuffle_seed, prefetch_batches=4,
+            batch_size=self.per_domain, batch_format="pyarrow", drop_last=drop_last,
+            local_shuffle_buffer_size=self.shuffle_buffer, local_shuffle_seed=self._shuffle_seed(d, pass_index),
+            prefetch_batches=4,
         ))
+
+    def _share_pass(self, pass_index: int) -> Iterator[pa.Table]:
+        keep = self.share.rows_of(pass_index)
+        for table in self._stream(0, pass_index, drop_last=False):
+            ids = table.column("sample_id").to_numpy()
+            mine = keep[ids]
+            if mine.any():
+                yield table.filter(pa.array(mine))
+
+    def _share_passes(self, first: int) -> Iterator[pa.Table]:
+        pass_index = first
+        while True:
+            yield from self._share_pass(pass_index)
+            pass_index += 1
+
+    def _internal_rows(self, n: int) -> pa.Table:
+        have = sum(t.num_rows for t in self.pending)
+        while have < n or self.empty is None:
+            try:
+                table = next(self.internal)
+            except StopIteration:
+                raise RuntimeError(
+                    f"the pass over domain {self.domains[0]!r} ended after {self.taken + have} of this rank's "
+                    f"{self.share.size} rows: its training split changed while training?") from None
+            self.pending.append(table)
+            self.empty = table.slice(0, 0)
+            have += table.num_rows
+        if not self.pending:
+            return self.empty
+        rows = pa.concat_tables(self.pending) if len(self.pending) != 1 else self.pending[0]
+        self.pending = [rows.slice(n)] if rows.num_rows > n else []
+        self.taken += n
+        return rows.slice(0, n)
+
+    def _check_pass_done(self) -> None:
+        leftover = sum(t.num_rows for t in self.pending) + sum(t.num_rows for t in self.internal)
+        if leftover or self.taken != self.share.size:
+            raise RuntimeError(f"the pass over domain {self.domains[0]!r} gave this rank {self.taken + leftover} "
+                               f"rows, not its share of {self.share.size}")
 
     def _next_table(self, d: int):
         for _ in range(2):
             if self.iterators[d] is None:
-                self.iterators[d] = self._pass(d)
+                self.iterators[d] = self._stream(d, self.passes[d], drop_last=True)
+                self.passes[d] += 1
             try:
                 return next(self.iterators[d])
             except StopIteration:
                 self.iterators[d] = None
         raise RuntimeError(f"domain {self.domains[d]!r} yields no full batch of {self.per_domain}")
 
+    def _internal_table(self) -> pa.Table:
+        if self.internal is None:  # the run's first step, or the first of an exact epoch
+            self.internal = self._share_pass(self.epoch) if self.exact else self._share_passes(self.epoch)
+            self.taken = 0
+        table = self._internal_rows(int(self.sizes[self.step]))
+        self.step += 1
+        if self.step == self.steps_per_epoch:
+            if self.exact:
+                self._check_pass_done()
+                self.internal = None
+            self.epoch, self.step = self.epoch + 1, 0
+        return table
+
     def next(self) -> Batch:
         images, labels, domains, ids = [], [], [], []
         for d in range(len(self.shards)):
-            table = self._next_table(d)
+            table = self._internal_table() if d == 0 else self._next_table(d)
             images.append(images_from_arrow(table.column(IMAGE_COLUMN), self.image_size))
             labels.append(np.stack([table.column(f).to_numpy() for f in self.label_space], axis=1))
             domains.append(np.full(table.num_rows, d, np.int64))

@@ -25,6 +25,12 @@ if TYPE_CHECKING:
     from orchestration.config import Config
 
 
+def pass_steps(rows: int, world: int, per_domain: int) -> int:
+    """Steps in which `world` ranks, each taking at most `per_domain` rows a step, go once over
+    `rows` rows: the largest rank's share, ceil(rows / world), in batches of `per_domain`."""
+    return -(-(-(-rows // world)) // per_domain)
+
+
 class PlanError(UserError):
     """Settings that the prepared dataset cannot support; the message says which and why."""
 
@@ -119,7 +125,13 @@ def plan_training(config: Config, data: str | Path) -> TrainingPlan:
             )
     if prepared.num_samples(internal, "val") == 0:
         raise PlanError(f"domain {internal!r} has an empty val split: nothing to select the best model on")
-    steps = train.steps_per_epoch or prepared.num_samples(internal, "train") // (per_domain * train.workers)
+    internal_rows = prepared.num_samples(internal, "train")
+    steps = train.steps_per_epoch or pass_steps(internal_rows, train.workers, per_domain)
+    if len(domains) == 1 and not train.steps_per_epoch and internal_rows // train.workers < steps:
+        raise PlanError(
+            f"{internal_rows} training images in batches of {per_domain} on {train.workers} workers leave some "
+            "worker a step without images; raise train.batch_size or lower train.workers"
+        )
 
     balance = prepared.class_balance(domains)
     try:

@@ -47,7 +47,7 @@ from orchestration.checkpoint import (
 )
 from orchestration.config import Config, check_run_name
 from orchestration.evaluation import Predictions, auc_table, report_for, roc_figure, score_split
-from orchestration.feed import DomainBatches, Prefetched
+from orchestration.feed import DomainBatches, InternalShare, Prefetched
 from orchestration.masking import mask_text, masked
 from orchestration.method import Method, build_method
 from orchestration.plan import TrainingPlan, plan_document
@@ -143,34 +143,45 @@ def undelivered_metrics_file(storage: str, run_name: str) -> Path | None:
 
 
 def training_datasets(config: Config, plan: TrainingPlan) -> dict[str, ray.data.Dataset]:
-    """One stream per training domain that lasts the whole run: its shard files listed once per
-    pass the run needs, in a seeded random order. Ray Data then starts one stream, not one per pass
-    (each start costs seconds), and no all-to-all step holds the first batch until a whole domain
-    is read. Rows are in random order within files (`cxr prepare`) and mixed again by the
-    worker's shuffle buffer."""
+    """One stream per training domain, its shard files in an order reshuffled at each execution
+    (seeded). The internal domain's stream goes whole to every worker, which keeps its share of each
+    pass (`feed.InternalShare`); the external ones are split among the workers and restart when they
+    run out. No all-to-all step holds the first batch until a whole domain is read: rows are in
+    random order within files (`cxr prepare`) and mixed again by the worker's shuffle buffer."""
     prepared = PreparedDataset.load(plan.data)
     # Rank 0 prints progress lines; per-operator bars of every domain's stream would bury them.
     ray.data.DataContext.get_current().enable_progress_bars = False
     columns = ["sample_id", IMAGE_COLUMN, *plan.label_space]
-    rows_needed = config.train.epochs * plan.steps_per_epoch * plan.per_domain_batch * config.train.workers
-    streams = {}
-    for d in plan.domains:
-        files = [str(p) for p in prepared.shard_files(d, "train")]
-        passes = -(-rows_needed // prepared.num_samples(d, "train")) + 1  # +1: drop_last and uneven splits
-        streams[f"train_{d}"] = ray.data.read_parquet(
-            files * passes, columns=columns, partitioning=None,
-            shuffle=FileShuffleConfig(seed=config.train.seed),
+    return {
+        f"train_{d}": ray.data.read_parquet(
+            [str(p) for p in prepared.shard_files(d, "train")], columns=columns, partitioning=None,
+            shuffle=FileShuffleConfig(seed=config.train.seed, reseed_after_execution=True),
         )
-    return streams
+        for d in plan.domains
+    }
 
 
-def data_config(config: Config) -> ray.train.DataConfig:
-    """Ray's ingest defaults; with `train.reproducible_order`, each stream's blocks are handed over
-    in file order (not in the order reads finish), so one worker sees the same batches for the
-    same seed. Several workers still share blocks in the order they ask for them."""
+def data_config(config: Config, plan: TrainingPlan) -> ray.train.DataConfig:
+    """Ray's ingest defaults, the external streams split among the workers; with
+    `train.reproducible_order`, each stream's blocks are handed over in file order (not in the order
+    reads finish), so one worker sees the same batches for the same seed. Several workers still
+    share the external blocks in the order they ask for them."""
     options = ray.train.DataConfig.default_ingest_options()
     options.preserve_order = config.train.reproducible_order
-    return ray.train.DataConfig(execution_options=options)
+    return ray.train.DataConfig(datasets_to_split=[f"train_{d}" for d in plan.domains[1:]],
+                                execution_options=options)
+
+
+def worker_batches(config: Config, plan: TrainingPlan, prepared: PreparedDataset, *, rank: int, world: int,
+                   first_epoch: int) -> DomainBatches:
+    """This worker's training batches from its dataset shards (inside a Ray Train worker)."""
+    share = InternalShare(prepared.read_columns(plan.internal, "train", ["sample_id"]).column("sample_id").to_numpy(),
+                          rank=rank, world=world, seed=config.train.seed)
+    shards = [ray.train.get_dataset_shard(f"train_{d}") for d in plan.domains]
+    return DomainBatches(plan.domains, plan.label_space, shards, share=share, per_domain=plan.per_domain_batch,
+                         image_size=prepared.image_size, shuffle_buffer=config.train.shuffle_buffer,
+                         seed=_seed(config.train.seed, rank, -2), steps_per_epoch=config.train.steps_per_epoch,
+                         first_epoch=first_epoch)
 
 
 def _scaling(config: Config) -> ray.train.ScalingConfig:
@@ -208,7 +219,7 @@ def _make_trainer(
             callbacks=callbacks,
         ),
         datasets=training_datasets(config, plan),
-        dataset_config=data_config(config),
+        dataset_config=data_config(config, plan),
     )
 
 
@@ -299,25 +310,24 @@ def train_loop_per_worker(loop_config: dict) -> None:
     spill = loop_config["undelivered"]
     logger = MetricLogger(loop_config["tracking_uri"], loop_config["run_id"],
                           spill_file=Path(spill) if spill else None) if rank == 0 else None
-    shards = [ray.train.get_dataset_shard(f"train_{d}") for d in plan.domains]
-    batches = DomainBatches(plan.domains, plan.label_space, shards, per_domain=plan.per_domain_batch,
-                            image_size=prepared.image_size, shuffle_buffer=config.train.shuffle_buffer,
-                            seed=_seed(config.train.seed, rank, -2))
+    world = context.get_world_size()
+    batches = worker_batches(config, plan, prepared, rank=rank, world=world, first_epoch=progress.epoch)
     feed = Prefetched(batches.next, depth=config.train.prefetch_batches, pin_memory=device.type == "cuda")
     h_schedule = config.method.h_schedule.build()
-    epochs, steps_per_epoch = config.train.epochs, plan.steps_per_epoch
+    # One pass over the internal split: more steps after an elastic restart on fewer workers.
+    epochs, steps_per_epoch = config.train.epochs, batches.steps_per_epoch
     total_steps = epochs * steps_per_epoch
     scoring = dict(batch_size=config.train.eval_batch_size, device=device, autocast_dtype=method.autocast_dtype,
                    channels_last=method.acceleration.channels_last)
     run = f"[{loop_config['run_name']}]"  # starts every progress line: a sweep's trials run side by side
     loop_started = time.perf_counter()
-    world = context.get_world_size()
     if logger:
         # After an elastic restart on fewer workers the global batch shrinks; the history shows when.
         logger.log({"train/workers": world, "train/global_batch": world * plan.per_domain_batch * len(plan.domains)},
                    progress.global_step)
+        one_pass = f", one pass over {plan.internal}'s training split" if batches.exact else ""
         say(f"{run} training {plan.domains} for {epochs} epochs of {steps_per_epoch} steps "
-            f"(batch {plan.per_domain_batch} per domain per worker, {world} worker(s))"
+            f"(batch {plan.per_domain_batch} per domain per worker, {world} worker(s){one_pass})"
             + (f"; resumed after epoch {progress.epoch}" if checkpoint else ""))
 
     for epoch in range(progress.epoch, epochs):

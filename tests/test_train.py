@@ -75,6 +75,7 @@ def test_two_worker_training_logs_one_finished_run(prepared_dir, tmp_path):
     updated = int((state["ensemble"]["updates"] > 0).sum())
     assert updated > plan.steps_per_epoch * plan.per_domain_batch * 2
     assert int(state["ensemble"]["updates"].max()) == 2
+    assert state["ensemble"]["epochs"] == 2  # folded once per epoch, by both ranks together
 
     # The logged model is servable: uint8 images in, one probability per finding out.
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -127,7 +128,7 @@ def test_sigterm_ends_killed_and_the_same_command_resumes(prepared_dir, tmp_path
     assert run.info.status == "KILLED"
     epoch1 = _latest_state(storage, "resumable")
     assert json.loads((_latest_checkpoint(storage, "resumable") / "progress.json").read_text())["epoch"] == 1
-    assert int(epoch1["ensemble"]["updates"].max()) == 1
+    assert int(epoch1["ensemble"]["updates"].max()) == 1 and epoch1["ensemble"]["epochs"] == 1
 
     log2 = tmp_path / "second.log"
     second = _cli(prepared_dir, "resumable", overrides, address, log2)
@@ -142,7 +143,7 @@ def test_sigterm_ends_killed_and_the_same_command_resumes(prepared_dir, tmp_path
     # Optimizer and temporal ensemble continued from epoch 1: a fresh start would show 30 and 1.
     adam_steps = {int(s["step"]) for s in final["optimizer"]["state"].values()}
     assert adam_steps == {60}
-    assert int(final["ensemble"]["updates"].max()) == 2
+    assert int(final["ensemble"]["updates"].max()) == 2 and final["ensemble"]["epochs"] == 2
     assert torch.equal(final["ensemble"]["updates"] >= epoch1["ensemble"]["updates"],
                        torch.ones_like(epoch1["ensemble"]["updates"], dtype=torch.bool))
 

@@ -1,0 +1,131 @@
+"""An epoch is one pass over the internal training split: every internal train image trained on
+exactly once per epoch, across all workers, in a new order each epoch; external domains cycle.
+
+The share arithmetic is checked without Ray; the feed itself on real Ray Data streams, with one
+worker in this process and with two real Ray Train workers running `worker_batches`, the function
+`cxr train`'s workers call."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import tiny_training
+from orchestration.feed import DomainBatches, InternalShare
+from orchestration.plan import pass_steps
+
+
+@pytest.mark.parametrize("rows,world,per_domain", [(33, 2, 16), (80, 1, 32), (57, 3, 4), (8, 2, 4)])
+def test_ranks_share_each_pass_exactly_and_finish_together(rows, world, per_domain):
+    ids = np.arange(100, 100 + rows)
+    steps = pass_steps(rows, world, per_domain)
+    # Worked by hand: 33 rows on 2 ranks -> shares of 17 and 16 -> 2 steps of at most 16.
+    assert pass_steps(33, 2, 16) == 2 and pass_steps(80, 1, 32) == 3 and pass_steps(57, 3, 4) == 5
+    shares = [InternalShare(ids, rank=r, world=world, seed=7) for r in range(world)]
+    for pass_index in (0, 1):
+        taken = np.concatenate([ids[s.rows_of(pass_index)[ids]] for s in shares])
+        assert sorted(taken.tolist()) == ids.tolist()  # every row once, none twice
+    for share in shares:
+        sizes = share.step_sizes(steps)
+        assert len(sizes) == steps and sizes.sum() == share.size and sizes.max() <= per_domain
+        assert sizes.max() - sizes.min() <= 1
+    assert sum(s.size for s in shares) == rows
+    # A new deal each pass: rank 0's rows differ between passes (1 in C(rows, share) to match).
+    if world > 1:
+        assert not np.array_equal(shares[0].rows_of(0), shares[0].rows_of(1))
+
+
+def _epoch_ids(batches: DomainBatches, epochs: int, per_domain: int) -> list[dict[str, list[int]]]:
+    seen = []
+    for _ in range(epochs):
+        internal, external = [], []
+        for _ in range(batches.steps_per_epoch):
+            _, _, domain, ids = batches.next()
+            internal += ids[domain == 0].tolist()
+            external += ids[domain == 1].tolist()
+            assert int((domain == 1).sum()) == per_domain  # external streams: full batches, cycling
+        seen.append({"internal": internal, "external": external})
+    return seen
+
+
+def _pass_worker(loop_config: dict) -> None:
+    import ray.train
+
+    from data_prep.prepared import PreparedDataset
+    from orchestration.config import Config
+    from orchestration.plan import TrainingPlan
+    from orchestration.train import worker_batches
+
+    config, plan = Config.model_validate(loop_config["config"]), TrainingPlan(**loop_config["plan"])
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    batches = worker_batches(config, plan, PreparedDataset.load(plan.data), rank=rank,
+                             world=context.get_world_size(), first_epoch=0)
+    seen = _epoch_ids(batches, 2, plan.per_domain_batch)
+    Path(loop_config["out"], f"rank{rank}.json").write_text(json.dumps(seen))
+
+
+def _internal_train_ids(prepared_dir, domain):
+    from data_prep.prepared import PreparedDataset
+
+    table = PreparedDataset.load(prepared_dir).read_columns(domain, "train", ["sample_id"])
+    return sorted(table.column("sample_id").to_pylist())
+
+
+@pytest.mark.slow
+def test_one_worker_scores_every_internal_image_once_per_epoch(prepared_dir, tmp_path):
+    from orchestration.config import load_config
+    from orchestration.plan import plan_training
+    from orchestration.train import training_datasets
+
+    config = load_config([], tiny_training(tmp_path))
+    plan = plan_training(config, prepared_dir)
+    streams = training_datasets(config, plan)
+    ids = _internal_train_ids(prepared_dir, "nih")
+    batches = DomainBatches(plan.domains, plan.label_space, [streams[f"train_{d}"].iterator() for d in plan.domains],
+                            share=InternalShare(np.array(ids), rank=0, world=1, seed=config.train.seed),
+                            per_domain=plan.per_domain_batch, image_size=32, shuffle_buffer=16, seed=1)
+    assert batches.steps_per_epoch == plan.steps_per_epoch == -(-len(ids) // plan.per_domain_batch)
+    seen = _epoch_ids(batches, 2, plan.per_domain_batch)
+    for epoch in seen:
+        assert sorted(epoch["internal"]) == ids
+    assert seen[0]["internal"] != seen[1]["internal"]  # a fresh order each epoch
+    external = set(_internal_train_ids(prepared_dir, "chexpert"))
+    assert set(seen[0]["external"] + seen[1]["external"]) <= external
+
+
+@pytest.mark.slow
+def test_two_workers_together_score_every_internal_image_once_per_epoch(prepared_dir, tmp_path):
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from orchestration.config import load_config
+    from orchestration.plan import plan_training
+    from orchestration.train import data_config, training_datasets
+
+    config = load_config([], tiny_training(tmp_path, **{"train.workers": 2}))
+    plan = plan_training(config, prepared_dir)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
+    TorchTrainer(
+        _pass_worker,
+        train_loop_config={"config": config.model_dump(mode="json"), "plan": plan.to_dict(), "out": str(tmp_path)},
+        scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
+        run_config=ray.train.RunConfig(name="pass", storage_path=str(tmp_path / "ray_results")),
+        datasets=training_datasets(config, plan),
+        dataset_config=data_config(config, plan),
+    ).fit()
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    ids = _internal_train_ids(prepared_dir, "nih")
+    for epoch in range(2):
+        both = ranks[0][epoch]["internal"] + ranks[1][epoch]["internal"]
+        assert sorted(both) == ids, epoch  # each internal image once, by one of the two workers
+        assert abs(len(ranks[0][epoch]["internal"]) - len(ranks[1][epoch]["internal"])) <= 1
+    assert set(ranks[0][0]["internal"]) != set(ranks[0][1]["internal"])  # dealt afresh each epoch
+    # The external stream is split between the workers: no image on both in one pass.
+    external = set(_internal_train_ids(prepared_dir, "chexpert"))
+    first = [set(r[0]["external"][: len(external) // 2 - 4]) for r in ranks]
+    assert first[0] <= external and first[1] <= external and not first[0] & first[1]
