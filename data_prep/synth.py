@@ -13,6 +13,7 @@ import csv
 import gzip
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -73,41 +74,45 @@ def finding_cell(k: int) -> tuple[int, int]:
     return k // 5, k % 5
 
 
-def _finding_patterns(size: int) -> np.ndarray:
-    """(21, size, size) float32 templates, one per canonical finding, values in [0, 1].
+def finding_pattern(k: int, size: int, *, offset: tuple[float, float] = (0.0, 0.0), scale: float = 1.0,
+                    period_scale: float = 1.0) -> np.ndarray:
+    """(size, size) float32 template of canonical finding k, values in [0, 1]: its shape at its grid
+    cell, moved by `offset` (in cells), its radius times `scale`, its stripe period times `period_scale`.
 
     Each finding has a shape no other finding has (one of 7 shapes at one of 3 sizes) at its own grid
     cell, so a model can tell findings apart by what it sees, as radiologists do, not only by where:
     a heat map then has a place to point at (tests/test_explain.py)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     cell = 1.0 / 5
-    period = 0.25 * cell
-    patterns = []
-    for k in range(len(CANONICAL_FINDINGS)):
-        row, column = finding_cell(k)
-        dx, dy = xx - (column + 0.5) * cell, yy - (row + 0.5) * cell
-        r, radius = np.hypot(dx, dy), SHAPE_RADII[k % 3] * cell
-        disc = r < radius
-        shape = SHAPES[k % 7]
-        if shape == "blob":
-            p = np.exp(-((r / radius) ** 2))
-        elif shape == "ring":
-            p = np.exp(-(((r - 0.75 * radius) / (0.08 * cell)) ** 2))
-        elif shape == "horizontal stripes":
-            p = (np.cos(dy * 2 * np.pi / period) > 0) * disc
-        elif shape == "vertical stripes":
-            p = (np.cos(dx * 2 * np.pi / period) > 0) * disc
-        elif shape == "checkerboard":
-            p = (np.cos(dx * 2 * np.pi / period) * np.cos(dy * 2 * np.pi / period) > 0) * disc
-        elif shape == "cross":
-            p = ((np.abs(dx) < 0.25 * radius) & (np.abs(dy) < radius)) | ((np.abs(dy) < 0.25 * radius) & (np.abs(dx) < radius))
-        else:  # square frame
-            p = (np.maximum(np.abs(dx), np.abs(dy)) < radius) & (np.maximum(np.abs(dx), np.abs(dy)) > 0.6 * radius)
-        patterns.append(p.astype(np.float32))
-    return np.stack(patterns)
+    period = 0.25 * cell * period_scale
+    row, column = finding_cell(k)
+    dx, dy = xx - (column + 0.5 + offset[0]) * cell, yy - (row + 0.5 + offset[1]) * cell
+    r, radius = np.hypot(dx, dy), SHAPE_RADII[k % 3] * cell * scale
+    disc = r < radius
+    shape = SHAPES[k % 7]
+    if shape == "blob":
+        p = np.exp(-((r / radius) ** 2))
+    elif shape == "ring":
+        p = np.exp(-(((r - 0.75 * radius) / (0.08 * cell * period_scale)) ** 2))
+    elif shape == "horizontal stripes":
+        p = (np.cos(dy * 2 * np.pi / period) > 0) * disc
+    elif shape == "vertical stripes":
+        p = (np.cos(dx * 2 * np.pi / period) > 0) * disc
+    elif shape == "checkerboard":
+        p = (np.cos(dx * 2 * np.pi / period) * np.cos(dy * 2 * np.pi / period) > 0) * disc
+    elif shape == "cross":
+        p = ((np.abs(dx) < 0.25 * radius) & (np.abs(dy) < radius)) | ((np.abs(dy) < 0.25 * radius) & (np.abs(dx) < radius))
+    else:  # square frame
+        p = (np.maximum(np.abs(dx), np.abs(dy)) < radius) & (np.maximum(np.abs(dx), np.abs(dy)) > 0.6 * radius)
+    return p.astype(np.float32)
 
 
-def _chest(size: int, rng: np.random.Generator) -> np.ndarray:
+def _finding_patterns(size: int) -> np.ndarray:
+    """(21, size, size): every canonical finding's template, unmoved."""
+    return np.stack([finding_pattern(k, size) for k in range(len(CANONICAL_FINDINGS))])
+
+
+def chest(size: int, rng: np.random.Generator) -> np.ndarray:
     """A plain chest-like background: two darker lung fields, a brighter mediastinum."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     jitter = rng.normal(0, 0.02, 2)
@@ -124,12 +129,45 @@ class _ImageMaker:
 
     def make(self, present: np.ndarray) -> np.ndarray:
         """Float image in [0, 1] showing the findings in the boolean vector `present` (21,)."""
-        image = _chest(self.size, self.rng)
+        image = chest(self.size, self.rng)
         image += 0.3 * np.tensordot(present.astype(np.float32), self.patterns, axes=1)
         image = (image - 0.5) * self.look.contrast + 0.5 + self.look.brightness
         image = np.clip(image, 0, 1) ** self.look.gamma
         image += self.rng.normal(0, self.look.noise, image.shape).astype(np.float32)
         return np.clip(image, 0, 1)
+
+
+class ImageMaker(Protocol):
+    def make(self, present: np.ndarray) -> np.ndarray:
+        """A float image in [0, 1] showing the findings in the boolean vector `present` (21,)."""
+
+
+@dataclass
+class Drawing:
+    """A generated dataset's content, row i for image i: `present` (n, 21) what the image shows (the
+    truth, written to truth.csv), `labelled` (n, 21) what its label table says (label noise flips
+    some), `maker.make(present[i])` draws it."""
+
+    present: np.ndarray
+    labelled: np.ndarray
+    maker: ImageMaker
+
+
+def default_drawing(n: int, size: int, look: Look, rng: np.random.Generator) -> Drawing:
+    present = _presence(rng, n)
+    return Drawing(present, present, _ImageMaker(size, look, rng))
+
+
+TRUTH_FILE = "truth.csv"
+
+
+def _write_truth(folder: Path, image_ids: list[str], present: np.ndarray) -> None:
+    """Every finding drawn in every image, labelled or not, keyed by the image's id in its label
+    table (`cxr prepare` never reads this file; `cxr diagnose` does)."""
+    with open(folder / TRUTH_FILE, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["image_id", *CANONICAL_FINDINGS])
+        writer.writerows([image_id, *present[i].astype(int).tolist()] for i, image_id in enumerate(image_ids))
 
 
 def _write(path: Path, image: np.ndarray, params: list[int] | None = None) -> None:
@@ -166,16 +204,16 @@ def _column(name: str) -> int:
 
 
 def synth_nih(out: Path, n: int, size: int, rng: np.random.Generator,
-              images_per_patient: tuple[int, int] = (1, 3)) -> None:
-    present = _presence(rng, n)
-    maker = _ImageMaker(size, LOOKS["nih"], rng)
+              images_per_patient: tuple[int, int] = (1, 3), drawing: Drawing | None = None) -> None:
+    drawing = drawing or default_drawing(n, size, LOOKS["nih"], rng)
+    present, labelled, maker = drawing.present, drawing.labelled, drawing.maker
     patients = _patients(rng, n, images_per_patient)
     rows, follow = [], {}
     for i in range(n):
         p = patients[i]
         follow[p] = follow.get(p, -1) + 1
         name = f"{p:08d}_{follow[p]:03d}.png"
-        labels = [NIH_SPELLING.get(f, f) for f in NIH_FINDINGS if present[i, _column(f)]]
+        labels = [NIH_SPELLING.get(f, f) for f in NIH_FINDINGS if labelled[i, _column(f)]]
         image = (maker.make(present[i]) * 255).round().astype(np.uint8)
         if i % 25 == 7:  # the real release has a few RGBA PNGs
             image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGRA)
@@ -195,6 +233,7 @@ def synth_nih(out: Path, n: int, size: int, rng: np.random.Generator,
         "\n".join(x for x, r in zip(names, rows) if r[3] not in test_patients) + "\n"
     )
     _write_relabelled(out / RELABELLED_FILE, rows, present, test_patients)
+    _write_truth(out, names, present)
 
 
 def _write_relabelled(path: Path, rows: list[list], present: np.ndarray, test_patients: set[int]) -> None:
@@ -225,12 +264,19 @@ def _chexpert_value(rng: np.random.Generator, present: bool, allow_uncertain: bo
     return "0.0"
 
 
-def synth_chexpert(out: Path, n: int, size: int, rng: np.random.Generator) -> None:
+def chexpert_valid_size(n: int) -> int:
+    return max(n // 10, 4)
+
+
+def synth_chexpert(out: Path, n: int, size: int, rng: np.random.Generator, drawing: Drawing | None = None) -> None:
+    """`n` train.csv images and a tenth as many in valid.csv (its labels are experts': the
+    drawing's labels for those rows should be the truth)."""
     folder = out / "CheXpert-v1.0-small"
-    n_valid = max(n // 10, 4)
-    present = _presence(rng, n + n_valid)
+    n_valid = chexpert_valid_size(n)
+    drawing = drawing or default_drawing(n + n_valid, size, LOOKS["chexpert"], rng)
+    present, labelled, maker = drawing.present, drawing.labelled, drawing.maker
+    ids = []
     # CheXpert-small images are 320 px on their short side, portrait: keep that shape.
-    maker = _ImageMaker(size, LOOKS["chexpert"], rng)
     header = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", "No Finding", *CHEXPERT_COLUMNS]
     patients = _patients(rng, n + n_valid)
     first_valid_patient = patients[n - 1] + 1
@@ -247,8 +293,9 @@ def synth_chexpert(out: Path, n: int, size: int, rng: np.random.Generator) -> No
                 image = np.ascontiguousarray(image[:, ::-1] * 0.9)
             image = cv2.resize(image, (size, int(size * 1.2)), interpolation=cv2.INTER_LINEAR)
             _write(out / rel, (image * 255).round().astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 90])
+            ids.append(rel)
             values = [
-                _chexpert_value(rng, bool(present[i, _column("Effusion" if c == "Pleural Effusion" else c)]), part == "train")
+                _chexpert_value(rng, bool(labelled[i, _column("Effusion" if c == "Pleural Effusion" else c)]), part == "train")
                 for c in CHEXPERT_COLUMNS
             ]
             no_finding = "" if "1.0" in values or "-1.0" in values else "1.0"
@@ -258,6 +305,7 @@ def synth_chexpert(out: Path, n: int, size: int, rng: np.random.Generator) -> No
             writer = csv.writer(f, lineterminator="\n")
             writer.writerow(header)
             writer.writerows(rows)
+    _write_truth(out, ids, present)
 
 
 def synth_inhouse(out: Path, n: int, size: int, rng: np.random.Generator, image_format: str = "dicom") -> None:
@@ -283,6 +331,7 @@ def synth_inhouse(out: Path, n: int, size: int, rng: np.random.Generator, image_
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["path", "patient_id", *INHOUSE_FINDINGS])
         writer.writerows(rows)
+    _write_truth(out, [r[0] for r in rows], present)
 
 
 def dicom_variant(i: int) -> dict:
@@ -359,6 +408,7 @@ def synth_mimic(out: Path, n: int, size: int, rng: np.random.Generator) -> None:
             studies.append((subject, study, ["PA", "LATERAL"][: int(rng.integers(1, 3))]))
     present = _presence(rng, len(studies))
     chexpert_rows, negbio_rows, split_rows, meta_rows, k = [], [], [], [], 0
+    shown = []  # per image: its study's findings
     for j, (subject_id, study_id, views) in enumerate(studies):
         values = [_chexpert_value(rng, bool(present[j, _column("Effusion" if c == "Pleural Effusion" else c)]), True)
                   if c != "No Finding" else "" for c in MIMIC_COLUMNS]
@@ -380,12 +430,14 @@ def synth_mimic(out: Path, n: int, size: int, rng: np.random.Generator) -> None:
             _write(out / "files" / f"p{s[:2]}" / f"p{s}" / f"s{study_id}" / f"{dicom_id}.jpg",
                    (image * 255).round().astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 90])
             split_rows.append([dicom_id, study_id, subject_id, split])
+            shown.append(present[j])
             meta_rows.append([dicom_id, subject_id, study_id, "CHEST (PA AND LAT)", view_position, size, size])
     _write_gz_csv(out / "mimic-cxr-2.0.0-chexpert.csv.gz", ["subject_id", "study_id", *MIMIC_COLUMNS], chexpert_rows)
     _write_gz_csv(out / "mimic-cxr-2.0.0-negbio.csv.gz", ["subject_id", "study_id", *MIMIC_COLUMNS], negbio_rows)
     _write_gz_csv(out / "mimic-cxr-2.0.0-split.csv.gz", ["dicom_id", "study_id", "subject_id", "split"], split_rows)
     _write_gz_csv(out / "mimic-cxr-2.0.0-metadata.csv.gz", ["dicom_id", "subject_id", "study_id",
                   "PerformedProcedureStepDescription", "ViewPosition", "Rows", "Columns"], meta_rows)
+    _write_truth(out, [r[0] for r in split_rows], np.array(shown))
 
 
 VINDR_COLUMNS = (
@@ -412,7 +464,7 @@ def synth_vindr(out: Path, n: int, size: int, rng: np.random.Generator) -> None:
     present = _presence(rng, n)
     maker = _ImageMaker(size, LOOKS["nih"], rng)
     n_test = max(n // 5, 2)
-    train_rows, test_rows = [], []
+    train_rows, test_rows, image_ids = [], [], []
     for i in range(n):
         truth = []
         for column in VINDR_COLUMNS[:-1]:
@@ -422,6 +474,7 @@ def synth_vindr(out: Path, n: int, size: int, rng: np.random.Generator) -> None:
                 shown = shown and (column == "Rib fracture") == bool(i % 2)
             truth.append(int(shown))
         image_id = _hex_id(rng, 32)
+        image_ids.append(image_id)
         test = i >= n - n_test
         _write_dicom(out / ("test" if test else "train") / f"{image_id}.dicom", maker.make(present[i]), dicom_variant(i),
                      image_id)
@@ -432,6 +485,7 @@ def synth_vindr(out: Path, n: int, size: int, rng: np.random.Generator) -> None:
             read = [int(t if rng.random() < 0.9 else 1 - t) if t or rng.random() < 0.3 else 0 for t in truth]
             train_rows.append([image_id, f"R{rad + 1}", *read, int(not any(read))])
     (out / "annotations").mkdir(parents=True, exist_ok=True)
+    _write_truth(out, image_ids, present)
     for name, rows, header in (("image_labels_train.csv", train_rows, ["image_id", "rad_id", *VINDR_COLUMNS]),
                                ("image_labels_test.csv", test_rows, ["image_id", *VINDR_COLUMNS])):
         with open(out / "annotations" / name, "w", newline="") as f:
@@ -475,6 +529,7 @@ def synth_padchest(out: Path, n: int, size: int, rng: np.random.Generator) -> No
                      "['POSTEROANTERIOR']", projection, "Manual review of DICOM fields", str(terms), "[]",
                      "Physician" if i % 4 else "RNN_model"])
     _write_gz_csv(out / "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz", list(PADCHEST_HEADER), rows)
+    _write_truth(out, [r[0] for r in rows], present)
 
 
 INHOUSE_FORMATS = ("dicom", "png16")

@@ -102,17 +102,29 @@ def _cell(value) -> str:
 @verb
 def synth(
     out: Annotated[Path, typer.Option(help="Folder to write one folder per dataset into (nih/, chexpert/, inhouse/, ...).")],
-    images_per_source: Annotated[int, typer.Option(help="Images per dataset.")] = 300,
-    image_size: Annotated[int, typer.Option(help="Side of the generated images in pixels.")] = 256,
+    images_per_source: Annotated[Optional[int], typer.Option(help="Images per dataset (default 300; a scenario sets its own sizes).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Side of the generated images in pixels (default 256, or the scenario's).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed writes the same files.")] = 0,
     inhouse_format: Annotated[str, typer.Option(help="dicom (a PACS-like mix: MONOCHROME1/2, 12/16 bits, windows, rescale, RLE / JPEG 2000, one file without pixels) or png16.")] = "dicom",
     sources: Annotated[str, typer.Option(help="Comma-separated, from nih, chexpert, inhouse, mimic (MIMIC-CXR-JPG), vindr (VinDr-CXR), padchest.")] = "nih,chexpert,inhouse",
+    scenario: Annotated[Optional[str], typer.Option(help="Generate a scenario instead of the default look: 'paper' (NIH-like internal, CheXpert-like external, Table I prevalences, label noise, a shift in how findings look; data_prep/scenarios/paper.yaml) or a YAML file of that shape.")] = None,
 ) -> None:
-    """Write NIH-, CheXpert-, in-house-, MIMIC-CXR-, VinDr-CXR- and PadChest-like datasets in the real on-disk formats, with learnable signal."""
+    """Write NIH-, CheXpert-, in-house-, MIMIC-CXR-, VinDr-CXR- and PadChest-like datasets in the real on-disk formats, with learnable signal.
+
+    Every dataset folder also gets truth.csv: each finding drawn in each image, labelled or not
+    (cxr prepare never reads it; cxr diagnose does)."""
     from data_prep.synth import synthesize
 
-    folders = synthesize(out, images_per_source=images_per_source, image_size=image_size, seed=seed,
-                         inhouse_format=inhouse_format, sources=tuple(x.strip() for x in sources.split(",") if x.strip()))
+    if scenario is None:
+        folders = synthesize(out, images_per_source=images_per_source or 300, image_size=image_size or 256, seed=seed,
+                             inhouse_format=inhouse_format,
+                             sources=tuple(x.strip() for x in sources.split(",") if x.strip()))
+    else:
+        from data_prep.scenario import load_scenario, synthesize_scenario
+
+        if images_per_source is not None:
+            raise UserError("--images-per-source: a scenario sets each dataset's size; copy its YAML to change them")
+        folders = synthesize_scenario(out, load_scenario(scenario), seed=seed, image_size=image_size)
     for name, folder in folders.items():
         console.print(f"wrote {name:9s} {folder}")
     flags = [f"--{name} {folder}" if name != "inhouse" else f"--csv inhouse={folder / 'labels.csv'}"
