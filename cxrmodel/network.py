@@ -92,6 +92,12 @@ class CXRNet(nn.Module):
             domain_logits = self.discriminators(reverse_gradient(features, self.adversarial_weight))
         return NetOutput(logits, domain_logits)
 
+    def task_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, N') the task-specific features f_c every finding's classifier reads."""
+        if self.head_kind != "task_specific":
+            raise ValueError(f"a {self.head_kind} head has no task-specific features")
+        return self.head(self.backbone(images))[1]
+
     def discriminator_parameters(self) -> list[nn.Parameter]:
         return [] if self.discriminators is None else list(self.discriminators.parameters())
 

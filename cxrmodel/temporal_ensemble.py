@@ -21,6 +21,7 @@ class TemporalEnsemble:
         self.Z = torch.zeros(num_samples, num_findings, dtype=torch.float32, device=device)
         self.updates = torch.zeros(num_samples, dtype=torch.int32, device=device)
         self.epochs = 0  # end_epoch calls: one per training epoch
+        self.last_epoch: tuple[torch.Tensor, torch.Tensor] | None = None  # (sample ids seen, mean prediction)
         # This epoch's predictions, summed, and how many were summed, per sample.
         self.epoch_sum = torch.zeros_like(self.Z)
         self.epoch_count = torch.zeros(num_samples, dtype=torch.float32, device=device)
@@ -48,6 +49,8 @@ class TemporalEnsemble:
             dist.all_reduce(self.epoch_count)
         seen = self.epoch_count > 0
         mean = self.epoch_sum[seen] / self.epoch_count[seen].unsqueeze(1)
+        # The epoch's own predictions, for diagnostics (`cxr diagnose`); not part of the state.
+        self.last_epoch = (seen.nonzero().squeeze(1), mean)
         self.Z[seen] = self.gamma * self.Z[seen] + (1.0 - self.gamma) * mean
         self.updates[seen] += 1
         self.epoch_sum.zero_()

@@ -637,6 +637,53 @@ def explain(
 
 
 @verb
+def diagnose(
+    run: Annotated[str, typer.Option(help="A cxr train run on generated data, by MLflow run id or run name.")],
+    truth: Annotated[Optional[list[str]], typer.Option(help="DOMAIN=FILE: a domain's truth.csv (default: beside the dataset the run's data were prepared from).")] = None,
+    probe_images: Annotated[int, typer.Option(help="Test images per domain for the TAT probe.")] = 400,
+    config: ConfigFiles = None,
+    overrides: Overrides = None,
+) -> None:
+    """Check the method's parts against the truth of data from cxr synth (its truth.csv).
+
+    TE / UTE (for a run trained with train.ensemble_history=true): per epoch, on the external
+    training images, the AUC of the temporal ensemble's targets z and of the network's own
+    predictions p against the truth for each internal-only finding, and the share of entries UTE
+    lets through (|0.5 - p| >= H) with how often they are right. TAT: the held-out AUC of a
+    logistic-regression probe telling internal from external test images by each common finding's
+    task-specific feature (0.5: the feature does not show the domain). Printed, and logged to the
+    run under diagnostics/.
+    """
+    import pandas as pd
+
+    from orchestration.diagnostics import diagnose_run, log_diagnosis
+    from orchestration.tracking import client_for, resolve_run_id
+
+    files = {}
+    for item in truth or []:
+        domain, sep, file = item.partition("=")
+        if not sep or not domain or not file:
+            raise UsageError(f"--truth {item!r}: expected DOMAIN=FILE, e.g. --truth chexpert=raw/chexpert/truth.csv")
+        files[domain] = Path(file)
+    cfg = load_config(config or [], overrides or [])
+    client = client_for(cfg)
+    run_id = resolve_run_id(client, cfg.mlflow.experiment, run)
+    diagnosis = diagnose_run(client, run_id, truth_files=files, probe_images=probe_images)
+    for note in diagnosis.notes:
+        console.print(f"note: {note}", highlight=False)
+    if not diagnosis.ensemble.empty:
+        by_epoch = diagnosis.ensemble.groupby("epoch")[["z_auc", "p_auc", "pass_share", "pass_right"]].mean()
+        _print_frame(by_epoch, "TE / UTE on the external training images, mean over the internal-only findings "
+                               "(z: ensemble targets, p: the network's predictions, against the truth)")
+        _print_frame(diagnosis.ensemble.set_index(["epoch", "finding"]), "per finding")
+    if diagnosis.probe:
+        _print_frame(pd.DataFrame({"probe AUC": diagnosis.probe}),
+                     "TAT: internal vs external by each common finding's features (held-out AUC; 0.5 = invariant)")
+    log_diagnosis(client, run_id, diagnosis)
+    console.print(f"logged to MLflow run {run_id} (metrics and artifacts diagnostics/)", highlight=False)
+
+
+@verb
 def compare(
     data: Annotated[Path, typer.Option(help="The prepared dataset whose labels score both models.")],
     predictions: Annotated[Optional[list[Path]], typer.Option(help="Two files written by cxr predict: A, then B.")] = None,

@@ -155,6 +155,9 @@ class TrainConfig(_Section):
     # At the end, Grad-CAM contact sheets of the best model's K highest-scoring internal test images
     # per finding, logged under explain/ (0: none).
     explain_top: int = Field(default=4, ge=0)
+    # Log the temporal ensemble's targets and the epoch's predictions at every epoch end
+    # (diagnostics/ensemble/epoch_N.npz: what `cxr diagnose` checks against a truth file).
+    ensemble_history: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

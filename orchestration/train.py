@@ -57,6 +57,8 @@ from orchestration.tracking import (
     CHECKPOINT_TAG,
     CONFIG_ARTIFACT,
     DATA_SUMMARY_ARTIFACT,
+    ENSEMBLE_DIR,
+    ENSEMBLE_EPOCH_FILE,
     EXPLAIN_ARTIFACT_DIR,
     MODEL_ARTIFACT,
     PLAN_ARTIFACT,
@@ -355,6 +357,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 _, best_state = _validate(method, prepared, plan, config, progress, best_state, scoring, logger, run)
         if method.ensemble is not None:
             method.ensemble.end_epoch()
+            if logger and config.train.ensemble_history:
+                _log_ensemble_epoch(loop_config, method, plan, epoch + 1, h)
         method.optimizers.lr_schedule.step()
         progress.epoch = epoch + 1
         metrics, best_state = _validate(method, prepared, plan, config, progress, best_state, scoring, logger, run)
@@ -383,6 +387,24 @@ def train_loop_per_worker(loop_config: dict) -> None:
         **{k: v for k, v in best_val.items() if k != "step"}, "epoch": progress.epoch,
         "global_step": progress.global_step, "final": True, **test_metrics, "test_undefined": report.undefined,
     }, test=test)
+
+
+def _log_ensemble_epoch(loop_config: dict, method: Method, plan: TrainingPlan, epoch: int, h: float) -> None:
+    """Rank 0, after the fold: per sample seen this epoch, its ensemble targets z and its mean
+    prediction p over the epoch, for the ensemble's findings, and H at the epoch's last step. An
+    MLflow outage costs this epoch's record, not the run."""
+    ids, mean = method.ensemble.last_epoch
+    columns = [plan.label_space.index(f) for f in plan.ensemble]
+    z, _ = method.ensemble.targets(ids)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / ENSEMBLE_EPOCH_FILE.format(epoch=epoch)
+        np.savez_compressed(path, sample_id=ids.cpu().numpy(), findings=np.array(plan.ensemble),
+                            z=z[:, columns].cpu().numpy(), p=mean[:, columns].cpu().numpy(), h=h)
+        try:
+            mlflow_client(loop_config["tracking_uri"]).log_artifact(loop_config["run_id"], str(path), ENSEMBLE_DIR)
+        except Exception as exc:  # noqa: BLE001 - diagnostics never stop training
+            say(f"[{loop_config['run_name']}] the epoch-{epoch} ensemble record did not reach MLflow: "
+                f"{mask_text(str(exc))[:200]}")
 
 
 def _validate(method: Method, prepared: PreparedDataset, plan: TrainingPlan, config: Config, progress: Progress,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -28,7 +29,8 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def trained(prepared_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("predict")
-    config = load_config([], tiny_training(tmp, **{"train.epochs": 1, "train.steps_per_epoch": 4}))
+    config = load_config([], tiny_training(tmp, **{"train.epochs": 1, "train.steps_per_epoch": 4,
+                                                   "train.ensemble_history": "true"}))
     outcome = run_training(config, plan_training(config, prepared_dir), run_name="for-predict")
     return outcome, tmp
 
@@ -184,3 +186,33 @@ def test_predict_images_scores_raw_files_and_lists_the_unusable(trained, prepare
         expected = predict_probs(net, images).numpy()
     assert np.abs(frame[prepared.label_space].to_numpy() - expected).max() < 1e-5
     assert "11 / 13" not in result.output and "13 / 13" in result.output  # progress, up to every file
+
+
+def test_diagnose_scores_the_ensemble_and_features_against_the_truth_file(trained, prepared_dir, monkeypatch):
+    from orchestration.tracking import ENSEMBLE_DIR
+
+    outcome, tmp = trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
+    result = runner.invoke(app, ["diagnose", "--run", "for-predict"])
+    assert result.exit_code == 0, result.output
+    assert "TE / UTE on the external training images" in result.output and "TAT: internal vs external" in result.output
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    assert [a.path for a in client.list_artifacts(outcome.run_id, ENSEMBLE_DIR)] == [f"{ENSEMBLE_DIR}/epoch_1.npz"]
+    table = pd.read_csv(client.download_artifacts(outcome.run_id, "diagnostics/ensemble.csv", str(tmp)))
+    prepared = PreparedDataset.load(prepared_dir)
+    nih_only = set(prepared.domain_findings("nih")) - set(prepared.domain_findings("chexpert"))
+    assert set(table["finding"]) == nih_only and len(nih_only) == 7 and set(table["epoch"]) == {1}
+    # Counted here from the truth file: the chexpert training images epoch 1 saw (4 steps x 4 per
+    # domain, all distinct within one pass) and how many of them show each finding.
+    truth = pd.read_csv(prepared_dir.parent / "raw" / "chexpert" / "truth.csv")  # conftest's synth folder
+    ids = prepared.read_columns("chexpert", "train", ["sample_id", "image_id"]).to_pandas()
+    with np.load(client.download_artifacts(outcome.run_id, f"{ENSEMBLE_DIR}/epoch_1.npz", str(tmp))) as saved:
+        seen = ids[ids["sample_id"].isin(saved["sample_id"])].merge(truth, on="image_id")
+    assert len(seen) == 16 and (table["images"] == 16).all()
+    for row in table.itertuples():
+        assert row.shown == seen[row.finding].sum(), row.finding
+    metrics = client.get_run(outcome.run_id).data.metrics
+    assert 0.0 <= metrics["diagnostics/ute/pass_share_mean"] <= 1.0
+    probe = {k: v for k, v in metrics.items() if k.startswith("diagnostics/tat/probe_auc/")}
+    common = set(prepared.domain_findings("nih")) & set(prepared.domain_findings("chexpert"))
+    assert set(probe) == {f"diagnostics/tat/probe_auc/{f}" for f in common}
