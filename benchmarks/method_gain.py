@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from mlflow.tracking import MlflowClient
 
+from orchestration.diagnostics import diagnose_run, log_diagnosis
 from orchestration.report import collect_sections, row_comparisons
 from orchestration.tracking import ROW_TAG, SWEEP_TAG
 
@@ -90,6 +91,29 @@ def against_row_a(client: MlflowClient, sweep: str) -> dict[str, dict]:
             for r in found.to_dict(orient="records")}
 
 
+def diagnose_rows(client: MlflowClient, sweep: str, rows: list[str]) -> dict[str, dict[str, float | None]]:
+    """`cxr diagnose` (its API) on every finished run of the rows, logged to each run; per row the
+    mean over seeds of the probe AUC and of the last epoch's ensemble figures."""
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{sweep}'")
+    found: dict[str, list[dict[str, float]]] = {}
+    for run in runs:
+        row = run.data.tags.get(ROW_TAG)
+        if row not in rows or run.info.status != "FINISHED":
+            continue
+        diagnosis = diagnose_run(client, run.info.run_id)
+        log_diagnosis(client, run.info.run_id, diagnosis)
+        figures = {"probe_auc": float(np.mean(list(diagnosis.probe.values()))) if diagnosis.probe else None}
+        if not diagnosis.ensemble.empty:
+            last = diagnosis.ensemble[diagnosis.ensemble["epoch"] == diagnosis.ensemble["epoch"].max()]
+            figures.update({k: float(last[k].mean()) for k in ("z_auc", "p_auc", "pass_share", "pass_right")})
+        found.setdefault(row, []).append(figures)
+    return {row: {k: (round(float(np.mean([f[k] for f in seeds if f.get(k) is not None])), 4)
+                      if any(f.get(k) is not None for f in seeds) else None)
+                  for k in ("probe_auc", "z_auc", "p_auc", "pass_share", "pass_right")}
+            for row, seeds in sorted(found.items())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", choices=("paper", "default"), default="paper")
@@ -103,11 +127,12 @@ def main() -> None:
     rows = (args.rows or DEFAULT_ROWS[args.scenario]).split(",")
     work = args.out or Path(tempfile.mkdtemp(prefix="bench_method_"))
     work.mkdir(parents=True, exist_ok=True)
+    os.chdir(work)  # the MLflow store keeps artifact paths relative to where `cxr` ran
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     try:
         if args.scenario == "paper":
             prepare_scenario(work)
-            budget = train_overrides(args.epochs)
+            budget = [*train_overrides(args.epochs), "train.ensemble_history=true"]
         else:
             cxr("synth", "--out", "raw", "--images-per-source", str(args.images), "--image-size", "96", cwd=work)
             cxr("prepare", "--nih", "raw/nih", "--chexpert", "raw/chexpert", "--out", "prepared",
@@ -119,6 +144,7 @@ def main() -> None:
         client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
         results = row_results(client, "method-gain", rows)
         deltas = against_row_a(client, "method-gain")
+        diagnostics = diagnose_rows(client, "method-gain", rows) if args.scenario == "paper" else {}
         summary = {}
         print(f"scenario {args.scenario}: test AUC on the NIH-like test split, mean ± sd over {args.seeds} seeds "
               f"({args.epochs} epochs of {args.steps_per_epoch or 'one pass'} steps); ΔMean against a with the "
@@ -137,10 +163,20 @@ def main() -> None:
                                              for c in COLUMNS)
                   + (f" | {delta['delta_mean']:+.4f} | [{delta['ci'][0]:+.4f}, {delta['ci'][1]:+.4f}] |"
                      if delta else " | | |"))
+        if diagnostics:
+            print("cxr diagnose against truth.csv, mean over seeds: TAT probe AUC (internal vs external by each common "
+                  "finding's features, 0.5 = invariant); last epoch on the external training images, internal-only "
+                  "findings: AUC of the ensemble targets z and of the network's p, UTE's pass share and its accuracy")
+            print("| row | probe AUC | z AUC | p AUC | pass share | pass right |")
+            for row, figures in diagnostics.items():
+                print(f"| {row} | " + " | ".join("" if figures.get(k) is None else f"{figures[k]:.3f}"
+                                                 for k in ("probe_auc", "z_auc", "p_auc", "pass_share", "pass_right"))
+                      + " |")
         ratio = summary["g"]["Mean"]["mean"] / summary["a"]["Mean"]["mean"]
         g = deltas.get("g", {})
         print(json.dumps({"benchmark": "method_gain", "scenario": args.scenario, "epochs": args.epochs,
                           "steps_per_epoch": args.steps_per_epoch, "seeds": args.seeds, "rows": summary,
+                          "diagnostics": diagnostics,
                           "ratio": round(ratio, 4), "delta_g_a": g.get("delta_mean"), "ci": g.get("ci"),
                           "target": 1.0}))
     finally:

@@ -40,14 +40,13 @@ def figures(uri: str) -> pd.DataFrame:
     Mean_Com on the internal test split."""
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("cxr-orchestra")
-    parent = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{SWEEP}'",
-                                max_results=1)
-    parent = [r for r in parent if "mlflow.parentRunId" not in r.data.tags] or parent
-    per_finding = pd.read_csv(client.download_artifacts(parent[0].info.run_id, "cross_domain/per_finding.csv",
-                                                        tempfile.mkdtemp(prefix="calibration_")))
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{SWEEP}'")
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    with tempfile.TemporaryDirectory() as folder:
+        per_finding = pd.read_csv(client.download_artifacts(parent.info.run_id, "cross_domain/per_finding.csv", folder))
     on_nih = per_finding[per_finding["tested_on"] == "nih"].groupby(["trained_on", "seed"])["auc"].mean().unstack(0)
     single = {int(r.data.params[SEED_PARAM]): r.data.metrics["test_mean_auc"]
-              for r in child_runs(client, parent[0].info.run_id)
+              for r in child_runs(client, parent.info.run_id)
               if json.loads(r.data.params[DOMAINS_PARAM]) == ["nih"] and r.info.status == "FINISHED"}
     table = pd.DataFrame({"single_mean": pd.Series(single), "nih_mean_com": on_nih["nih"].values,
                           "chexpert_mean_com_on_nih": on_nih["chexpert"].values}, index=sorted(single))
@@ -63,6 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     work = args.out or Path(tempfile.mkdtemp(prefix="bench_calibration_"))
     work.mkdir(parents=True, exist_ok=True)
+    os.chdir(work)  # the MLflow store keeps artifact paths relative to where `cxr` ran
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     try:
         prepare_scenario(work)

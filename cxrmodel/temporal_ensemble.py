@@ -71,6 +71,7 @@ class TemporalEnsemble:
                 f"{tuple(self.Z.shape)} (samples x findings) of this dataset"
             )
         self.gamma = float(state["gamma"])
-        self.epochs = int(state["epochs"])
+        # Checkpoints from before the count: every epoch updates some sample, so the most updates is it.
+        self.epochs = int(state["epochs"]) if "epochs" in state else int(state["updates"].max())
         for name in ("Z", "updates", "epoch_sum", "epoch_count"):
             getattr(self, name).copy_(state[name])
