@@ -32,7 +32,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestration.diagnostics import diagnose_run, log_diagnosis
 from orchestration.report import collect_sections, row_comparisons
-from orchestration.tracking import ROW_TAG, SWEEP_TAG
+from orchestration.tracking import ROW_TAG, SWEEP_TAG, find_sweep
 
 COLUMNS = {"Mean": "test_mean_auc", "Mean_Com": "test_mean_com_auc", "Mean_Int": "test_mean_int_auc"}
 DEFAULT_ROWS = {"paper": "a,b,c,e,g", "default": "a,b,g"}
@@ -79,15 +79,13 @@ def row_results(client: MlflowClient, sweep: str, rows: list[str]) -> dict[str, 
 
 def against_row_a(client: MlflowClient, sweep: str) -> dict[str, dict]:
     """`cxr report`'s comparison of every row with row a: ΔMean and its 95% interval."""
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    parent = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{sweep}'")
-    parent_id = next(r.info.run_id for r in parent if "mlflow.parentRunId" not in r.data.tags)
-    section = collect_sections(client, EXPERIMENT, parent_id)[0]
+    section = collect_sections(client, EXPERIMENT, find_sweep(client, EXPERIMENT, sweep).info.run_id)[0]
     comparisons, _ = row_comparisons(client, section, [])
     if comparisons.empty:
         return {}
     found = comparisons[comparisons["against"] == "a"]
-    return {r["row"]: {"delta_mean": round(r["ΔMean"], 4), "ci": [float(x) for x in r["95% CI"].strip("[]").split(",")]}
+    return {r["row"]: {"delta_mean": round(r["ΔMean"], 4),
+                       "ci": [float(x) for x in r["95% CI"].strip("[]").split(",")]}
             for r in found.to_dict(orient="records")}
 
 

@@ -28,7 +28,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from method_gain import cxr, prepare_scenario, train_overrides  # benchmarks/ is on the path as a script
-from orchestration.tracking import DOMAINS_PARAM, SEED_PARAM, SWEEP_TAG, child_runs
+from orchestration.tracking import DOMAINS_PARAM, SEED_PARAM, child_runs, find_sweep
 
 SINGLE_RANGE = (0.75, 0.90)
 MIN_DROP = 0.10
@@ -39,9 +39,7 @@ def figures(uri: str) -> pd.DataFrame:
     """Per seed: the internal-trained model's test Mean and Mean_Com, the external-trained one's
     Mean_Com on the internal test split."""
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("cxr-orchestra")
-    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{SWEEP}'")
-    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    parent = find_sweep(client, "cxr-orchestra", SWEEP)
     with tempfile.TemporaryDirectory() as folder:
         per_finding = pd.read_csv(client.download_artifacts(parent.info.run_id, "cross_domain/per_finding.csv", folder))
     on_nih = per_finding[per_finding["tested_on"] == "nih"].groupby(["trained_on", "seed"])["auc"].mean().unstack(0)

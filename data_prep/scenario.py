@@ -28,6 +28,7 @@ from data_prep.synth import (
     finding_pattern,
     synth_chexpert,
     synth_nih,
+    with_look,
 )
 from data_prep.yaml_files import load_yaml
 
@@ -151,11 +152,7 @@ class ScenarioImages:
         image = chest(size, rng) + layer
         if rng.random() < style.artefacts:
             self._artefacts(image)
-        look = self.spec.look
-        image = (image - 0.5) * look.contrast + 0.5 + look.brightness
-        image = np.clip(image, 0, 1) ** look.gamma
-        image += rng.normal(0, look.noise, image.shape).astype(np.float32)
-        return np.clip(image, 0, 1)
+        return with_look(image, self.spec.look, rng)
 
 
 def draw_dataset(scenario: Scenario, dataset: str, n: int, rng: np.random.Generator, *, clean_rows: int = 0) -> Drawing:
@@ -181,7 +178,8 @@ def draw_dataset(scenario: Scenario, dataset: str, n: int, rng: np.random.Genera
     return Drawing(present, labelled, ScenarioImages(scenario.image_size, spec, scenario.variation, rng))
 
 
-def synthesize_scenario(out: Path, scenario: Scenario, *, seed: int = 0, image_size: int | None = None) -> dict[str, Path]:
+def synthesize_scenario(out: Path, scenario: Scenario, *, seed: int = 0,
+                        image_size: int | None = None) -> dict[str, Path]:
     """Write out/<dataset> for each of the scenario's datasets; return each dataset's folder."""
     if image_size is not None:
         scenario = scenario.model_copy(update={"image_size": image_size})

@@ -122,6 +122,14 @@ def chest(size: int, rng: np.random.Generator) -> np.ndarray:
     return (0.65 - 0.35 * lungs).astype(np.float32)
 
 
+def with_look(image: np.ndarray, look: Look, rng: np.random.Generator) -> np.ndarray:
+    """A drawn image as a dataset's scanner shows it: its contrast, brightness, gamma and noise, in [0, 1]."""
+    image = (image - 0.5) * look.contrast + 0.5 + look.brightness
+    image = np.clip(image, 0, 1) ** look.gamma
+    image += rng.normal(0, look.noise, image.shape).astype(np.float32)
+    return np.clip(image, 0, 1)
+
+
 class _ImageMaker:
     def __init__(self, size: int, look: Look, rng: np.random.Generator):
         self.size, self.look, self.rng = size, look, rng
@@ -131,10 +139,7 @@ class _ImageMaker:
         """Float image in [0, 1] showing the findings in the boolean vector `present` (21,)."""
         image = chest(self.size, self.rng)
         image += 0.3 * np.tensordot(present.astype(np.float32), self.patterns, axes=1)
-        image = (image - 0.5) * self.look.contrast + 0.5 + self.look.brightness
-        image = np.clip(image, 0, 1) ** self.look.gamma
-        image += self.rng.normal(0, self.look.noise, image.shape).astype(np.float32)
-        return np.clip(image, 0, 1)
+        return with_look(image, self.look, self.rng)
 
 
 class ImageMaker(Protocol):

@@ -16,9 +16,9 @@ labelled or not. On such data:
 
 from __future__ import annotations
 
-import io
 import json
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from cxrmodel.inputs import to_model_input
 from data_prep.errors import UserError
 from data_prep.prepared import PreparedDataset
 from data_prep.synth import TRUTH_FILE
+from orchestration.checkpoint import load_trained
 from orchestration.tracking import CHECKPOINT_TAG, DIAGNOSTICS_DIR, ENSEMBLE_DIR
 
 MIN_PROBE_IMAGES = 8  # per domain: half fit the probe, half score it
@@ -58,8 +59,8 @@ class EnsembleEpoch:
     h: float
 
     @classmethod
-    def read(cls, epoch: int, data: bytes) -> EnsembleEpoch:
-        with np.load(io.BytesIO(data), allow_pickle=False) as saved:
+    def read(cls, epoch: int, path: str | Path) -> EnsembleEpoch:
+        with np.load(path, allow_pickle=False) as saved:
             return cls(epoch, saved["sample_id"], [str(f) for f in saved["findings"]], saved["z"], saved["p"],
                        float(saved["h"]))
 
@@ -181,18 +182,17 @@ class Diagnosis:
 
 def _ensemble_history(client: MlflowClient, run_id: str) -> list[EnsembleEpoch]:
     records = []
-    for artifact in client.list_artifacts(run_id, ENSEMBLE_DIR):
-        match = ENSEMBLE_FILE.search(artifact.path)
-        if match:
-            local = client.download_artifacts(run_id, artifact.path)
-            records.append(EnsembleEpoch.read(int(match.group(1)), Path(local).read_bytes()))
+    with tempfile.TemporaryDirectory() as folder:
+        for artifact in client.list_artifacts(run_id, ENSEMBLE_DIR):
+            match = ENSEMBLE_FILE.search(artifact.path)
+            if match:
+                local = client.download_artifacts(run_id, artifact.path, folder)
+                records.append(EnsembleEpoch.read(int(match.group(1)), local))
     return records
 
 
 def diagnose_run(client: MlflowClient, run_id: str, *, truth_files: dict[str, Path] | None = None,
                  probe_images: int = 400) -> Diagnosis:
-    from orchestration.checkpoint import load_trained
-
     run = client.get_run(run_id)
     if CHECKPOINT_TAG not in run.data.tags:
         raise DiagnoseError(f"run {run_id} has no checkpoint (it did not finish training)")
@@ -218,7 +218,8 @@ def diagnose_run(client: MlflowClient, run_id: str, *, truth_files: dict[str, Pa
         notes.append("no task-specific features in this network (holistic or multi-task head): probe skipped")
     else:
         common = [plan.label_space.index(f) for f in plan.common]
-        features = {d: task_features(net, prepared, d, "test", common, probe_images) for d in (plan.internal, external[0])}
+        features = {d: task_features(net, prepared, d, "test", common, probe_images)
+                    for d in (plan.internal, external[0])}
         small = [d for d, f in features.items() if len(f) < MIN_PROBE_IMAGES]
         if small:
             notes.append(f"fewer than {MIN_PROBE_IMAGES} test images in {small}: probe skipped")

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 def pass_steps(rows: int, world: int, per_domain: int) -> int:
     """Steps in which `world` ranks, each taking at most `per_domain` rows a step, go once over
     `rows` rows: the largest rank's share, ceil(rows / world), in batches of `per_domain`."""
-    return -(-(-(-rows // world)) // per_domain)
+    largest_share = -(-rows // world)  # ceil division
+    return -(-largest_share // per_domain)
 
 
 class PlanError(UserError):

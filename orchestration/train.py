@@ -35,6 +35,7 @@ from ray.data import FileShuffleConfig
 from ray.train.torch import TorchTrainer
 
 from cxrmodel.inference import ProbabilityModel
+from data_prep.errors import first_line
 from data_prep.prepared import IMAGE_COLUMN, PreparedDataset
 from orchestration.checkpoint import (
     SUMMARY_FILE,
@@ -404,7 +405,7 @@ def _log_ensemble_epoch(loop_config: dict, method: Method, plan: TrainingPlan, e
             mlflow_client(loop_config["tracking_uri"]).log_artifact(loop_config["run_id"], str(path), ENSEMBLE_DIR)
         except Exception as exc:  # noqa: BLE001 - diagnostics never stop training
             say(f"[{loop_config['run_name']}] the epoch-{epoch} ensemble record did not reach MLflow: "
-                f"{mask_text(str(exc))[:200]}")
+                f"{mask_text(first_line(exc, 200))}")
 
 
 def _validate(method: Method, prepared: PreparedDataset, plan: TrainingPlan, config: Config, progress: Progress,
