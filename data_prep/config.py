@@ -7,12 +7,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from data_prep.readers import KIND_SETTINGS, READERS
+
 DEFAULT_MAX_PIXELS = 50_000_000  # 7,071²; real radiographs are up to ~4,300²
 DEFAULT_MAX_FILE_BYTES = 512 * 2**20
 
-SourceKind = Literal["nih", "chexpert", "mimic", "vindr", "padchest", "csv"]
-# Settings only one kind reads: given for another kind they are a mistake, not a no-op.
-KIND_SETTINGS = {"labeler": "mimic", "vote": "vindr", "skip_bad_labels": "padchest"}
+SourceKind = Literal[tuple(READERS)]  # type: ignore[valid-type]  # one per module of data_prep/readers/
 
 
 class SourceConfig(BaseModel):
@@ -27,7 +27,7 @@ class SourceConfig(BaseModel):
     label_map: dict[str, str | None] = Field(default_factory=dict)
     # What an uncertain (-1) label becomes: the paper uses U-Ones.
     uncertain: Literal["ones", "zeros", "ignore"] = "ones"
-    # What a blank cell means. Default: CheXpert negative (Stanford's convention), csv unknown.
+    # What a blank cell means. Default: the reader's (CheXpert, MIMIC: negative, Stanford's convention; others unknown).
     blank: Literal["negative", "unknown"] | None = None
     views: Literal["all", "frontal", "lateral"] = "all"
     # MIMIC-CXR: which labeler's table (mimic-cxr-2.0.0-<labeler>.csv).
@@ -47,10 +47,7 @@ class SourceConfig(BaseModel):
 
     @property
     def blank_value(self) -> Literal["negative", "unknown"]:
-        """CheXpert-labeler tables leave a finding blank when the report does not mention it."""
-        if self.blank is not None:
-            return self.blank
-        return "negative" if self.kind in ("chexpert", "mimic") else "unknown"
+        return self.blank if self.blank is not None else READERS[self.kind].blank
 
 
 class PrepareConfig(BaseModel):

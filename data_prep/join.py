@@ -15,7 +15,7 @@ from data_prep.labels import (
     exclusive_findings,
     union_label_space,
 )
-from data_prep.sources import SourceTable, read_source
+from data_prep.readers import SourceTable, read_source
 from data_prep.split import assign_splits, patients_crossing_splits, split_counts
 
 META_COLUMNS = ("sample_id", "domain", "image_id", "path", "patient_id", "split")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 import sys
@@ -16,6 +17,7 @@ from rich.table import Table
 
 from data_prep.config import SourceConfig
 from data_prep.errors import UserError
+from data_prep.readers import READERS
 from orchestration.config import Config, check_run_name, load_config, with_updates
 from orchestration.masking import MaskedStream
 
@@ -136,6 +138,23 @@ def synth(
     console.print(f"next: cxr prepare {' '.join(flags)}{internal} --out PREPARED_DIR", soft_wrap=True)
 
 
+def with_dataset_flags(function):
+    """One `--KIND FOLDER` option per reader of a dataset folder (data_prep/readers/), handed to the
+    verb as `folders` (kind -> folder or None): a new reader brings its option with it."""
+    flags = [inspect.Parameter(kind, inspect.Parameter.KEYWORD_ONLY, default=None,
+                               annotation=Annotated[Optional[Path], typer.Option(help=reader.layout)])
+             for kind, reader in READERS.items() if reader.folder_flag]
+    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+           for p in inspect.signature(function, eval_str=True).parameters.values() if p.name != "folders"]
+
+    @functools.wraps(function)
+    def run(**kwargs):
+        return function({p.name: kwargs.pop(p.name) for p in flags}, **kwargs)
+
+    run.__signature__ = inspect.Signature([own[0], *flags, *own[1:]])
+    return run
+
+
 def _sources_from_flags(config: Config, folders: dict[str, Path | None], csv: list[str]) -> list[SourceConfig]:
     """Config sources, then one per dataset flag (named as its kind), then the --csv ones."""
     sources = {s.name: s for s in config.prepare.sources}
@@ -170,13 +189,10 @@ TABLE_ONE_TITLE = "Findings per dataset (positives; '-' = not labelled; * = comm
 
 
 @verb
+@with_dataset_flags
 def prepare(
+    folders: dict[str, Optional[Path]],
     out: Annotated[Optional[Path], typer.Option(help="Prepared dataset folder to write.")] = None,
-    nih: Annotated[Optional[Path], typer.Option(help="NIH ChestX-ray14 folder (Data_Entry_2017*.csv, images*/).")] = None,
-    chexpert: Annotated[Optional[Path], typer.Option(help="CheXpert folder (train.csv) or its parent.")] = None,
-    mimic: Annotated[Optional[Path], typer.Option(help="MIMIC-CXR-JPG folder (mimic-cxr-2.0.0-{chexpert,split,metadata}.csv[.gz], files/).")] = None,
-    vindr: Annotated[Optional[Path], typer.Option(help="VinDr-CXR folder (annotations/image_labels_{train,test}.csv, train/, test/ DICOMs).")] = None,
-    padchest: Annotated[Optional[Path], typer.Option(help="PadChest folder (PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv[.gz], image folders).")] = None,
     list_presets: Annotated[bool, typer.Option("--list-presets", help="Print the label-map presets (source label -> finding) and stop.")] = False,
     csv: Annotated[Optional[list[str]], typer.Option(help="NAME=FILE: a dataset in the generic CSV schema (repeatable).")] = None,
     internal: Annotated[Optional[str], typer.Option(help="Name of the internal (target) dataset. Default: nih.")] = None,
@@ -199,7 +215,7 @@ def prepare(
     extra = [f"prepare.{k}={v}" for k, v in flags.items() if v is not None]
     cfg = load_config(config or [], [*extra, *(overrides or [])])
     cfg = with_updates(cfg, "prepare", sources=[s.model_dump(mode="json") for s in
-                                                _sources_from_flags(cfg, {"nih": nih, "chexpert": chexpert, "mimic": mimic, "vindr": vindr, "padchest": padchest}, csv or [])])
+                                                _sources_from_flags(cfg, folders, csv or [])])
     if not dry_run and out is None:
         raise UsageError("--out is required (or use --dry-run)")
     joined = load_sources(cfg.prepare, find_images=not dry_run)

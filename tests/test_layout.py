@@ -11,13 +11,25 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MAX_CHAIN = 5
+MAX_CHAIN = 5  # orchestration: cli -> verb -> building block -> settings
+# data_prep: pipeline -> join -> config -> readers -> readers.common -> labels -> errors
+MAX_DATA_PREP_CHAIN = 7
 
 
-def _runtime_imports(path: Path, package: str) -> set[str]:
-    """Modules of `package` that `path` imports when it runs: module level and inside functions,
-    not under `if TYPE_CHECKING:` (annotations only)."""
+def _module_name(path: Path, package_dir: Path) -> str:
+    """`readers/nih.py` -> "readers.nih", `readers/__init__.py` -> "readers"."""
+    parts = path.relative_to(package_dir).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _runtime_imports(path: Path, package: str, modules: set[str]) -> set[str]:
+    """Modules of `package` (names relative to it, as in `modules`) that `path` imports when it
+    runs: module level and inside functions, not under `if TYPE_CHECKING:` (annotations only)."""
     found: set[str] = set()
+
+    def add(dotted: str) -> None:
+        if dotted.startswith(f"{package}."):
+            found.add(dotted[len(package) + 1:])
 
     class Visitor(ast.NodeVisitor):
         def visit_If(self, node: ast.If) -> None:
@@ -28,19 +40,53 @@ def _runtime_imports(path: Path, package: str) -> set[str]:
                 self.generic_visit(node)
 
         def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
-            if node.module and node.module.startswith(f"{package}."):
-                found.add(node.module.split(".")[1])
+            if node.module is None:
+                return
+            add(node.module)
+            for alias in node.names:  # `from pkg import module` imports that module
+                if f"{node.module}.{alias.name}"[len(package) + 1:] in modules:
+                    add(f"{node.module}.{alias.name}")
 
         def visit_Import(self, node: ast.Import) -> None:
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith(f"{package}."))
+            for alias in node.names:
+                add(alias.name)
 
     Visitor().visit(ast.parse(path.read_text()))
-    return found
+    return found & modules
+
+
+def import_graph(package: str) -> dict[str, set[str]]:
+    """Each module of `package` (sub-packages included, `__init__` files as their package) -> the
+    package's modules it imports."""
+    package_dir = ROOT / package
+    paths = {_module_name(p, package_dir): p for p in package_dir.rglob("*.py")}
+    paths.pop("", None)  # the package's own __init__
+    return {name: _runtime_imports(path, package, set(paths)) - {name} for name, path in paths.items()}
+
+
+def import_cycle(package: str) -> tuple[str, ...]:
+    """One circle of imports inside `package` (a -> b -> ... -> a), or () when there is none."""
+    graph = import_graph(package)
+    state: dict[str, str] = {}  # "open" while on the path being followed, "done" after
+
+    def follow(name: str, path: tuple[str, ...]) -> tuple[str, ...]:
+        state[name] = "open"
+        for dependency in sorted(graph[name]):
+            if state.get(dependency) == "open":
+                return path[path.index(dependency):] + (name, dependency)
+            if dependency not in state and (cycle := follow(dependency, path + (name,))):
+                return cycle
+        state[name] = "done"
+        return ()
+
+    for name in sorted(graph):
+        if name not in state and (cycle := follow(name, ())):
+            return cycle
+    return ()
 
 
 def longest_import_chain(package: str) -> tuple[str, ...]:
-    modules = {p.stem: p for p in (ROOT / package).glob("*.py") if p.stem != "__init__"}
-    graph = {name: _runtime_imports(path, package) for name, path in modules.items()}
+    graph = import_graph(package)
 
     @functools.cache
     def chain(name: str) -> tuple[str, ...]:
@@ -49,25 +95,35 @@ def longest_import_chain(package: str) -> tuple[str, ...]:
     return max((chain(name) for name in graph), key=len)
 
 
-def test_orchestration_import_chains_are_short():
-    chain = longest_import_chain("orchestration")
-    assert len(chain) <= MAX_CHAIN, " -> ".join(chain)
+def test_no_package_imports_in_a_circle():
+    for package in ("cxrmodel", "data_prep", "orchestration"):
+        assert import_cycle(package) == (), f"{package}: " + " -> ".join(import_cycle(package))
 
 
-def test_the_chain_measure_follows_function_level_imports(tmp_path, monkeypatch):
+def test_import_chains_are_short():
+    for package, limit in (("orchestration", MAX_CHAIN), ("data_prep", MAX_DATA_PREP_CHAIN)):
+        chain = longest_import_chain(package)
+        assert len(chain) <= limit, f"{package}: " + " -> ".join(chain)
+
+
+def test_the_import_measures_follow_function_level_imports_and_sub_packages(tmp_path, monkeypatch):
     package = tmp_path / "pkg"
-    package.mkdir()
+    (package / "sub").mkdir(parents=True)
     (package / "a.py").write_text("def f():\n    from pkg.b import x\n")
     (package / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.a import f\n"
-                                  "from pkg.c import y\n")
-    (package / "c.py").write_text("y = 1\n")
+                                  "from pkg.sub import c\n")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "sub" / "c.py").write_text("y = 1\n")
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
-    assert longest_import_chain("pkg") == ("a", "b", "c")
+    assert longest_import_chain("pkg") == ("a", "b", "sub.c")
+    assert import_cycle("pkg") == ()
+    (package / "sub" / "c.py").write_text("def g():\n    import pkg.a\n")
+    assert import_cycle("pkg") == ("a", "b", "sub.c", "a")
 
 
 def test_only_the_schema_spells_cxr_tags():
     spelled = []
-    for path in [*ROOT.glob("orchestration/*.py"), *ROOT.glob("benchmarks/*.py"), *ROOT.glob("data_prep/*.py")]:
+    for path in [*ROOT.glob("orchestration/**/*.py"), *ROOT.glob("benchmarks/*.py"), *ROOT.glob("data_prep/**/*.py")]:
         if path.name == "tracking.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):

@@ -16,7 +16,7 @@ import pytest
 
 from data_prep.config import SourceConfig
 from data_prep.errors import DataPrepError
-from data_prep.sources import read_source
+from data_prep.readers import read_source
 from data_prep.synth import synthesize
 
 

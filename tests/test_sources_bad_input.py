@@ -7,7 +7,7 @@ import pytest
 
 from data_prep.config import SourceConfig
 from data_prep.errors import DataPrepError
-from data_prep.sources import read_source
+from data_prep.readers import read_source
 from data_prep.synth import NIH_HEADER
 
 NIH_ROW = "00000001_000.png,{labels},0,{patient},50,M,PA,2500,2048,0.143,0.143"

@@ -10,7 +10,7 @@ import pytest
 
 from data_prep.config import PrepareConfig, SourceConfig
 from data_prep.join import dataset_stats, load_sources
-from data_prep.sources import read_source
+from data_prep.readers import read_source
 
 
 def _rows(path):
