@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from orchestration.diagnostics import diagnose_run, log_diagnosis
-from orchestration.report import collect_sections, row_comparisons
-from orchestration.tracking import ROW_TAG, SWEEP_TAG, find_sweep
+from orchestration.evaluation.diagnostics import diagnose_run, log_diagnosis
+from orchestration.evaluation.report import collect_sections, row_comparisons
+from orchestration.settings.tracking import ROW_TAG, SWEEP_TAG, find_sweep
 
 COLUMNS = {"Mean": "test_mean_auc", "Mean_Com": "test_mean_com_auc", "Mean_Int": "test_mean_int_auc"}
 DEFAULT_ROWS = {"paper": "a,b,c,e,g", "default": "a,b,g"}

@@ -18,17 +18,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from train_overhead import prepare  # benchmarks/ is on the path when a benchmark runs as a script
 
 from cxrmodel.inference import predict_probs
 from data_prep.images import load_grayscale
 from data_prep.synth import LOOKS, _ImageMaker
-from orchestration.checkpoint import load_trained
-from orchestration.config import load_config
-from orchestration.image_prediction import BATCH, list_images, predict_images
-from orchestration.plan import plan_training
-from orchestration.runtime import init_ray
-from orchestration.train import run_training
-from train_overhead import prepare  # benchmarks/ is on the path when a benchmark runs as a script
+from orchestration.evaluation.image_prediction import BATCH, list_images, predict_images
+from orchestration.settings.config import load_config
+from orchestration.settings.plan import plan_training
+from orchestration.settings.runtime import init_ray
+from orchestration.training.checkpoint import load_trained
+from orchestration.training.train import run_training
 
 TARGET = 1.5
 SIZE = 64

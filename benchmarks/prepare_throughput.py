@@ -32,7 +32,7 @@ from data_prep.config import PrepareConfig, SourceConfig
 from data_prep.join import load_sources
 from data_prep.pipeline import run_prepare
 from data_prep.synth import LOOKS, NIH_HEADER, _ImageMaker, _write_dicom
-from orchestration.runtime import init_ray
+from orchestration.settings.runtime import init_ray
 
 DISTINCT = 48  # distinct pictures; files repeat them so writing N inputs stays quick
 

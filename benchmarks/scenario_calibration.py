@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from method_gain import cxr, prepare_scenario, train_overrides  # benchmarks/ is on the path as a script
 from mlflow.tracking import MlflowClient
 
-from method_gain import cxr, prepare_scenario, train_overrides  # benchmarks/ is on the path as a script
-from orchestration.tracking import DOMAINS_PARAM, SEED_PARAM, child_runs, find_sweep
+from orchestration.settings.tracking import DOMAINS_PARAM, SEED_PARAM, child_runs, find_sweep
 
 SINGLE_RANGE = (0.75, 0.90)
 MIN_DROP = 0.10

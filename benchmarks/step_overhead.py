@@ -1,6 +1,6 @@
 """Cost of the full method's training step (TW + TAT + UTE) over plain partial-label BCE.
 
-Both steps come from the training factory (`build_method`): the paper's default config against
+Both steps come from the training factory (`configured_method`): the paper's default config against
 Table VI row a (no TW, TAT or TE). Same DenseIBN-121, same batch (two domains x 8 images, 128x128,
 CPU), steps interleaved pair by pair so that machine noise hits both alike; the ratio is of the
 medians. Also times the C per-finding branches as one batched op against a loop of C nn.Linear
@@ -21,9 +21,9 @@ from torch import nn
 
 from cxrmodel.heads import TaskSpecificHeads
 from cxrmodel.losses import finding_weights
-from orchestration.config import load_config
-from orchestration.method import Method, build_method
-from orchestration.plan import TrainingPlan
+from orchestration.settings.config import load_config
+from orchestration.settings.plan import TrainingPlan
+from orchestration.training.configured import Method, configured_method
 
 FINDINGS = 14
 NAMES = [f"finding{c}" for c in range(FINDINGS)]
@@ -44,7 +44,7 @@ def make_method(full: bool, num_samples: int) -> Method:
         per_domain_batch=8, steps_per_epoch=1, num_samples=num_samples,
     )
     torch.manual_seed(0)
-    method = build_method(config, plan)
+    method = configured_method(config, plan)
     method.network.train()
     return method
 

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import ray.train
 from ray.train.torch import TorchTrainer
+from train_overhead import prepare  # benchmarks/ is on the path when a benchmark runs as a script
 
 from data_prep.prepared import PreparedDataset
-from orchestration.config import Config, load_config
-from orchestration.feed import Prefetched
-from orchestration.plan import TrainingPlan, plan_training
-from orchestration.runtime import init_ray
-from orchestration.train import data_config, training_datasets, worker_batches
-from train_overhead import prepare  # benchmarks/ is on the path when a benchmark runs as a script
+from orchestration.settings.config import Config, load_config
+from orchestration.settings.plan import TrainingPlan, plan_training
+from orchestration.settings.runtime import init_ray
+from orchestration.training.feed import Prefetched
+from orchestration.training.train import data_config, training_datasets, worker_batches
 
 TARGET = 8000.0
 SIZE = 320

@@ -27,12 +27,12 @@ from data_prep.join import load_sources
 from data_prep.pipeline import run_prepare
 from data_prep.prepared import PreparedDataset
 from data_prep.synth import synthesize
-from orchestration.config import load_config
-from orchestration.method import build_method
-from orchestration.plan import plan_training
-from orchestration.runtime import init_ray
-from orchestration.tracking import find_run
-from orchestration.train import run_training
+from orchestration.settings.config import load_config
+from orchestration.settings.plan import plan_training
+from orchestration.settings.runtime import init_ray
+from orchestration.settings.tracking import find_run
+from orchestration.training.configured import configured_method
+from orchestration.training.train import run_training
 
 
 def prepare(work: Path, image_size: int, images_per_source: int = 1500) -> Path:
@@ -61,7 +61,7 @@ def plain_rate(config, data: Path, steps: int) -> float:
     torch.set_num_threads(os.cpu_count() or 1)
     plan = plan_training(config, data)
     prepared = PreparedDataset.load(data)
-    method = build_method(config, plan)
+    method = configured_method(config, plan)
     method.network.train()
 
     def batches(domain):

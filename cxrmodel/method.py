@@ -2,7 +2,7 @@
 training step, from plain values (`MethodSpec`) and the speed switches (`Acceleration`).
 
 Pure PyTorch, so the GPU benchmark and check script build exactly what `cxr train` builds on a
-machine with torch alone; `orchestration.method` turns a config and a training plan into a spec.
+machine with torch alone; `orchestration.training.configured` turns a config and a training plan into a spec.
 
     method = build_method(spec, "cuda", Acceleration.for_device("cuda"))
     out = method.step(images_uint8, labels, domain, sample_id, h=0.3)

@@ -19,9 +19,9 @@ import struct
 import cv2
 import numpy as np
 
+from cxrcommon.errors import first_line
 from data_prep.config import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
 from data_prep.dicom import DicomError, dicom_to_uint8, looks_like_dicom
-from data_prep.errors import first_line
 
 cv2.setNumThreads(1)  # Ray runs one decode task per core; OpenCV's own threads would oversubscribe.
 

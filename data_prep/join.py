@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from cxrcommon.errors import DataPrepError
 from cxrmodel.labels import NEGATIVE, POSITIVE, UNKNOWN
 from data_prep.config import PrepareConfig
-from data_prep.errors import DataPrepError
-from data_prep.labels import (
+from data_prep.findings import (
     common_findings,
     exclusive_findings,
     union_label_space,

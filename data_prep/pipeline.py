@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 import ray
 
+from cxrcommon.errors import DataPrepError
 from data_prep.config import PrepareConfig
-from data_prep.errors import DataPrepError
 from data_prep.images import ImageError, load_grayscale
 from data_prep.join import JoinedDataset, dataset_stats, train_class_balance
 from data_prep.prepared import (

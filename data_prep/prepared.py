@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from data_prep.errors import DataPrepError
+from cxrcommon.errors import DataPrepError
 
 FORMAT_VERSION = 2  # 2: per-domain training P_c / N_c; rows in a seeded random order
 MANIFEST_NAME = "manifest.json"

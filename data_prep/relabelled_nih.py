@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrcommon.errors import DataPrepError
 from cxrmodel.labels import NEGATIVE, POSITIVE, UNKNOWN
-from data_prep.errors import DataPrepError
 
 RELABELLED_FINDINGS = ("Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass")
 IMAGE_COLUMN = "Image Index"

@@ -17,8 +17,9 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from data_prep.errors import DataPrepError
-from data_prep.labels import CANONICAL_FINDINGS
+from cxrcommon.errors import DataPrepError
+from cxrcommon.yaml_files import load_yaml
+from data_prep.findings import CANONICAL_FINDINGS
 from data_prep.synth import (
     SOURCES,
     Drawing,
@@ -30,7 +31,6 @@ from data_prep.synth import (
     synth_nih,
     with_look,
 )
-from data_prep.yaml_files import load_yaml
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 WRITERS = {"nih": synth_nih, "chexpert": synth_chexpert}

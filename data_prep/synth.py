@@ -26,8 +26,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from data_prep.errors import DataPrepError
-from data_prep.labels import CANONICAL_FINDINGS
+from cxrcommon.errors import DataPrepError
+from data_prep.findings import CANONICAL_FINDINGS
 
 NIH_FINDINGS = CANONICAL_FINDINGS[:14]
 NIH_SPELLING = {"Pleural Thickening": "Pleural_Thickening"}

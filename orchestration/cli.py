@@ -15,17 +15,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cxrcommon.errors import UserError
 from data_prep.config import SourceConfig
-from data_prep.errors import UserError
 from data_prep.readers import READERS
-from orchestration.config import Config, check_run_name, load_config, with_updates
-from orchestration.masking import MaskedStream
+from orchestration.settings.config import Config, check_run_name, load_config, with_updates
+from orchestration.settings.masking import MaskedStream
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from orchestration.spaces import SweepSpace
-    from orchestration.tune import SweepOutcome
+    from orchestration.sweeps.spaces import SweepSpace
+    from orchestration.sweeps.tune import SweepOutcome
 
 app = typer.Typer(
     add_completion=False,
@@ -172,7 +172,7 @@ def _sources_from_flags(config: Config, folders: dict[str, Path | None], csv: li
 
 
 def _print_presets() -> None:
-    from data_prep.labels import PRESETS_DIR, load_preset, preset_names
+    from data_prep.findings import PRESETS_DIR, load_preset, preset_names
 
     for kind in preset_names():
         preset = load_preset(kind)
@@ -228,7 +228,7 @@ def prepare(
         _print_frame(table_one(stats), TABLE_ONE_TITLE)
         return
     from data_prep.pipeline import run_prepare
-    from orchestration.runtime import init_ray
+    from orchestration.settings.runtime import init_ray
 
     init_ray(address)
     manifest = run_prepare(joined, cfg.prepare, out, overwrite=overwrite,
@@ -258,7 +258,7 @@ def train(
     (see README "Configuration"). Stop with Ctrl-C or SIGTERM: the run ends KILLED and the same
     command with the same --run-name resumes from the last checkpoint.
     """
-    from orchestration.plan import plan_document, plan_tables, plan_training
+    from orchestration.settings.plan import plan_document, plan_tables, plan_training
 
     flags = {"workers": workers, "gpu": gpu}
     cfg = load_config(config or [], [*[f"train.{k}={v}" for k, v in flags.items() if v is not None], *(overrides or [])])
@@ -276,7 +276,7 @@ def train(
         _print_frame(schedule, "at each epoch boundary")
         return
     _warn_without_imagenet(cfg)
-    from orchestration.train import default_run_name, run_training
+    from orchestration.training.train import default_run_name, run_training
 
     name = check_run_name(run_name or cfg.train.run_name or default_run_name())
     console.print(f"run name: [bold]{name}[/] (resume with: cxr train --data {data} --run-name {name} ...)",
@@ -302,7 +302,7 @@ def _warn_without_imagenet(config: Config) -> None:
 
 def _run_sweep(space: "SweepSpace", data: Path, settings_kwargs: dict, address: str | None,
                config: list[Path] | None, overrides: list[str] | None) -> "SweepOutcome":
-    from orchestration.tune import SweepSettings, run_sweep
+    from orchestration.sweeps.tune import SweepSettings, run_sweep
 
     base = load_config(config or [], overrides or [])
     if space.paper:
@@ -362,7 +362,7 @@ def tune(
     Overrides set the base config of every trial (e.g. train.epochs=8 train.workers=2). The best
     trial's full config is written as a YAML that `cxr train --config` accepts.
     """
-    from orchestration.spaces import load_space
+    from orchestration.sweeps.spaces import load_space
 
     loaded = load_space(space)
     metrics = tuple(m.strip() for m in metric.split(",") if m.strip()) or (loaded.metric,)
@@ -386,7 +386,7 @@ def ablate(
     overrides: Overrides = None,
 ) -> None:
     """Run every row of an ablation grid (× seeds) as a trial: Table VI a-i, Table III, Table II, Fig. 4."""
-    from orchestration.spaces import load_space
+    from orchestration.sweeps.spaces import load_space
 
     loaded = load_space(grid)
     if rows:
@@ -422,9 +422,9 @@ def cross_domain(
     run. Naming a finished sweep with --sweep-name only tests its models again.
     """
     from data_prep.prepared import PreparedDataset
-    from orchestration.cross_domain import SPACE_NAME, cross_domain_matrix, log_cross_domain
-    from orchestration.spaces import load_space
-    from orchestration.tracking import client_for, find_sweep
+    from orchestration.settings.tracking import client_for, find_sweep
+    from orchestration.sweeps.cross_domain import SPACE_NAME, cross_domain_matrix, log_cross_domain
+    from orchestration.sweeps.spaces import load_space
 
     name = _sweep_name(sweep_name, resume, "cross-domain")
     cfg = load_config(config or [], overrides or [])
@@ -469,7 +469,7 @@ def predict(
     --run and --model names are looked up in the MLflow store and experiment of the config
     (--config / overrides such as mlflow.tracking_uri=..., else $MLFLOW_TRACKING_URI).
     """
-    from orchestration.prediction import resolve_model, write_table
+    from orchestration.evaluation.prediction import resolve_model, write_table
 
     if (data is None) == (images is None):
         raise UsageError("give --data DIR (a prepared split) or --images DIR|CSV (raw files)")
@@ -482,8 +482,8 @@ def predict(
                         address=address)
         return
     from data_prep.prepared import PreparedDataset
-    from orchestration.checkpoint import load_trained
-    from orchestration.prediction import predict_table
+    from orchestration.evaluation.prediction import predict_table
+    from orchestration.training.checkpoint import load_trained
 
     net, _, plan = load_trained(found)
     frame = predict_table(net, plan, PreparedDataset.load(data), split=split, domains=domain, tencrop=tencrop,
@@ -494,10 +494,10 @@ def predict(
 
 def _predict_images(cfg: Config, images: Path, checkpoint: Path, out: Path, *, tencrop: bool,
                     image_size: int | None, actors: int, address: str | None) -> None:
-    from orchestration.checkpoint import trained_weights
-    from orchestration.image_prediction import list_images, predict_images
-    from orchestration.prediction import trained_image_size, write_table
-    from orchestration.runtime import init_ray
+    from orchestration.evaluation.image_prediction import list_images, predict_images
+    from orchestration.evaluation.prediction import trained_image_size, write_table
+    from orchestration.settings.runtime import init_ray
+    from orchestration.training.checkpoint import trained_weights
 
     listed = list_images(images)
     size = image_size or trained_image_size(checkpoint)
@@ -549,9 +549,9 @@ def evaluate(
     or --clean-labels (AUC on Google's relabelled NIH images; images there without a prediction are
     counted). --run is looked up in the MLflow store and experiment of the config.
     """
-    from orchestration.clean_labels import evaluate_on_relabelled
-    from orchestration.evaluation import evaluate_on_prepared
-    from orchestration.tracking import client_for, log_evaluation, resolve_run_id
+    from orchestration.evaluation.clean_labels import evaluate_on_relabelled
+    from orchestration.evaluation.scoring import evaluate_on_prepared
+    from orchestration.settings.tracking import client_for, log_evaluation, resolve_run_id
 
     if predictions is not None and checkpoint is not None:
         raise UsageError("give --predictions FILE or --checkpoint PATH, not both")
@@ -565,13 +565,13 @@ def evaluate(
     client = client_for(cfg)
     evaluates = resolve_run_id(client, cfg.mlflow.experiment, run) if run else None
     if predictions is not None:
-        from orchestration.prediction import read_predictions
+        from orchestration.evaluation.prediction import read_predictions
 
         frame, source = read_predictions(predictions), str(predictions.resolve())
     else:
         from data_prep.prepared import PreparedDataset
-        from orchestration.checkpoint import load_trained
-        from orchestration.prediction import predict_table, resolve_model
+        from orchestration.evaluation.prediction import predict_table, resolve_model
+        from orchestration.training.checkpoint import load_trained
 
         net, _, plan = load_trained(checkpoint if checkpoint is not None else resolve_model(cfg, run).checkpoint)
         frame = predict_table(net, plan, PreparedDataset.load(data), split=split, tencrop=tencrop, device=device)
@@ -619,11 +619,11 @@ def explain(
     comes from a training run that the MLflow store knows, the folder is also logged to it under explain/.
     """
     from data_prep.prepared import PreparedDataset
-    from orchestration.checkpoint import load_trained
-    from orchestration.evaluation import score_split
-    from orchestration.explanation import INDEX_FILE, explain_top_images
-    from orchestration.prediction import resolve_model
-    from orchestration.tracking import EXPLAIN_ARTIFACT_DIR, client_for
+    from orchestration.evaluation.explanation import INDEX_FILE, explain_top_images
+    from orchestration.evaluation.prediction import resolve_model
+    from orchestration.evaluation.scoring import score_split
+    from orchestration.settings.tracking import EXPLAIN_ARTIFACT_DIR, client_for
+    from orchestration.training.checkpoint import load_trained
 
     if sum(x is not None for x in (checkpoint, run, model)) != 1:
         raise UsageError("give the model once: --model, --checkpoint or --run")
@@ -672,8 +672,8 @@ def diagnose(
     """
     import pandas as pd
 
-    from orchestration.diagnostics import diagnose_run, log_diagnosis
-    from orchestration.tracking import client_for, resolve_run_id
+    from orchestration.evaluation.diagnostics import diagnose_run, log_diagnosis
+    from orchestration.settings.tracking import client_for, resolve_run_id
 
     files = {}
     for item in truth or []:
@@ -716,8 +716,8 @@ def compare(
     paired-bootstrap 95% interval, DeLong's p and Holm's p across findings; Δ and its interval for
     Mean, Mean_Com and Mean_Int. A difference whose interval holds 0 may be noise."""
     from data_prep.prepared import PreparedDataset
-    from orchestration.comparison import compare_predictions, comparison_table, run_test_predictions
-    from orchestration.prediction import read_predictions
+    from orchestration.evaluation.comparison import compare_predictions, comparison_table, run_test_predictions
+    from orchestration.evaluation.prediction import read_predictions
 
     if bool(predictions) == bool(run) or len(predictions or run or []) != 2:
         raise UsageError("give two models: --predictions A.parquet --predictions B.parquet, or --run A --run B")
@@ -748,8 +748,8 @@ def report(
     Each sweep gets a section (also logged to its parent run under report/); stand-alone training
     runs get one more. Runs that failed, were stopped or are still running are listed apart.
     """
-    from orchestration.report import write_report
-    from orchestration.tracking import client_for
+    from orchestration.evaluation.report import write_report
+    from orchestration.settings.tracking import client_for
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per section instead
     cfg = load_config(config or [], overrides or [])
@@ -769,7 +769,7 @@ def clean() -> None:
     """Stop the Ray processes that cxr commands killed with SIGKILL (kill -9, the OOM killer) left
     running. A local Ray ends with the command that started it, except then: its agents live on.
     Every local Ray start does this too. Deletes no files but its own records of those sessions."""
-    from orchestration.runtime import stop_orphaned_ray
+    from orchestration.settings.runtime import stop_orphaned_ray
 
     stopped = stop_orphaned_ray()
     for session, count in stopped:

@@ -9,13 +9,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from data_prep.errors import DataPrepError
+from cxrcommon.errors import DataPrepError
 from data_prep.relabelled_nih import read_relabelled_nih
 from data_prep.synth import RELABELLED_FILE
-from orchestration.clean_labels import evaluate_clean_labels
 from orchestration.cli import app
-from orchestration.config import ConfigError
-from orchestration.tracking import EVALUATION, KIND_TAG
+from orchestration.evaluation.clean_labels import evaluate_clean_labels
+from orchestration.settings.config import ConfigError
+from orchestration.settings.tracking import EVALUATION, KIND_TAG
 
 HEADER = "Image Index,Patient ID,Fracture,Pneumothorax,Airspace opacity,Nodule or mass,Set Id\n"
 ROWS = [

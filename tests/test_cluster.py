@@ -23,11 +23,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import ROOT, free_port, serve_mlflow, tiny_training, wait_for
 from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 
-from conftest import ROOT, free_port, serve_mlflow, tiny_training, wait_for
-from orchestration.tracking import find_run
+from orchestration.settings.tracking import find_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 

@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from cxrmodel.auc_statistics import auc_intervals, delong_test
-from data_prep.labels import exclusive_findings
+from data_prep.findings import exclusive_findings
 from data_prep.prepared import PreparedDataset
 from orchestration.cli import app
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from orchestration.config import ConfigError, flatten_config, load_config, parse_override
+from orchestration.settings.config import ConfigError, flatten_config, load_config, parse_override
 
 
 def test_defaults_validate():

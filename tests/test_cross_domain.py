@@ -8,16 +8,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import tiny_training
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from conftest import tiny_training
 from data_prep.prepared import PreparedDataset
 from orchestration.cli import app
-from orchestration.checkpoint import load_trained
-from orchestration.prediction import predict_table
-from orchestration.tracking import CHECKPOINT_TAG, child_runs, find_sweep
+from orchestration.evaluation.prediction import predict_table
+from orchestration.settings.tracking import CHECKPOINT_TAG, child_runs, find_sweep
+from orchestration.training.checkpoint import load_trained
 
 pytestmark = pytest.mark.slow
 

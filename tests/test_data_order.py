@@ -13,10 +13,10 @@ from data_prep.config import PrepareConfig, SourceConfig
 from data_prep.join import load_sources
 from data_prep.pipeline import run_prepare
 from data_prep.synth import synth_nih
-from orchestration.config import load_config
-from orchestration.plan import plan_training
-from orchestration.feed import DomainBatches, InternalShare
-from orchestration.train import training_datasets
+from orchestration.settings.config import load_config
+from orchestration.settings.plan import plan_training
+from orchestration.training.feed import DomainBatches, InternalShare
+from orchestration.training.train import training_datasets
 
 pytestmark = pytest.mark.slow
 

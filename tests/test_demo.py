@@ -15,13 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import ROOT, free_port, serve_mlflow
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, free_port, serve_mlflow
-from orchestration.config import load_config
-from orchestration.plan import plan_training
-from orchestration.spaces import load_space
-from orchestration.tracking import (
+from orchestration.settings.config import load_config
+from orchestration.settings.plan import plan_training
+from orchestration.settings.tracking import (
     EVALUATES_TAG,
     EVALUATION,
     EXPERIMENT_KIND_TAG,
@@ -34,6 +33,7 @@ from orchestration.tracking import (
     SWEEP_TAG,
     TRIAL_TAG,
 )
+from orchestration.sweeps.spaces import load_space
 
 pytestmark = pytest.mark.slow
 SMALL_DEMO = {"DEMO_IMAGES": "120", "DEMO_IMAGE_SIZE": "32", "DEMO_EPOCHS": "3", "DEMO_TRIAL_STEPS": "2"}

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from orchestration.diagnostics import EnsembleEpoch, domain_probe, ensemble_diagnostics
+from orchestration.evaluation.diagnostics import EnsembleEpoch, domain_probe, ensemble_diagnostics
 
 
 def test_ensemble_figures_match_the_hand_worked_rows():

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import tiny_training
-from orchestration.feed import DomainBatches, InternalShare
-from orchestration.plan import pass_steps
+
+from orchestration.settings.plan import pass_steps
+from orchestration.training.feed import DomainBatches, InternalShare
 
 
 @pytest.mark.parametrize("rows,world,per_domain", [(33, 2, 16), (80, 1, 32), (57, 3, 4), (8, 2, 4)])
@@ -56,9 +56,9 @@ def _pass_worker(loop_config: dict) -> None:
     import ray.train
 
     from data_prep.prepared import PreparedDataset
-    from orchestration.config import Config
-    from orchestration.plan import TrainingPlan
-    from orchestration.train import worker_batches
+    from orchestration.settings.config import Config
+    from orchestration.settings.plan import TrainingPlan
+    from orchestration.training.train import worker_batches
 
     config, plan = Config.model_validate(loop_config["config"]), TrainingPlan(**loop_config["plan"])
     context = ray.train.get_context()
@@ -78,9 +78,9 @@ def _internal_train_ids(prepared_dir, domain):
 
 @pytest.mark.slow
 def test_one_worker_scores_every_internal_image_once_per_epoch(prepared_dir, tmp_path):
-    from orchestration.config import load_config
-    from orchestration.plan import plan_training
-    from orchestration.train import training_datasets
+    from orchestration.settings.config import load_config
+    from orchestration.settings.plan import plan_training
+    from orchestration.training.train import training_datasets
 
     config = load_config([], tiny_training(tmp_path))
     plan = plan_training(config, prepared_dir)
@@ -103,9 +103,9 @@ def test_two_workers_together_score_every_internal_image_once_per_epoch(prepared
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from orchestration.config import load_config
-    from orchestration.plan import plan_training
-    from orchestration.train import data_config, training_datasets
+    from orchestration.settings.config import load_config
+    from orchestration.settings.plan import plan_training
+    from orchestration.training.train import data_config, training_datasets
 
     config = load_config([], tiny_training(tmp_path, **{"train.workers": 2}))
     plan = plan_training(config, prepared_dir)

@@ -11,23 +11,23 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny_training
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from conftest import tiny_training
 from cxrmodel.inputs import to_model_input
 from cxrmodel.network import CXRNet
 from data_prep.config import PrepareConfig, SourceConfig
+from data_prep.findings import CANONICAL_FINDINGS
 from data_prep.join import load_sources
-from data_prep.labels import CANONICAL_FINDINGS
 from data_prep.pipeline import run_prepare
 from data_prep.synth import finding_cell, synthesize
 from orchestration.cli import app
-from orchestration.config import load_config
-from orchestration.explanation import INDEX_FILE, explain_top_images, heat_maps
-from orchestration.plan import plan_training
-from orchestration.tracking import EXPLAIN_ARTIFACT_DIR
-from orchestration.train import run_training
+from orchestration.evaluation.explanation import INDEX_FILE, explain_top_images, heat_maps
+from orchestration.settings.config import load_config
+from orchestration.settings.plan import plan_training
+from orchestration.settings.tracking import EXPLAIN_ARTIFACT_DIR
+from orchestration.training.train import run_training
 
 SIDE = 160  # 5x5 cells of denseblock4, one per synth grid cell
 TOP = 4
@@ -111,8 +111,8 @@ def test_heat_maps_point_at_the_cell_where_synth_draws_each_finding(ray_session,
 
 
 def test_bad_requests_are_refused_naming_what_is_wrong(tmp_path):
-    from orchestration.config import ConfigError
-    from orchestration.evaluation import Predictions
+    from orchestration.evaluation.scoring import Predictions
+    from orchestration.settings.config import ConfigError
 
     scores = Predictions(np.arange(3), np.full((3, 2), 0.5, np.float32), np.zeros((3, 2), np.int8))
     ask = dict(net=None, label_space=["Edema", "Mass"], prepared=None, domain="nih", split="test",

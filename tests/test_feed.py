@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from orchestration.feed import Prefetched
+from orchestration.training.feed import Prefetched
 
 
 class Counter:

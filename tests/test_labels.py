@@ -1,6 +1,6 @@
 import pytest
 
-from data_prep.labels import (
+from data_prep.findings import (
     CANONICAL_FINDINGS,
     LabelNameError,
     canonical_name,

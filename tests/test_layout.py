@@ -147,7 +147,7 @@ def test_cxrmodel_needs_nothing_from_data_prep_or_orchestration():
 
 
 def test_the_label_encoding_loads_without_torch():
-    loaded = _modules_after("from cxrmodel.labels import UNKNOWN; from data_prep.labels import canonical_name")
+    loaded = _modules_after("from cxrmodel.labels import UNKNOWN; from data_prep.findings import canonical_name")
     assert "torch" not in loaded
 
 
@@ -155,7 +155,7 @@ def test_cxr_report_loads_neither_torch_nor_ray_train(tmp_path):
     code = ("from orchestration.cli import app\n"
             f"try: app(['report', '--out', {str(tmp_path / 'r')!r}, 'mlflow.tracking_uri=sqlite:///{tmp_path}/m.db'])\n"
             "except SystemExit: pass\n"
-            "import orchestration.report")
+            "import orchestration.evaluation.report")
     loaded = _modules_after(code)
-    assert "orchestration.report" in loaded and "mlflow" in loaded
+    assert "orchestration.evaluation.report" in loaded and "mlflow" in loaded
     assert "torch" not in loaded and not [m for m in loaded if m.startswith("ray.train")]

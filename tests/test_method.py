@@ -1,4 +1,4 @@
-"""build_method wires what the config and the plan say, and a checkpoint round-trips what it built."""
+"""configured_method wires what the config and the plan say, and a checkpoint round-trips what it built."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import torch
 from cxrmodel import method as factory
 from cxrmodel.heads import HolisticHead, MultiTaskHead, TaskSpecificHeads
 from cxrmodel.method import Acceleration, load_method_state, method_state
-from orchestration.checkpoint import Progress, load_trained, restore_checkpoint, write_checkpoint
-from orchestration.config import load_config
-from orchestration.method import acceleration, build_method, method_spec
-from orchestration.plan import TrainingPlan
+from orchestration.settings.config import load_config
+from orchestration.settings.plan import TrainingPlan
+from orchestration.training.checkpoint import Progress, load_trained, restore_checkpoint, write_checkpoint
+from orchestration.training.configured import acceleration, configured_method, method_spec
 
 SPACE = ["Nodule", "Mass", "Effusion"]
 
@@ -29,7 +29,7 @@ def _small(**updates):
 
 
 def test_the_full_method_takes_its_weights_from_the_plan_and_its_switches_from_the_config():
-    method = build_method(_small(**{"method.lambda_tat": 0.05, "method.lambda_ute": 7.0, "method.gamma": 0.8}), _plan())
+    method = configured_method(_small(**{"method.lambda_tat": 0.05, "method.lambda_ute": 7.0, "method.gamma": 0.8}), _plan())
     step = method.step
     assert torch.equal(step.alpha, torch.tensor([1.0, 3.0, 3.0])) and torch.equal(step.beta, torch.tensor([4.0, 2.0, 1.0]))
     assert step.num_classes == 2 and step.num_domains == 2  # eq. 1's C: the findings the domains label
@@ -42,20 +42,20 @@ def test_the_full_method_takes_its_weights_from_the_plan_and_its_switches_from_t
     assert method.optimizers.lr_schedule.optimizer is method.optimizers.network
     assert method.acceleration == Acceleration()  # CPU defaults: fp32, contiguous, eager
     assert step.ute_reduction == "mean"  # Laine & Aila's 1/(B·C), the paper's [22]
-    older = build_method(_small(**{"method.ute_reduction": "per_sample_sum"}), _plan())
+    older = configured_method(_small(**{"method.ute_reduction": "per_sample_sum"}), _plan())
     assert older.step.ute_reduction == "per_sample_sum"
 
 
 def test_table_vi_switches_remove_what_they_name():
-    joint = build_method(_small(**{"method.adversarial": "none", "method.temporal_ensemble": False,
+    joint = configured_method(_small(**{"method.adversarial": "none", "method.temporal_ensemble": False,
                                    "method.uncertainty": False}), _plan(ensemble=[]))
     assert joint.ensemble is None and joint.optimizers.discriminators is None
     assert not joint.step.ensemble_findings.any()
-    holistic = build_method(_small(**{"method.adversarial": "holistic"}), _plan())
+    holistic = configured_method(_small(**{"method.adversarial": "holistic"}), _plan())
     assert isinstance(holistic.network.head, HolisticHead)
-    multi = build_method(_small(**{"method.multi_task": True, "method.adversarial": "none"}), _plan())
+    multi = configured_method(_small(**{"method.multi_task": True, "method.adversarial": "none"}), _plan())
     assert isinstance(multi.network.head, MultiTaskHead)
-    hard = build_method(_small(**{"method.hard_labels": True, "method.temporal_ensemble": False}), _plan())
+    hard = configured_method(_small(**{"method.hard_labels": True, "method.temporal_ensemble": False}), _plan())
     assert hard.step.hard_labels and hard.ensemble is not None
 
 
@@ -71,7 +71,7 @@ class _Wrapper(torch.nn.Module):
 
 
 def test_precision_settings_and_the_wrapper_reach_the_step():
-    method = build_method(_small(**{"train.bf16": True, "train.channels_last": True, "train.random_crop": True}),
+    method = configured_method(_small(**{"train.bf16": True, "train.channels_last": True, "train.random_crop": True}),
                           _plan(), wrap=_Wrapper)
     assert isinstance(method.step.model, _Wrapper) and method.step.model.module is method.network
     assert method.autocast_dtype == torch.bfloat16 and method.step.autocast_dtype == torch.bfloat16
@@ -83,7 +83,7 @@ def test_precision_settings_and_the_wrapper_reach_the_step():
 def test_a_checkpoint_restores_the_built_method_and_loads_as_a_trained_model(tmp_path):
     config, plan = _small(), _plan()
     torch.manual_seed(0)
-    method = build_method(config, plan)
+    method = configured_method(config, plan)
     images = torch.randint(0, 256, (4, 32, 32), dtype=torch.uint8)
     labels = torch.tensor([[1, 0, -2], [0, 1, 1], [-2, 1, 0], [-2, 0, 1]], dtype=torch.int8)
     method.step(images, labels, torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 2, 3]), h=0.3)
@@ -95,7 +95,7 @@ def test_a_checkpoint_restores_the_built_method_and_loads_as_a_trained_model(tmp
     write_checkpoint(tmp_path, method, progress, best, {"epoch": 1}, config, plan, test=test)
 
     torch.manual_seed(1)
-    fresh = build_method(config, plan)
+    fresh = configured_method(config, plan)
     restored, best_state = restore_checkpoint(tmp_path, fresh, "cpu")
     assert restored == progress
     for key, value in method.network.state_dict().items():

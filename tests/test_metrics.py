@@ -63,8 +63,8 @@ def test_tencrop_averages_ten_views():
 
 
 def test_auc_table_of_an_empty_split_has_its_columns():
-    from orchestration.evaluation import Predictions, auc_table, report_for
-    from orchestration.plan import TrainingPlan
+    from orchestration.evaluation.scoring import Predictions, auc_table, report_for
+    from orchestration.settings.plan import TrainingPlan
 
     space = ["Nodule", "Mass"]
     plan = TrainingPlan(data="", domains=["nih", "chexpert"], label_space=space, common=["Mass"], internal_only=["Nodule"],

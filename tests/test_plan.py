@@ -11,13 +11,13 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from typer.testing import CliRunner
 
-from conftest import ROOT
 from data_prep.prepared import MANIFEST_NAME, PreparedDataset
 from orchestration.cli import app
-from orchestration.config import load_config
-from orchestration.plan import PlanError, plan_document, plan_training
+from orchestration.settings.config import load_config
+from orchestration.settings.plan import PlanError, plan_document, plan_training
 
 runner = CliRunner()
 
@@ -148,9 +148,9 @@ def test_multi_task_weighs_each_domain_branch_by_its_own_beta(prepared_dir, shar
                           copy)
     assert joint.domain_beta is None
 
-    from orchestration.method import build_method
+    from orchestration.training.configured import configured_method
 
-    step = build_method(load_config(updates={"method.multi_task": True, "method.adversarial": "none",
+    step = configured_method(load_config(updates={"method.multi_task": True, "method.adversarial": "none",
                                              "model.branch_features": 4}), multi).step
     assert step.beta.shape == (2, len(multi.label_space)) and step.beta[0, edema].item() == pytest.approx(
         multi.domain_beta[0][edema])

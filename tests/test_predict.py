@@ -10,17 +10,17 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from conftest import tiny_training
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from conftest import tiny_training
 from data_prep.prepared import PreparedDataset
 from orchestration.cli import app
-from orchestration.config import load_config
-from orchestration.plan import plan_training
-from orchestration.train import run_training
-from orchestration.tracking import EVALUATES_TAG
+from orchestration.settings.config import load_config
+from orchestration.settings.plan import plan_training
+from orchestration.settings.tracking import EVALUATES_TAG
+from orchestration.training.train import run_training
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -148,7 +148,7 @@ def test_predict_images_scores_raw_files_and_lists_the_unusable(trained, prepare
 
     from cxrmodel.inference import predict_probs
     from data_prep.images import load_grayscale
-    from orchestration.checkpoint import load_trained
+    from orchestration.training.checkpoint import load_trained
 
     outcome, tmp = trained
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
@@ -189,7 +189,7 @@ def test_predict_images_scores_raw_files_and_lists_the_unusable(trained, prepare
 
 
 def test_diagnose_scores_the_ensemble_and_features_against_the_truth_file(trained, prepared_dir, monkeypatch):
-    from orchestration.tracking import ENSEMBLE_DIR
+    from orchestration.settings.tracking import ENSEMBLE_DIR
 
     outcome, tmp = trained
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")

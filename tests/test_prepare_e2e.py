@@ -11,7 +11,7 @@ import pydicom
 import pytest
 from typer.testing import CliRunner
 
-from data_prep.errors import DataPrepError
+from cxrcommon.errors import DataPrepError
 from data_prep.images import load_grayscale
 from data_prep.prepared import INCOMPLETE_MARKER, MANIFEST_NAME, PreparedDataset
 from data_prep.synth import INHOUSE_FINDINGS

@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cxrcommon.errors import DataPrepError
 from data_prep.config import SourceConfig
-from data_prep.errors import DataPrepError
 from data_prep.readers import read_source
 from data_prep.synth import synthesize
 
@@ -218,7 +218,7 @@ def test_prepare_reads_every_kind_end_to_end(ray_session, tmp_path):
 def test_list_presets_prints_every_map(tmp_path):
     from typer.testing import CliRunner
 
-    from data_prep.labels import load_preset, preset_names
+    from data_prep.findings import load_preset, preset_names
     from orchestration.cli import app
 
     result = CliRunner().invoke(app, ["prepare", "--list-presets"])

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestration import runtime
-from orchestration.runtime import RayAddressError, ray_address
+from orchestration.settings import runtime
+from orchestration.settings.runtime import RayAddressError, ray_address
 
-JOINED = "from orchestration.runtime import init_ray; import ray; init_ray({address!r}); " \
+JOINED = "from orchestration.settings.runtime import init_ray; import ray; init_ray({address!r}); " \
          "print('GCS', ray.get_runtime_context().gcs_address, flush=True)"
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestration.config import load_config
-from orchestration.prediction import ModelReference, resolve_model
-from orchestration.tracking import CHAMPION, CHECKPOINT_TAG, register_and_promote
+from orchestration.evaluation.prediction import ModelReference, resolve_model
+from orchestration.settings.config import load_config
+from orchestration.settings.tracking import CHAMPION, CHECKPOINT_TAG, register_and_promote
 
 
 def _run(client: MlflowClient, exp: str, best: float, checkpoint: str) -> str:
@@ -49,7 +49,7 @@ def test_champion_moves_only_to_a_better_model(tmp_path):
 
 
 def test_registering_needs_the_logged_model():
-    from orchestration.config import ConfigError
+    from orchestration.settings.config import ConfigError
 
     with pytest.raises(ConfigError, match="mlflow.register_model needs mlflow.log_model=true"):
         load_config([], ["mlflow.register_model=cxr", "mlflow.log_model=false"])

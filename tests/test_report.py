@@ -9,8 +9,8 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from orchestration.cli import app
-from orchestration.report import collect_sections, result_table
-from orchestration.tracking import (
+from orchestration.evaluation.report import collect_sections, result_table
+from orchestration.settings.tracking import (
     EARLY_STOPPED_TAG,
     EVALUATES_TAG,
     EVALUATION,
@@ -182,8 +182,8 @@ def test_ablation_rows_are_compared_with_a_and_g_on_logged_test_predictions(tmp_
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
-    from orchestration.report import row_comparisons
-    from orchestration.tracking import BEST_TRIAL_TAG, SEED_PARAM, TEST_PREDICTIONS_ARTIFACT, TRIAL_TAG
+    from orchestration.evaluation.report import row_comparisons
+    from orchestration.settings.tracking import BEST_TRIAL_TAG, SEED_PARAM, TEST_PREDICTIONS_ARTIFACT, TRIAL_TAG
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)

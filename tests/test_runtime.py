@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from orchestration.runtime import ClusterResourceError, check_resources
+from orchestration.settings.runtime import ClusterResourceError, check_resources
 
 
 def test_the_console_hooks_exist():
@@ -23,7 +23,7 @@ def test_the_console_hooks_exist():
 def test_ray_data_takes_the_quiet_logging_config(monkeypatch):
     from ray.data._internal.logging import configure_logging
 
-    from orchestration.runtime import RAY_DATA_LOGGING_CONFIG, _quiet_ray_data_logging
+    from orchestration.settings.runtime import RAY_DATA_LOGGING_CONFIG, _quiet_ray_data_logging
 
     monkeypatch.setenv(RAY_DATA_LOGGING_CONFIG, str(_quiet_ray_data_logging()))
     configure_logging()
@@ -38,7 +38,7 @@ def test_ray_data_takes_the_quiet_logging_config(monkeypatch):
 def test_sweep_trials_lists_trials_that_errored_before_reporting(ray_session, tmp_path):
     from ray import tune
 
-    from orchestration.tune import sweep_trials
+    from orchestration.sweeps.tune import sweep_trials
 
     def trainable(config: dict) -> None:
         if config["fail"]:

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from data_prep.errors import DataPrepError
-from data_prep.labels import CANONICAL_FINDINGS
+from cxrcommon.errors import DataPrepError
+from data_prep.findings import CANONICAL_FINDINGS
 from data_prep.scenario import draw_dataset, load_scenario
 from data_prep.synth import NIH_SPELLING, TRUTH_FILE, synthesize
 from orchestration.cli import app

@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 
 from cxrmodel.metrics import auc_report
 from data_prep.prepared import PreparedDataset
-from orchestration.evaluation import score_split
+from orchestration.evaluation.scoring import score_split
 
 pytestmark = pytest.mark.ray  # the session's prepared dataset is written with Ray Data
 

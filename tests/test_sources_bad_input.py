@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
+from cxrcommon.errors import DataPrepError
 from data_prep.config import SourceConfig
-from data_prep.errors import DataPrepError
 from data_prep.readers import read_source
 from data_prep.synth import NIH_HEADER
 

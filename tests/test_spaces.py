@@ -4,8 +4,8 @@ and Optuna receives the conditional H-schedule parameters."""
 import optuna
 import pytest
 
-from orchestration.config import load_config
-from orchestration.spaces import SpaceError, builtin_spaces, load_space
+from orchestration.settings.config import load_config
+from orchestration.sweeps.spaces import SpaceError, builtin_spaces, load_space
 
 
 def test_builtin_spaces_parse():
@@ -122,8 +122,8 @@ def test_unknown_builtin_name_lists_the_builtins():
 
 
 def test_sweep_settings_are_checked_when_made():
-    from orchestration.config import ConfigError
-    from orchestration.tune import SweepSettings
+    from orchestration.settings.config import ConfigError
+    from orchestration.sweeps.tune import SweepSettings
 
     cases = [
         (dict(metrics=("accuracy",)), "--metric 'accuracy' is not one of"),
@@ -143,7 +143,7 @@ def test_sweep_settings_are_checked_when_made():
 def test_pareto_front_keeps_the_undominated_trials():
     import pandas as pd
 
-    from orchestration.tune import pareto_front
+    from orchestration.sweeps.tune import pareto_front
 
     trials = pd.DataFrame({"a": [0.9, 0.8, 0.7, 0.95], "b": [0.5, 0.9, 0.4, 0.1]})
     assert sorted(pareto_front(trials, ("a", "b"), "max").index) == [0, 1, 3]  # trial 2 is dominated by 0
@@ -155,8 +155,8 @@ def test_asha_judges_epochs_before_the_last_and_lets_a_finishing_trial_end_by_it
 
     from ray.tune.schedulers import TrialScheduler
 
-    from orchestration.config import ConfigError
-    from orchestration.tune import asha_scheduler
+    from orchestration.settings.config import ConfigError
+    from orchestration.sweeps.tune import asha_scheduler
 
     def reports(scheduler, trial_id: str, values: list[float], epochs: int) -> list[str]:
         """What ASHA answers to a trial's epoch reports, then to its final (test) report."""
@@ -192,8 +192,9 @@ def test_asha_judges_epochs_before_the_last_and_lets_a_finishing_trial_end_by_it
 @pytest.mark.slow
 def test_sweeps_are_checked_against_the_data_before_ray(prepared_dir, tmp_path):
     from conftest import tiny_training
-    from orchestration.config import ConfigError
-    from orchestration.tune import SweepSettings, run_sweep
+
+    from orchestration.settings.config import ConfigError
+    from orchestration.sweeps.tune import SweepSettings, run_sweep
 
     base = load_config([], tiny_training(tmp_path))
     with pytest.raises(ConfigError, match="nothing to resume"):

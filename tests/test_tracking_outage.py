@@ -7,7 +7,8 @@ import json
 import time
 
 from conftest import free_port
-from orchestration.tracking import MetricLogger
+
+from orchestration.settings.tracking import MetricLogger
 
 
 def test_metrics_that_cannot_be_delivered_are_kept_in_the_spill_file(tmp_path, monkeypatch):

@@ -17,15 +17,15 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from conftest import ROOT, tiny_training, wait_for
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from conftest import ROOT, tiny_training, wait_for
 from orchestration.cli import app
-from orchestration.config import load_config
-from orchestration.plan import PlanError, plan_training
-from orchestration.train import run_training
-from orchestration.tracking import RUN_NAME_TAG, find_run
+from orchestration.settings.config import load_config
+from orchestration.settings.plan import PlanError, plan_training
+from orchestration.settings.tracking import RUN_NAME_TAG, find_run
+from orchestration.training.train import run_training
 
 pytestmark = pytest.mark.slow
 
@@ -202,7 +202,7 @@ def test_bad_prepared_dirs_are_refused(prepared_dir, tmp_path):
 
 
 def test_secrets_never_reach_mlflow_params():
-    from orchestration.tracking import redact
+    from orchestration.settings.tracking import redact
 
     safe = redact({"mlflow.tracking_uri": "https://alice:s3cret@mlflow.example/", "x.api_token": "abc", "train.lr": 0.1})
     assert safe["mlflow.tracking_uri"] == "https://***@mlflow.example/"

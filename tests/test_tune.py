@@ -16,10 +16,10 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from conftest import ROOT, free_port, tiny_training, wait_for
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, free_port, tiny_training, wait_for
-from orchestration.tracking import EARLY_STOPPED_TAG, SUMMARY_ARTIFACT, TRIAL_TAG, child_runs, find_sweep
+from orchestration.settings.tracking import EARLY_STOPPED_TAG, SUMMARY_ARTIFACT, TRIAL_TAG, child_runs, find_sweep
 
 pytestmark = pytest.mark.slow
 

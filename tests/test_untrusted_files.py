@@ -19,12 +19,17 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 from typer.testing import CliRunner
 
-from conftest import ROOT
-from data_prep.yaml_files import YamlError, load_yaml
-from orchestration import runtime
-from orchestration.checkpoint import (
+from cxrcommon.yaml_files import YamlError, load_yaml
+from orchestration.cli import app
+from orchestration.settings import runtime
+from orchestration.settings.config import ConfigError, load_config
+from orchestration.settings.masking import mask_text, masked
+from orchestration.settings.plan import TrainingPlan
+from orchestration.settings.tracking import MetricLogger
+from orchestration.training.checkpoint import (
     BEST_MODEL_FILE,
     STATE_FILE,
     CheckpointError,
@@ -34,12 +39,7 @@ from orchestration.checkpoint import (
     restore_checkpoint,
     write_checkpoint,
 )
-from orchestration.cli import app
-from orchestration.config import ConfigError, load_config
-from orchestration.masking import mask_text, masked
-from orchestration.method import build_method
-from orchestration.plan import TrainingPlan
-from orchestration.tracking import MetricLogger
+from orchestration.training.configured import configured_method
 
 runner = CliRunner()
 SPACE = ["Nodule", "Mass", "Effusion"]
@@ -62,7 +62,7 @@ def _checkpoint(folder: Path, data: str = "") -> Path:
                         internal_only=["Nodule"], evaluated=SPACE, trained=["Nodule", "Mass"], alpha=[1.0, 3.0, 3.0],
                         beta=[4.0, 2.0, 1.0], positive=[2, 3, 0], negative=[8, 6, 0], ensemble=["Nodule"],
                         per_domain_batch=2, steps_per_epoch=1, num_samples=7)
-    method = build_method(config, plan)
+    method = configured_method(config, plan)
     best = {k: v.clone() for k, v in method.network.state_dict().items()}
     folder.mkdir(parents=True, exist_ok=True)
     write_checkpoint(folder, method, Progress(epoch=1, global_step=1), best, {"epoch": 1}, config, plan)
@@ -89,7 +89,7 @@ def test_the_checkpoint_format_loads_safely_and_round_trips(tmp_path):
 
 def test_a_crafted_state_file_is_refused_by_load_and_resume_and_runs_nothing(tmp_path):
     folder, marker = _checkpoint(tmp_path / "ckpt"), tmp_path / "pwned"
-    method = build_method(*read_run_description(folder))
+    method = configured_method(*read_run_description(folder))
     _poison(folder, marker)
     assert pickle.loads(pickle.dumps(_Payload(tmp_path / "probe"))) == 0 and (tmp_path / "probe").exists()  # it does run
     with pytest.raises(CheckpointError, match=f"{folder / STATE_FILE}: refused: it holds Python objects"):
@@ -234,8 +234,8 @@ def test_run_names_are_checked_by_one_validator_whatever_sets_them(name, tmp_pat
 
 _OPEN_AND_LOG = """
 import sys, time
-from orchestration.config import load_config
-from orchestration.tracking import MetricLogger, client_for, open_run
+from orchestration.settings.config import load_config
+from orchestration.settings.tracking import MetricLogger, client_for, open_run
 start = float(sys.argv[2])
 while time.time() < start:
     time.sleep(0.005)
@@ -277,7 +277,7 @@ def test_a_ray_left_by_a_killed_driver_is_stopped_by_cxr_clean(tmp_path):
     them by the session the command recorded and stops them."""
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
     driver = subprocess.Popen(
-        [sys.executable, "-c", "from orchestration.runtime import init_ray; import ray, time; init_ray(num_cpus=1); "
+        [sys.executable, "-c", "from orchestration.settings.runtime import init_ray; import ray, time; init_ray(num_cpus=1); "
          "print(ray._private.worker._global_node.get_session_dir_path(), flush=True); time.sleep(600)"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:

@@ -11,7 +11,7 @@ import pkgutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from data_prep.errors import DataPrepError
+from cxrcommon.errors import DataPrepError
 from data_prep.readers.common import Reader, SourceTable
 
 if TYPE_CHECKING:

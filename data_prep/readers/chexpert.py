@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from data_prep.errors import DataPrepError
+from cxrcommon.errors import DataPrepError
 from data_prep.readers.common import Reader, SourceTable, csv_line, label_columns, read_csv, require_columns, table_file
 
 if TYPE_CHECKING:

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
+from cxrcommon.errors import DataPrepError
 from cxrmodel.labels import NEGATIVE, POSITIVE, UNKNOWN
-from data_prep.errors import DataPrepError
-from data_prep.labels import canonical_name, in_label_order, is_no_finding
+from data_prep.findings import canonical_name, in_label_order, is_no_finding
 from data_prep.split import patients_crossing_splits
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from data_prep.errors import DataPrepError
+from cxrcommon.errors import DataPrepError
 from data_prep.readers.common import (
     Reader,
     SourceTable,

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from data_prep.errors import DataPrepError
-from data_prep.labels import load_preset
+from cxrcommon.errors import DataPrepError
+from data_prep.findings import load_preset
 from data_prep.readers.common import (
     Reader,
     SourceTable,

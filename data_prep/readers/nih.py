@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from cxrcommon.errors import DataPrepError
 from cxrmodel.labels import NEGATIVE, POSITIVE
-from data_prep.errors import DataPrepError
-from data_prep.labels import canonical_name, in_label_order, is_no_finding
+from data_prep.findings import canonical_name, in_label_order, is_no_finding
 from data_prep.readers.common import Reader, SourceTable, check_official_patients, csv_line, read_csv, require_columns
 
 if TYPE_CHECKING:

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from cxrcommon.errors import DataPrepError
 from cxrmodel.labels import NEGATIVE, POSITIVE
-from data_prep.errors import DataPrepError
-from data_prep.labels import in_label_order, load_preset
+from data_prep.findings import in_label_order, load_preset
 from data_prep.readers.common import (
     Reader,
     SourceTable,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import ray
 
-from data_prep.errors import UserError
+from cxrcommon.errors import UserError
 
 PROJECT_LINE = "[cxr] "  # marks the lines of `say` in Ray's worker logs
 PROJECT_HANDLER = "cxr_project_lines"

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from cxrcommon.errors import UserError
 from cxrmodel.losses import domain_betas, finding_weights
-from data_prep.errors import UserError
-from data_prep.labels import common_findings, exclusive_findings
+from data_prep.findings import common_findings, exclusive_findings
 from data_prep.prepared import PreparedDataset
 
 if TYPE_CHECKING:
-    from orchestration.config import Config
+    from orchestration.settings.config import Config
 
 
 def pass_steps(rows: int, world: int, per_domain: int) -> int:

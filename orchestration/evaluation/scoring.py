@@ -23,11 +23,11 @@ from sklearn.metrics import roc_curve  # noqa: E402
 from cxrmodel.auc_statistics import auc_intervals  # noqa: E402
 from cxrmodel.inference import predict_probs  # noqa: E402
 from cxrmodel.metrics import AucReport, auc_report  # noqa: E402
-from data_prep.labels import exclusive_findings  # noqa: E402
+from data_prep.findings import exclusive_findings  # noqa: E402
 from data_prep.prepared import PreparedDataset  # noqa: E402
 from data_prep.split import SPLITS  # noqa: E402
-from orchestration.config import ConfigError  # noqa: E402
-from orchestration.plan import TrainingPlan  # noqa: E402
+from orchestration.settings.config import ConfigError  # noqa: E402
+from orchestration.settings.plan import TrainingPlan  # noqa: E402
 
 PREDICTION_COLUMNS = ("image_id", "domain")  # then one probability column per finding
 

@@ -25,10 +25,10 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from cxrmodel.inputs import to_model_input
 from data_prep.prepared import IMAGE_COLUMN, PreparedDataset, images_from_arrow
-from orchestration.config import ConfigError
+from orchestration.settings.config import ConfigError
 
 if TYPE_CHECKING:
-    from orchestration.evaluation import Predictions
+    from orchestration.evaluation.scoring import Predictions
 
 TARGET_LAYER = "backbone.features.denseblock4"
 INDEX_FILE = "explain.csv"

@@ -13,13 +13,13 @@ import numpy as np
 import pandas as pd
 
 from cxrmodel.auc_statistics import paired_comparison
-from data_prep.labels import exclusive_findings
+from data_prep.findings import exclusive_findings
 from data_prep.prepared import PreparedDataset
 from data_prep.split import SPLITS
-from orchestration.checkpoint import read_run_description, read_test_predictions
-from orchestration.config import Config, ConfigError
-from orchestration.evaluation import Predictions, prediction_frame
-from orchestration.tracking import checkpoint_of_run, client_for
+from orchestration.evaluation.scoring import Predictions, prediction_frame
+from orchestration.settings.config import Config, ConfigError
+from orchestration.settings.tracking import checkpoint_of_run, client_for
+from orchestration.training.checkpoint import read_run_description, read_test_predictions
 
 
 @dataclass

@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cxrcommon.errors import first_line
 from cxrmodel.method import Method, load_method_state, method_state
-from data_prep.errors import first_line
-from orchestration.config import Config, ConfigError
-from orchestration.masking import masked
-from orchestration.method import build_network
-from orchestration.plan import TrainingPlan
+from orchestration.settings.config import Config, ConfigError
+from orchestration.settings.masking import masked
+from orchestration.settings.plan import TrainingPlan
+from orchestration.training.configured import configured_network
 
 STATE_FILE = "state.pt"
 PROGRESS_FILE = "progress.json"
@@ -150,7 +150,7 @@ def load_trained(checkpoint: str | Path) -> tuple[torch.nn.Module, Config, Train
     """The best network of a checkpoint folder, in eval mode, with the config and plan it was
     trained with (the last weights when no validation ran)."""
     config, plan = read_run_description(checkpoint)
-    net = build_network(config, plan)
+    net = configured_network(config, plan)
     state, source = trained_weights(checkpoint)
     try:
         net.load_state_dict(state)

@@ -26,8 +26,8 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from orchestration.config import Config, ConfigError, flatten_config
-from orchestration.masking import MASK, is_secret_key, mask_text
+from orchestration.settings.config import Config, ConfigError, flatten_config
+from orchestration.settings.masking import MASK, is_secret_key, mask_text
 
 # --- tags ---------------------------------------------------------------------------------------
 KIND_TAG = "cxr.kind"

@@ -28,7 +28,7 @@ import pyarrow as pa
 import torch
 
 from data_prep.prepared import IMAGE_COLUMN, images_from_arrow
-from orchestration.plan import pass_steps
+from orchestration.settings.plan import pass_steps
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 

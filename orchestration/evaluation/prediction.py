@@ -13,14 +13,20 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from data_prep.errors import DataPrepError
+from cxrcommon.errors import DataPrepError
 from data_prep.prepared import PreparedDataset
 from data_prep.split import SPLITS
-from orchestration.checkpoint import read_run_description
-from orchestration.config import Config, ConfigError
-from orchestration.evaluation import PREDICTION_COLUMNS, prediction_frame, score_split
-from orchestration.plan import TrainingPlan
-from orchestration.tracking import client_for, registered_run, resolve_run_id, run_checkpoint, run_of_checkpoint
+from orchestration.evaluation.scoring import PREDICTION_COLUMNS, prediction_frame, score_split
+from orchestration.settings.config import Config, ConfigError
+from orchestration.settings.plan import TrainingPlan
+from orchestration.settings.tracking import (
+    client_for,
+    registered_run,
+    resolve_run_id,
+    run_checkpoint,
+    run_of_checkpoint,
+)
+from orchestration.training.checkpoint import read_run_description
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from typing import Any
 
 import optuna
 
+from cxrcommon.yaml_files import load_yaml
 from cxrmodel.schedules import H_SCHEDULES, HSchedule
-from data_prep.yaml_files import load_yaml
-from orchestration.config import ConfigError, config_keys, load_config
+from orchestration.settings.config import ConfigError, config_keys, load_config
 
 KINDS = ("search", "grid", "ablation")
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
@@ -149,7 +149,7 @@ class SweepSpace:
 
 
 # search_spaces/ is data, not code: it sits beside orchestration/ in a checkout and when installed.
-SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
+SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 
 
 def builtin_spaces() -> list[str]:

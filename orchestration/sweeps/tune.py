@@ -28,12 +28,11 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from data_prep.prepared import PreparedDataset
-from orchestration.config import Config, ConfigError, check_run_name, flatten_config, load_config
-from orchestration.masking import masked
-from orchestration.plan import PlanError, plan_training
-from orchestration.runtime import exit_on_signals, init_ray, verbose
-from orchestration.spaces import METRICS, SweepSpace
-from orchestration.tracking import (
+from orchestration.settings.config import Config, ConfigError, check_run_name, flatten_config, load_config
+from orchestration.settings.masking import masked
+from orchestration.settings.plan import PlanError, plan_training
+from orchestration.settings.runtime import exit_on_signals, init_ray, verbose
+from orchestration.settings.tracking import (
     BEST_DIR,
     BEST_TRIAL_TAG,
     CHAMPION,
@@ -50,7 +49,8 @@ from orchestration.tracking import (
     tracking_uri,
     trial_tags,
 )
-from orchestration.train import run_training
+from orchestration.sweeps.spaces import METRICS, SweepSpace
+from orchestration.training.train import run_training
 
 # A trial driver only waits on its TorchTrainer: a sliver of a CPU, so clusters need no custom resource.
 TRIAL_DRIVER_RESOURCES = {"cpu": 0.01}
@@ -274,7 +274,7 @@ def sweep_trials(results: tune.ResultGrid) -> list:
     trials = getattr(analysis, "trials", None)
     if trials is None:
         raise RuntimeError(f"ray {ray.__version__}: ResultGrid._experiment_analysis.trials is gone; "
-                           "update orchestration.tune.sweep_trials for this Ray version")
+                           "update orchestration.sweeps.tune.sweep_trials for this Ray version")
     return trials
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import yaml
 
-from data_prep.errors import UserError
+from cxrcommon.errors import UserError
 
 MAX_YAML_CHARS = 2_000_000
 MAX_YAML_VALUES = 200_000  # scalars, lists and mappings once every alias is expanded

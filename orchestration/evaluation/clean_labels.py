@@ -14,8 +14,8 @@ import pandas as pd
 
 from cxrmodel.metrics import AucReport, auc_report
 from data_prep.relabelled_nih import read_relabelled_nih
-from orchestration.config import ConfigError
-from orchestration.evaluation import Evaluation
+from orchestration.evaluation.scoring import Evaluation
+from orchestration.settings.config import ConfigError
 
 # Relabelled finding -> the model outputs averaged into its score.
 SCORED_BY = {

@@ -16,10 +16,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from cxrcommon.errors import UserError
+from cxrcommon.yaml_files import load_yaml
 from cxrmodel.schedules import HSchedule
 from data_prep.config import PrepareConfig
-from data_prep.errors import UserError
-from data_prep.yaml_files import load_yaml
 
 MAX_SHOWN_VALUE = 200  # characters of a bad value an error message repeats
 

@@ -1,5 +1,5 @@
 """The config side of the one method factory (`cxrmodel.method`): a config and a training plan
-become a `MethodSpec` (what to train) and an `Acceleration` (how fast), and `build_method` wires
+become a `MethodSpec` (what to train) and an `Acceleration` (how fast), and `configured_method` wires
 them. Training (each Ray Train worker), prediction, the MLflow model export, the benchmarks and the
 tests all build through here, so what is measured and tested is what trains.
 """
@@ -16,8 +16,8 @@ from cxrmodel.method import Acceleration, Method, MethodSpec
 from cxrmodel.network import CXRNet
 
 if TYPE_CHECKING:
-    from orchestration.config import Config
-    from orchestration.plan import TrainingPlan
+    from orchestration.settings.config import Config
+    from orchestration.settings.plan import TrainingPlan
 
 
 def method_spec(config: Config, plan: TrainingPlan) -> MethodSpec:
@@ -44,12 +44,12 @@ def acceleration(config: Config, device: torch.device | str) -> Acceleration:
                                    compile=train.compile, compile_mode=train.compile_mode)
 
 
-def build_network(config: Config, plan: TrainingPlan) -> CXRNet:
+def configured_network(config: Config, plan: TrainingPlan) -> CXRNet:
     """The network alone, random (weights to be loaded into it), e.g. to score a checkpoint."""
     return factory.build_network(replace(method_spec(config, plan), weights=None))
 
 
-def build_method(
+def configured_method(
     config: Config, plan: TrainingPlan, device: torch.device | str = "cpu", *,
     wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
 ) -> Method:

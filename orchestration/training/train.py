@@ -34,26 +34,15 @@ from mlflow.tracking import MlflowClient
 from ray.data import FileShuffleConfig
 from ray.train.torch import TorchTrainer
 
+from cxrcommon.errors import first_line
 from cxrmodel.inference import ProbabilityModel
-from data_prep.errors import first_line
 from data_prep.prepared import IMAGE_COLUMN, PreparedDataset
-from orchestration.checkpoint import (
-    SUMMARY_FILE,
-    TEST_FILE,
-    Progress,
-    load_trained,
-    read_test_predictions,
-    restore_checkpoint,
-    write_checkpoint,
-)
-from orchestration.config import Config, check_run_name
-from orchestration.evaluation import Predictions, auc_table, report_for, roc_figure, score_split
-from orchestration.feed import DomainBatches, InternalShare, Prefetched
-from orchestration.masking import mask_text, masked
-from orchestration.method import Method, build_method
-from orchestration.plan import TrainingPlan, plan_document
-from orchestration.runtime import check_resources, check_shared_storage, exit_on_signals, init_ray, say
-from orchestration.tracking import (
+from orchestration.evaluation.scoring import Predictions, auc_table, report_for, roc_figure, score_split
+from orchestration.settings.config import Config, check_run_name
+from orchestration.settings.masking import mask_text, masked
+from orchestration.settings.plan import TrainingPlan, plan_document
+from orchestration.settings.runtime import check_resources, check_shared_storage, exit_on_signals, init_ray, say
+from orchestration.settings.tracking import (
     CHAMPION,
     CHECKPOINT_TAG,
     CONFIG_ARTIFACT,
@@ -73,6 +62,17 @@ from orchestration.tracking import (
     register_and_promote,
     tracking_uri,
 )
+from orchestration.training.checkpoint import (
+    SUMMARY_FILE,
+    TEST_FILE,
+    Progress,
+    load_trained,
+    read_test_predictions,
+    restore_checkpoint,
+    write_checkpoint,
+)
+from orchestration.training.configured import Method, configured_method
+from orchestration.training.feed import DomainBatches, InternalShare, Prefetched
 
 
 @dataclass
@@ -262,7 +262,7 @@ def _log_artifacts(client: MlflowClient, run_id: str, config: Config, plan: Trai
 def _log_explanations(client: MlflowClient, run_id: str, net: torch.nn.Module, plan: TrainingPlan,
                       prepared: PreparedDataset, test: Predictions, top: int) -> None:
     """Grad-CAM contact sheets of the best model for the internal test split (`cxr explain`'s)."""
-    from orchestration.explanation import explain_top_images
+    from orchestration.evaluation.explanation import explain_top_images
 
     with tempfile.TemporaryDirectory() as folder:
         explain_top_images(net, plan.label_space, prepared, plan.internal, "test", test,
@@ -303,7 +303,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         _write_pid(Path(loop_config["pid_dir"]), rank)
 
     _reseed(config.train.seed, 0, -1)  # identical initial weights on every rank
-    method = build_method(config, plan, device,
+    method = configured_method(config, plan, device,
                           wrap=lambda net: ray.train.torch.prepare_model(net, move_to_device=False))
     progress, best_state = Progress(), None
     checkpoint = ray.train.get_checkpoint()

@@ -32,6 +32,7 @@ from mlflow.entities import Run  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from cxrcommon.yaml_files import load_yaml  # noqa: E402
 from cxrmodel.auc_statistics import (  # noqa: E402
     delong_test,
     finding_replicates,
@@ -39,10 +40,8 @@ from cxrmodel.auc_statistics import (  # noqa: E402
     mean_delta_replicates,
     percentile_interval,
 )
-from data_prep.yaml_files import load_yaml  # noqa: E402
-from orchestration.config import ConfigError  # noqa: E402
-from orchestration.spaces import load_space  # noqa: E402
-from orchestration.tracking import (  # noqa: E402
+from orchestration.settings.config import ConfigError  # noqa: E402
+from orchestration.settings.tracking import (  # noqa: E402
     BEST_TRIAL_TAG,
     CROSS_DOMAIN_MATRIX,
     DATA_SUMMARY_ARTIFACT,
@@ -72,6 +71,7 @@ from orchestration.tracking import (  # noqa: E402
     runs_of_kind,
     standalone_training_runs,
 )
+from orchestration.sweeps.spaces import load_space  # noqa: E402
 
 # plan.json's finding groups in the paper's column order, and how the tables name them.
 GROUPS = {"internal_only": "internal only", "common": "common", "other": "other"}

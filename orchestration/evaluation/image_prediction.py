@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from data_prep.images import ImageError, load_grayscale
-from orchestration.config import ConfigError
+from orchestration.settings.config import ConfigError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 BATCH = 32
@@ -59,7 +59,7 @@ class Scorer:
         import torch
 
         from cxrmodel.inference import predict_probs
-        from orchestration.checkpoint import load_trained
+        from orchestration.training.checkpoint import load_trained
 
         self.torch, self.predict_probs = torch, predict_probs
         self.device = "cuda" if torch.cuda.is_available() else "cpu"

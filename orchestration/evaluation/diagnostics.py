@@ -32,12 +32,12 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from cxrcommon.errors import UserError
 from cxrmodel.inputs import to_model_input
-from data_prep.errors import UserError
 from data_prep.prepared import PreparedDataset
 from data_prep.synth import TRUTH_FILE
-from orchestration.checkpoint import load_trained
-from orchestration.tracking import CHECKPOINT_TAG, DIAGNOSTICS_DIR, ENSEMBLE_DIR
+from orchestration.settings.tracking import CHECKPOINT_TAG, DIAGNOSTICS_DIR, ENSEMBLE_DIR
+from orchestration.training.checkpoint import load_trained
 
 MIN_PROBE_IMAGES = 8  # per domain: half fit the probe, half score it
 ENSEMBLE_FILE = re.compile(r"epoch_(\d+)\.npz$")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from data_prep.errors import DataPrepError
+from cxrcommon.errors import DataPrepError
 
 # The paper's Table I, in its order: the order of the union label space.
 CANONICAL_FINDINGS: tuple[str, ...] = (

@@ -13,11 +13,10 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from data_prep.prepared import PreparedDataset
-from orchestration.checkpoint import load_trained
-from orchestration.config import ConfigError
-from orchestration.evaluation import evaluate_predictions
-from orchestration.prediction import predict_table
-from orchestration.tracking import (
+from orchestration.evaluation.prediction import predict_table
+from orchestration.evaluation.scoring import evaluate_predictions
+from orchestration.settings.config import ConfigError
+from orchestration.settings.tracking import (
     CHECKPOINT_TAG,
     CROSS_DOMAIN_DIR,
     CROSS_DOMAIN_MATRIX,
@@ -25,6 +24,7 @@ from orchestration.tracking import (
     SEED_PARAM,
     child_runs,
 )
+from orchestration.training.checkpoint import load_trained
 
 SPACE_NAME = "cross_domain_table2"
 

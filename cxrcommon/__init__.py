@@ -1,0 +1,1 @@
+"""What every layer shares and none owns: the user-error base and bounded YAML loading."""
