@@ -94,3 +94,18 @@ class PrepareConfig(BaseModel):
                 f"prepare.internal={self.internal!r} is not one of the datasets {names}"
             )
         return self
+
+
+def sources_with_flags(configured: list[SourceConfig], folders: dict[str, Path | None],
+                       csv: dict[str, Path]) -> list[SourceConfig]:
+    """The config's datasets, then one per `--KIND FOLDER` option (named as its kind), then the
+    `--csv NAME=FILE` ones; a --csv dataset keeps the settings the config gave that name."""
+    sources = {s.name: s for s in configured}
+    for kind, folder in folders.items():
+        if folder:
+            sources[kind] = SourceConfig(name=kind, kind=kind, path=folder)
+    for name, file in csv.items():
+        previous = sources.get(name)
+        extra = previous.model_dump(exclude={"name", "kind", "path"}, exclude_unset=True) if previous else {}
+        sources[name] = SourceConfig(name=name, kind="csv", path=file, **extra)
+    return list(sources.values())

@@ -179,3 +179,16 @@ def load_preset(kind: str) -> LabelPreset:
     if doc.get("unlisted") not in ("error", "ignore"):
         raise DataPrepError(f"{path}: unlisted must be 'error' or 'ignore'")
     return LabelPreset(kind, doc.get("description", ""), dict(labels), doc["unlisted"])
+
+
+def preset_lines() -> list[str]:
+    """`cxr prepare --list-presets`: every preset's file, description and label -> finding map."""
+    lines = []
+    for kind in preset_names():
+        preset = load_preset(kind)
+        lines.append(f"[bold]{kind}[/] ({PRESETS_DIR / kind}.yaml): {preset.description}; labels not listed: "
+                     f"{'stop cxr prepare' if preset.unlisted == 'error' else 'ignored, named in the manifest'}")
+        lines += [f"  {label:28s} -> {finding or '(ignored)'}" for label, finding in preset.labels.items()]
+    lines.append("override any of them with label_map in the dataset's config "
+                 "(prepare.sources[].label_map: {LABEL: FINDING or null})")
+    return lines

@@ -563,3 +563,15 @@ def synthesize(out: Path, *, images_per_source: int = 300, image_size: int = 256
         # Seeded by the dataset's place in SOURCES: adding a dataset leaves the others' files as they were.
         writers[name](folders[name], images_per_source, image_size, np.random.default_rng([seed, SOURCES.index(name)]))
     return folders
+
+
+def prepare_command(folders: dict[str, Path], inhouse_format: str) -> tuple[list[str], str]:
+    """What to tell the user after writing `folders`: remarks, and the cxr prepare command that reads them."""
+    flags = [f"--{name} {folder}" if name != "inhouse" else f"--csv inhouse={folder / 'labels.csv'}"
+             for name, folder in folders.items()]
+    notes = []
+    if "inhouse" in folders and inhouse_format == "dicom":
+        notes.append("the in-house set holds one DICOM file without pixel data: cxr prepare lists it as skipped")
+        flags.append("--max-bad-fraction 0.01")
+    internal = "" if "nih" in folders else f" --internal {next(iter(folders))}"
+    return notes, f"cxr prepare {' '.join(flags)}{internal} --out PREPARED_DIR"

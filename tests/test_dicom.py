@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from conftest import ROOT
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
-from conftest import ROOT
 from data_prep.images import ImageError, decode_grayscale, load_grayscale
 from data_prep.synth import _write_dicom, dicom_variant
 

@@ -23,7 +23,7 @@ from data_prep.join import load_sources
 from data_prep.pipeline import run_prepare
 from data_prep.synth import finding_cell, synthesize
 from orchestration.cli import app
-from orchestration.evaluation.explanation import INDEX_FILE, explain_top_images, heat_maps
+from orchestration.evaluation.grad_cam import INDEX_FILE, explain_top_images, heat_maps
 from orchestration.settings.config import load_config
 from orchestration.settings.plan import plan_training
 from orchestration.settings.tracking import EXPLAIN_ARTIFACT_DIR

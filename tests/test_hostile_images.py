@@ -17,12 +17,12 @@ import cv2
 import numpy as np
 import pydicom
 import pytest
+from conftest import ROOT
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 from pydicom.uid import RLELossless
 from typer.testing import CliRunner
 
-from conftest import ROOT
 from data_prep.images import ImageError, declared_size, load_grayscale
 from data_prep.synth import _write_dicom, dicom_variant
 from orchestration.cli import app

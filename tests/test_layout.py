@@ -90,9 +90,9 @@ def longest_import_chain(package: str) -> tuple[str, ...]:
 
     @functools.cache
     def chain(name: str) -> tuple[str, ...]:
-        return (name,) + max((chain(d) for d in graph[name]), key=len, default=())
+        return (name,) + max((chain(d) for d in graph[name]), key=lambda c: (len(c), c), default=())
 
-    return max((chain(name) for name in graph), key=len)
+    return max((chain(name) for name in graph), key=lambda c: (len(c), c))
 
 
 def test_no_package_imports_in_a_circle():

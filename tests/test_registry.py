@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestration.evaluation.prediction import ModelReference, resolve_model
+from orchestration.evaluation.models import ModelReference, resolve_model
 from orchestration.settings.config import load_config
 from orchestration.settings.tracking import CHAMPION, CHECKPOINT_TAG, register_and_promote
 

@@ -4,7 +4,14 @@ learning (the full method's loss falls on learnable synthetic images)."""
 import numpy as np
 import torch
 
-from cxrmodel.losses import adversarial_loss, ensemble_loss, ensemble_mask, finding_weights, partial_label_bce, with_hard_labels
+from cxrmodel.losses import (
+    adversarial_loss,
+    ensemble_loss,
+    ensemble_mask,
+    finding_weights,
+    partial_label_bce,
+    with_hard_labels,
+)
 from cxrmodel.network import CXRNet
 from cxrmodel.optimizers import make_optimizers
 from cxrmodel.schedules import HSchedule

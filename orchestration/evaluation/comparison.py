@@ -8,6 +8,7 @@ are `cxrmodel.auc_statistics.paired_comparison`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,9 +17,10 @@ from cxrmodel.auc_statistics import paired_comparison
 from data_prep.findings import exclusive_findings
 from data_prep.prepared import PreparedDataset
 from data_prep.split import SPLITS
+from orchestration.evaluation.models import resolve_model
+from orchestration.evaluation.prediction import read_predictions
 from orchestration.evaluation.scoring import Predictions, prediction_frame
 from orchestration.settings.config import Config, ConfigError
-from orchestration.settings.tracking import checkpoint_of_run, client_for
 from orchestration.training.checkpoint import read_run_description, read_test_predictions
 
 
@@ -30,13 +32,29 @@ class Comparison:
     domain: str
     split: str
 
+    def notes(self) -> list[str]:
+        if not (self.only_in_a or self.only_in_b):
+            return []
+        return [f"left out: {self.only_in_a} images only A scored, {self.only_in_b} only B scored"]
+
 
 def run_test_predictions(config: Config, run: str, prepared: PreparedDataset) -> pd.DataFrame:
     """The internal test split's predictions a training run saved with its final checkpoint."""
-    checkpoint = checkpoint_of_run(client_for(config), config.mlflow.experiment, run)
+    checkpoint = resolve_model(config, run).checkpoint
     _, plan = read_run_description(checkpoint)
     plan.require_labels_of(prepared, f"run {run!r}")
     return prediction_frame(Predictions(**read_test_predictions(checkpoint)), prepared, plan.internal, "test")
+
+
+def compare_models(config: Config, data: Path, *, predictions: list[Path] | None, runs: list[str] | None,
+                   domain: str | None, split: str, bootstrap: int, seed: int) -> Comparison:
+    """B against A, from two prediction files or two models' logged test predictions."""
+    if bool(predictions) == bool(runs) or len(predictions or runs or []) != 2:
+        raise ConfigError("give two models: --predictions A.parquet --predictions B.parquet, or --run A --run B")
+    prepared = PreparedDataset.load(data)
+    frames = ([read_predictions(p) for p in predictions] if predictions
+              else [run_test_predictions(config, r, prepared) for r in runs])
+    return compare_predictions(*frames, prepared, domain=domain, split=split, bootstrap=bootstrap, seed=seed)
 
 
 def compare_predictions(a: pd.DataFrame, b: pd.DataFrame, prepared: PreparedDataset, *, domain: str | None,

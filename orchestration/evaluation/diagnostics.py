@@ -36,7 +36,8 @@ from cxrcommon.errors import UserError
 from cxrmodel.inputs import to_model_input
 from data_prep.prepared import PreparedDataset
 from data_prep.synth import TRUTH_FILE
-from orchestration.settings.tracking import CHECKPOINT_TAG, DIAGNOSTICS_DIR, ENSEMBLE_DIR
+from orchestration.settings.config import Config
+from orchestration.settings.tracking import CHECKPOINT_TAG, DIAGNOSTICS_DIR, ENSEMBLE_DIR, client_for, resolve_run_id
 from orchestration.training.checkpoint import load_trained
 
 MIN_PROBE_IMAGES = 8  # per domain: half fit the probe, half score it
@@ -160,6 +161,19 @@ class Diagnosis:
     probe: dict[str, float]  # common finding -> held-out probe AUC
     notes: list[str]
 
+    def tables(self) -> list[tuple[str, pd.DataFrame]]:
+        """What `cxr diagnose` prints: (title, table)."""
+        tables = []
+        if not self.ensemble.empty:
+            by_epoch = self.ensemble.groupby("epoch")[["z_auc", "p_auc", "pass_share", "pass_right"]].mean()
+            tables += [("TE / UTE on the external training images, mean over the internal-only findings (z: ensemble "
+                        "targets, p: the network's predictions, against the truth)", by_epoch),
+                       ("per finding", self.ensemble.set_index(["epoch", "finding"]))]
+        if self.probe:
+            tables.append(("TAT: internal vs external by each common finding's features (held-out AUC; "
+                           "0.5 = invariant)", pd.DataFrame({"probe AUC": self.probe})))
+        return tables
+
     def metrics(self) -> list[tuple[str, float, int]]:
         """(name, value, step): per-epoch ensemble figures at step = epoch, the probe at step 0."""
         out = []
@@ -234,3 +248,14 @@ def log_diagnosis(client: MlflowClient, run_id: str, diagnosis: Diagnosis) -> No
     client.log_text(run_id, diagnosis.ensemble.to_csv(index=False), f"{DIAGNOSTICS_DIR}/ensemble.csv")
     client.log_text(run_id, json.dumps({"probe_auc": diagnosis.probe, "notes": diagnosis.notes}, indent=1),
                     f"{DIAGNOSTICS_DIR}/probe.json")
+
+
+def diagnose_and_log(config: Config, run: str, *, truth_files: dict[str, Path],
+                     probe_images: int) -> tuple[Diagnosis, str]:
+    """`cxr diagnose`: diagnose a training run (by id or name) and log the figures to it; returns
+    the diagnosis and the run's id."""
+    client = client_for(config)
+    run_id = resolve_run_id(client, config.mlflow.experiment, run)
+    diagnosis = diagnose_run(client, run_id, truth_files=truth_files, probe_images=probe_images)
+    log_diagnosis(client, run_id, diagnosis)
+    return diagnosis, run_id

@@ -1,151 +1,42 @@
-"""`cxr explain`: where the model looks. Grad-CAM heat maps of the images it scores highest, per finding.
-
-Grad-CAM (the `grad-cam` package) weighs the channels of the last dense block's output (DenseIBN-121's
-`features.denseblock4`, 1/32 of the input side) by the gradient of one finding's logit, so each
-finding gets its own map. Written per finding: the overlays of its top K images, one contact sheet,
-and a row per image in `explain.csv` (with the heat map's peak, in pixels of the model's input).
-"""
+"""`cxr explain`: Grad-CAM heat maps (`grad_cam`) of a trained model's top-scored images of a split,
+written to a folder and logged to the model's training run when the tracking store knows it."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import cv2
-import matplotlib.pyplot as plt
-import numpy as np
-import pandas as pd
-import torch
-from pytorch_grad_cam import GradCAM
-from pytorch_grad_cam.utils.image import show_cam_on_image
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-from cxrmodel.inputs import to_model_input
-from data_prep.prepared import IMAGE_COLUMN, PreparedDataset, images_from_arrow
-from orchestration.settings.config import ConfigError
-
-if TYPE_CHECKING:
-    from orchestration.evaluation.scoring import Predictions
-
-TARGET_LAYER = "backbone.features.denseblock4"
-INDEX_FILE = "explain.csv"
-DISPLAY_SIDE = 224  # overlays are enlarged to at least this side: a 32² picture shows nothing
+from data_prep.prepared import PreparedDataset
+from orchestration.evaluation.grad_cam import INDEX_FILE, Explained, explain_top_images
+from orchestration.evaluation.models import ModelReference
+from orchestration.evaluation.scoring import score_split
+from orchestration.settings.config import Config, ConfigError
+from orchestration.settings.tracking import EXPLAIN_ARTIFACT_DIR, client_for
+from orchestration.training.checkpoint import load_trained
 
 
-class _Logits(torch.nn.Module):
-    """The network as grad-cam expects it: images -> logits (B, C)."""
-
-    def __init__(self, net: torch.nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).logits
-
-
-def heat_maps(net: torch.nn.Module, images: np.ndarray, finding: int) -> np.ndarray:
-    """uint8 images (B, S, S) -> Grad-CAM maps (B, S, S) in [0, 1] for output column `finding`."""
-    device = next(net.parameters()).device
-    with GradCAM(_Logits(net).eval(), [net.get_submodule(TARGET_LAYER)]) as cam:
-        return cam(to_model_input(torch.from_numpy(images).to(device)),
-                   [ClassifierOutputTarget(finding)] * len(images))
-
-
-@dataclass
-class Explained:
-    index: pd.DataFrame  # finding, rank, image_id, sample_id, probability, label, peak_row, peak_col, overlay
-    sheets: list[Path]  # one contact sheet per finding
-
-
-def explain_top_images(
-    net: torch.nn.Module, label_space: list[str], prepared: PreparedDataset, domain: str, split: str,
-    predictions: Predictions, findings: list[str], top: int, out: Path, *, overlays: bool = True,
-    progress: Callable[[str], None] | None = None,
-) -> Explained:
-    """For each finding, Grad-CAM of the `top` images of `predictions` (a split's scores) with the
-    highest probability, written under `out`: sheets `<finding>.png`, overlays
-    `overlays/<finding>/<rank>_<image>.png` (with `overlays`), and the index `explain.csv`."""
-    unknown = [f for f in findings if f not in label_space]
-    if unknown:
-        raise ConfigError(f"--findings {', '.join(unknown)}: not in the model's label space {label_space}")
-    if top < 1:
-        raise ConfigError(f"--top must be at least 1 (got {top})")
-    if len(predictions.sample_id) == 0:
-        raise ConfigError(f"the {split} split of {domain} has no images to explain")
-    # Row numbers in `predictions` of each finding's top images; only those images are read.
-    top_rows = {f: np.argsort(-predictions.probs[:, label_space.index(f)], kind="stable")[:top] for f in findings}
-    wanted = np.unique(np.concatenate([predictions.sample_id[i] for i in top_rows.values()]))
-    table = prepared.read_columns(domain, split, ["sample_id", "image_id", IMAGE_COLUMN], sample_ids=wanted)
-    row_of = {int(s): i for i, s in enumerate(table.column("sample_id").to_numpy())}
-    image_ids = table.column("image_id").to_pylist()
-    out.mkdir(parents=True, exist_ok=True)
-    rows, sheets = [], []
-    for finding, chosen in top_rows.items():
-        c = label_space.index(finding)
-        in_table = [row_of[int(predictions.sample_id[i])] for i in chosen]
-        images = images_from_arrow(table.column(IMAGE_COLUMN).take(in_table), prepared.image_size)
-        maps = heat_maps(net, images, c)
-        pictures = [_overlay(image, heat) for image, heat in zip(images, maps)]
-        found = []
-        for rank, (i, row, heat, picture) in enumerate(zip(chosen, in_table, maps, pictures), start=1):
-            peak_row, peak_col = np.unravel_index(int(heat.argmax()), heat.shape)
-            found.append({
-                "finding": finding, "rank": rank, "image_id": image_ids[row],
-                "sample_id": int(predictions.sample_id[i]), "probability": float(predictions.probs[i, c]),
-                "label": int(predictions.labels[i, c]), "peak_row": int(peak_row), "peak_col": int(peak_col),
-                "overlay": _write_overlay(out, finding, rank, image_ids[row], picture) if overlays else "",
-            })
-        sheet = out / f"{_file_name(finding)}.png"
-        _contact_sheet(finding, pictures, found, f"{domain} {split}").savefig(sheet, dpi=100)
-        plt.close("all")
-        rows.extend(found)
-        sheets.append(sheet)
-        if progress:
-            shown = predictions.probs[chosen, c]
-            progress(f"{finding}: p {shown.max():.3f} to {shown.min():.3f}, "
-                     f"{int((predictions.labels[chosen, c] == 1).sum())} of {len(chosen)} labelled positive")
-    index = pd.DataFrame(rows)
-    index.to_csv(out / INDEX_FILE, index=False)
-    return Explained(index, sheets)
-
-
-def _overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
-    """uint8 gray image and heat map in [0, 1] -> RGB uint8, the map in JET colours over the image."""
-    return show_cam_on_image(np.repeat(image[..., None] / 255.0, 3, axis=2).astype(np.float32), heat, use_rgb=True)
-
-
-def _write_overlay(out: Path, finding: str, rank: int, image_id: str, picture: np.ndarray) -> str:
-    path = out / "overlays" / _file_name(finding) / f"{rank:02d}_{_file_name(str(Path(image_id).with_suffix('')))}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), cv2.cvtColor(_enlarged(picture), cv2.COLOR_RGB2BGR))
-    return str(path.relative_to(out))
-
-
-def _contact_sheet(finding: str, pictures: list[np.ndarray], rows: list[dict], where: str) -> plt.Figure:
-    columns = min(len(pictures), 4)
-    lines = -(-len(pictures) // columns)
-    figure, axes = plt.subplots(lines, columns, figsize=(3 * columns, 3.3 * lines + 0.4), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, picture, row in zip(axes.flat, pictures, rows):
-        label = {1: "positive", 0: "negative"}.get(row["label"], "not labelled")
-        ax.imshow(_enlarged(picture))
-        ax.set_title(f"#{row['rank']} {row['image_id']}\np = {row['probability']:.3f}, {label}", fontsize=8)
-    figure.suptitle(f"Grad-CAM for {finding}: the {len(pictures)} highest-scoring images of {where}", fontsize=10)
-    figure.tight_layout()
-    return figure
-
-
-def _enlarged(picture: np.ndarray) -> np.ndarray:
-    factor = -(-DISPLAY_SIDE // picture.shape[0])
-    if factor <= 1:
-        return picture
-    return cv2.resize(picture, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
-
-
-def _file_name(text: str) -> str:
-    """A finding or image id as one safe file-name part."""
-    return re.sub(r"[^A-Za-z0-9 ._-]+", "_", text).strip("_ ") or "_"
+def explain_model(config: Config, found: ModelReference, out: Path, *, data: Path | None, split: str,
+                  domain: str | None, findings: list[str] | None, top: int, device: str,
+                  say: Callable[[str], None]) -> Explained:
+    """`explain_top_images` for a trained model, on a split of `data` (default: the data it was
+    trained on) and `domain` (default: its internal one); logged under explain/ of its training run
+    when the tracking store knows it."""
+    net, _, plan = load_trained(found.checkpoint)
+    prepared = PreparedDataset.load(data or plan.data)
+    plan.require_labels_of(prepared)
+    domain = domain or plan.internal
+    if domain not in prepared.domains:
+        raise ConfigError(f"--domain {domain!r} is not one of {prepared.domains}")
+    chosen = findings or prepared.domain_findings(domain)
+    say(f"scoring the {prepared.num_samples(domain, split):,} {domain} {split} images, then Grad-CAM "
+        f"of the top {top} for {len(chosen)} findings")
+    scores = score_split(net.to(device), prepared, domain, split, device=device)
+    result = explain_top_images(net, plan.label_space, prepared, domain, split, scores, chosen, top, out,
+                                progress=lambda line: say(f"  {line}"))
+    say(f"wrote {len(result.sheets)} contact sheets, {len(result.index)} overlays and {out / INDEX_FILE}")
+    if found.run_id is None:
+        say("not logged to MLflow: no run in the store has this checkpoint")
+    else:
+        client_for(config).log_artifacts(found.run_id, str(out), EXPLAIN_ARTIFACT_DIR)
+        say(f"logged under {EXPLAIN_ARTIFACT_DIR}/ of MLflow run {found.run_id}")
+    return result

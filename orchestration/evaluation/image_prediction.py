@@ -7,7 +7,9 @@ Files that cannot be decoded are listed with the reason, never dropped silently.
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +17,10 @@ import numpy as np
 import pandas as pd
 
 from data_prep.images import ImageError, load_grayscale
+from orchestration.evaluation.prediction import trained_image_size, write_table
 from orchestration.settings.config import ConfigError
+from orchestration.settings.runtime import init_ray
+from orchestration.training.checkpoint import trained_weights
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 BATCH = 32
@@ -109,3 +114,29 @@ def predict_images(images: pd.DataFrame, checkpoint: Path, *, size: int, tencrop
     table = rows[~bad].drop(columns=["reason"]).sort_values("image_id").reset_index(drop=True)
     table.insert(1, "domain", domain)
     return ImagePredictions(table[[c for c in table.columns if c != "path"] + ["path"]], skipped)
+
+
+def predict_image_files(source: Path, checkpoint: Path, out: Path, *, tencrop: bool, image_size: int | None,
+                        actors: int, address: str | None, say: Callable[[str], None]) -> tuple[ImagePredictions, Path]:
+    """Score the images of a folder or CSV on Ray (a GPU per actor when the cluster has them) into
+    `out`; the files that could not be used go, with the reason, into `<out>.skipped.json` (returned)."""
+    listed = list_images(source)
+    size = image_size or trained_image_size(checkpoint)
+    trained_weights(checkpoint)  # refuse an unusable checkpoint here, not in every scoring actor
+    init_ray(address)
+    import ray
+
+    gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    say(f"scoring {len(listed):,} images at {size}² with up to {actors} model copies" + (" on GPUs" if gpus else ""))
+    step = max(len(listed) // 10, 1)
+
+    def progress(done: int, total: int) -> None:
+        if done // step != (done - 1) // step or done == total:
+            say(f"  {done:,} / {total:,}")
+
+    result = predict_images(listed, checkpoint, size=size, tencrop=tencrop, domain=source.stem, actors=actors,
+                            gpus_per_actor=gpus, progress=progress)
+    write_table(result.table, out)
+    skipped = out.with_name(out.stem + ".skipped.json")
+    skipped.write_text(json.dumps(result.skipped, indent=1))
+    return result, skipped

@@ -1,13 +1,8 @@
-"""`cxr predict`: a trained model's probabilities for every image of a split, as a table.
-
-A model is found by its checkpoint folder, or by its training run (id or run name) through the
-run's `cxr.checkpoint` tag. The table (image_id, domain, one column per finding) is what
-`cxr evaluate --predictions` reads back.
-"""
+"""`cxr predict --data`: a trained model's probabilities for every image of a prepared split, as a
+table (image_id, domain, one column per finding): what `cxr evaluate --predictions` reads back."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -17,35 +12,9 @@ from cxrcommon.errors import DataPrepError
 from data_prep.prepared import PreparedDataset
 from data_prep.split import SPLITS
 from orchestration.evaluation.scoring import PREDICTION_COLUMNS, prediction_frame, score_split
-from orchestration.settings.config import Config, ConfigError
+from orchestration.settings.config import ConfigError
 from orchestration.settings.plan import TrainingPlan
-from orchestration.settings.tracking import (
-    client_for,
-    registered_run,
-    resolve_run_id,
-    run_checkpoint,
-    run_of_checkpoint,
-)
-from orchestration.training.checkpoint import read_run_description
-
-
-@dataclass(frozen=True)
-class ModelReference:
-    checkpoint: Path
-    run_id: str | None  # the training run it came from, where the tracking store knows it
-
-
-def resolve_model(config: Config, model: str | Path) -> ModelReference:
-    """A checkpoint folder from any model reference: the folder itself, models:/NAME@ALIAS (or
-    models:/NAME/VERSION) of the MLflow Model Registry, or a training run's id or name."""
-    client, text = client_for(config), str(model)
-    if text.startswith("models:/"):
-        run_id = registered_run(client, text)
-    elif Path(text).exists():
-        return ModelReference(Path(text), run_of_checkpoint(client, config.mlflow.experiment, Path(text)))
-    else:
-        run_id = resolve_run_id(client, config.mlflow.experiment, text)
-    return ModelReference(run_checkpoint(client, run_id), run_id)
+from orchestration.training.checkpoint import load_trained, read_run_description
 
 
 def trained_image_size(checkpoint: Path) -> int:
@@ -74,6 +43,14 @@ def predict_table(
         scored = score_split(net, prepared, domain, split, batch_size=batch_size, device=device, tencrop=tencrop)
         frames.append(prediction_frame(scored, prepared, domain, split))
     return pd.concat(frames, ignore_index=True)
+
+
+def predict_prepared(checkpoint: Path, data: Path, *, split: str = "test", domains: list[str] | None = None,
+                     tencrop: bool = False, device: str = "cpu") -> pd.DataFrame:
+    """`predict_table` for the model in a checkpoint folder, on a prepared dataset folder."""
+    net, _, plan = load_trained(checkpoint)
+    return predict_table(net, plan, PreparedDataset.load(data), split=split, domains=domains, tencrop=tencrop,
+                         device=device)
 
 
 def write_table(frame: pd.DataFrame, out: Path) -> None:

@@ -532,6 +532,15 @@ class ReportOutcome:
     sections: list[SectionReport]
     logged_to: list[str]  # parent run ids the sweep parts were logged to
 
+    def lines(self) -> list[str]:
+        """What `cxr report` says it wrote."""
+        lines = [f"{s.section.title}: {len(s.table)} table rows from {len(s.section.runs)} runs, "
+                 f"{len(s.excluded)} not averaged in, {len(s.figures)} figures" for s in self.sections]
+        lines.append(f"report: {self.markdown} and {self.html}")
+        if self.logged_to:
+            lines.append(f"also logged under report/ of MLflow run(s) {', '.join(self.logged_to)}")
+        return lines
+
 
 def write_report(client: MlflowClient, experiment: str, out: Path, parent_run_id: str | None = None,
                  progress=None) -> ReportOutcome:

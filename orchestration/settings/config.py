@@ -45,6 +45,17 @@ def check_run_name(name: str, what: str = "run name") -> str:
     return name
 
 
+def imagenet_warning(config: Config) -> str | None:
+    """The paper starts from ImageNet weights; nothing is downloaded here, so say how to get them."""
+    if config.model.weights:
+        return None
+    return ("no model.weights: the network starts from random weights, the paper from ImageNet. Results are not "
+            "comparable with the paper's (MLflow param model.pretrained=false). On a machine with internet, save "
+            "torchvision's weights once: python -c \"import torch, torchvision; torch.save(torchvision.models."
+            "densenet121(weights='IMAGENET1K_V1').state_dict(), 'densenet121.pth')\" then pass "
+            "model.weights=densenet121.pth")
+
+
 class HScheduleConfig(_Section):
     name: Literal["constant", "linear", "cosine", "exponential", "step"] = "linear"
     start: float = Field(default=0.4, ge=0.0, le=0.5)

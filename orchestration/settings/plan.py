@@ -205,8 +205,17 @@ def plan_document(config: Config, plan: TrainingPlan) -> dict:
     }
 
 
-def plan_tables(document: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """`cxr train --dry-run`'s tables from a plan document: one row per finding, one per epoch boundary."""
+def plan_summary(document: dict) -> str:
+    """`cxr train --dry-run`'s first lines: the domains and their roles, the steps, the batch."""
+    roles = ", ".join(f"{d} ({r})" for d, r in document["roles"].items())
+    return (f"training domains: {roles}\n{document['epochs']} epochs x {document['steps_per_epoch']} steps = "
+            f"{document['total_steps']} steps; batch {document['per_domain_batch']} per domain per worker, "
+            f"{document['workers']} worker(s)")
+
+
+def plan_tables(document: dict) -> list[tuple[str, pd.DataFrame]]:
+    """`cxr train --dry-run`'s tables (title, table) from a plan document: one row per finding, one
+    per epoch boundary."""
     findings = pd.DataFrame.from_dict({
         name: {"group": f["group"].replace("_", " ") if f["trained"] else "not trained", "α": f"{f['alpha']:g}",
                "P": f"{f['positive']:,}", "N": f"{f['negative']:,}", "β": f"{f['beta']:.2f}" if f["trained"] else "-",
@@ -215,4 +224,5 @@ def plan_tables(document: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     }, orient="index")
     schedule = pd.DataFrame([{"epoch": str(r["epoch"]), "step": f"{r['step']:,}", "Adam LR": f"{r['lr']:.0e}",
                               "H": "-" if r["h"] is None else f"{r['h']:.3f}"} for r in document["schedule"]])
-    return findings, schedule.set_index("epoch")
+    return [("findings (β = N / P over the training domains' train splits)", findings),
+            ("at each epoch boundary", schedule.set_index("epoch"))]

@@ -248,11 +248,6 @@ def run_checkpoint(client: MlflowClient, run_id: str) -> Path:
     return Path(path)
 
 
-def checkpoint_of_run(client: MlflowClient, experiment: str, run: str) -> Path:
-    """The final checkpoint folder of a finished training run (by id or run name)."""
-    return run_checkpoint(client, resolve_run_id(client, experiment, run))
-
-
 def run_of_checkpoint(client: MlflowClient, experiment: str, checkpoint: Path) -> str | None:
     """The training run whose final checkpoint is `checkpoint`, if the experiment has one."""
     found = client.get_experiment_by_name(experiment)

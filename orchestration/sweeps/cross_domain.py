@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from data_prep.prepared import PreparedDataset
 from orchestration.evaluation.prediction import predict_table
 from orchestration.evaluation.scoring import evaluate_predictions
-from orchestration.settings.config import ConfigError
+from orchestration.settings.config import Config, ConfigError
 from orchestration.settings.tracking import (
     CHECKPOINT_TAG,
     CROSS_DOMAIN_DIR,
@@ -23,6 +23,8 @@ from orchestration.settings.tracking import (
     DOMAINS_PARAM,
     SEED_PARAM,
     child_runs,
+    client_for,
+    find_sweep,
 )
 from orchestration.training.checkpoint import load_trained
 
@@ -35,12 +37,33 @@ class CrossDomainResult:
     per_finding: pd.DataFrame  # long: trained_on, tested_on, seed, run_id, finding, auc
     common: list[str]
 
+    @property
+    def title(self) -> str:
+        return f"mean AUC over the {len(self.common)} common findings (rows: tested on, columns: trained on)"
+
     def markdown(self) -> str:
         header = "| Testing \\ Training | " + " | ".join(self.matrix.columns) + " |"
         lines = [header, "|" + "---|" * (len(self.matrix.columns) + 1)]
         for tested, row in self.matrix.iterrows():
             lines.append(f"| {tested} | " + " | ".join("" if pd.isna(v) else f"{v:.4f}" for v in row) + " |")
         return "\n".join(lines) + f"\n\nMean AUC over the common findings: {', '.join(self.common)}.\n"
+
+
+def finished_sweep(config: Config, sweep_name: str, resume: bool) -> str | None:
+    """The parent run of `sweep_name` when that sweep finished and is not being resumed: its models
+    are tested again instead of trained again."""
+    found = find_sweep(client_for(config), config.mlflow.experiment, sweep_name)
+    return found.info.run_id if found is not None and found.info.status == "FINISHED" and not resume else None
+
+
+def score_sweep_models(config: Config, parent_run_id: str, data: str, *, split: str, tencrop: bool,
+                      device: str) -> CrossDomainResult:
+    """`cross_domain_matrix` of a sweep on the prepared data, logged to its parent run."""
+    client = client_for(config)
+    result = cross_domain_matrix(client, parent_run_id, PreparedDataset.load(data), split=split, tencrop=tencrop,
+                                 device=device)
+    log_cross_domain(client, parent_run_id, result)
+    return result
 
 
 def cross_domain_matrix(

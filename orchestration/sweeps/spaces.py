@@ -210,6 +210,14 @@ def _check_key(path: Path, where: str, key: str, known: set[str]) -> None:
                                  "method.lambda_tat, method.lambda_ute, method.alpha, method.gamma, method.h_schedule")
 
 
+def load_grid(name_or_file: str, rows: list[str] | None = None) -> SweepSpace:
+    """A grid or ablation to run row by row (`cxr ablate`), restricted to `rows` if given."""
+    grid = load_space(name_or_file)
+    if grid.kind == "search":
+        raise SpaceError(f"{grid.path} is a search space: run it with cxr tune --space")
+    return grid.only_rows(rows) if rows else grid
+
+
 def load_space(name_or_file: str) -> SweepSpace:
     path = resolve_space_path(name_or_file)
     doc = load_yaml(path.read_text(), str(path))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import optuna
@@ -83,10 +84,26 @@ class SweepSettings:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
 
+    @classmethod
+    def for_grid(cls, space: SweepSpace, sweep_name: str, *, max_concurrent: int, seeds: int,
+                 resume: bool) -> SweepSettings:
+        """A grid runs every row (× seeds) and is judged by its space's metric."""
+        return cls(sweep_name=sweep_name, max_concurrent=max_concurrent, metrics=(space.metric,), seeds=seeds,
+                   resume=resume)
+
     def check_for(self, space: SweepSpace) -> None:
         if len(self.metrics) > 1 and space.kind != "search":
             raise ConfigError(f"several metrics (multi-objective) need a kind: search space; {space.path} is "
                               f"a {space.kind}")
+
+
+def sweep_name(given: str | None, resume: bool, prefix: str) -> str:
+    """The given name, or a new timestamped one; resuming needs the name of the sweep to continue."""
+    if given:
+        return check_run_name(given, "--sweep-name")
+    if resume:
+        raise ConfigError("--resume needs --sweep-name NAME (the name printed when the sweep started)")
+    return datetime.now().strftime(f"{prefix}-%Y%m%d-%H%M%S")
 
 
 @dataclass
@@ -95,6 +112,25 @@ class SweepOutcome:
     trials: pd.DataFrame
     best_config_path: Path | None
     best_updates: dict
+
+    def shown_trials(self, space: SweepSpace, settings: SweepSettings) -> pd.DataFrame:
+        """The trials table as printed: status, what the trial varied, its metrics."""
+        described_by = "row" if space.kind == "ablation" else "params"
+        columns = list(dict.fromkeys(["status", described_by, *settings.metrics, "test_mean_auc"]))
+        return self.trials.set_index("trial_id")[columns]
+
+    def summary(self, settings: SweepSettings, data: Path) -> list[str]:
+        """The lines after the trials: the Pareto front, the best trial and its config, the parent run."""
+        lines = []
+        if len(settings.metrics) > 1:
+            front = self.trials[self.trials["pareto"]]
+            lines.append(f"Pareto front over {', '.join(settings.metrics)} ({len(front)} of {len(self.trials)} trials): "
+                         + "; ".join(f"{r.trial_id} (" + ", ".join(f"{r[m]:.4f}" for m in settings.metrics) + ")"
+                                     for _, r in front.iterrows()))
+        if self.best_config_path:
+            lines += [f"best trial {self.best_updates['trial_id']}: {self.best_updates}",
+                      f"its config: {self.best_config_path} (cxr train --data {data} --config {self.best_config_path})"]
+        return [*lines, f"MLflow parent run: {self.parent_run_id}"]
 
 
 def _trial(params: dict, *, base: dict, space: SweepSpace, data: str, sweep_name: str, parent_run_id: str) -> None:

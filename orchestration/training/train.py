@@ -262,7 +262,7 @@ def _log_artifacts(client: MlflowClient, run_id: str, config: Config, plan: Trai
 def _log_explanations(client: MlflowClient, run_id: str, net: torch.nn.Module, plan: TrainingPlan,
                       prepared: PreparedDataset, test: Predictions, top: int) -> None:
     """Grad-CAM contact sheets of the best model for the internal test split (`cxr explain`'s)."""
-    from orchestration.evaluation.explanation import explain_top_images
+    from orchestration.evaluation.grad_cam import explain_top_images
 
     with tempfile.TemporaryDirectory() as folder:
         explain_top_images(net, plan.label_space, prepared, plan.internal, "test", test,

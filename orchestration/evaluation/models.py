@@ -1,0 +1,53 @@
+"""Finding a trained model: the one resolver behind every verb's `--run | --model | --checkpoint`.
+
+A model is a cxr train checkpoint folder; it can be named by that folder, by its training run (MLflow
+run id or run name, through the run's `cxr.checkpoint` tag) or by a version of the MLflow Model
+Registry (models:/NAME@ALIAS, models:/NAME/VERSION).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestration.settings.config import Config, ConfigError
+from orchestration.settings.tracking import (
+    client_for,
+    registered_run,
+    resolve_run_id,
+    run_checkpoint,
+    run_of_checkpoint,
+)
+
+
+@dataclass(frozen=True)
+class ModelReference:
+    checkpoint: Path
+    run_id: str | None  # the training run it came from, where the tracking store knows it
+
+
+def resolve_model(config: Config, model: str | Path) -> ModelReference:
+    """A checkpoint folder from any model reference: the folder itself, models:/NAME@ALIAS (or
+    models:/NAME/VERSION) of the MLflow Model Registry, or a training run's id or name."""
+    client, text = client_for(config), str(model)
+    if text.startswith("models:/"):
+        run_id = registered_run(client, text)
+    elif Path(text).exists():
+        return ModelReference(Path(text), run_of_checkpoint(client, config.mlflow.experiment, Path(text)))
+    else:
+        run_id = resolve_run_id(client, config.mlflow.experiment, text)
+    return ModelReference(run_checkpoint(client, run_id), run_id)
+
+
+def chosen_model(config: Config, *, run: str | None = None, model: str | None = None,
+                 checkpoint: Path | None = None, find_run: bool = False) -> ModelReference:
+    """The model a verb was given by exactly one of --run, --model and --checkpoint. A checkpoint
+    folder is taken as it is, without asking the tracking store for its run unless `find_run`."""
+    given = [x for x in (checkpoint, run, model) if x is not None]
+    if len(given) != 1:
+        raise ConfigError("give the model once: --model, --checkpoint or --run")
+    if checkpoint is None:
+        return resolve_model(config, given[0])
+    if not checkpoint.is_dir():
+        raise ConfigError(f"--checkpoint {checkpoint} is not a folder (a cxr train checkpoint_* folder)")
+    return resolve_model(config, checkpoint) if find_run else ModelReference(checkpoint, None)
