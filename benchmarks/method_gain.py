@@ -30,11 +30,13 @@ from pathlib import Path
 import numpy as np
 from mlflow.tracking import MlflowClient
 
+from cxrmodel.metrics import SUMMARIES
 from orchestration.evaluation.diagnostics import diagnose_run, log_diagnosis
 from orchestration.evaluation.report import collect_sections, row_comparisons
-from orchestration.settings.tracking import ROW_TAG, SWEEP_TAG, find_sweep
+from orchestration.settings.schema import ROW_TAG, SWEEP_TAG, TEST_SUMMARY_METRICS
+from orchestration.settings.tracking import find_sweep
 
-COLUMNS = {"Mean": "test_mean_auc", "Mean_Com": "test_mean_com_auc", "Mean_Int": "test_mean_int_auc"}
+COLUMNS = dict(zip(SUMMARIES, TEST_SUMMARY_METRICS))  # "Mean" -> test_mean_auc, ...
 DEFAULT_ROWS = {"paper": "a,b,c,e,g", "default": "a,b,g"}
 EXPERIMENT = "cxr-orchestra"
 

@@ -28,7 +28,8 @@ import pandas as pd
 from method_gain import cxr, prepare_scenario, train_overrides  # benchmarks/ is on the path as a script
 from mlflow.tracking import MlflowClient
 
-from orchestration.settings.tracking import DOMAINS_PARAM, SEED_PARAM, child_runs, find_sweep
+from orchestration.settings.schema import CROSS_DOMAIN_PER_FINDING, DOMAINS_PARAM, SEED_PARAM, TEST_SUMMARY_METRICS
+from orchestration.settings.tracking import child_runs, find_sweep
 
 SINGLE_RANGE = (0.75, 0.90)
 MIN_DROP = 0.10
@@ -41,9 +42,9 @@ def figures(uri: str) -> pd.DataFrame:
     client = MlflowClient(uri)
     parent = find_sweep(client, "cxr-orchestra", SWEEP)
     with tempfile.TemporaryDirectory() as folder:
-        per_finding = pd.read_csv(client.download_artifacts(parent.info.run_id, "cross_domain/per_finding.csv", folder))
+        per_finding = pd.read_csv(client.download_artifacts(parent.info.run_id, CROSS_DOMAIN_PER_FINDING, folder))
     on_nih = per_finding[per_finding["tested_on"] == "nih"].groupby(["trained_on", "seed"])["auc"].mean().unstack(0)
-    single = {int(r.data.params[SEED_PARAM]): r.data.metrics["test_mean_auc"]
+    single = {int(r.data.params[SEED_PARAM]): r.data.metrics[TEST_SUMMARY_METRICS[0]]
               for r in child_runs(client, parent.info.run_id)
               if json.loads(r.data.params[DOMAINS_PARAM]) == ["nih"] and r.info.status == "FINISHED"}
     table = pd.DataFrame({"single_mean": pd.Series(single), "nih_mean_com": on_nih["nih"].values,

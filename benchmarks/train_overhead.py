@@ -30,6 +30,7 @@ from data_prep.synth import synthesize
 from orchestration.settings.config import load_config
 from orchestration.settings.plan import plan_training
 from orchestration.settings.runtime import init_ray
+from orchestration.settings.schema import loss_metric
 from orchestration.settings.tracking import find_run
 from orchestration.training.configured import configured_method
 from orchestration.training.train import run_training
@@ -51,7 +52,7 @@ def ray_rate(config, data: Path, batch: int) -> float:
     outcome = run_training(config, plan_training(config, data), run_name="overhead")
     client = MlflowClient(config.mlflow.tracking_uri)
     run = find_run(client, config.mlflow.experiment, outcome.run_name)
-    history = sorted(client.get_metric_history(run.info.run_id, "train/loss_cls"), key=lambda m: m.step)
+    history = sorted(client.get_metric_history(run.info.run_id, loss_metric("cls")), key=lambda m: m.step)
     first, last = history[0], history[-1]  # from the first logged step (10): past warm-up
     return (last.step - first.step) * batch / ((last.timestamp - first.timestamp) / 1000)
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import rankdata
 
+from cxrmodel.metrics import SUMMARIES
+
 REPLICATES_PER_CHUNK = 100  # bounds memory: chunk x images counts at a time
 
 
@@ -155,8 +157,10 @@ def finding_replicates(labels: np.ndarray, score_sets: list[np.ndarray], label_s
 
 
 def group_members(evaluated: list[str], common: list[str], internal_only: list[str]) -> dict[str, list[str]]:
-    return {"mean": list(evaluated), "mean_com": [f for f in common if f in evaluated],
-            "mean_int": [f for f in internal_only if f in evaluated]}
+    """The findings each of the paper's summaries (SUMMARIES: mean, mean_com, mean_int) averages."""
+    mean, mean_com, mean_int = SUMMARIES.values()
+    return {mean: list(evaluated), mean_com: [f for f in common if f in evaluated],
+            mean_int: [f for f in internal_only if f in evaluated]}
 
 
 def auc_intervals(labels: np.ndarray, probs: np.ndarray, label_space: list[str], *, evaluated: list[str],

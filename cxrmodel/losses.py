@@ -23,6 +23,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from cxrmodel import paper
 from cxrmodel.discriminators import domain_targets
 from cxrmodel.labels import NEGATIVE, POSITIVE, UNKNOWN
 
@@ -32,7 +33,7 @@ def finding_weights(
     common: Sequence[str],
     train_balance: Mapping[str, Mapping[str, int]],
     *,
-    alpha: float = 3.0,
+    alpha: float = paper.ALPHA_COMMON,
     task_weighting: bool = True,
     alpha_overrides: Mapping[str, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,15 +16,10 @@ from typing import Callable, Literal, NamedTuple
 
 import torch
 
+from cxrmodel import paper
 from cxrmodel.losses import UteReduction
 from cxrmodel.network import CXRNet, HeadKind
-from cxrmodel.optimizers import (
-    PAPER_DISCRIMINATOR_LR,
-    PAPER_LR,
-    PAPER_LR_DECAY,
-    PAPER_LR_MILESTONES,
-    make_optimizers,
-)
+from cxrmodel.optimizers import make_optimizers
 from cxrmodel.temporal_ensemble import TemporalEnsemble
 from cxrmodel.training_step import TrainingStep
 
@@ -46,20 +41,20 @@ class MethodSpec:
     domain_beta: tuple[tuple[float, ...], ...] | None = None  # (D, C) β per domain: the multi_task head
     head: HeadKind = "task_specific"
     adversarial: bool = True
-    lambda_tat: float = 0.03
+    lambda_tat: float = paper.LAMBDA_TAT
     temporal_ensemble: bool = True  # also needed for hard labels: they come from the ensemble
     uncertainty: bool = True
     hard_labels: bool = False
-    lambda_ute: float = 30.0
+    lambda_ute: float = paper.LAMBDA_UTE
     ute_reduction: UteReduction = "mean"  # Laine & Aila's 1/(B·C); "per_sample_sum" the older choice
-    gamma: float = 0.9
+    gamma: float = paper.GAMMA
     branch_features: int = 128
     discriminator_hidden: int = 128
     weights: str | None = None  # a local torchvision / densenet121_ibn_a file
-    lr: float = PAPER_LR
-    lr_milestones: tuple[int, ...] = PAPER_LR_MILESTONES
-    lr_decay: float = PAPER_LR_DECAY
-    discriminator_lr: float = PAPER_DISCRIMINATOR_LR
+    lr: float = paper.LR
+    lr_milestones: tuple[int, ...] = paper.LR_MILESTONES
+    lr_decay: float = paper.LR_DECAY
+    discriminator_lr: float = paper.DISCRIMINATOR_LR
     random_crop: bool = False
 
 
@@ -106,7 +101,7 @@ def build_network(spec: MethodSpec) -> CXRNet:
     """The network alone, e.g. to load trained weights into."""
     return CXRNet(
         spec.num_findings, list(spec.common), spec.num_domains,
-        head=spec.head, adversarial=spec.adversarial, adversarial_weight=spec.lambda_tat,
+        head=spec.head, adversarial=spec.adversarial, lambda_tat=spec.lambda_tat,
         branch_features=spec.branch_features, discriminator_hidden=spec.discriminator_hidden,
         in_channels=1, weights=spec.weights,
     )
@@ -140,7 +135,8 @@ def build_method(
         alpha=torch.tensor(spec.alpha), beta=torch.tensor(spec.domain_beta or spec.beta),
         num_domains=spec.num_domains, num_classes=spec.num_classes,
         ensemble=ensemble, ensemble_findings=torch.tensor(covered),
-        lambda_ute=spec.lambda_ute, ute_reduction=spec.ute_reduction, uncertainty=spec.uncertainty,
+        lambda_tat=spec.lambda_tat, lambda_ute=spec.lambda_ute, ute_reduction=spec.ute_reduction,
+        uncertainty=spec.uncertainty,
         hard_labels=spec.hard_labels,
         random_crop=spec.random_crop, autocast_dtype=torch.bfloat16 if speed.bf16 else None,
         channels_last=speed.channels_last,

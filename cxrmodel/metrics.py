@@ -10,9 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from cxrmodel.labels import NEGATIVE, POSITIVE
+
+# The paper's summaries (its table headers) -> their names in code, figures and metrics: Mean over
+# every evaluated finding, Mean_Com over the common ones, Mean_Int over the internal-only ones.
+SUMMARIES = {"Mean": "mean", "Mean_Com": "mean_com", "Mean_Int": "mean_int"}
 
 
 @dataclass
@@ -25,12 +28,17 @@ class AucReport:
 
     def as_metrics(self, prefix: str = "") -> dict[str, float]:
         """Flat metric names, e.g. {'val_mean_auc': .., 'val_auc/Nodule': ..}."""
-        out = {f"{prefix}auc/{name}": value for name, value in self.auc.items()}
-        for name in ("mean", "mean_com", "mean_int"):
+        out = {prefix + figure_name(name): value for name, value in self.auc.items()}
+        for name in SUMMARIES.values():
             value = getattr(self, name)
             if value is not None:
-                out[f"{prefix}{name}_auc"] = value
+                out[prefix + figure_name(name)] = value
         return out
+
+
+def figure_name(name: str) -> str:
+    """A finding's AUC or a summary under its flat name: Nodule -> auc/Nodule, mean_com -> mean_com_auc."""
+    return f"{name}_auc" if name in SUMMARIES.values() else f"auc/{name}"
 
 
 def _mean(values: list[float]) -> float | None:
@@ -50,6 +58,8 @@ def auc_report(
 
     probs, labels: (N, C) in label-space order. Mean covers `evaluated`; Mean_Com the evaluated
     common findings; Mean_Int the evaluated internal-only findings."""
+    from sklearn.metrics import roc_auc_score  # here: the summaries' names load without scikit-learn
+
     auc, undefined = {}, {}
     for finding in evaluated:
         c = list(label_space).index(finding)

@@ -12,6 +12,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import nn
 
+from cxrmodel import paper
 from cxrmodel.backbone import FEATURES, densenet121_ibn_a
 from cxrmodel.discriminators import BatchedDiscriminators, reverse_gradient
 from cxrmodel.heads import HolisticHead, MultiTaskHead, TaskSpecificHeads
@@ -32,7 +33,7 @@ class CXRNet(nn.Module):
         num_domains: number of datasets; domain 0 is the internal one.
         head: "task_specific" (the method), "holistic" (HAT) or "multi_task" (Table III baseline).
         adversarial: add discriminators (TAT on task features, HAT on the holistic feature).
-        adversarial_weight: λ_tat, the scale of the reversed gradient reaching the backbone.
+        lambda_tat: eq. 7's λ_tat, the scale of the reversed gradient reaching the backbone.
     """
 
     def __init__(
@@ -43,7 +44,7 @@ class CXRNet(nn.Module):
         *,
         head: HeadKind = "task_specific",
         adversarial: bool = True,
-        adversarial_weight: float = 0.03,
+        lambda_tat: float = paper.LAMBDA_TAT,
         branch_features: int = 128,
         discriminator_hidden: int = 128,
         in_channels: int = 1,
@@ -58,7 +59,7 @@ class CXRNet(nn.Module):
         if head == "multi_task" and adversarial:
             raise ValueError("the multi_task head is a baseline without adversarial training")
         self.head_kind = head
-        self.adversarial_weight = adversarial_weight
+        self.lambda_tat = lambda_tat
         self.register_buffer("common", torch.tensor(common, dtype=torch.long), persistent=False)
         self.backbone = densenet121_ibn_a(weights, in_channels)
         if head == "task_specific":
@@ -89,7 +90,7 @@ class CXRNet(nn.Module):
         if self.discriminators is not None and self.training:
             if self.head_kind == "task_specific":
                 features = features[:, self.common]
-            domain_logits = self.discriminators(reverse_gradient(features, self.adversarial_weight))
+            domain_logits = self.discriminators(reverse_gradient(features, self.lambda_tat))
         return NetOutput(logits, domain_logits)
 
     def task_features(self, images: torch.Tensor) -> torch.Tensor:

@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import torch
 
+from cxrmodel import paper
 from cxrmodel.network import CXRNet
-
-# Paper: Adam 1e-4, x0.1 after epoch 3 and after epoch 6; RMSprop 1e-4 fixed for the discriminators.
-PAPER_LR = 1e-4
-PAPER_LR_MILESTONES = (3, 6)
-PAPER_LR_DECAY = 0.1
-PAPER_DISCRIMINATOR_LR = 1e-4
 
 
 def make_optimizers(
     model: CXRNet,
     *,
-    lr: float = PAPER_LR,
-    lr_milestones: tuple[int, ...] = PAPER_LR_MILESTONES,
-    lr_decay: float = PAPER_LR_DECAY,
-    discriminator_lr: float = PAPER_DISCRIMINATOR_LR,
+    lr: float = paper.LR,
+    lr_milestones: tuple[int, ...] = paper.LR_MILESTONES,
+    lr_decay: float = paper.LR_DECAY,
+    discriminator_lr: float = paper.DISCRIMINATOR_LR,
     fused: bool = False,
 ) -> tuple[torch.optim.Adam, torch.optim.RMSprop | None, torch.optim.lr_scheduler.MultiStepLR]:
     """Adam for the network with the per-epoch step decay, RMSprop (fixed LR) for the discriminators;

@@ -10,14 +10,16 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from cxrmodel import paper
+
 H_SCHEDULES = ("constant", "linear", "cosine", "exponential", "step")
 HScheduleName = Literal["constant", "linear", "cosine", "exponential", "step"]
 
 @dataclass(frozen=True)
 class HSchedule:
     name: HScheduleName = "linear"
-    start: float = 0.4
-    end: float = 0.1
+    start: float = paper.H_START
+    end: float = paper.H_END
     steps: int = 4  # number of plateaus, for "step"
 
     def __post_init__(self) -> None:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from cxrmodel import paper
+
 
 class TemporalEnsemble:
-    def __init__(self, num_samples: int, num_findings: int, gamma: float = 0.9, device: str | torch.device = "cpu"):
+    def __init__(self, num_samples: int, num_findings: int, gamma: float = paper.GAMMA, device: str | torch.device = "cpu"):
         if not 0.0 < gamma < 1.0:
             raise ValueError(f"gamma must be in (0, 1), got {gamma}")
         self.gamma = gamma

@@ -1,7 +1,7 @@
 """One training step of the full method, in plain PyTorch. Orchestration calls it once per batch.
 
     step = TrainingStep(model, adam, rmsprop, alpha=alpha, beta=beta, num_domains=2,
-                        ensemble=ensemble, ensemble_findings=internal_only_mask, lambda_ute=30.0)
+                        ensemble=ensemble, ensemble_findings=internal_only_mask)
     out = step(images_uint8, labels, domain, sample_id, h=schedule(progress))
 
 The backward reaches the discriminators through a gradient reversal (see discriminators.py), so
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cxrmodel import paper
 from cxrmodel.inference import _autocast
 from cxrmodel.inputs import to_model_input
 from cxrmodel.losses import (
@@ -45,7 +46,9 @@ class TrainingStep:
         ensemble: the temporal ensemble (None switches TE / UTE off).
         ensemble_findings: (C,) bool, the findings whose unknown labels get ensemble targets
             (the paper: the internal-only ones); default all.
-        lambda_ute: weight of the ensemble loss; λ_tat lives in the model's gradient reversal.
+        lambda_tat: eq. 7's λ_tat: the loss it reports (the model's gradient reversal applies it
+            to the backbone's gradient).
+        lambda_ute: eq. 7's λ_ute, the weight of the ensemble loss.
         uncertainty: apply UTE's threshold H (False = plain TE).
         hard_labels: Table VI i: the rounded ensemble targets enter eq. 1 as labels; no L2 term.
         random_crop: random translation by up to 1/16 of the side (see inputs.py), besides the flip.
@@ -64,7 +67,8 @@ class TrainingStep:
         num_classes: int | None = None,
         ensemble: TemporalEnsemble | None = None,
         ensemble_findings: torch.Tensor | None = None,
-        lambda_ute: float = 30.0,
+        lambda_tat: float = paper.LAMBDA_TAT,
+        lambda_ute: float = paper.LAMBDA_UTE,
         ute_reduction: UteReduction = "mean",
         uncertainty: bool = True,
         hard_labels: bool = False,
@@ -82,7 +86,7 @@ class TrainingStep:
         self.uncertainty, self.hard_labels = uncertainty, hard_labels
         self.random_crop = random_crop
         self.autocast_dtype, self.channels_last = autocast_dtype, channels_last
-        self.lambda_tat = getattr(model, "module", model).adversarial_weight
+        self.lambda_tat = lambda_tat
 
     def __call__(
         self,

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cxrmodel import paper
 from data_prep.readers import KIND_SETTINGS, READERS
 
 DEFAULT_MAX_PIXELS = 50_000_000  # 7,071²; real radiographs are up to ~4,300²
@@ -55,7 +56,7 @@ class PrepareConfig(BaseModel):
 
     sources: list[SourceConfig] = Field(default_factory=list)
     internal: str = "nih"
-    image_size: int = Field(default=320, ge=16, le=4096)
+    image_size: int = Field(default=paper.IMAGE_SIZE, ge=16, le=4096)
     # Patient-level fallback splits (and NIH's train_val -> train/val, as the paper did).
     val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)

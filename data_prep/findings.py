@@ -125,6 +125,31 @@ def common_findings(label_space: Sequence[str], finding_sets: Iterable[Iterable[
     return [f for f in label_space if f in shared]
 
 
+@dataclass(frozen=True)
+class FindingGroups:
+    """One domain's findings as the paper's summaries group them: Mean over `evaluated` (the
+    findings it labels), Mean_Com over `common` (∩l: labelled by every domain it is trained or
+    tested with), Mean_Int over `internal_only` (labelled by it and by none of the others)."""
+
+    evaluated: list[str]
+    common: list[str]
+    internal_only: list[str]
+
+    @classmethod
+    def of(cls, own: Sequence[str], others: Sequence[Sequence[str]], label_space: Sequence[str]) -> FindingGroups:
+        """The groups of the domain labelling `own` among the domains labelling `others`."""
+        return cls(list(own), common_findings(label_space, [own, *others]), exclusive_findings(own, others))
+
+    def group(self, finding: str) -> str:
+        if finding in self.internal_only:
+            return "internal_only"
+        return "common" if finding in self.common else "other"
+
+    def members(self) -> dict[str, list[str]]:
+        """evaluated / common / internal_only: the keyword arguments of cxrmodel's AUC summaries."""
+        return {"evaluated": self.evaluated, "common": self.common, "internal_only": self.internal_only}
+
+
 # --- label-map presets: data_prep/label_maps/<kind>.yaml ---------------------------------------
 
 PRESETS_DIR = Path(__file__).resolve().parent / "label_maps"

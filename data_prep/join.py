@@ -11,8 +11,8 @@ from cxrcommon.errors import DataPrepError
 from cxrmodel.labels import NEGATIVE, POSITIVE, UNKNOWN
 from data_prep.config import PrepareConfig
 from data_prep.findings import (
+    FindingGroups,
     common_findings,
-    exclusive_findings,
     union_label_space,
 )
 from data_prep.readers import SourceTable, read_source
@@ -36,7 +36,7 @@ class JoinedDataset:
     def internal_only(self) -> list[str]:
         """Findings only the internal domain labels (the paper's Mean_Int set)."""
         others = [fs for d, fs in self.domain_findings.items() if d != self.internal]
-        return exclusive_findings(self.domain_findings[self.internal], others)
+        return FindingGroups.of(self.domain_findings[self.internal], others, self.label_space).internal_only
 
     def without(self, sample_ids: set[int]) -> JoinedDataset:
         kept = self.rows[~self.rows["sample_id"].isin(sample_ids)]

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cxrcommon.errors import DataPrepError
+from data_prep.findings import FindingGroups
 
 FORMAT_VERSION = 2  # 2: per-domain training P_c / N_c; rows in a seeded random order
 MANIFEST_NAME = "manifest.json"
@@ -163,6 +164,11 @@ class PreparedDataset:
     @property
     def internal_only(self) -> list[str]:
         return self.manifest.internal_only
+
+    def finding_groups(self, domain: str) -> FindingGroups:
+        """`domain`'s findings grouped against every other prepared domain."""
+        others = [self.domain_findings(d) for d in self.domains if d != domain]
+        return FindingGroups.of(self.domain_findings(domain), others, self.label_space)
 
     @property
     def domains(self) -> list[str]:

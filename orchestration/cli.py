@@ -216,8 +216,7 @@ def train(
     name = check_run_name(run_name or cfg.train.run_name or default_run_name())
     say(f"run name: [bold]{name}[/] (resume with: cxr train --data {data} --run-name {name} ...)")
     outcome = run_training(cfg, plan, address=address, run_name=name, handle_signals=True)
-    summary = {k: v for k, v in outcome.metrics.items() if k.startswith("test_") and "/" not in k}
-    say(f"finished run {outcome.run_name} (MLflow run {outcome.run_id}): {summary}")
+    say(f"finished run {outcome.run_name} (MLflow run {outcome.run_id}): {outcome.test_summary()}")
 
 
 def _run_sweep(space: SweepSpace, data: Path, settings: SweepSettings, address: str | None,

@@ -15,7 +15,7 @@ from data_prep.synth import RELABELLED_FILE
 from orchestration.cli import app
 from orchestration.evaluation.clean_labels import evaluate_clean_labels
 from orchestration.settings.config import ConfigError
-from orchestration.settings.tracking import EVALUATION, KIND_TAG
+from orchestration.settings.schema import EVALUATION, KIND_TAG
 
 HEADER = "Image Index,Patient ID,Fracture,Pneumothorax,Airspace opacity,Nodule or mass,Set Id\n"
 ROWS = [

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from data_prep.prepared import PreparedDataset
 from orchestration.cli import app
 from orchestration.evaluation.prediction import predict_table
-from orchestration.settings.tracking import CHECKPOINT_TAG, child_runs, find_sweep
+from orchestration.settings.schema import CHECKPOINT_TAG
+from orchestration.settings.tracking import child_runs, find_sweep
 from orchestration.training.checkpoint import load_trained
 
 pytestmark = pytest.mark.slow

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestration.settings.config import load_config
 from orchestration.settings.plan import plan_training
-from orchestration.settings.tracking import (
+from orchestration.settings.schema import (
     EVALUATES_TAG,
     EVALUATION,
     EXPERIMENT_KIND_TAG,

@@ -26,7 +26,7 @@ from orchestration.cli import app
 from orchestration.evaluation.grad_cam import INDEX_FILE, explain_top_images, heat_maps
 from orchestration.settings.config import load_config
 from orchestration.settings.plan import plan_training
-from orchestration.settings.tracking import EXPLAIN_ARTIFACT_DIR
+from orchestration.settings.schema import EXPLAIN_ARTIFACT_DIR
 from orchestration.training.train import run_training
 
 SIDE = 160  # 5x5 cells of denseblock4, one per synth grid cell

@@ -2,6 +2,7 @@ import pytest
 
 from data_prep.findings import (
     CANONICAL_FINDINGS,
+    FindingGroups,
     LabelNameError,
     canonical_name,
     common_findings,
@@ -59,3 +60,17 @@ def test_union_and_common_are_computed_from_the_sets():
 
 def nih_in_order(space, findings):
     return [f for f in space if f in findings]
+
+
+def test_finding_groups_of_a_domain_among_others():
+    space = ["Hernia", "Mass", "Nodule", "Edema", "Effusion", "Lung Opacity"]
+    nih = ["Hernia", "Mass", "Nodule", "Edema", "Effusion"]
+    chexpert = ["Edema", "Effusion", "Lung Opacity"]
+    inhouse = ["Nodule", "Effusion"]
+    groups = FindingGroups.of(nih, [chexpert, inhouse], space)
+    assert groups.common == ["Effusion"] and groups.internal_only == ["Hernia", "Mass"]
+    assert [groups.group(f) for f in space] == ["internal_only", "internal_only", "other", "other", "common", "other"]
+    assert groups.members() == {"evaluated": nih, "common": ["Effusion"], "internal_only": ["Hernia", "Mass"]}
+    # Against CheXpert alone, Nodule is NIH's own and Edema is shared.
+    assert FindingGroups.of(nih, [chexpert], space).internal_only == ["Hernia", "Mass", "Nodule"]
+    assert FindingGroups.of(nih, [chexpert], space).common == ["Edema", "Effusion"]

@@ -6,14 +6,16 @@ from __future__ import annotations
 import ast
 import functools
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MAX_CHAIN = 5  # orchestration: cli -> verb -> building block -> settings
-# data_prep: pipeline -> join -> config -> readers -> readers.common -> labels -> errors
-MAX_DATA_PREP_CHAIN = 7
+# orchestration: cli -> verb -> the verb it runs (a sweep trains) -> building block -> settings -> schema
+MAX_CHAIN = 6
+# data_prep: pipeline -> images -> config -> readers -> readers.common -> findings
+MAX_DATA_PREP_CHAIN = 6
 
 
 def _module_name(path: Path, package_dir: Path) -> str:
@@ -121,15 +123,34 @@ def test_the_import_measures_follow_function_level_imports_and_sub_packages(tmp_
     assert import_cycle("pkg") == ("a", "b", "sub.c", "a")
 
 
-def test_only_the_schema_spells_cxr_tags():
+# What a metric name looks like: the schema's builders' outputs and their pieces (no whitespace).
+METRIC_LIKE = re.compile(r"^(train|best|cross_domain|diagnostics)/|^best_(val|test)_|^clean_[^/]*/|^trials_"
+                         r"|^(val|test)_(auc|mean)|(^|_)mean(_com|_int)?_auc$|auc/|auc_ci_")
+
+
+def _spelled_names(path: Path) -> list[tuple[int, str]]:
+    """String constants and f-string pieces in `path` that look like a `cxr.` tag or a metric name."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and not re.search(r"\s", node.value):
+            if node.value.startswith("cxr.") or METRIC_LIKE.search(node.value):
+                found.append((node.lineno, node.value))
+    return found
+
+
+def test_only_the_schema_spells_tags_and_metric_names():
     spelled = []
     for path in [*ROOT.glob("orchestration/**/*.py"), *ROOT.glob("benchmarks/*.py"), *ROOT.glob("data_prep/**/*.py")]:
-        if path.name == "tracking.py":
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("cxr."):
-                spelled.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
+        if path.name != "schema.py":
+            spelled += [f"{path.relative_to(ROOT)}:{line} {value!r}" for line, value in _spelled_names(path)]
     assert not spelled, spelled
+
+
+def test_the_spelling_guard_sees_tags_metric_names_and_f_string_pieces(tmp_path):
+    code = tmp_path / "x.py"
+    code.write_text('a = "cxr.kind"\nb = f"{split}_auc/{finding}"\nc = "train/lr"\nd = "val_mean_com_auc"\n'
+                    'e = "the val_mean_auc of a run"\nf = "z_auc"\ng = f"best/{m}"\n')
+    assert sorted(line for line, _ in _spelled_names(code)) == [1, 2, 3, 4, 7]
 
 
 def _modules_after(code: str) -> list[str]:

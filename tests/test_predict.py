@@ -19,7 +19,7 @@ from data_prep.prepared import PreparedDataset
 from orchestration.cli import app
 from orchestration.settings.config import load_config
 from orchestration.settings.plan import plan_training
-from orchestration.settings.tracking import EVALUATES_TAG
+from orchestration.settings.schema import EVALUATES_TAG
 from orchestration.training.train import run_training
 
 pytestmark = pytest.mark.slow
@@ -189,7 +189,7 @@ def test_predict_images_scores_raw_files_and_lists_the_unusable(trained, prepare
 
 
 def test_diagnose_scores_the_ensemble_and_features_against_the_truth_file(trained, prepared_dir, monkeypatch):
-    from orchestration.settings.tracking import ENSEMBLE_DIR
+    from orchestration.settings.schema import ENSEMBLE_DIR
 
     outcome, tmp = trained
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")

@@ -8,7 +8,8 @@ from mlflow.tracking import MlflowClient
 
 from orchestration.evaluation.models import ModelReference, resolve_model
 from orchestration.settings.config import load_config
-from orchestration.settings.tracking import CHAMPION, CHECKPOINT_TAG, register_and_promote
+from orchestration.settings.schema import CHAMPION, CHECKPOINT_TAG
+from orchestration.settings.tracking import register_and_promote
 
 
 def _run(client: MlflowClient, exp: str, best: float, checkpoint: str) -> str:

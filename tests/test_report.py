@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from orchestration.cli import app
 from orchestration.evaluation.report import collect_sections, result_table
-from orchestration.settings.tracking import (
+from orchestration.settings.schema import (
     EARLY_STOPPED_TAG,
     EVALUATES_TAG,
     EVALUATION,
@@ -183,7 +183,7 @@ def test_ablation_rows_are_compared_with_a_and_g_on_logged_test_predictions(tmp_
     from sklearn.metrics import roc_auc_score
 
     from orchestration.evaluation.report import row_comparisons
-    from orchestration.settings.tracking import BEST_TRIAL_TAG, SEED_PARAM, TEST_PREDICTIONS_ARTIFACT, TRIAL_TAG
+    from orchestration.settings.schema import BEST_TRIAL_TAG, SEED_PARAM, TEST_PREDICTIONS_ARTIFACT, TRIAL_TAG
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)

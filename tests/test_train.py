@@ -24,7 +24,8 @@ from typer.testing import CliRunner
 from orchestration.cli import app
 from orchestration.settings.config import load_config
 from orchestration.settings.plan import PlanError, plan_training
-from orchestration.settings.tracking import RUN_NAME_TAG, find_run
+from orchestration.settings.schema import RUN_NAME_TAG
+from orchestration.settings.tracking import find_run
 from orchestration.training.train import run_training
 
 pytestmark = pytest.mark.slow

@@ -44,7 +44,7 @@ def synthetic_domains(per_domain=64, size=64, seed=0):
 
 def make_step(lambda_tat=0.03, ensemble=True, lr=1e-4, **kwargs):
     torch.manual_seed(0)
-    model = CXRNet(FINDINGS, COMMON, 2, adversarial_weight=lambda_tat, branch_features=32, discriminator_hidden=32)
+    model = CXRNet(FINDINGS, COMMON, 2, lambda_tat=lambda_tat, branch_features=32, discriminator_hidden=32)
     adam, rmsprop, _ = make_optimizers(model, lr=lr)
     names = [str(i) for i in range(FINDINGS)]
     balance = {n: {"positive": 1, "negative": 2} for n in names}
@@ -52,7 +52,7 @@ def make_step(lambda_tat=0.03, ensemble=True, lr=1e-4, **kwargs):
     te = TemporalEnsemble(128, FINDINGS, gamma=0.9) if ensemble else None
     internal_only = torch.tensor([c in DOMAIN_FINDINGS[0] and c not in DOMAIN_FINDINGS[1] for c in range(FINDINGS)])
     step = TrainingStep(model, adam, rmsprop, alpha=alpha, beta=beta, num_domains=2, ensemble=te,
-                        ensemble_findings=internal_only, lambda_ute=30.0, **kwargs)
+                        ensemble_findings=internal_only, lambda_tat=lambda_tat, lambda_ute=30.0, **kwargs)
     return model, step, te
 
 
@@ -124,14 +124,14 @@ def _symmetric_images(seed=0):
 def _step_gradients(lambda_tat=1.0, h=0.0, hard_labels=False, uncertainty=True):
     """(backbone grad, discriminator grad) after one TrainingStep, and the model as it was before."""
     torch.manual_seed(0)
-    model = CXRNet(C, COMMON_SMALL, 2, adversarial_weight=lambda_tat, branch_features=8, discriminator_hidden=8)
-    before = CXRNet(C, COMMON_SMALL, 2, adversarial_weight=lambda_tat, branch_features=8, discriminator_hidden=8)
+    model = CXRNet(C, COMMON_SMALL, 2, lambda_tat=lambda_tat, branch_features=8, discriminator_hidden=8)
+    before = CXRNet(C, COMMON_SMALL, 2, lambda_tat=lambda_tat, branch_features=8, discriminator_hidden=8)
     before.load_state_dict(model.state_dict())
     adam, rmsprop, _ = make_optimizers(model)
     te = TemporalEnsemble(4, C, gamma=0.9)
     te.Z[3], te.updates[3] = (1 - 0.9) * TARGET, 1  # z = Z / (1 - 0.9^1) = TARGET
     step = TrainingStep(model, adam, rmsprop, alpha=ALPHA, beta=BETA, num_domains=2, num_classes=C,
-                        ensemble=te, ensemble_findings=INTERNAL_ONLY, lambda_ute=30.0,
+                        ensemble=te, ensemble_findings=INTERNAL_ONLY, lambda_tat=lambda_tat, lambda_ute=30.0,
                         uncertainty=uncertainty, hard_labels=hard_labels)
     model.train()
     step(_symmetric_images(), LABELS, DOMAINS, torch.arange(4), h=h)

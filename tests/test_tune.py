@@ -19,7 +19,8 @@ import yaml
 from conftest import ROOT, free_port, tiny_training, wait_for
 from mlflow.tracking import MlflowClient
 
-from orchestration.settings.tracking import EARLY_STOPPED_TAG, SUMMARY_ARTIFACT, TRIAL_TAG, child_runs, find_sweep
+from orchestration.settings.schema import EARLY_STOPPED_TAG, SUMMARY_ARTIFACT, TRIAL_TAG
+from orchestration.settings.tracking import child_runs, find_sweep
 
 pytestmark = pytest.mark.slow
 

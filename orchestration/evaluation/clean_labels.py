@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrmodel.metrics import AucReport, auc_report
+from cxrmodel.metrics import AucReport, auc_report, figure_name
 from data_prep.relabelled_nih import read_relabelled_nih
 from orchestration.evaluation.scoring import Evaluation
 from orchestration.settings.config import ConfigError
+from orchestration.settings.schema import clean_metric
 
 # Relabelled finding -> the model outputs averaged into its score.
 SCORED_BY = {
@@ -68,9 +69,9 @@ def evaluate_on_relabelled(frame: pd.DataFrame, clean_labels: Path, set_name: st
     result = evaluate_clean_labels(frame, read_relabelled_nih(clean_labels, set_name), set_name)
     table = pd.DataFrame({f"{set_name} ({result.num_images} images)": {
         f: result.report.auc.get(f, np.nan) for f in SCORED_BY}}).astype(float)
-    metrics = {f"clean_{set_name}/auc/{f}": v for f, v in result.report.auc.items()}
-    metrics[f"clean_{set_name}/num_images"] = result.num_images
-    metrics[f"clean_{set_name}/missing_predictions"] = len(result.missing)
+    metrics = {clean_metric(set_name, figure_name(finding)): v for finding, v in result.report.auc.items()}
+    metrics[clean_metric(set_name, "num_images")] = result.num_images
+    metrics[clean_metric(set_name, "missing_predictions")] = len(result.missing)
     warnings = [f"{f}: no AUC, {why}" for f, why in result.report.undefined.items()]
     if result.missing:
         warnings.append(f"{len(result.missing)} of the {set_name} images in {clean_labels} have no prediction "

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from cxrmodel.auc_statistics import paired_comparison
-from data_prep.findings import exclusive_findings
+from cxrmodel.metrics import SUMMARIES
 from data_prep.prepared import PreparedDataset
 from data_prep.split import SPLITS
 from orchestration.evaluation.models import resolve_model
@@ -79,12 +79,9 @@ def compare_predictions(a: pd.DataFrame, b: pd.DataFrame, prepared: PreparedData
         raise ConfigError(f"the two prediction tables share no image of {domain}'s {split} split")
     probs_a = a[a["domain"] == domain].drop_duplicates("image_id").set_index("image_id").loc[shared, space]
     probs_b = b[b["domain"] == domain].drop_duplicates("image_id").set_index("image_id").loc[shared, space]
-    own = prepared.domain_findings(domain)
-    others = [prepared.domain_findings(d) for d in prepared.domains if d != domain]
     stats = paired_comparison(
         labels.loc[shared, space].to_numpy(np.int8), probs_a.to_numpy(np.float64), probs_b.to_numpy(np.float64),
-        space, evaluated=own, common=prepared.common, internal_only=exclusive_findings(own, others),
-        replicates=bootstrap, seed=seed,
+        space, **prepared.finding_groups(domain).members(), replicates=bootstrap, seed=seed,
     )
     return Comparison(stats, len(ids_a - ids_b), len(ids_b - ids_a), domain, split)
 
@@ -95,7 +92,7 @@ def comparison_table(comparison: Comparison) -> pd.DataFrame:
     for name, f in comparison.stats["findings"].items():
         rows[name] = {"AUC A": f["auc_a"], "AUC B": f["auc_b"], "Δ (B-A)": f["delta"],
                       "95% CI of Δ": _interval(f["ci95"]), "p DeLong": f["p_delong"], "p Holm": f["p_holm"]}
-    for group, label in (("mean", "Mean"), ("mean_com", "Mean_Com"), ("mean_int", "Mean_Int")):
+    for label, group in SUMMARIES.items():
         if group in comparison.stats["means"]:
             g = comparison.stats["means"][group]
             rows[label] = {"AUC A": g["auc_a"], "AUC B": g["auc_b"], "Δ (B-A)": g["delta"],

@@ -37,7 +37,8 @@ from cxrmodel.inputs import to_model_input
 from data_prep.prepared import PreparedDataset
 from data_prep.synth import TRUTH_FILE
 from orchestration.settings.config import Config
-from orchestration.settings.tracking import CHECKPOINT_TAG, DIAGNOSTICS_DIR, ENSEMBLE_DIR, client_for, resolve_run_id
+from orchestration.settings.schema import CHECKPOINT_TAG, DIAGNOSTICS_DIR, ENSEMBLE_DIR, diagnostics_metric
+from orchestration.settings.tracking import client_for, resolve_run_id
 from orchestration.training.checkpoint import load_trained
 
 MIN_PROBE_IMAGES = 8  # per domain: half fit the probe, half score it
@@ -181,16 +182,16 @@ class Diagnosis:
             for column in ("z_auc", "p_auc", "pass_share", "pass_right"):
                 value = getattr(row, column)
                 if not np.isnan(value):
-                    out.append((f"{DIAGNOSTICS_DIR}/ute/{column}/{row.finding}", float(value), int(row.epoch)))
+                    out.append((diagnostics_metric("ute", column, row.finding), float(value), int(row.epoch)))
         if not self.ensemble.empty:
             for epoch, group in self.ensemble.groupby("epoch"):
                 for column in ("z_auc", "p_auc", "pass_share"):
                     if group[column].notna().any():
-                        out.append((f"{DIAGNOSTICS_DIR}/ute/{column}_mean", float(group[column].mean()), int(epoch)))
+                        out.append((diagnostics_metric("ute", f"{column}_mean"), float(group[column].mean()), int(epoch)))
         for finding, value in self.probe.items():
-            out.append((f"{DIAGNOSTICS_DIR}/tat/probe_auc/{finding}", value, 0))
+            out.append((diagnostics_metric("tat", "probe_auc", finding), value, 0))
         if self.probe:
-            out.append((f"{DIAGNOSTICS_DIR}/tat/probe_auc_mean", float(np.mean(list(self.probe.values()))), 0))
+            out.append((diagnostics_metric("tat", "probe_auc_mean"), float(np.mean(list(self.probe.values()))), 0))
         return out
 
 

@@ -11,7 +11,8 @@ from orchestration.evaluation.grad_cam import INDEX_FILE, Explained, explain_top
 from orchestration.evaluation.models import ModelReference
 from orchestration.evaluation.scoring import score_split
 from orchestration.settings.config import Config, ConfigError
-from orchestration.settings.tracking import EXPLAIN_ARTIFACT_DIR, client_for
+from orchestration.settings.schema import EXPLAIN_ARTIFACT_DIR
+from orchestration.settings.tracking import client_for
 from orchestration.training.checkpoint import load_trained
 
 

@@ -40,8 +40,10 @@ from cxrmodel.auc_statistics import (  # noqa: E402
     mean_delta_replicates,
     percentile_interval,
 )
+from cxrmodel.metrics import SUMMARIES
+from data_prep.findings import FindingGroups
 from orchestration.settings.config import ConfigError  # noqa: E402
-from orchestration.settings.tracking import (  # noqa: E402
+from orchestration.settings.schema import (
     BEST_TRIAL_TAG,
     CROSS_DOMAIN_MATRIX,
     DATA_SUMMARY_ARTIFACT,
@@ -56,15 +58,18 @@ from orchestration.settings.tracking import (  # noqa: E402
     ROW_LABEL_TAG,
     ROW_TAG,
     SEED_PARAM,
+    SELECTION_METRICS,
     SPACE_DIR,
     SPACE_KIND_TAG,
     SPACE_TAG,
-    SUMMARY_METRICS,
     SWEEP,
     SWEEP_TAG,
     TEST_PREDICTIONS_ARTIFACT,
+    TEST_SUMMARY_METRICS,
     TRIAL_TAG,
     auc_metric,
+)
+from orchestration.settings.tracking import (
     child_runs,
     download_text,
     existing_experiment_id,
@@ -82,8 +87,8 @@ PAPER_DEFAULT = "paper_default"  # the built-in space of the paper's point
 RANDOM_INIT_MARK = " †"
 RANDOM_INIT_NOTE = ("† trained from random weights (MLflow param model.pretrained=false); the paper starts from "
                     "ImageNet weights, so these numbers are not comparable with its tables.")
-CURVES = {f"test_{metric}": name for name, metric in SUMMARY_METRICS.items()}
-TEST_MEAN_AUC = f"test_{SUMMARY_METRICS['Mean']}"
+CURVES = dict(zip(TEST_SUMMARY_METRICS, SUMMARIES))  # test_mean_auc -> "Mean", ...
+TEST_MEAN_AUC = TEST_SUMMARY_METRICS[0]
 
 
 @dataclass
@@ -187,15 +192,14 @@ def result_table(client: MlflowClient, section: Section) -> tuple[pd.DataFrame, 
     runs = per_run.groupby(level=0, sort=False).size()
     values = per_run.groupby(level=0, sort=False).mean().dropna(axis=1, how="all")
 
-    def group(finding: str) -> str:
-        return "internal_only" if finding in internal_only else "common" if finding in common else "other"
-
+    group = FindingGroups(label_space, common, internal_only).group
     ordered = [f for g in GROUPS for f in values.columns if group(f) == g]
     findings = values[ordered]
     table = findings.set_axis(pd.MultiIndex.from_tuples([(GROUPS[group(f)], f) for f in ordered]), axis=1)
-    table[("summary", "Mean_Com")] = findings[[f for f in ordered if group(f) == "common"]].mean(axis=1)
-    table[("summary", "Mean_Int")] = findings[[f for f in ordered if group(f) == "internal_only"]].mean(axis=1)
-    table[("summary", "Mean")] = findings.mean(axis=1)
+    mean, mean_com, mean_int = SUMMARIES
+    table[("summary", mean_com)] = findings[[f for f in ordered if group(f) == "common"]].mean(axis=1)
+    table[("summary", mean_int)] = findings[[f for f in ordered if group(f) == "internal_only"]].mean(axis=1)
+    table[("summary", mean)] = findings.mean(axis=1)
     table[RUNS_COLUMN] = runs
     return table, excluded
 
@@ -329,7 +333,7 @@ def optuna_figures(client: MlflowClient, section: Section, out: Path) -> tuple[d
     if section.space_kind != "search":
         return {}, []
     parent = section.parent
-    metric = parent.data.params.get("metric", "val_mean_auc").split(",")[0]
+    metric = parent.data.params.get("metric", SELECTION_METRICS[0]).split(",")[0]
     with tempfile.TemporaryDirectory() as tmp:
         [space_file] = Path(client.download_artifacts(parent.info.run_id, SPACE_DIR, tmp)).glob("*.yaml")
         space = load_space(str(space_file))

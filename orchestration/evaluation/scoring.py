@@ -22,12 +22,12 @@ from sklearn.metrics import roc_curve  # noqa: E402
 
 from cxrmodel.auc_statistics import auc_intervals  # noqa: E402
 from cxrmodel.inference import predict_probs  # noqa: E402
-from cxrmodel.metrics import AucReport, auc_report  # noqa: E402
-from data_prep.findings import exclusive_findings  # noqa: E402
+from cxrmodel.metrics import SUMMARIES, AucReport, auc_report, figure_name  # noqa: E402
 from data_prep.prepared import PreparedDataset  # noqa: E402
 from data_prep.split import SPLITS  # noqa: E402
 from orchestration.settings.config import ConfigError  # noqa: E402
 from orchestration.settings.plan import TrainingPlan  # noqa: E402
+from orchestration.settings.schema import domain_metric, interval_metric  # noqa: E402
 
 PREDICTION_COLUMNS = ("image_id", "domain")  # then one probability column per finding
 
@@ -102,8 +102,7 @@ def score_split(
 
 def report_for(predictions: Predictions, plan: TrainingPlan) -> AucReport:
     """AUC of the findings the plan's internal domain labels, with Mean, Mean_Com and Mean_Int."""
-    return auc_report(predictions.probs, predictions.labels, plan.label_space, evaluated=plan.evaluated,
-                      common=plan.common, internal_only=plan.internal_only)
+    return auc_report(predictions.probs, predictions.labels, plan.label_space, **plan.groups.members())
 
 
 def auc_table(report: AucReport, predictions: Predictions, plan: TrainingPlan) -> pd.DataFrame:
@@ -112,7 +111,7 @@ def auc_table(report: AucReport, predictions: Predictions, plan: TrainingPlan) -
     for finding in [*report.auc, *report.undefined]:
         y = predictions.labels[:, plan.label_space.index(finding)]
         rows.append({
-            "finding": finding, "group": plan.group(finding), "auc": report.auc.get(finding),
+            "finding": finding, "group": plan.groups.group(finding), "auc": report.auc.get(finding),
             "positives": int((y == 1).sum()), "negatives": int((y == 0).sum()),
             "note": report.undefined.get(finding, ""),
         })
@@ -174,9 +173,7 @@ def evaluate_predictions(frame: pd.DataFrame, prepared: PreparedDataset, *, boot
         rows = rows[known]
         y = labels.loc[rows["image_id"], space].to_numpy(np.int8)
         probs = rows[space].to_numpy(np.float32)
-        own = prepared.domain_findings(domain)
-        others = [prepared.domain_findings(d) for d in prepared.domains if d != domain]
-        groups = dict(evaluated=own, common=prepared.common, internal_only=exclusive_findings(own, others))
+        groups = prepared.finding_groups(domain).members()
         scores.reports[domain] = auc_report(probs, y, space, **groups)
         if bootstrap:
             scores.intervals[domain] = auc_intervals(y, probs, space, replicates=bootstrap, seed=seed, **groups)
@@ -186,11 +183,10 @@ def evaluate_predictions(frame: pd.DataFrame, prepared: PreparedDataset, *, boot
 def with_intervals(table: pd.DataFrame, intervals: dict[str, dict[str, tuple[float, float]]]) -> pd.DataFrame:
     """An AUC table (rows: findings then Mean / Mean_Com / Mean_Int; columns: domains) as text,
     each cell "0.8412 [0.8301, 0.8519]" where an interval exists."""
-    keys = {"Mean": "mean", "Mean_Com": "mean_com", "Mean_Int": "mean_int"}
     shown = table.astype(object)
     for domain in table.columns:
         for row in table.index:
-            value, bounds = table.loc[row, domain], intervals.get(domain, {}).get(keys.get(row, row))
+            value, bounds = table.loc[row, domain], intervals.get(domain, {}).get(SUMMARIES.get(row, row))
             if pd.isna(value):
                 shown.loc[row, domain] = ""
             elif bounds is None:
@@ -220,16 +216,16 @@ def evaluate_on_prepared(frame: pd.DataFrame, data: Path, *, bootstrap: int = 0,
     scores = evaluate_predictions(frame, prepared, bootstrap=bootstrap, seed=seed)
     reports = scores.reports
     table = pd.DataFrame({d: {f: r.auc.get(f, np.nan) for f in prepared.label_space} for d, r in reports.items()})
-    summary = pd.DataFrame({d: {"Mean": r.mean, "Mean_Com": r.mean_com, "Mean_Int": r.mean_int}
+    summary = pd.DataFrame({d: {label: getattr(r, name) for label, name in SUMMARIES.items()}
                             for d, r in reports.items()})
     table = pd.concat([table.dropna(how="all"), summary]).astype(float)
-    metrics = {f"{d}/{k}": v for d, r in reports.items() for k, v in r.as_metrics().items()}
+    metrics = {domain_metric(d, k): v for d, r in reports.items() for k, v in r.as_metrics().items()}
     intervals = {d: {} for d in reports}
     for d, bounds in scores.intervals.items():
         for name, (low, high) in bounds.items():
-            key = f"{name}_auc" if name in ("mean", "mean_com", "mean_int") else f"auc/{name}"
-            metrics[f"{d}/{key.replace('auc', 'auc_ci_low', 1)}"] = low
-            metrics[f"{d}/{key.replace('auc', 'auc_ci_high', 1)}"] = high
+            key = figure_name(name)
+            metrics[domain_metric(d, interval_metric(key, "low"))] = low
+            metrics[domain_metric(d, interval_metric(key, "high"))] = high
             intervals[d][key] = [low, high]
     return Evaluation(
         table=table,

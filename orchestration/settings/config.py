@@ -18,8 +18,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from cxrcommon.errors import UserError
 from cxrcommon.yaml_files import load_yaml
+from cxrmodel import paper
 from cxrmodel.schedules import HSchedule
 from data_prep.config import PrepareConfig
+from orchestration.settings.schema import SELECTION_METRICS
 
 MAX_SHOWN_VALUE = 200  # characters of a bad value an error message repeats
 
@@ -58,8 +60,8 @@ def imagenet_warning(config: Config) -> str | None:
 
 class HScheduleConfig(_Section):
     name: Literal["constant", "linear", "cosine", "exponential", "step"] = "linear"
-    start: float = Field(default=0.4, ge=0.0, le=0.5)
-    end: float = Field(default=0.1, ge=0.0, le=0.5)
+    start: float = Field(default=paper.H_START, ge=0.0, le=0.5)
+    end: float = Field(default=paper.H_END, ge=0.0, le=0.5)
     steps: int = Field(default=4, ge=1)
 
     @model_validator(mode="after")
@@ -83,15 +85,15 @@ class MethodConfig(_Section):
     # or those of every finding some training domain labels.
     ensemble_findings: Literal["internal_only", "all_unknown"] = "internal_only"
     multi_task: bool = False  # Table III baseline: common findings scored per domain
-    lambda_tat: float = Field(default=0.03, ge=0.0, le=1e3)
-    lambda_ute: float = Field(default=30.0, ge=0.0, le=1e4)
+    lambda_tat: float = Field(default=paper.LAMBDA_TAT, ge=0.0, le=1e3)
+    lambda_ute: float = Field(default=paper.LAMBDA_UTE, ge=0.0, le=1e4)
     # How eq. 6's squared errors are reduced: "mean" over the step batch's B x C outputs (Laine &
     # Aila's temporal ensembling, the paper's [22], whose w_max = 30 is λ_ute), or "per_sample_sum"
     # (summed over findings, averaged over the batch: ~C times the weight; before Dec 2026).
     ute_reduction: Literal["mean", "per_sample_sum"] = "mean"
-    alpha: float = Field(default=3.0, gt=0.0, le=1e3)
+    alpha: float = Field(default=paper.ALPHA_COMMON, gt=0.0, le=1e3)  # eq. 1's α_c of the common findings
     alpha_overrides: dict[str, float] = Field(default_factory=dict)
-    gamma: float = Field(default=0.9, gt=0.0, lt=1.0)
+    gamma: float = Field(default=paper.GAMMA, gt=0.0, lt=1.0)
     h_schedule: HScheduleConfig = Field(default_factory=HScheduleConfig)
 
     @model_validator(mode="after")
@@ -117,17 +119,17 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(default=8, ge=1)
+    epochs: int = Field(default=paper.EPOCHS, ge=1)
     batch_size: int = Field(default=32, ge=1)  # per worker and step, split equally over domains
     # None: one pass over the internal dataset's training split per epoch.
     steps_per_epoch: int | None = Field(default=None, ge=1)
     domains: list[str] | None = None  # None: every prepared domain
-    lr: float = Field(default=1e-4, gt=0.0, le=1.0)
-    lr_milestones: list[int] = Field(default_factory=lambda: [3, 6])
-    lr_decay: float = Field(default=0.1, gt=0.0, le=1.0)
-    discriminator_lr: float = Field(default=1e-4, gt=0.0, le=1.0)
+    lr: float = Field(default=paper.LR, gt=0.0, le=1.0)
+    lr_milestones: list[int] = Field(default_factory=lambda: list(paper.LR_MILESTONES))
+    lr_decay: float = Field(default=paper.LR_DECAY, gt=0.0, le=1.0)
+    discriminator_lr: float = Field(default=paper.DISCRIMINATOR_LR, gt=0.0, le=1.0)
     val_every_steps: int = Field(default=0, ge=0)  # 0: validate at epoch ends only
-    select_metric: Literal["val_mean_auc", "val_mean_com_auc", "val_mean_int_auc"] = "val_mean_auc"
+    select_metric: Literal[SELECTION_METRICS] = SELECTION_METRICS[0]  # type: ignore[valid-type]
     eval_batch_size: int = Field(default=64, ge=1)
     log_every_steps: int = Field(default=10, ge=1)
     workers: int = Field(default=1, ge=1)

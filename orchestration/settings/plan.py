@@ -18,7 +18,7 @@ import pandas as pd
 
 from cxrcommon.errors import UserError
 from cxrmodel.losses import domain_betas, finding_weights
-from data_prep.findings import common_findings, exclusive_findings
+from data_prep.findings import FindingGroups
 from data_prep.prepared import PreparedDataset
 
 if TYPE_CHECKING:
@@ -69,10 +69,10 @@ class TrainingPlan:
     def ensemble_mask(self) -> list[bool]:
         return [f in self.ensemble for f in self.label_space]
 
-    def group(self, finding: str) -> str:
-        if finding in self.internal_only:
-            return "internal_only"
-        return "common" if finding in self.common else "other"
+    @property
+    def groups(self) -> FindingGroups:
+        """The internal domain's findings grouped against the other training domains."""
+        return FindingGroups(self.evaluated, self.common, self.internal_only)
 
     def require_labels_of(self, prepared: PreparedDataset, model: str = "the model") -> None:
         """Refuse prepared data whose label space is not this network's outputs."""
@@ -99,8 +99,8 @@ def plan_training(config: Config, data: str | Path) -> TrainingPlan:
     domains = [internal] + [d for d in domains if d != internal]
 
     finding_sets = [prepared.domain_findings(d) for d in domains]
-    common = common_findings(prepared.label_space, finding_sets)
-    internal_only = exclusive_findings(prepared.domain_findings(internal), finding_sets[1:])
+    groups = FindingGroups.of(finding_sets[0], finding_sets[1:], prepared.label_space)
+    common, internal_only = groups.common, groups.internal_only
     trained = [f for f in prepared.label_space if any(f in s for s in finding_sets)]
     method = config.method
     if method.adversarial != "none" and len(domains) < 2:
@@ -191,7 +191,7 @@ def plan_document(config: Config, plan: TrainingPlan) -> dict:
         "internal": plan.internal,
         "roles": {d: "internal" if d == plan.internal else "external" for d in plan.domains},
         "findings": {
-            f: {"group": plan.group(f), "alpha": plan.alpha[c], "positive": plan.positive[c],
+            f: {"group": plan.groups.group(f), "alpha": plan.alpha[c], "positive": plan.positive[c],
                 "negative": plan.negative[c], "beta": plan.beta[c], "ensemble": f in plan.ensemble,
                 "trained": f in plan.trained, "evaluated": f in plan.evaluated}
             for c, f in enumerate(plan.label_space)

@@ -1,13 +1,9 @@
-"""The MLflow schema of cxr-orchestra: every tag, artifact path and metric name it writes and reads
-back, and every lookup. Other modules import these names; none spells a `cxr.` tag itself.
+"""Talking to MLflow in the terms of `schema`: the store and client of a config, finding runs,
+sweeps and registered models again, opening and resuming runs, and logging.
 
-Runs carry `cxr.kind`:
-- training: one `cxr train` run, or one sweep trial (then a child of its sweep's run). Found again
-  by `cxr.run_name` after any restart: `open_run` resumes it, refusing other settings, and
-  `MetricLogger` skips every step an earlier attempt already logged.
-- sweep: the parent run of a `cxr tune` / `ablate` / `cross-domain` sweep (`cxr.sweep_name`).
-- evaluation: one `cxr evaluate`, linked to the training run it scores (`cxr.evaluates`).
-Secrets (tokens, passwords, credentials in URIs) never reach params or tags.
+A training run is found again by `cxr.run_name` after any restart: `open_run` resumes it, refusing
+other settings, and `MetricLogger` skips every step an earlier attempt already logged. Secrets
+(tokens, passwords, credentials in URIs) never reach params or tags.
 """
 
 from __future__ import annotations
@@ -15,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import re
 import tempfile
 import threading
 import time
@@ -28,65 +23,32 @@ from mlflow.tracking import MlflowClient
 
 from orchestration.settings.config import Config, ConfigError, flatten_config
 from orchestration.settings.masking import MASK, is_secret_key, mask_text
-
-# --- tags ---------------------------------------------------------------------------------------
-KIND_TAG = "cxr.kind"
-TRAINING, SWEEP, EVALUATION = "training", "sweep", "evaluation"
-RUN_NAME_TAG = "cxr.run_name"
-CHECKPOINT_TAG = "cxr.checkpoint"  # the final Ray Train checkpoint folder: what `--run` loads
-SWEEP_TAG = "cxr.sweep_name"
-SPACE_TAG = "cxr.space"
-SPACE_KIND_TAG = "cxr.space_kind"  # search | grid | ablation
-TRIAL_TAG = "cxr.trial_id"
-SEED_TAG = "cxr.seed"
-ROW_TAG = "cxr.ablation_row"
-ROW_LABEL_TAG = "cxr.ablation_label"
-EARLY_STOPPED_TAG = "cxr.early_stopped"  # "true": the scheduler stopped the trial
-BEST_TRIAL_TAG = "cxr.best_trial_id"
-PARETO_TAG = "cxr.pareto_front"  # a multi-objective sweep's front: trial ids, comma-separated
-EVALUATES_TAG = "cxr.evaluates"  # the id of the training run an evaluation scores
-PARENT_TAG = "mlflow.parentRunId"
-MLFLOW_RUN_NAME_TAG = "mlflow.runName"
-# The MLflow UI opens an experiment with this kind in its model-training view.
-EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
-
-# --- params -------------------------------------------------------------------------------------
-PRETRAINED_PARAM = "model.pretrained"  # false: trained from random weights, not the paper's ImageNet start
-DOMAINS_PARAM = "train.domains"
-SEED_PARAM = "train.seed"
-# Settings that may change when a run is resumed.
-RESUMABLE_CHANGES = {"train.max_failures"}
-
-# --- artifacts ----------------------------------------------------------------------------------
-PLAN_ARTIFACT = "plan/plan.json"  # the training plan (`cxr train --dry-run`)
-CONFIG_ARTIFACT = "config/resolved_config.yaml"
-DATA_SUMMARY_ARTIFACT = "data/manifest_summary.json"
-SUMMARY_ARTIFACT = "evaluation/summary.json"  # the final metrics of a training run
-TEST_AUC_ARTIFACT = "evaluation/test_auc.csv"
-TEST_ROC_ARTIFACT = "evaluation/test_roc.png"
-# The best model's internal test split: sample_id, probs, labels (what cxr report compares runs by).
-TEST_PREDICTIONS_ARTIFACT = "evaluation/test_predictions.npz"
-EVALUATION_ARTIFACT = "evaluation/auc.csv"  # of an evaluation run
-MODEL_ARTIFACT = "model"
-EXPLAIN_ARTIFACT_DIR = "explain"  # Grad-CAM contact sheets (cxr train, cxr explain) and overlays (cxr explain)
-SPACE_DIR, TRIALS_DIR, BEST_DIR = "space", "trials", "best"  # of a sweep run
-ENSEMBLE_DIR = "diagnostics/ensemble"  # of a run with train.ensemble_history: one file per epoch
-ENSEMBLE_EPOCH_FILE = "epoch_{epoch}.npz"  # sample_id, findings, z, p, h
-DIAGNOSTICS_DIR = "diagnostics"  # cxr diagnose: ensemble.csv, probe.json and the metrics diagnostics/...
-CROSS_DOMAIN_DIR = "cross_domain"  # of a cross-domain sweep run: matrix.csv, matrix.md, per_finding.csv
-CROSS_DOMAIN_MATRIX = f"{CROSS_DOMAIN_DIR}/matrix.md"
-REPORT_DIR = "report"
-
-
-# --- metric names -------------------------------------------------------------------------------
-def auc_metric(split: str, finding: str) -> str:
-    """e.g. test_auc/Nodule (AucReport.as_metrics with prefix `<split>_`)."""
-    return f"{split}_auc/{finding}"
-
-
-SUMMARY_METRICS = {"Mean": "mean_auc", "Mean_Com": "mean_com_auc", "Mean_Int": "mean_int_auc"}
-# An evaluation run's figures: <domain>/mean(_com|_int)_auc and clean_<set>/auc/<finding>.
-EVALUATION_METRIC = re.compile(r"[^/]+/mean(_com|_int)?_auc|clean_[^/]+/auc/.+")
+from orchestration.settings.schema import (
+    CHAMPION,
+    CHECKPOINT_TAG,
+    EVALUATES_TAG,
+    EVALUATION,
+    EVALUATION_ARTIFACT,
+    EXPERIMENT_KIND_TAG,
+    KIND_TAG,
+    MLFLOW_RUN_NAME_TAG,
+    MODEL_ARTIFACT,
+    MODEL_TRAINING_KIND,
+    PARENT_TAG,
+    PRETRAINED_PARAM,
+    RESUMABLE_CHANGES,
+    ROW_LABEL_TAG,
+    ROW_TAG,
+    RUN_NAME_TAG,
+    SEED_TAG,
+    SPACE_KIND_TAG,
+    SPACE_TAG,
+    SWEEP,
+    SWEEP_TAG,
+    TRAINING,
+    TRIAL_TAG,
+    best_metric,
+)
 
 
 def tracking_uri(config: Config) -> str:
@@ -201,7 +163,6 @@ def resolve_run_id(client: MlflowClient, experiment: str, run: str) -> str:
     return named.info.run_id
 
 
-CHAMPION = "champion"  # the registry alias of a name's best model so far
 
 
 def register_and_promote(client: MlflowClient, name: str, run_id: str, metric: str) -> tuple[str, bool]:
@@ -213,13 +174,13 @@ def register_and_promote(client: MlflowClient, name: str, run_id: str, metric: s
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(client.tracking_uri)  # register_model finds the run's logged model there
     try:
-        version = mlflow.register_model(f"runs:/{run_id}/model", name).version
+        version = mlflow.register_model(f"runs:/{run_id}/{MODEL_ARTIFACT}", name).version
     finally:
         mlflow.set_tracking_uri(previous)
-    mine = client.get_run(run_id).data.metrics.get(f"best/{metric}", float("-inf"))
+    mine = client.get_run(run_id).data.metrics.get(best_metric(metric), float("-inf"))
     try:
         champion = client.get_model_version_by_alias(name, CHAMPION)
-        theirs = client.get_run(champion.run_id).data.metrics.get(f"best/{metric}", float("-inf"))
+        theirs = client.get_run(champion.run_id).data.metrics.get(best_metric(metric), float("-inf"))
     except MlflowException:
         theirs = None
     promoted = theirs is None or mine > theirs

@@ -16,16 +16,16 @@ from data_prep.prepared import PreparedDataset
 from orchestration.evaluation.prediction import predict_table
 from orchestration.evaluation.scoring import evaluate_predictions
 from orchestration.settings.config import Config, ConfigError
-from orchestration.settings.tracking import (
+from orchestration.settings.schema import (
     CHECKPOINT_TAG,
-    CROSS_DOMAIN_DIR,
     CROSS_DOMAIN_MATRIX,
+    CROSS_DOMAIN_MATRIX_CSV,
+    CROSS_DOMAIN_PER_FINDING,
     DOMAINS_PARAM,
     SEED_PARAM,
-    child_runs,
-    client_for,
-    find_sweep,
+    cross_domain_metric,
 )
+from orchestration.settings.tracking import child_runs, client_for, find_sweep
 from orchestration.training.checkpoint import load_trained
 
 SPACE_NAME = "cross_domain_table2"
@@ -102,9 +102,9 @@ def cross_domain_matrix(
 
 
 def log_cross_domain(client: MlflowClient, parent_run_id: str, result: CrossDomainResult) -> None:
-    client.log_text(parent_run_id, result.matrix.to_csv(), f"{CROSS_DOMAIN_DIR}/matrix.csv")
+    client.log_text(parent_run_id, result.matrix.to_csv(), CROSS_DOMAIN_MATRIX_CSV)
     client.log_text(parent_run_id, result.markdown(), CROSS_DOMAIN_MATRIX)
-    client.log_text(parent_run_id, result.per_finding.to_csv(index=False), f"{CROSS_DOMAIN_DIR}/per_finding.csv")
+    client.log_text(parent_run_id, result.per_finding.to_csv(index=False), CROSS_DOMAIN_PER_FINDING)
     for tested_on, row in result.matrix.iterrows():
         for trained_on, value in row.dropna().items():
-            client.log_metric(parent_run_id, f"cross_domain/train_{trained_on}/test_{tested_on}", float(value))
+            client.log_metric(parent_run_id, cross_domain_metric(trained_on, tested_on), float(value))

@@ -18,12 +18,12 @@ import optuna
 from cxrcommon.yaml_files import load_yaml
 from cxrmodel.schedules import H_SCHEDULES, HSchedule
 from orchestration.settings.config import ConfigError, config_keys, load_config
+from orchestration.settings.schema import SELECTION_METRICS
 
 KINDS = ("search", "grid", "ablation")
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
 SCHEDULE_KEY_SUFFIX = "h_schedule"
 ROW_DOMAINS = ("all", "internal", "each")
-METRICS = ("val_mean_auc", "val_mean_com_auc", "val_mean_int_auc")
 
 
 class SpaceError(ConfigError):
@@ -230,9 +230,9 @@ def load_space(name_or_file: str) -> SweepSpace:
     kind = doc.get("kind")
     if kind not in KINDS:
         raise _fail(path, "kind", f"{kind!r} is not one of {', '.join(KINDS)}")
-    metric, mode = doc.get("metric", "val_mean_auc"), doc.get("mode", "max")
-    if metric not in METRICS:
-        raise _fail(path, "metric", f"{metric!r} is not one of {', '.join(METRICS)}")
+    metric, mode = doc.get("metric", SELECTION_METRICS[0]), doc.get("mode", "max")
+    if metric not in SELECTION_METRICS:
+        raise _fail(path, "metric", f"{metric!r} is not one of {', '.join(SELECTION_METRICS)}")
     if mode not in ("max", "min"):
         raise _fail(path, "mode", f"{mode!r} is not max or min")
     if not isinstance(doc.get("paper", False), bool):

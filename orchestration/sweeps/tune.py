@@ -33,15 +33,23 @@ from orchestration.settings.config import Config, ConfigError, check_run_name, f
 from orchestration.settings.masking import masked
 from orchestration.settings.plan import PlanError, plan_training
 from orchestration.settings.runtime import exit_on_signals, init_ray, verbose
-from orchestration.settings.tracking import (
+from orchestration.settings.schema import (
     BEST_DIR,
     BEST_TRIAL_TAG,
     CHAMPION,
     EARLY_STOPPED_TAG,
+    EPOCH_METRIC,
     PARETO_TAG,
+    SELECTION_METRICS,
     SPACE_DIR,
+    TEST_SUMMARY_METRICS,
     TRIAL_TAG,
     TRIALS_DIR,
+    TRIALS_ERRORED,
+    TRIALS_TOTAL,
+    sweep_best_metric,
+)
+from orchestration.settings.tracking import (
     child_runs,
     find_sweep,
     mlflow_client,
@@ -50,7 +58,7 @@ from orchestration.settings.tracking import (
     tracking_uri,
     trial_tags,
 )
-from orchestration.sweeps.spaces import METRICS, SweepSpace
+from orchestration.sweeps.spaces import SweepSpace
 from orchestration.training.train import run_training
 
 # A trial driver only waits on its TorchTrainer: a sliver of a CPU, so clusters need no custom resource.
@@ -66,7 +74,7 @@ class SweepSettings:
     num_samples: int = 1
     max_concurrent: int = 1
     scheduler: str = "none"  # asha | none
-    metrics: tuple[str, ...] = ("val_mean_auc",)
+    metrics: tuple[str, ...] = SELECTION_METRICS[:1]
     seeds: int = 1
     resume: bool = False
     search_seed: int = 0
@@ -74,8 +82,8 @@ class SweepSettings:
     def __post_init__(self) -> None:
         check_run_name(self.sweep_name, "sweep name")
         for metric in self.metrics:
-            if metric not in METRICS:
-                raise ConfigError(f"--metric {metric!r} is not one of {', '.join(METRICS)}")
+            if metric not in SELECTION_METRICS:
+                raise ConfigError(f"--metric {metric!r} is not one of {', '.join(SELECTION_METRICS)}")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"--scheduler {self.scheduler!r}: allowed {', '.join(SCHEDULERS)}")
         if len(self.metrics) > 1 and self.scheduler == "asha":
@@ -116,7 +124,7 @@ class SweepOutcome:
     def shown_trials(self, space: SweepSpace, settings: SweepSettings) -> pd.DataFrame:
         """The trials table as printed: status, what the trial varied, its metrics."""
         described_by = "row" if space.kind == "ablation" else "params"
-        columns = list(dict.fromkeys(["status", described_by, *settings.metrics, "test_mean_auc"]))
+        columns = list(dict.fromkeys(["status", described_by, *settings.metrics, TEST_SUMMARY_METRICS[0]]))
         return self.trials.set_index("trial_id")[columns]
 
     def summary(self, settings: SweepSettings, data: Path) -> list[str]:
@@ -299,7 +307,7 @@ def asha_scheduler(epochs: int) -> ASHAScheduler:
     if epochs < 2:
         raise ConfigError(f"--scheduler asha stops trials between epochs: it needs train.epochs of 2 or more "
                           f"(got {epochs})")
-    return ASHAScheduler(time_attr="epoch", max_t=epochs - 1, grace_period=1, stop_last_trials=False)
+    return ASHAScheduler(time_attr=EPOCH_METRIC, max_t=epochs - 1, grace_period=1, stop_last_trials=False)
 
 
 def sweep_trials(results: tune.ResultGrid) -> list:
@@ -322,7 +330,7 @@ def _trial_table(results: tune.ResultGrid, space: SweepSpace) -> pd.DataFrame:
         rows.append({
             "trial_id": trial.trial_id, "status": trial.status, "row": params.get("row", ""),
             "params": yaml.safe_dump(space.trial_updates(params), default_flow_style=True, width=10_000).strip(),
-            **{k: last.get(k) for k in (*METRICS, "test_mean_auc", "test_mean_com_auc", "test_mean_int_auc")},
+            **{k: last.get(k) for k in (*SELECTION_METRICS, *TEST_SUMMARY_METRICS)},
         })
     return pd.DataFrame(rows)
 
@@ -365,6 +373,6 @@ def _log_parent(uri: str, parent_run_id: str, trials: pd.DataFrame, experiment_p
     if len(settings.metrics) > 1:
         client.set_tag(parent_run_id, PARETO_TAG, ",".join(trials.loc[trials["pareto"], "trial_id"]))
         for metric in settings.metrics:
-            client.log_metric(parent_run_id, f"best_{metric}", best[metric])
-    client.log_metric(parent_run_id, "trials_errored", int((trials["status"] == "ERROR").sum()))
-    client.log_metric(parent_run_id, "trials_total", len(trials))
+            client.log_metric(parent_run_id, sweep_best_metric(metric), best[metric])
+    client.log_metric(parent_run_id, TRIALS_ERRORED, int((trials["status"] == "ERROR").sum()))
+    client.log_metric(parent_run_id, TRIALS_TOTAL, len(trials))

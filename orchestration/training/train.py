@@ -36,19 +36,21 @@ from ray.train.torch import TorchTrainer
 
 from cxrcommon.errors import first_line
 from cxrmodel.inference import ProbabilityModel
+from cxrmodel.metrics import SUMMARIES, figure_name
 from data_prep.prepared import IMAGE_COLUMN, PreparedDataset
 from orchestration.evaluation.scoring import Predictions, auc_table, report_for, roc_figure, score_split
 from orchestration.settings.config import Config, check_run_name
 from orchestration.settings.masking import mask_text, masked
 from orchestration.settings.plan import TrainingPlan, plan_document
 from orchestration.settings.runtime import check_resources, check_shared_storage, exit_on_signals, init_ray, say
-from orchestration.settings.tracking import (
+from orchestration.settings.schema import (
     CHAMPION,
     CHECKPOINT_TAG,
     CONFIG_ARTIFACT,
     DATA_SUMMARY_ARTIFACT,
     ENSEMBLE_DIR,
     ENSEMBLE_EPOCH_FILE,
+    EPOCH_METRIC,
     EXPLAIN_ARTIFACT_DIR,
     MODEL_ARTIFACT,
     PLAN_ARTIFACT,
@@ -56,12 +58,14 @@ from orchestration.settings.tracking import (
     TEST_AUC_ARTIFACT,
     TEST_PREDICTIONS_ARTIFACT,
     TEST_ROC_ARTIFACT,
-    MetricLogger,
-    mlflow_client,
-    open_run,
-    register_and_promote,
-    tracking_uri,
+    TEST_SUMMARY_METRICS,
+    best_metric,
+    loss_metric,
+    split_prefix,
+    summary_metric,
+    train_metric,
 )
+from orchestration.settings.tracking import MetricLogger, mlflow_client, open_run, register_and_promote, tracking_uri
 from orchestration.training.checkpoint import (
     SUMMARY_FILE,
     TEST_FILE,
@@ -81,6 +85,10 @@ class TrainingOutcome:
     run_name: str
     metrics: dict
     checkpoint: str
+
+    def test_summary(self) -> dict[str, float]:
+        """The best model's Mean, Mean_Com and Mean_Int AUC on the internal test split."""
+        return {name: self.metrics[name] for name in TEST_SUMMARY_METRICS if name in self.metrics}
 
 
 def default_run_name() -> str:
@@ -326,7 +334,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     loop_started = time.perf_counter()
     if logger:
         # After an elastic restart on fewer workers the global batch shrinks; the history shows when.
-        logger.log({"train/workers": world, "train/global_batch": world * plan.per_domain_batch * len(plan.domains)},
+        logger.log({train_metric("workers"): world, train_metric("global_batch"): world * plan.per_domain_batch * len(plan.domains)},
                    progress.global_step)
         one_pass = f", one pass over {plan.internal}'s training split" if batches.exact else ""
         say(f"{run} training {plan.domains} for {epochs} epochs of {steps_per_epoch} steps "
@@ -347,7 +355,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if logger and progress.global_step % config.train.log_every_steps == 0:
                 losses = {k: v.item() for k, v in out.losses.items()}
                 lr = method.optimizers.network.param_groups[0]["lr"]
-                logger.log({**{f"train/loss_{k}": v for k, v in losses.items()}, "train/lr": lr, "train/h": h},
+                logger.log({**{loss_metric(k): v for k, v in losses.items()}, train_metric("lr"): lr, train_metric("h"): h},
                            progress.global_step)
                 say(f"{run} epoch {epoch + 1}/{epochs} step {i + 1}/{steps_per_epoch}: "
                     + " ".join(f"{k} {v:.4f}" for k, v in losses.items())
@@ -364,10 +372,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         progress.epoch = epoch + 1
         metrics, best_state = _validate(method, prepared, plan, config, progress, best_state, scoring, logger, run)
         if logger:
-            best = {f"best/{config.train.select_metric}": progress.best_metric} if progress.best_step >= 0 else {}
-            logger.log({"epoch": progress.epoch, **best}, progress.global_step)
+            best = {best_metric(config.train.select_metric): progress.best_metric} if progress.best_step >= 0 else {}
+            logger.log({EPOCH_METRIC: progress.epoch, **best}, progress.global_step)
         _report(rank, method, progress, best_state, config, plan,
-                {"epoch": progress.epoch, "global_step": progress.global_step, **metrics})
+                {EPOCH_METRIC: progress.epoch, "global_step": progress.global_step, **metrics})
 
     feed.close()
     # The best model on the internal test split.
@@ -375,17 +383,17 @@ def train_loop_per_worker(loop_config: dict) -> None:
         method.network.load_state_dict({k: v.to(device) for k, v in best_state.items()})
     test = score_split(method.network, prepared, plan.internal, "test", tencrop=config.train.test_tencrop, **scoring)
     report = report_for(test, plan)
-    test_metrics = report.as_metrics("test_")
+    test_metrics = report.as_metrics(split_prefix("test"))
     if logger:
         logger.log(test_metrics, progress.global_step)
         say(f"{run} test ({plan.internal}, best model from step {progress.best_step}): "
-            f"{_summary(test_metrics, 'test_')}")
+            f"{_summary(test_metrics, 'test')}")
         if logger.close():
             say(f"{run} {logger.undelivered} metric values could not reach MLflow; kept in {logger.spill_file}")
     # The final report carries the best validation metrics: what a sweep ranks this run by.
     best_val = next((h for h in progress.history if h["step"] == progress.best_step), {})
     _report(rank, method, progress, best_state, config, plan, {
-        **{k: v for k, v in best_val.items() if k != "step"}, "epoch": progress.epoch,
+        **{k: v for k, v in best_val.items() if k != "step"}, EPOCH_METRIC: progress.epoch,
         "global_step": progress.global_step, "final": True, **test_metrics, "test_undefined": report.undefined,
     }, test=test)
 
@@ -414,7 +422,7 @@ def _validate(method: Method, prepared: PreparedDataset, plan: TrainingPlan, con
     """Score the internal val split; returns its metrics and the best weights so far (these ones
     when they beat the best, which `progress` then records)."""
     scored = score_split(method.network, prepared, plan.internal, "val", **scoring)
-    metrics = report_for(scored, plan).as_metrics("val_")
+    metrics = report_for(scored, plan).as_metrics(split_prefix("val"))
     value = metrics.get(config.train.select_metric)
     if value is not None and value > progress.best_metric:
         progress.best_metric, progress.best_step = value, progress.global_step
@@ -422,7 +430,7 @@ def _validate(method: Method, prepared: PreparedDataset, plan: TrainingPlan, con
     progress.history.append({"step": progress.global_step, **metrics})
     if logger:
         logger.log({**metrics, "epoch_float": progress.global_step / plan.steps_per_epoch}, progress.global_step)
-        say(f"{run} step {progress.global_step}: val {_summary(metrics, 'val_')}; "
+        say(f"{run} step {progress.global_step}: val {_summary(metrics, 'val')}; "
             f"best {config.train.select_metric} {progress.best_metric:.4f} (step {progress.best_step})")
     return metrics, best_state
 
@@ -451,9 +459,10 @@ def _reseed(seed: int, rank: int, epoch: int) -> None:
     torch.manual_seed(value)
 
 
-def _summary(metrics: dict[str, float], prefix: str) -> str:
-    names = ("mean_auc", "mean_com_auc", "mean_int_auc")
-    return ", ".join(f"{n} {metrics[prefix + n]:.4f}" for n in names if prefix + n in metrics)
+def _summary(metrics: dict[str, float], split: str) -> str:
+    """e.g. "mean_auc 0.8123, mean_com_auc 0.8011, mean_int_auc 0.8200" from a split's metrics."""
+    names = {figure_name(name): summary_metric(split, name) for name in SUMMARIES.values()}
+    return ", ".join(f"{short} {metrics[full]:.4f}" for short, full in names.items() if full in metrics)
 
 
 def _speed(batch: int, seconds: float, steps: int, steps_left: int) -> str:
