@@ -25,7 +25,8 @@ from orchestration.settings.config import Config, load_config
 from orchestration.settings.plan import TrainingPlan, plan_training
 from orchestration.settings.runtime import init_ray
 from orchestration.training.feed import Prefetched
-from orchestration.training.train import data_config, training_datasets, worker_batches
+from orchestration.training.train import data_config, training_datasets
+from orchestration.training.worker import worker_batches
 
 TARGET = 8000.0
 SIZE = 320

@@ -58,7 +58,7 @@ def _pass_worker(loop_config: dict) -> None:
     from data_prep.prepared import PreparedDataset
     from orchestration.settings.config import Config
     from orchestration.settings.plan import TrainingPlan
-    from orchestration.training.train import worker_batches
+    from orchestration.training.worker import worker_batches
 
     config, plan = Config.model_validate(loop_config["config"]), TrainingPlan(**loop_config["plan"])
     context = ray.train.get_context()
@@ -129,3 +129,19 @@ def test_two_workers_together_score_every_internal_image_once_per_epoch(prepared
     external = set(_internal_train_ids(prepared_dir, "chexpert"))
     first = [set(r[0]["external"][: len(external) // 2 - 4]) for r in ranks]
     assert first[0] <= external and first[1] <= external and not first[0] & first[1]
+
+
+def test_the_ingest_options_split_the_external_streams_without_a_deprecation_warning(tmp_path):
+    import warnings
+
+    from orchestration.settings.config import load_config
+    from orchestration.training.train import data_config
+
+    config = load_config([], ["train.reproducible_order=true"])
+    plan = type("Plan", (), {"domains": ["nih", "chexpert", "inhouse"]})()  # data_config reads the domain names
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ingest = data_config(config, plan)
+    assert not [w for w in caught if "exclude_resources" in str(w.message)]
+    assert ingest._datasets_to_split == ["train_chexpert", "train_inhouse"]
+    assert ingest._resolve_execution_options("train_chexpert").preserve_order is True

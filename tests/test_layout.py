@@ -1,4 +1,4 @@
-"""The package layout the README describes: layers that do not import upwards, a shallow import
+"""The package layout docs/development.md describes: layers that do not import upwards, a shallow import
 graph inside orchestration/, one MLflow schema, and light imports where users wait for them."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# orchestration: cli -> verb -> the verb it runs (a sweep trains) -> building block -> settings -> schema
-MAX_CHAIN = 6
+# orchestration: cli -> verb -> the verb it runs (a sweep trains) -> its part (the worker loop, the run's
+# artifacts) -> building block (the checkpoint format) -> settings -> schema
+MAX_CHAIN = 7
 # data_prep: pipeline -> images -> config -> readers -> readers.common -> findings
 MAX_DATA_PREP_CHAIN = 6
 

@@ -51,7 +51,7 @@ class DiagnoseError(UserError):
 
 @dataclass
 class EnsembleEpoch:
-    """One epoch's ensemble record (see train._log_ensemble_epoch)."""
+    """One epoch's ensemble record (see training.worker._log_ensemble_epoch)."""
 
     epoch: int
     sample_id: np.ndarray  # (n,)

@@ -36,7 +36,6 @@ from orchestration.settings.runtime import exit_on_signals, init_ray, verbose
 from orchestration.settings.schema import (
     BEST_DIR,
     BEST_TRIAL_TAG,
-    CHAMPION,
     EARLY_STOPPED_TAG,
     EPOCH_METRIC,
     PARETO_TAG,
@@ -59,6 +58,7 @@ from orchestration.settings.tracking import (
     trial_tags,
 )
 from orchestration.sweeps.spaces import SweepSpace
+from orchestration.training.run_artifacts import registration_message
 from orchestration.training.train import run_training
 
 # A trial driver only waits on its TorchTrainer: a sliver of a CPU, so clusters need no custom resource.
@@ -256,8 +256,7 @@ def _register_best(client: MlflowClient, parent_run_id: str, trial_id: str, base
     run = next(r for r in child_runs(client, parent_run_id) if r.data.tags.get(TRIAL_TAG) == trial_id)
     version, promoted = register_and_promote(client, base.mlflow.register_model, run.info.run_id,
                                              base.train.select_metric)
-    print(f"registered the best trial's model as {base.mlflow.register_model} version {version}"
-          + (f"; alias {CHAMPION} now points to it" if promoted else f"; {CHAMPION} stays (it scores better)"),
+    print(registration_message(f"the best trial's model as {base.mlflow.register_model}", version, promoted),
           flush=True)
 
 

@@ -1,0 +1,97 @@
+"""What a training run leaves in MLflow when it is done, besides its metrics: the final checkpoint's
+figures, the resolved config, a data summary, Grad-CAM sheets, the model and its registration."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from cxrmodel.inference import ProbabilityModel
+from data_prep.prepared import PreparedDataset
+from orchestration.evaluation.scoring import Predictions, auc_table, report_for, roc_figure
+from orchestration.settings.config import Config
+from orchestration.settings.masking import masked
+from orchestration.settings.plan import TrainingPlan
+from orchestration.settings.schema import (
+    CHAMPION,
+    CONFIG_ARTIFACT,
+    DATA_SUMMARY_ARTIFACT,
+    EXPLAIN_ARTIFACT_DIR,
+    MODEL_ARTIFACT,
+    SUMMARY_ARTIFACT,
+    TEST_AUC_ARTIFACT,
+    TEST_PREDICTIONS_ARTIFACT,
+    TEST_ROC_ARTIFACT,
+)
+from orchestration.settings.tracking import register_and_promote
+from orchestration.training.checkpoint import SUMMARY_FILE, TEST_FILE, load_trained, read_test_predictions
+
+
+def log_run_artifacts(client: MlflowClient, run_id: str, config: Config, plan: TrainingPlan, checkpoint: Path) -> None:
+    """The final checkpoint's figures, the resolved config, a data summary and (optionally) the model."""
+    prepared = PreparedDataset.load(plan.data)
+    manifest = prepared.manifest
+    client.log_text(run_id, yaml.safe_dump(masked(config.model_dump(mode="json")), sort_keys=False), CONFIG_ARTIFACT)
+    client.log_dict(run_id, {
+        "data": plan.data, "format_version": manifest.format_version, "image_size": manifest.image_size,
+        "label_space": manifest.label_space, "training_domains": plan.domains, "common": plan.common,
+        "internal_only": plan.internal_only,
+        "domains": {d: info.model_dump(exclude={"counts"}) for d, info in manifest.domains.items()},
+        "skipped_images": len(manifest.skipped),
+    }, DATA_SUMMARY_ARTIFACT)
+    client.log_text(run_id, (checkpoint / SUMMARY_FILE).read_text(), SUMMARY_ARTIFACT)
+    client.log_artifact(run_id, str(checkpoint / TEST_FILE), str(Path(TEST_PREDICTIONS_ARTIFACT).parent))
+    test = Predictions(**read_test_predictions(checkpoint))
+    report = report_for(test, plan)
+    client.log_text(run_id, auc_table(report, test, plan).to_csv(index=False), TEST_AUC_ARTIFACT)
+    client.log_figure(run_id, roc_figure(test, plan.label_space, report, f"{plan.internal} test split"),
+                      TEST_ROC_ARTIFACT)
+    if config.mlflow.log_model or config.train.explain_top:
+        net = load_trained(checkpoint)[0]
+    if config.train.explain_top and len(test.sample_id):
+        _log_explanations(client, run_id, net, plan, prepared, test, config.train.explain_top)
+    if config.mlflow.log_model:
+        _log_model(client.tracking_uri, run_id, net, manifest.image_size)
+    if config.mlflow.register_model:
+        version, promoted = register_and_promote(client, config.mlflow.register_model, run_id,
+                                                 config.train.select_metric)
+        print(registration_message(f"model {config.mlflow.register_model}", version, promoted), flush=True)
+
+
+def _log_explanations(client: MlflowClient, run_id: str, net: torch.nn.Module, plan: TrainingPlan,
+                      prepared: PreparedDataset, test: Predictions, top: int) -> None:
+    """Grad-CAM contact sheets of the best model for the internal test split (`cxr explain`'s)."""
+    from orchestration.evaluation.grad_cam import explain_top_images
+
+    with tempfile.TemporaryDirectory() as folder:
+        explain_top_images(net, plan.label_space, prepared, plan.internal, "test", test,
+                           plan.evaluated, top, Path(folder), overlays=False)
+        client.log_artifacts(run_id, folder, EXPLAIN_ARTIFACT_DIR)
+
+
+def _log_model(uri: str, run_id: str, net: torch.nn.Module, image_size: int) -> None:
+    """The best network as an mlflow.pytorch model taking uint8 images (the one fluent MLflow call:
+    log_model writes only to an active run)."""
+    model = ProbabilityModel(net)
+    # Two images: an example of one would fix the exported graph's batch size to 1.
+    example = np.zeros((2, image_size, image_size), np.uint8)
+    with torch.no_grad():
+        output = model(torch.from_numpy(example)).numpy()
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.pytorch.log_model(
+            model, name=MODEL_ARTIFACT, input_example=example,
+            signature=mlflow.models.infer_signature(example, output), pip_requirements=["torch"],
+        )
+
+
+def registration_message(what: str, version: str, promoted: bool) -> str:
+    """The line after registering a model version (cxr train, and cxr tune for its best trial)."""
+    return (f"registered {what} version {version}"
+            + (f"; alias {CHAMPION} now points to it" if promoted else f"; {CHAMPION} stays (it scores better)"))
