@@ -21,16 +21,17 @@ class SourceConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
+    # what the dataset is called: its domain in the prepared data
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
-    kind: SourceKind
-    path: Path
+    kind: SourceKind  # the reader of its files (data_prep/readers/)
+    path: Path  # its folder (for csv: the label table or its folder)
     # Source label name -> canonical finding (or null to ignore the column/label).
     label_map: dict[str, str | None] = Field(default_factory=dict)
     # What an uncertain (-1) label becomes: the paper uses U-Ones.
     uncertain: Literal["ones", "zeros", "ignore"] = "ones"
     # What a blank cell means. Default: the reader's (CheXpert, MIMIC: negative, Stanford's convention; others unknown).
     blank: Literal["negative", "unknown"] | None = None
-    views: Literal["all", "frontal", "lateral"] = "all"
+    views: Literal["all", "frontal", "lateral"] = "all"  # which views to keep
     # MIMIC-CXR: which labeler's table (mimic-cxr-2.0.0-<labeler>.csv).
     labeler: Literal["chexpert", "negbio"] = "chexpert"
     # VinDr-CXR: how the three radiologists' reads of a training image become one label.
@@ -55,21 +56,23 @@ class PrepareConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     sources: list[SourceConfig] = Field(default_factory=list)
-    internal: str = "nih"
+    internal: str = "nih"  # the internal (target) dataset: the one evaluated
+    # side of the stored square images (the paper: 320)
     image_size: int = Field(default=paper.IMAGE_SIZE, ge=16, le=4096)
     # Patient-level fallback splits (and NIH's train_val -> train/val, as the paper did).
     val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    # patients held out for test where a dataset has no official split
     test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
-    split_seed: int = 0
+    split_seed: int = 0  # seed of those patient-level splits
     shuffle_seed: int = 0  # the seeded random row order of every (domain, split) in the shards
-    max_bad_fraction: float = Field(default=0.001, ge=0.0, le=1.0)
+    max_bad_fraction: float = Field(default=0.001, ge=0.0, le=1.0)  # fail when more images than this share are unusable
     # Rows per Ray Data decode task, and so per shard file (256 rows of 320x320 = 26 MB).
     batch_size: int = Field(default=256, ge=1)
     # Bounds on one image file, checked before decoding it (pixels from the PNG / JPEG / DICOM
     # header, frames included): a larger one is skipped with the reason. A decode allocates at most
     # ~13 bytes per pixel for DICOM, ~3 for 16-bit PNG (tests/test_hostile_images.py): 50 MP -> ~650 MB.
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
-    max_file_bytes: int = Field(default=DEFAULT_MAX_FILE_BYTES, ge=1)
+    max_file_bytes: int = Field(default=DEFAULT_MAX_FILE_BYTES, ge=1)  # the largest image file read (bytes)
     # CheXpert has no public test set; the paper "adopts the official split". "valid": its official
     # valid.csv images are the test split (Table II's CheXpert row) and train.csv is divided into
     # train / val by patient (val_fraction), as NIH's train_val is; "none": valid.csv is the val

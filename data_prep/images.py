@@ -1,7 +1,7 @@
 """Decode one radiograph file to a square uint8 grayscale array, or say exactly why not.
 
 OpenCV decodes PNG/JPEG (8/16-bit, RGBA, palette) straight to grayscale and its area resize is
-the fastest measured here (RAY_NOTES: decoding is the cost of `cxr prepare`). DICOM files go
+the fastest measured here (decoding is most of what `cxr prepare` costs). DICOM files go
 through `data_prep.dicom` (pydicom) to 8 bits first, then the same resize.
 
 Files come from label tables and folders that others wrote, so every failure of one file is a

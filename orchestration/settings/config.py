@@ -1,6 +1,6 @@
 """The one typed config of cxr-orchestra: YAML files + dotted overrides, validated once at the edge.
 
-    cfg = load_config(["configs/paper.yaml"], ["train.lambda_tat=0.03", "prepare.image_size=256"])
+    cfg = load_config(["my_run.yaml"], ["method.lambda_tat=0.03", "prepare.image_size=256"])
 
 A bad key or value raises ConfigError naming the key, the value and what is allowed, before any
 Ray work starts.
@@ -59,10 +59,10 @@ def imagenet_warning(config: Config) -> str | None:
 
 
 class HScheduleConfig(_Section):
-    name: Literal["constant", "linear", "cosine", "exponential", "step"] = "linear"
-    start: float = Field(default=paper.H_START, ge=0.0, le=0.5)
-    end: float = Field(default=paper.H_END, ge=0.0, le=0.5)
-    steps: int = Field(default=4, ge=1)
+    name: Literal["constant", "linear", "cosine", "exponential", "step"] = "linear"  # how UTE's threshold H falls
+    start: float = Field(default=paper.H_START, ge=0.0, le=0.5)  # H at the first step
+    end: float = Field(default=paper.H_END, ge=0.0, le=0.5)  # H at the last step
+    steps: int = Field(default=4, ge=1)  # plateaus of the step schedule
 
     @model_validator(mode="after")
     def _check(self) -> HScheduleConfig:
@@ -85,15 +85,15 @@ class MethodConfig(_Section):
     # or those of every finding some training domain labels.
     ensemble_findings: Literal["internal_only", "all_unknown"] = "internal_only"
     multi_task: bool = False  # Table III baseline: common findings scored per domain
-    lambda_tat: float = Field(default=paper.LAMBDA_TAT, ge=0.0, le=1e3)
-    lambda_ute: float = Field(default=paper.LAMBDA_UTE, ge=0.0, le=1e4)
+    lambda_tat: float = Field(default=paper.LAMBDA_TAT, ge=0.0, le=1e3)  # eq. 7's weight of the adversarial loss
+    lambda_ute: float = Field(default=paper.LAMBDA_UTE, ge=0.0, le=1e4)  # eq. 7's weight of the UTE loss
     # How eq. 6's squared errors are reduced: "mean" over the step batch's B x C outputs (Laine &
     # Aila's temporal ensembling, the paper's [22], whose w_max = 30 is λ_ute), or "per_sample_sum"
     # (summed over findings, averaged over the batch: ~C times the weight; before Dec 2026).
     ute_reduction: Literal["mean", "per_sample_sum"] = "mean"
     alpha: float = Field(default=paper.ALPHA_COMMON, gt=0.0, le=1e3)  # eq. 1's α_c of the common findings
-    alpha_overrides: dict[str, float] = Field(default_factory=dict)
-    gamma: float = Field(default=paper.GAMMA, gt=0.0, lt=1.0)
+    alpha_overrides: dict[str, float] = Field(default_factory=dict)  # α per finding by name, over the defaults
+    gamma: float = Field(default=paper.GAMMA, gt=0.0, lt=1.0)  # eq. 4's momentum of the temporal ensemble
     h_schedule: HScheduleConfig = Field(default_factory=HScheduleConfig)
 
     @model_validator(mode="after")
@@ -114,32 +114,34 @@ class MethodConfig(_Section):
 
 class ModelConfig(_Section):
     weights: str | None = None  # local torchvision densenet121 or densenet121_ibn_a file
-    branch_features: int = Field(default=128, ge=1)
-    discriminator_hidden: int = Field(default=128, ge=1)
+    branch_features: int = Field(default=128, ge=1)  # width of each finding's task-specific feature
+    discriminator_hidden: int = Field(default=128, ge=1)  # hidden width of each domain discriminator
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(default=paper.EPOCHS, ge=1)
+    epochs: int = Field(default=paper.EPOCHS, ge=1)  # passes over the internal training split
     batch_size: int = Field(default=32, ge=1)  # per worker and step, split equally over domains
     # None: one pass over the internal dataset's training split per epoch.
     steps_per_epoch: int | None = Field(default=None, ge=1)
     domains: list[str] | None = None  # None: every prepared domain
-    lr: float = Field(default=paper.LR, gt=0.0, le=1.0)
+    lr: float = Field(default=paper.LR, gt=0.0, le=1.0)  # Adam's initial learning rate
+    # epochs after which Adam's LR is multiplied by lr_decay
     lr_milestones: list[int] = Field(default_factory=lambda: list(paper.LR_MILESTONES))
-    lr_decay: float = Field(default=paper.LR_DECAY, gt=0.0, le=1.0)
-    discriminator_lr: float = Field(default=paper.DISCRIMINATOR_LR, gt=0.0, le=1.0)
+    lr_decay: float = Field(default=paper.LR_DECAY, gt=0.0, le=1.0)  # Adam's LR factor at each milestone
+    discriminator_lr: float = Field(default=paper.DISCRIMINATOR_LR, gt=0.0, le=1.0)  # RMSprop's fixed learning rate
     val_every_steps: int = Field(default=0, ge=0)  # 0: validate at epoch ends only
+    # the validation figure that picks the best checkpoint
     select_metric: Literal[SELECTION_METRICS] = SELECTION_METRICS[0]  # type: ignore[valid-type]
-    eval_batch_size: int = Field(default=64, ge=1)
-    log_every_steps: int = Field(default=10, ge=1)
-    workers: int = Field(default=1, ge=1)
+    eval_batch_size: int = Field(default=64, ge=1)  # images per scoring batch (validation, test)
+    log_every_steps: int = Field(default=10, ge=1)  # steps between logged (and printed) losses
+    workers: int = Field(default=1, ge=1)  # data-parallel Ray Train workers
     # Elastic training: after losing workers (a node), go on with as few as this many from the last
     # checkpoint instead of waiting for all `workers`. None: a fixed worker count.
     min_workers: int | None = Field(default=None, ge=1)
     # PACK fills a node first; SPREAD / STRICT_SPREAD put workers on different nodes (a lost node
     # then costs fewer workers).
     placement: Literal["PACK", "SPREAD", "STRICT_SPREAD"] = "PACK"
-    gpu: bool = False
+    gpu: bool = False  # one GPU per worker
     cpus_per_worker: float | None = Field(default=None, gt=0.0)  # None: 1 with GPUs, 0.5 without
     # Custom Ray resources each worker also needs, e.g. {trainer_slot: 1} to keep workers on the
     # nodes started with `ray start --resources='{"trainer_slot": 1}'`, one per node.
@@ -149,11 +151,12 @@ class TrainConfig(_Section):
     compile: bool | None = None  # torch.compile the trained network; None: on GPUs only
     # "reduce-overhead" adds CUDA graphs, "max-autotune" searches kernels (minutes of compiling).
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
-    max_failures: int = Field(default=0, ge=0)
-    seed: int = 0
+    max_failures: int = Field(default=0, ge=0)  # worker failures Ray Train restarts from the last checkpoint
+    seed: int = 0  # seeds weights, data order and augmentation
+    # None: train-<date>-<time>; the same name again resumes
     run_name: Annotated[str, AfterValidator(check_run_name)] | None = None
-    storage_path: str = "ray_results"
-    test_tencrop: bool = False
+    storage_path: str = "ray_results"  # where Ray Train keeps each run's checkpoints
+    test_tencrop: bool = False  # average 10 crops when testing the best model
     # Pad-and-crop: shift each training image by up to 1/16 of its side (for runs tested with TenCrop).
     random_crop: bool = False
     # Rows each domain's training stream shuffles among (Ray Data's local shuffle buffer). Memory:
@@ -181,7 +184,7 @@ class TrainConfig(_Section):
 
 class MlflowConfig(_Section):
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here
-    experiment: str = "cxr-orchestra"
+    experiment: str = "cxr-orchestra"  # the MLflow experiment runs are logged to
     log_model: bool = True  # the best model as an mlflow.pytorch export (~10 s on a CPU); off for quick sweeps
     # Register the logged model under this name in the Model Registry; alias `champion` moves to it
     # when its best validation metric (train.select_metric) beats the current champion's.
@@ -214,7 +217,7 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """'train.lambda_tat=0.03' -> ('train.lambda_tat', 0.03); values are read as YAML scalars/lists."""
+    """'method.lambda_tat=0.03' -> ('method.lambda_tat', 0.03); values are read as YAML scalars/lists."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} is not of the form section.key=value")

@@ -231,7 +231,7 @@ def stop_orphaned_ray() -> list[tuple[str, int]]:
 
 
 def _tighten_token_file() -> None:
-    # A local ray.init() writes its auth token world-readable (RAY_NOTES "Security").
+    # A local ray.init() writes its auth token (~/.ray/auth_token) readable by the group and others.
     token = Path.home() / ".ray" / "auth_token"
     if token.exists() and token.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
         token.chmod(0o600)
