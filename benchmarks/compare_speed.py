@@ -7,10 +7,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
+from _common import report  # benchmarks/ is on the path as a script
 
 from cxrmodel.auc_statistics import paired_comparison
 
@@ -36,9 +36,8 @@ def main() -> None:
     print(f"DeLong + {args.bootstrap}-replicate paired bootstrap, {args.images:,} images x {args.findings} "
           f"findings: {seconds:.1f} s (mean Δ {stats['means']['mean']['delta']:+.4f}, "
           f"CI {stats['means']['mean']['ci95'][0]:+.4f}..{stats['means']['mean']['ci95'][1]:+.4f})")
-    print(json.dumps({"benchmark": "compare_speed", "images": args.images, "findings": args.findings,
-                      "bootstrap": args.bootstrap, "seconds": round(seconds, 2),
-                      "ratio": round(seconds / TARGET_S, 3), "target": 1.0, "target_seconds": TARGET_S}))
+    report("compare_speed", images=args.images, findings=args.findings, bootstrap=args.bootstrap,
+           seconds=round(seconds, 2), target_seconds=TARGET_S, ratio=round(seconds / TARGET_S, 3), target=1.0)
 
 
 if __name__ == "__main__":

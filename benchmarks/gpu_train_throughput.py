@@ -5,7 +5,7 @@ CUDA graphs) on and off.
 
 The method comes from the same factory as `cxr train` (`cxrmodel.method`), with the spec the paper
 default's config gives for NIH + CheXpert (14 findings, 7 common; a test checks they agree) and
-the acceleration `cxr train --gpu` uses. Only torch and torchvision are imported.
+the acceleration `cxr train --gpu` uses. Only torch, torchvision and the standard library are imported.
 
 Target on one H200: >= 2,000 images/s (`ratio` = best method variant / 2,000). Without a GPU it
 says so in its JSON line and exits 0. Compiling took 2.5-3.5 min per variant on an H200 box;
@@ -17,15 +17,15 @@ variants that would overrun `--budget-s` are skipped and listed. Last line: JSON
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import replace
 from typing import Callable
 
 import torch
 import torchvision
+from _common import report  # benchmarks/ is on the path as a script
 
-from cxrmodel.inference import _autocast
+from cxrmodel.inference import autocast_context
 from cxrmodel.inputs import to_model_input
 from cxrmodel.losses import finding_weights
 from cxrmodel.method import Acceleration, MethodSpec, build_method
@@ -104,7 +104,7 @@ def measure_anchor(size: int, per_domain: int, steps: int, compile_backend: str 
 
     def step() -> None:
         x = to_model_input(images, flip=True, channels_last=True)
-        with _autocast(device, torch.bfloat16):
+        with autocast_context(device, torch.bfloat16):
             logits = model(x)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), targets)
         adam.zero_grad(set_to_none=True)
@@ -178,11 +178,10 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA GPU here: nothing to measure")
-        print(json.dumps({"benchmark": "gpu_train_throughput", "skipped": "no CUDA GPU", "ratio": None,
-                          "target": 1.0, "target_images_per_s": TARGET}))
+        report("gpu_train_throughput", skipped="no CUDA GPU", target_images_per_s=TARGET, ratio=None, target=1.0)
         return
     results = run_variants(args.size, args.batch_per_domain, args.steps, args.budget_s)
-    print(json.dumps(summary(results, args.size)))
+    report(**summary(results, args.size))
 
 
 if __name__ == "__main__":

@@ -19,15 +19,12 @@ and last one JSON line with `ratio` = Mean(g) / Mean(a) and `target` 1.0.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
+from _common import cxr, report, work_folder  # benchmarks/ is on the path as a script
 from mlflow.tracking import MlflowClient
 
 from cxrmodel.metrics import SUMMARIES
@@ -39,17 +36,6 @@ from orchestration.settings.tracking import find_sweep
 COLUMNS = dict(zip(SUMMARIES, TEST_SUMMARY_METRICS))  # "Mean" -> test_mean_auc, ...
 DEFAULT_ROWS = {"paper": "a,b,c,e,g", "default": "a,b,g"}
 EXPERIMENT = "cxr-orchestra"
-
-
-def cxr(*args: str, cwd: Path) -> None:
-    """One `cxr` command, as a user types it; its output goes to a log file in `cwd`."""
-    command = [str(Path(sys.executable).with_name("cxr")), *args]
-    with open(cwd / "commands.log", "a") as log:
-        log.write("$ " + " ".join(command) + "\n")
-        log.flush()
-        done = subprocess.run(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
-    if done.returncode:
-        sys.exit(f"`cxr {args[0]}` failed ({done.returncode}); see {cwd / 'commands.log'}")
 
 
 def prepare_scenario(work: Path) -> None:
@@ -125,11 +111,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="keep the work folder (data, MLflow store) here")
     args = parser.parse_args()
     rows = (args.rows or DEFAULT_ROWS[args.scenario]).split(",")
-    work = args.out or Path(tempfile.mkdtemp(prefix="bench_method_"))
-    work.mkdir(parents=True, exist_ok=True)
-    os.chdir(work)  # the MLflow store keeps artifact paths relative to where `cxr` ran
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    try:
+    with work_folder("method", args.out, enter=True) as work:
         if args.scenario == "paper":
             prepare_scenario(work)
             budget = [*train_overrides(args.epochs), "train.ensemble_history=true"]
@@ -174,14 +157,9 @@ def main() -> None:
                       + " |")
         ratio = summary["g"]["Mean"]["mean"] / summary["a"]["Mean"]["mean"]
         g = deltas.get("g", {})
-        print(json.dumps({"benchmark": "method_gain", "scenario": args.scenario, "epochs": args.epochs,
-                          "steps_per_epoch": args.steps_per_epoch, "seeds": args.seeds, "rows": summary,
-                          "diagnostics": diagnostics,
-                          "ratio": round(ratio, 4), "delta_g_a": g.get("delta_mean"), "ci": g.get("ci"),
-                          "target": 1.0}))
-    finally:
-        if args.out is None:
-            shutil.rmtree(work, ignore_errors=True)
+        report("method_gain", scenario=args.scenario, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+               seeds=args.seeds, rows=summary, diagnostics=diagnostics, delta_g_a=g.get("delta_mean"), ci=g.get("ci"),
+               ratio=round(ratio, 4), target=1.0)
 
 
 if __name__ == "__main__":

@@ -8,21 +8,19 @@ scored at 64x64 on the CPU. Target: >= 1.5x on 2 cores, `ratio` = loop seconds /
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+from _common import report, work_folder  # benchmarks/ is on the path as a script
 from train_overhead import prepare  # benchmarks/ is on the path when a benchmark runs as a script
 
 from cxrmodel.inference import predict_probs
 from data_prep.images import load_grayscale
-from data_prep.synth import LOOKS, _ImageMaker
+from data_prep.synth import LOOKS, DefaultImages
 from orchestration.evaluation.image_prediction import BATCH, list_images, predict_images
 from orchestration.settings.config import load_config
 from orchestration.settings.plan import plan_training
@@ -37,7 +35,7 @@ DISTINCT = 24  # distinct pictures; files repeat them so writing N inputs stays 
 
 def make_pngs(folder: Path, n: int) -> None:
     rng = np.random.default_rng(0)
-    maker = _ImageMaker(1024, LOOKS["nih"], rng)
+    maker = DefaultImages(1024, LOOKS["nih"], rng)
     encoded = [cv2.imencode(".png", (maker.make(rng.random(21) < 0.2) * 255).astype(np.uint8))[1].tobytes()
                for _ in range(DISTINCT)]
     folder.mkdir(parents=True)
@@ -70,8 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench_predict_"))
-    try:
+    with work_folder("predict") as work:
         init_ray()
         checkpoint = a_trained_checkpoint(work)
         make_pngs(work / "incoming", args.images)
@@ -86,11 +83,8 @@ def main() -> None:
         loop_s = one_process(list(listed["path"]), checkpoint)
         print(f"{args.images:,} 1024² PNGs scored at {SIZE}²: cxr predict --images {ray_s:.1f} s "
               f"({args.images / ray_s:,.0f} img/s), one process {loop_s:.1f} s ({args.images / loop_s:,.0f} img/s)")
-        print(json.dumps({"benchmark": "predict_images", "images": args.images, "cores": os.cpu_count(),
-                          "ray_s": round(ray_s, 2), "loop_s": round(loop_s, 2),
-                          "ratio": round(loop_s / ray_s, 3), "target": TARGET}))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        report("predict_images", images=args.images, cores=os.cpu_count(), ray_s=round(ray_s, 2),
+               loop_s=round(loop_s, 2), ratio=round(loop_s / ray_s, 3), target=TARGET)
 
 
 if __name__ == "__main__":

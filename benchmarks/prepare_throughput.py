@@ -12,10 +12,7 @@ prepare`, with how busy the cores were (no target). Last line: one JSON object w
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,13 +22,14 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from _common import report, work_folder  # benchmarks/ is on the path as a script
 from PIL import Image
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
 from data_prep.config import PrepareConfig, SourceConfig
 from data_prep.join import load_sources
 from data_prep.pipeline import run_prepare
-from data_prep.synth import LOOKS, NIH_HEADER, _ImageMaker, _write_dicom
+from data_prep.synth import LOOKS, NIH_HEADER, DefaultImages, write_dicom
 from orchestration.settings.runtime import init_ray
 
 DISTINCT = 48  # distinct pictures; files repeat them so writing N inputs stays quick
@@ -39,7 +37,7 @@ DISTINCT = 48  # distinct pictures; files repeat them so writing N inputs stays 
 
 def make_nih_folder(root: Path, n: int, size: int) -> list[Path]:
     rng = np.random.default_rng(0)
-    maker = _ImageMaker(size, LOOKS["nih"], rng)
+    maker = DefaultImages(size, LOOKS["nih"], rng)
     encoded = []
     for _ in range(DISTINCT):
         image = (maker.make(rng.random(21) < 0.2) * 255).astype(np.uint8)
@@ -62,7 +60,7 @@ def make_dicom_and_png_sets(root: Path, n: int, size: int) -> dict[str, Path]:
     """The same pictures twice, as generic-CSV sets: 12-bit DICOMs (even files JPEG 2000 lossless,
     odd ones uncompressed) and 16-bit PNGs."""
     rng = np.random.default_rng(1)
-    maker = _ImageMaker(size, LOOKS["inhouse"], rng)
+    maker = DefaultImages(size, LOOKS["inhouse"], rng)
     pictures = [maker.make(rng.random(21) < 0.2) for _ in range(DISTINCT)]
     tables = {}
     for kind in ("dicom", "png16"):
@@ -74,7 +72,7 @@ def make_dicom_and_png_sets(root: Path, n: int, size: int) -> dict[str, Path]:
                 name = f"im{i:06d}.dcm"
                 variant = {"photometric": "MONOCHROME2", "bits": 12, "rescale": None, "window": False,
                            "syntax": ExplicitVRLittleEndian if i % 2 else JPEG2000Lossless}
-                _write_dicom(folder / name, pictures[i % DISTINCT], variant, f"P{i}")
+                write_dicom(folder / name, pictures[i % DISTINCT], variant, f"P{i}")
             else:
                 name = f"im{i:06d}.png"
                 cv2.imwrite(str(folder / name), (pictures[i % DISTINCT] * 4095).round().astype(np.uint16))
@@ -128,8 +126,7 @@ def main() -> None:
     parser.add_argument("--dicom-images", type=int, default=1000)
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="bench_prepare_"))
-    try:
+    with work_folder("prepare") as work:
         paths = make_nih_folder(work / "nih", args.images, args.source_size)
         started = time.perf_counter()
         init_ray()
@@ -174,9 +171,7 @@ def main() -> None:
         print(f"Ray Data prepare: {ray_s:.1f} s, Pillow loop: {pillow_s:.1f} s, read back: {read:,.0f} img/s")
         print(f"512² 12-bit DICOM (half JPEG 2000): {dicom_rate:,.0f} img/s ({dicom_busy:.0f}% of the cores busy); "
               f"the same as 16-bit PNG: {png16_rate:,.0f} img/s ({png16_busy:.0f}%)")
-        print(json.dumps(figures))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        report(**figures)
 
 
 if __name__ == "__main__":

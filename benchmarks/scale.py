@@ -12,18 +12,16 @@ holds N x C float32 on every worker: the worker's RSS should grow by about that 
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import psutil
+from _common import report, work_folder  # benchmarks/ is on the path as a script
 
-CXR = [sys.executable, "-m", "orchestration.cli"]
+CXR = [sys.executable, "-m", "orchestration.cli"]  # run_measured times the command's own process
 TARGET = 1.3
 
 
@@ -84,17 +82,14 @@ def main() -> None:
     args = parser.parse_args()
     sizes = {}
     for multiple in (1, 2, 4):
-        work = Path(tempfile.mkdtemp(prefix=f"bench_scale_{multiple}n_"))
-        try:
+        with work_folder(f"scale_{multiple}n") as work:
             sizes[f"{multiple}N"] = one_size(work, multiple * args.n)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
         figures = sizes[f"{multiple}N"]
         print(f"{figures['images']:>6} images: {figures['seconds']:.0f} s ({figures['stage_seconds']}), "
               f"{1000 * figures['seconds_per_image']:.1f} ms/image, driver {figures['driver_peak_rss_mb']} MB, "
               f"worker {figures['worker_peak_rss_mb']} MB", flush=True)
     ratio = sizes["4N"]["seconds_per_image"] / sizes["1N"]["seconds_per_image"]
-    print(json.dumps({"benchmark": "scale", "n": args.n, "sizes": sizes, "ratio": round(ratio, 3), "target": TARGET}))
+    report("scale", n=args.n, sizes=sizes, ratio=round(ratio, 3), target=TARGET)
 
 
 if __name__ == "__main__":

@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from method_gain import cxr, prepare_scenario, train_overrides  # benchmarks/ is on the path as a script
+from _common import cxr, report, work_folder  # benchmarks/ is on the path as a script
+from method_gain import prepare_scenario, train_overrides
 from mlflow.tracking import MlflowClient
 
 from orchestration.settings.schema import CROSS_DOMAIN_PER_FINDING, DOMAINS_PARAM, SEED_PARAM, TEST_SUMMARY_METRICS
@@ -59,11 +59,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--out", type=Path, help="keep the work folder (data, MLflow store) here")
     args = parser.parse_args()
-    work = args.out or Path(tempfile.mkdtemp(prefix="bench_calibration_"))
-    work.mkdir(parents=True, exist_ok=True)
-    os.chdir(work)  # the MLflow store keeps artifact paths relative to where `cxr` ran
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    try:
+    with work_folder("calibration", args.out, enter=True) as work:
         prepare_scenario(work)
         cxr("cross-domain", "--data", "prepared", "--seeds", str(args.seeds), "--sweep-name", SWEEP,
             *train_overrides(args.epochs), cwd=work)
@@ -74,16 +71,10 @@ def main() -> None:
         print(f"Single Dataset test Mean {single:.3f} (target {SINGLE_RANGE[0]}-{SINGLE_RANGE[1]}): "
               f"{'met' if met[0] else 'NOT met'}; external-trained Mean_Com on the internal test split "
               f"{drop:.3f} lower (target >= {MIN_DROP}): {'met' if met[1] else 'NOT met'}")
-        print(json.dumps({
-            "benchmark": "scenario_calibration", "scenario": "paper", "epochs": args.epochs, "seeds": args.seeds,
-            "single_mean": round(single, 4), "single_mean_sd": round(float(np.std(table["single_mean"], ddof=1)), 4),
-            "drop_mean_com": round(drop, 4), "drop_sd": round(float(np.std(table["drop"], ddof=1)), 4),
-            "per_seed": table.round(4).to_dict(orient="index"),
-            "ratio": sum(met) / 2, "target": 1.0,
-        }))
-    finally:
-        if args.out is None:
-            shutil.rmtree(work, ignore_errors=True)
+        report("scenario_calibration", scenario="paper", epochs=args.epochs, seeds=args.seeds,
+               single_mean=round(single, 4), single_mean_sd=round(float(np.std(table["single_mean"], ddof=1)), 4),
+               drop_mean_com=round(drop, 4), drop_sd=round(float(np.std(table["drop"], ddof=1)), 4),
+               per_seed=table.round(4).to_dict(orient="index"), ratio=sum(met) / 2, target=1.0)
 
 
 if __name__ == "__main__":

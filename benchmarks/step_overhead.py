@@ -12,11 +12,11 @@ pairs. Last line: JSON figures.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
 import torch
+from _common import report  # benchmarks/ is on the path as a script
 from torch import nn
 
 from cxrmodel.heads import TaskSpecificHeads
@@ -121,7 +121,7 @@ def main() -> None:
     branches = branch_ratio()
     print(f"full step {steps['full_step_s']} s vs plain {steps['plain_step_s']} s at {args.size}px; "
           f"C branches: loop {branches['branches_loop_ms']} ms vs batched {branches['branches_batched_ms']} ms")
-    print(json.dumps({"benchmark": "step_overhead", "image_size": args.size, **steps, "target": 1.10, **branches}))
+    report("step_overhead", image_size=args.size, **steps, target=1.10, **branches)
 
 
 if __name__ == "__main__":

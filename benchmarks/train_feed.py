@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import ray.train
+from _common import report, work_folder  # benchmarks/ is on the path as a script
 from ray.train.torch import TorchTrainer
 from train_overhead import prepare  # benchmarks/ is on the path when a benchmark runs as a script
 
@@ -56,8 +55,7 @@ def main() -> None:
     parser.add_argument("--batch-per-domain", type=int, default=64)
     parser.add_argument("--steps", type=int, default=150)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench_feed_"))
-    try:
+    with work_folder("feed") as work:
         init_ray()
         data = prepare(work, SIZE, images_per_source=args.images_per_domain)
         config = load_config([], [f"train.batch_size={2 * args.batch_per_domain}", "train.domains=[nih,chexpert]"])
@@ -75,14 +73,9 @@ def main() -> None:
         figures = json.loads((work / "figures.json").read_text())
         prefetched, inline = figures["prefetch_2"], figures["prefetch_0"]
         print(f"feed at {SIZE}²: {prefetched:,.0f} img/s with prefetch, {inline:,.0f} img/s on the training thread")
-        print(json.dumps({
-            "benchmark": "train_feed", "image_size": SIZE, "batch": 2 * plan.per_domain_batch,
-            "images_per_domain": args.images_per_domain, "images_per_s": round(prefetched, 1),
-            "images_per_s_without_prefetch": round(inline, 1), "ratio": round(prefetched / TARGET, 3), "target": 1.0,
-            "target_images_per_s": TARGET,
-        }))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        report("train_feed", image_size=SIZE, batch=2 * plan.per_domain_batch, images_per_domain=args.images_per_domain,
+               images_per_s=round(prefetched, 1), images_per_s_without_prefetch=round(inline, 1),
+               target_images_per_s=TARGET, ratio=round(prefetched / TARGET, 3), target=1.0)
 
 
 if __name__ == "__main__":

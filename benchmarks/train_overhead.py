@@ -11,15 +11,13 @@ the same shards with pyarrow. Last line: JSON figures.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _common import report, work_folder  # benchmarks/ is on the path as a script
 from mlflow.tracking import MlflowClient
 
 from data_prep.config import PrepareConfig, SourceConfig
@@ -90,8 +88,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench_train_"))
-    try:
+    with work_folder("train") as work:
         init_ray()
         data = prepare(work, args.image_size)
         config = load_config([], [
@@ -102,11 +99,9 @@ def main() -> None:
         ray = ray_rate(config, data, args.batch_size)
         plain = plain_rate(config, data, args.steps)
         print(f"cxr train: {ray:.1f} img/s, plain PyTorch loop: {plain:.1f} img/s")
-        print(json.dumps({"benchmark": "train_overhead", "image_size": args.image_size, "batch_size": args.batch_size,
-                          "ray_images_per_s": round(ray, 2), "plain_images_per_s": round(plain, 2),
-                          "ratio": round(ray / plain, 3), "target": 0.9}))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        report("train_overhead", image_size=args.image_size, batch_size=args.batch_size,
+               ray_images_per_s=round(ray, 2), plain_images_per_s=round(plain, 2), ratio=round(ray / plain, 3),
+               target=0.9)
 
 
 if __name__ == "__main__":

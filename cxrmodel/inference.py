@@ -11,7 +11,8 @@ from torchvision.transforms.v2.functional import ten_crop
 from cxrmodel.inputs import to_model_input
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None):
+def autocast_context(device: torch.device, dtype: torch.dtype | None):
+    """torch.autocast to `dtype` on `device`'s type, or nothing when `dtype` is None."""
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
@@ -36,7 +37,7 @@ def predict_probs(
         size = crop_size or round(x.shape[-1] * 7 / 8)
         views = list(ten_crop(x, [size, size]))
     probs = torch.zeros((), device=x.device)
-    with _autocast(x.device, autocast_dtype):
+    with autocast_context(x.device, autocast_dtype):
         for view in views:
             probs = probs + torch.sigmoid(model(view).logits.float())
     return probs / len(views)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from cxrmodel import paper
-from cxrmodel.inference import _autocast
+from cxrmodel.inference import autocast_context
 from cxrmodel.inputs import to_model_input
 from cxrmodel.losses import (
     UteReduction,
@@ -103,7 +103,7 @@ class TrainingStep:
         labels = labels.to(device, non_blocking=True)
         domain = domain.to(device, non_blocking=True).long()
 
-        with _autocast(device, self.autocast_dtype):
+        with autocast_context(device, self.autocast_dtype):
             out = self.model(x, domain)
         logits = out.logits.float()
         probs = torch.sigmoid(logits)

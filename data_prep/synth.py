@@ -130,7 +130,9 @@ def with_look(image: np.ndarray, look: Look, rng: np.random.Generator) -> np.nda
     return np.clip(image, 0, 1)
 
 
-class _ImageMaker:
+class DefaultImages:
+    """The default look's image maker (an `ImageMaker`): each finding's pattern on a chest, in a look."""
+
     def __init__(self, size: int, look: Look, rng: np.random.Generator):
         self.size, self.look, self.rng = size, look, rng
         self.patterns = _finding_patterns(size)
@@ -160,7 +162,7 @@ class Drawing:
 
 def default_drawing(n: int, size: int, look: Look, rng: np.random.Generator) -> Drawing:
     present = _presence(rng, n)
-    return Drawing(present, present, _ImageMaker(size, look, rng))
+    return Drawing(present, present, DefaultImages(size, look, rng))
 
 
 TRUTH_FILE = "truth.csv"
@@ -314,17 +316,17 @@ def synth_chexpert(out: Path, n: int, size: int, rng: np.random.Generator, drawi
 
 
 def synth_inhouse(out: Path, n: int, size: int, rng: np.random.Generator, image_format: str = "dicom") -> None:
-    """A hospital export: DICOM (a mix of the encodings PACS produce, see `_write_dicom`) or
+    """A hospital export: DICOM (a mix of the encodings PACS produce, see `write_dicom`) or
     16-bit PNGs holding 12-bit data."""
     present = _presence(rng, n)
-    maker = _ImageMaker(size, LOOKS["inhouse"], rng)
+    maker = DefaultImages(size, LOOKS["inhouse"], rng)
     patients = _patients(rng, n)
     rows = []
     for i in range(n):
         image = maker.make(present[i])
         if image_format == "dicom":
             rel = f"images/IH{i:06d}.dcm"
-            _write_dicom(out / rel, image, dicom_variant(i), f"IH-P{patients[i]:05d}", pixels=i != n - 1)
+            write_dicom(out / rel, image, dicom_variant(i), f"IH-P{patients[i]:05d}", pixels=i != n - 1)
         else:
             rel = f"images/IH{i:06d}.png"
             _write(out / rel, (image * 4095).round().astype(np.uint16))
@@ -351,7 +353,7 @@ def dicom_variant(i: int) -> dict:
     }
 
 
-def _write_dicom(path: Path, image: np.ndarray, variant: dict, patient: str, *, pixels: bool = True) -> None:
+def write_dicom(path: Path, image: np.ndarray, variant: dict, patient: str, *, pixels: bool = True) -> None:
     """`image` (floats in [0, 1], bright = dense) as a DX file encoded as `variant` (see
     `dicom_variant`) says; without `pixels`, a file with no PixelData (as a PACS export of a
     report would be)."""
@@ -404,7 +406,7 @@ def synth_mimic(out: Path, n: int, size: int, rng: np.random.Generator) -> None:
     """MIMIC-CXR-JPG 2.0.0: labels per study from the CheXpert and NegBio labelers, the official
     split and the metadata (views) per image, JPEGs under files/p<2>/p<subject>/s<study>/. The
     last study has no label row, as a few real ones do."""
-    maker = _ImageMaker(size, LOOKS["chexpert"], rng)
+    maker = DefaultImages(size, LOOKS["chexpert"], rng)
     studies, subject, study = [], 10000000, 50000000
     while sum(len(images) for _, _, images in studies) < n:
         subject += int(rng.integers(1, 40))
@@ -467,7 +469,7 @@ def synth_vindr(out: Path, n: int, size: int, rng: np.random.Generator) -> None:
     """VinDr-CXR 1.0.0: three radiologists' image labels per training image (they disagree now and
     then), a consensus per test image, DICOM files under train/ and test/."""
     present = _presence(rng, n)
-    maker = _ImageMaker(size, LOOKS["nih"], rng)
+    maker = DefaultImages(size, LOOKS["nih"], rng)
     n_test = max(n // 5, 2)
     train_rows, test_rows, image_ids = [], [], []
     for i in range(n):
@@ -481,7 +483,7 @@ def synth_vindr(out: Path, n: int, size: int, rng: np.random.Generator) -> None:
         image_id = _hex_id(rng, 32)
         image_ids.append(image_id)
         test = i >= n - n_test
-        _write_dicom(out / ("test" if test else "train") / f"{image_id}.dicom", maker.make(present[i]), dicom_variant(i),
+        write_dicom(out / ("test" if test else "train") / f"{image_id}.dicom", maker.make(present[i]), dicom_variant(i),
                      image_id)
         if test:
             test_rows.append([image_id, *truth, int(not any(truth))])
@@ -518,7 +520,7 @@ def synth_padchest(out: Path, n: int, size: int, rng: np.random.Generator) -> No
     """PadChest: one gzipped table, Labels as Python-style lists (with PadChest's stray leading
     spaces), 16-bit PNGs under numbered ImageDir folders."""
     present = _presence(rng, n)
-    maker = _ImageMaker(size, LOOKS["inhouse"], rng)
+    maker = DefaultImages(size, LOOKS["inhouse"], rng)
     patients = _patients(rng, n)
     projections = ("PA", "PA", "L", "AP", "AP_horizontal", "COSTAL")
     rows = []

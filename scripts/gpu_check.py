@@ -22,9 +22,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # the project, and the benchmarks' shared frame
 
-from benchmarks.gpu_train_throughput import (  # noqa: E402
+from gpu_train_throughput import (  # noqa: E402
     FINDINGS,
     paper_spec,
     run_variants,

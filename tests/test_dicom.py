@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
 from data_prep.images import ImageError, decode_grayscale, load_grayscale
-from data_prep.synth import _write_dicom, dicom_variant
+from data_prep.synth import write_dicom, dicom_variant
 
 SIZE = 48
 
@@ -53,7 +53,7 @@ def test_decoded_pixels_are_what_synth_drew(tmp_path, i):
     image = _drawn()
     path = tmp_path / f"IH{i}.dcm"
     variant = dicom_variant(i)
-    _write_dicom(path, image, variant, "P1")
+    write_dicom(path, image, variant, "P1")
     ds = pydicom.dcmread(path)
     assert ds.file_meta.TransferSyntaxUID == variant["syntax"]
     assert ds.PhotometricInterpretation == variant["photometric"] and ds.BitsStored == variant["bits"]

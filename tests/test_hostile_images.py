@@ -24,7 +24,7 @@ from pydicom.uid import RLELossless
 from typer.testing import CliRunner
 
 from data_prep.images import ImageError, declared_size, load_grayscale
-from data_prep.synth import _write_dicom, dicom_variant
+from data_prep.synth import write_dicom, dicom_variant
 from orchestration.cli import app
 
 runner = CliRunner()
@@ -61,7 +61,7 @@ def _dicom(path: Path, side: int = 48, i: int = 0, raw: dict[int, tuple[str, byt
     """A real DICOM file, then header values changed: `changes` by keyword, `raw` as bytes written
     as they are (values pydicom itself would refuse to write)."""
     image = (np.add.outer(np.arange(side), np.arange(side)) / (2 * side)).astype(np.float32)
-    _write_dicom(path, image, dicom_variant(i), "P", pixels=True)
+    write_dicom(path, image, dicom_variant(i), "P", pixels=True)
     if changes or raw:
         ds = pydicom.dcmread(path)
         for key, value in changes.items():
@@ -98,7 +98,7 @@ def _hostile(folder: Path) -> dict[str, str | None]:
     _dicom(folder / "dicom_bomb.dcm", Rows=65535, Columns=65535)
     _dicom(folder / "frames_garbage.dcm", raw={0x00280008: ("IS", b"1A")})  # NumberOfFrames
     big = folder / "huge_rle.dcm"
-    _write_dicom(big, np.zeros((8000, 8000), np.float32), {**dicom_variant(4), "syntax": RLELossless}, "P")
+    write_dicom(big, np.zeros((8000, 8000), np.float32), {**dicom_variant(4), "syntax": RLELossless}, "P")
     expected.update({"dicom_bomb.dcm": "65,535 x 65,535", "frames_garbage.dcm": "NumberOfFrames '1A' is not a whole number",
                      "huge_rle.dcm": "8,000 x 8,000"})
     os.mkfifo(folder / "fifo.png")
@@ -185,7 +185,7 @@ def test_a_decode_needs_a_bounded_number_of_bytes_per_pixel(tmp_path, kind, boun
     image = (np.add.outer(np.arange(side), np.arange(side)) / (2 * side)).astype(np.float32)
     if kind == "dicom":
         path = tmp_path / "big.dcm"
-        _write_dicom(path, image, dicom_variant(7), "P")  # 16 bits, rescale, window, MONOCHROME1
+        write_dicom(path, image, dicom_variant(7), "P")  # 16 bits, rescale, window, MONOCHROME1
     else:
         path = tmp_path / "big.png"
         cv2.imwrite(str(path), (image * 4095).astype(np.uint16), [cv2.IMWRITE_PNG_COMPRESSION, 1])

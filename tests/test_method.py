@@ -146,13 +146,14 @@ def test_a_compiled_method_trains_the_saved_network_and_its_state_loads_uncompil
         assert torch.equal(again.step.model(x, torch.tensor([0, 1])).logits, reference)
 
 
-def test_the_gpu_benchmark_measures_what_the_default_config_trains():
+def test_the_gpu_benchmark_measures_what_the_default_config_trains(monkeypatch):
     """benchmarks/gpu_train_throughput.py builds its spec by hand (the GPU machine has no pydantic):
     it must be the spec the default config gives for NIH (14 findings) + CheXpert (7 common)."""
     import importlib.util
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_train_throughput.py"
+    monkeypatch.syspath_prepend(str(path.parent))  # as when run as a script: benchmarks/_common beside it
     loaded = importlib.util.spec_from_file_location("gpu_train_throughput", path)
     benchmark = importlib.util.module_from_spec(loaded)
     loaded.loader.exec_module(benchmark)

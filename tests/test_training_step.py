@@ -17,7 +17,7 @@ from cxrmodel.optimizers import make_optimizers
 from cxrmodel.schedules import HSchedule
 from cxrmodel.temporal_ensemble import TemporalEnsemble
 from cxrmodel.training_step import TrainingStep
-from data_prep.synth import LOOKS, _ImageMaker
+from data_prep.synth import LOOKS, DefaultImages
 
 FINDINGS = 8
 DOMAIN_FINDINGS = [range(0, 6), range(3, 8)]  # common: 3, 4, 5
@@ -29,7 +29,7 @@ def synthetic_domains(per_domain=64, size=64, seed=0):
     rng = np.random.default_rng(seed)
     images, labels, domains = [], [], []
     for d, look in enumerate([LOOKS["nih"], LOOKS["chexpert"]]):
-        maker = _ImageMaker(size, look, rng)
+        maker = DefaultImages(size, look, rng)
         for _ in range(per_domain):
             present = np.zeros(21, bool)
             present[:FINDINGS] = rng.random(FINDINGS) < 0.35
