@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# orchestration: cli -> verb -> the verb it runs (a sweep trains) -> its part (the worker loop, the run's
-# artifacts) -> building block (the checkpoint format) -> settings -> schema
-MAX_CHAIN = 7
+# orchestration: cli -> its floor's verbs (cli.sweeps) -> the verb's module -> the verb it runs (a sweep
+# trains) -> its part (the worker loop) -> building block (the checkpoint format) -> settings -> schema
+MAX_CHAIN = 8
 # data_prep: pipeline -> images -> config -> readers -> readers.common -> findings
 MAX_DATA_PREP_CHAIN = 6
 
@@ -45,10 +45,12 @@ def _runtime_imports(path: Path, package: str, modules: set[str]) -> set[str]:
         def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
             if node.module is None:
                 return
-            add(node.module)
-            for alias in node.names:  # `from pkg import module` imports that module
-                if f"{node.module}.{alias.name}"[len(package) + 1:] in modules:
-                    add(f"{node.module}.{alias.name}")
+            submodules = [f"{node.module}.{a.name}" for a in node.names
+                          if f"{node.module}.{a.name}"[len(package) + 1:] in modules]
+            for dotted in submodules:  # `from pkg import module` imports that module
+                add(dotted)
+            if len(submodules) < len(node.names):  # and names defined in pkg's own __init__
+                add(node.module)
 
         def visit_Import(self, node: ast.Import) -> None:
             for alias in node.names:
@@ -62,8 +64,8 @@ def import_graph(package: str) -> dict[str, set[str]]:
     """Each module of `package` (sub-packages included, `__init__` files as their package) -> the
     package's modules it imports."""
     package_dir = ROOT / package
-    paths = {_module_name(p, package_dir): p for p in package_dir.rglob("*.py")}
-    paths.pop("", None)  # the package's own __init__
+    paths = {_module_name(p, package_dir): p for p in package_dir.rglob("*.py") if p.name != "__main__.py"}
+    paths.pop("", None)  # the package's own __init__ (and `python -m` entry points, which nothing imports)
     return {name: _runtime_imports(path, package, set(paths)) - {name} for name, path in paths.items()}
 
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 import data_prep.readers as readers
 from data_prep.config import SourceConfig
-from orchestration.cli_options import with_dataset_flags
+from orchestration.cli.options import with_dataset_flags
 
 TOY_READER = '''
 from data_prep.readers.common import Reader, SourceTable

@@ -1,0 +1,188 @@
+"""What a trained model is asked: cxr predict, evaluate, explain, diagnose, compare and report."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from orchestration.cli import options as opt
+from orchestration.cli.app import UsageError, config_from, lines, pairs, print_frame, say, tables, verb, warn
+
+
+@verb
+def predict(
+    out: Annotated[Path, typer.Option(help="Output file: .parquet or .csv.")],
+    data: Annotated[Optional[Path], typer.Option(help="Prepared dataset folder (or give --images).")] = None,
+    images: Annotated[Optional[Path], typer.Option(help="Raw images instead of --data: a folder (PNG, JPEG, DICOM, searched recursively) or a CSV with a path column.")] = None,
+    model: opt.Model = None, run: opt.Run = None, checkpoint: opt.Checkpoint = None,
+    split: opt.Split = "test",
+    domain: Annotated[Optional[list[str]], typer.Option(help="With --data: domain(s) to predict (default: all).")] = None,
+    tencrop: opt.Tencrop = False,
+    device: Annotated[str, typer.Option(help="With --data: cpu or cuda (--images uses a GPU per actor when the cluster has them).")] = "cpu",
+    image_size: Annotated[Optional[int], typer.Option(help="With --images: the side the model was trained at. Default: that of its prepared data.")] = None,
+    actors: Annotated[int, typer.Option(help="With --images: at most this many model copies scoring in parallel.")] = 2,
+    address: opt.Address = None, config: opt.ConfigFiles = None, overrides: opt.Overrides = None,
+) -> None:
+    """Write one probability per finding for every image of a prepared split, or of a folder / CSV of
+    raw images (--images): image_id, domain, findings (and path).
+
+    --run and --model names are looked up in the MLflow store and experiment of the config
+    (--config / overrides such as mlflow.tracking_uri=..., else $MLFLOW_TRACKING_URI).
+    """
+    from orchestration.evaluation.models import chosen_model
+
+    if (data is None) == (images is None):
+        raise UsageError("give --data DIR (a prepared split) or --images DIR|CSV (raw files)")
+    found = chosen_model(config_from(config, overrides), run=run, model=model, checkpoint=checkpoint)
+    if images is not None:
+        from orchestration.evaluation.image_prediction import predict_image_files
+
+        result, skipped = predict_image_files(images, found.checkpoint, out, tencrop=tencrop, image_size=image_size,
+                                              actors=actors, address=address, say=say)
+        return say(f"wrote {len(result.table):,} predictions to {out}; {len(result.skipped)} images could not be "
+                   f"used, listed with the reason in {skipped}")
+    from orchestration.evaluation.prediction import predict_prepared, write_table
+
+    frame = predict_prepared(found.checkpoint, data, split=split, domains=domain, tencrop=tencrop, device=device)
+    write_table(frame, out)
+    say(f"wrote {len(frame):,} predictions to {out}")
+
+
+@verb
+def evaluate(
+    predictions: Annotated[Optional[Path], typer.Option(help="A file written by cxr predict.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="The prepared dataset: its labels, and its images when predicting here.")] = None,
+    clean_labels: Annotated[Optional[Path], typer.Option(help="Google's relabelled NIH CSV: score Pneumothorax, Airspace opacity and Nodule or mass against it (Table VII).")] = None,
+    set_name: Annotated[str, typer.Option("--set", help="With --clean-labels: the test or val rows (its Set Id column).")] = "test",
+    model: opt.Model = None, run: opt.Run = None, checkpoint: opt.Checkpoint = None,
+    split: opt.Split = "test",
+    tencrop: opt.Tencrop = False, device: opt.Device = "cpu",
+    csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Also write the AUC table here.")] = None,
+    stats_json: opt.StatsJson = None,
+    bootstrap: opt.Bootstrap = 1000, seed: opt.Seed = 0,
+    config: opt.ConfigFiles = None, overrides: opt.Overrides = None,
+) -> None:
+    """AUC of a model's predictions per finding, with 95% bootstrap intervals; printed and logged as an MLflow evaluation run.
+
+    The evaluation run is linked to the training run given with --run (tag cxr.evaluates).
+    Predictions come from --predictions FILE (cxr predict), or are made here with --model,
+    --checkpoint or --run on --data. Labels: --data (per-finding AUC, Mean, Mean_Com and Mean_Int of
+    every domain) or --clean-labels (AUC on Google's relabelled NIH images; images there without a
+    prediction are counted). --run is looked up in the MLflow store and experiment of the config.
+    """
+    from orchestration.evaluation.evaluate import evaluate_model
+
+    done = evaluate_model(config_from(config, overrides), predictions=predictions, data=data, clean_labels=clean_labels,
+                          set_name=set_name, run=run, model=model, checkpoint=checkpoint, split=split,
+                          tencrop=tencrop, device=device, bootstrap=bootstrap, seed=seed)
+    tables([done.table(bootstrap)])
+    warn(done.result.warnings)
+    if csv_out:
+        done.result.table.to_csv(csv_out)
+    if stats_json:
+        stats_json.write_text(json.dumps(done.result.stats, indent=1))
+    say(f"logged as MLflow run {done.run_id}")
+
+
+@verb
+def explain(
+    out: Annotated[Path, typer.Option(help="Folder for the contact sheets, overlays and explain.csv.")],
+    model: opt.Model = None, run: opt.Run = None, checkpoint: opt.Checkpoint = None,
+    data: Annotated[Optional[Path], typer.Option(help="Prepared dataset. Default: the one the model was trained on.")] = None,
+    split: opt.Split = "test",
+    domain: Annotated[Optional[str], typer.Option(help="The domain whose images are explained. Default: the model's internal one.")] = None,
+    findings: Annotated[Optional[str], typer.Option(help="Comma-separated findings. Default: every finding the domain labels.")] = None,
+    top: Annotated[int, typer.Option(help="Images per finding: the K the model scores highest.")] = 4,
+    device: opt.Device = "cpu",
+    config: opt.ConfigFiles = None, overrides: opt.Overrides = None,
+) -> None:
+    """Grad-CAM heat maps of where the model looks: for each finding, the K images of a split it
+    scores highest, as overlays and one contact sheet, with explain.csv (probability, label and the
+    heat map's peak per image).
+
+    The maps weigh the last dense block's output (denseblock4, 1/32 of the image side) by the gradient
+    of that finding's output, so a model trained at 256² gives 8x8 cells of evidence. When the model
+    comes from a training run that the MLflow store knows, the folder is also logged to it under explain/.
+    """
+    from orchestration.evaluation.explanation import explain_model
+    from orchestration.evaluation.models import chosen_model
+
+    cfg = config_from(config, overrides)
+    found = chosen_model(cfg, run=run, model=model, checkpoint=checkpoint, find_run=True)
+    explain_model(cfg, found, out, data=data, split=split, domain=domain, top=top, device=device, say=say,
+                  findings=[f.strip() for f in findings.split(",") if f.strip()] if findings else None)
+
+
+@verb
+def diagnose(
+    run: Annotated[str, typer.Option(help="A cxr train run on generated data, by MLflow run id or run name.")],
+    truth: Annotated[Optional[list[str]], typer.Option(help="DOMAIN=FILE: a domain's truth.csv (default: beside the dataset the run's data were prepared from).")] = None,
+    probe_images: Annotated[int, typer.Option(help="Test images per domain for the TAT probe.")] = 400,
+    config: opt.ConfigFiles = None, overrides: opt.Overrides = None,
+) -> None:
+    """Check the method's parts against the truth of data from cxr synth (its truth.csv).
+
+    TE / UTE (for a run trained with train.ensemble_history=true): per epoch, on the external
+    training images, the AUC of the temporal ensemble's targets z and of the network's own
+    predictions p against the truth for each internal-only finding, and the share of entries UTE
+    lets through (|0.5 - p| >= H) with how often they are right. TAT: the held-out AUC of a
+    logistic-regression probe telling internal from external test images by each common finding's
+    task-specific feature (0.5: the feature does not show the domain). Printed, and logged to the
+    run under diagnostics/.
+    """
+    from orchestration.evaluation.diagnostics import diagnose_and_log
+
+    files = pairs(truth, "truth", "chexpert=raw/chexpert/truth.csv")
+    diagnosis, run_id = diagnose_and_log(config_from(config, overrides), run, truth_files=files, probe_images=probe_images)
+    lines([f"note: {note}" for note in diagnosis.notes])
+    tables(diagnosis.tables())
+    say(f"logged to MLflow run {run_id} (metrics and artifacts diagnostics/)")
+
+
+@verb
+def compare(
+    data: Annotated[Path, typer.Option(help="The prepared dataset whose labels score both models.")],
+    predictions: Annotated[Optional[list[Path]], typer.Option(help="Two files written by cxr predict: A, then B.")] = None,
+    run: Annotated[Optional[list[str]], typer.Option(help="Two models (training runs by id or name, or any --model reference), A then B: their logged test predictions.")] = None,
+    split: Annotated[str, typer.Option(help="The split both were scored on.")] = "test",
+    domain: Annotated[Optional[str], typer.Option(help="The domain compared. Default: the internal one.")] = None,
+    bootstrap: Annotated[int, typer.Option(help="Paired bootstrap replicates for the intervals of Δ.")] = 2000,
+    seed: opt.Seed = 0, stats_json: opt.StatsJson = None,
+    config: opt.ConfigFiles = None, overrides: opt.Overrides = None,
+) -> None:
+    """Model B against model A on the images both scored: per finding AUC_A, AUC_B, Δ = B − A with a
+    paired-bootstrap 95% interval, DeLong's p and Holm's p across findings; Δ and its interval for
+    Mean, Mean_Com and Mean_Int. A difference whose interval holds 0 may be noise."""
+    from orchestration.evaluation.comparison import compare_models, comparison_table
+
+    result = compare_models(config_from(config, overrides), data, predictions=predictions, runs=run, domain=domain,
+                            split=split, bootstrap=bootstrap, seed=seed)
+    print_frame(comparison_table(result), f"B against A on {result.stats['num_images']:,} images "
+                                           f"({result.domain}, {result.split}); {bootstrap} paired replicates")
+    warn(result.notes(), "note")
+    if stats_json:
+        stats_json.write_text(json.dumps(result.stats, indent=1))
+
+
+@verb
+def report(
+    out: Annotated[Path, typer.Option(help="Folder to write report.md, report.html and the figures into.")],
+    experiment: Annotated[Optional[str], typer.Option(help="MLflow experiment (default: mlflow.experiment of the config).")] = None,
+    parent: Annotated[Optional[str], typer.Option(help="Only this sweep: the MLflow id of its parent run.")] = None,
+    config: opt.ConfigFiles = None, overrides: opt.Overrides = None,
+) -> None:
+    """Paper-style tables (Tables II, III, VI), Fig. 4 curves and Optuna plots from MLflow alone.
+
+    Each sweep gets a section (also logged to its parent run under report/); stand-alone training
+    runs get one more. Runs that failed, were stopped or are still running are listed apart.
+    """
+    from orchestration.evaluation.report import write_report
+    from orchestration.settings.tracking import client_for
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per section instead
+    cfg = config_from(config, overrides)
+    lines(write_report(client_for(cfg), experiment or cfg.mlflow.experiment, out, parent, progress=say).lines())
