@@ -120,7 +120,8 @@ def test_demo_leaves_the_expected_runs_report_and_learned_aucs(demo):
     assert "model.pretrained=false" in (report / "report.md").read_text()
     assert f"report:    {report}/report.html" in log
     # A quiet console: the project's lines, each trial's progress among them, and none of Ray's own.
-    assert not [noise for noise in ("Execution plan", "gcs_server", "raylet", "repeated") if noise in log], log[-3000:]
+    noises = ("Execution plan", "gcs_server", "raylet", "repeated", "RayDeprecationWarning")
+    assert not [noise for noise in noises if noise in log], log[-3000:]
     trials = [c for p in sweeps.values() for c in _runs(client, f"tags.`mlflow.parentRunId` = '{p.info.run_id}'")]
     for run in [train, *trials]:
         assert f"[{run.data.tags[RUN_NAME_TAG]}] test (nih, best model from step" in log, run.data.tags[RUN_NAME_TAG]
