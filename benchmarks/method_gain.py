@@ -8,7 +8,7 @@ prevalences, NLP-like label noise, varied and faint patterns, a shift in how fin
 internal-only findings drawn unlabelled in the external images. 64 px, 4 epochs of one pass.
 
 --scenario default (rows a, b, g): `cxr synth`'s default look, where every finding is a clean
-pattern and the shift is global intensity only (the README says why it cannot show a gain).
+pattern and the shift is global intensity only (docs/evidence.md says why it cannot show a gain).
 
     python benchmarks/method_gain.py [--scenario paper] [--rows a,b,c,e,g] [--seeds 3] [--out DIR]
 

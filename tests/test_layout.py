@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# orchestration: cli -> its floor's verbs (cli.sweeps) -> the verb's module -> the verb it runs (a sweep
+# orchestration: cli -> its floor's verbs (cli.sweep_verbs) -> the verb's module -> the verb it runs (a sweep
 # trains) -> its part (the worker loop) -> building block (the checkpoint format) -> settings -> schema
 MAX_CHAIN = 8
 # data_prep: pipeline -> images -> config -> readers -> readers.common -> findings

@@ -1,5 +1,5 @@
 """Sweep and ablation definitions from `search_spaces/*.yaml`: parsed, validated, and turned into
-what Ray Tune and Optuna take. The YAML format is documented in the README ("Search spaces").
+what Ray Tune and Optuna take. The YAML format is documented in docs/sweeps.md.
 
 A malformed file is refused before Ray starts, naming the file, the key and what is allowed.
 """

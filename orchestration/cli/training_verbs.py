@@ -27,7 +27,7 @@ def train(
     """Train DenseIBN-121 with TW + TAT + UTE on Ray Train; log everything to MLflow.
 
     Settings: --config FILE and dotted overrides such as method.lambda_tat=0.03 train.epochs=8
-    (see README "Configuration"). Stop with Ctrl-C or SIGTERM: the run ends KILLED and the same
+    (every key: docs/configuration.md). Stop with Ctrl-C or SIGTERM: the run ends KILLED and the same
     command with the same --run-name resumes from the last checkpoint.
     """
     from orchestration.settings.config import check_run_name
