@@ -68,3 +68,15 @@ def test_every_folder_reader_is_an_option_handed_on_as_folders(tmp_path):
     assert seen == {"nih": None, "chexpert": None, "mimic": None, "vindr": tmp_path, "padchest": None, "out": "y"}
     help_text = CliRunner().invoke(app, ["--help"]).output
     assert "--padchest" in help_text and "--csv" not in help_text
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["prepare", "--csv", "bad", "--dry-run"], "--csv 'bad': expected NAME=FILE, e.g. --csv inhouse=/data/labels.csv"),
+    (["diagnose", "--run", "x", "--truth", "chexpert"],
+     "--truth 'chexpert': expected DOMAIN=FILE, e.g. --truth chexpert=raw/chexpert/truth.csv"),
+])
+def test_a_key_file_option_without_its_file_is_refused_naming_the_key(args, expected):
+    from orchestration.cli import app
+
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and expected in " ".join(result.output.split()), result.output

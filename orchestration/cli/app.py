@@ -87,15 +87,15 @@ def print_frame(frame: pd.DataFrame, title: str) -> None:
     Console().print(shown)
 
 
-def pairs(items: list[str] | None, flag: str, example: str) -> dict[str, Path]:
-    """`--flag KEY=FILE` options (repeatable) as {KEY: FILE}."""
-    pairs = {}
+def pairs(items: list[str] | None, flag: str, key_name: str, example: str) -> dict[str, Path]:
+    """`--flag KEY=FILE` options (repeatable) as {KEY: FILE}; `key_name` is what KEY is called in the error."""
+    found = {}
     for item in items or []:
         key, sep, file = item.partition("=")
         if not sep or not key or not file:
-            raise UsageError(f"--{flag} {item!r}: expected {example.split('=')[0].upper()}=FILE, e.g. --{flag} {example}")
-        pairs[key] = Path(file)
-    return pairs
+            raise UsageError(f"--{flag} {item!r}: expected {key_name}=FILE, e.g. --{flag} {example}")
+        found[key] = Path(file)
+    return found
 
 
 def config_from(config: list[Path] | None, overrides: list[str] | None, *flags: str) -> Config:

@@ -66,7 +66,7 @@ def prepare(
         return lines(preset_lines())
     flags = {"internal": internal, "image_size": image_size, "max_bad_fraction": max_bad_fraction}
     cfg = config_from(config, overrides, *[f"prepare.{k}={v}" for k, v in flags.items() if v is not None])
-    sources = sources_with_flags(cfg.prepare.sources, folders, pairs(csv, "csv", "inhouse=/data/labels.csv"))
+    sources = sources_with_flags(cfg.prepare.sources, folders, pairs(csv, "csv", "NAME", "inhouse=/data/labels.csv"))
     cfg = with_updates(cfg, "prepare", sources=[s.model_dump(mode="json") for s in sources])
     if not dry_run and out is None:
         raise UsageError("--out is required (or use --dry-run)")

@@ -136,7 +136,7 @@ def diagnose(
     """
     from orchestration.evaluation.diagnostics import diagnose_and_log
 
-    files = pairs(truth, "truth", "chexpert=raw/chexpert/truth.csv")
+    files = pairs(truth, "truth", "DOMAIN", "chexpert=raw/chexpert/truth.csv")
     diagnosis, run_id = diagnose_and_log(config_from(config, overrides), run, truth_files=files, probe_images=probe_images)
     lines([f"note: {note}" for note in diagnosis.notes])
     tables(diagnosis.tables())
