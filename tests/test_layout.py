@@ -183,3 +183,10 @@ def test_cxr_report_loads_neither_torch_nor_ray_train(tmp_path):
     loaded = _modules_after(code)
     assert "orchestration.evaluation.report" in loaded and "mlflow" in loaded
     assert "torch" not in loaded and not [m for m in loaded if m.startswith("ray.train")]
+
+
+def test_the_image_decode_tasks_load_neither_torch_nor_ray_train():
+    # Ray Data's decode tasks of `cxr predict --images` import the module that holds their function.
+    loaded = _modules_after("import orchestration.evaluation.image_prediction")
+    assert "data_prep.images" in loaded
+    assert "torch" not in loaded and not [m for m in loaded if m.startswith("ray.train")]

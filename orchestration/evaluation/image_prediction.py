@@ -17,10 +17,7 @@ import numpy as np
 import pandas as pd
 
 from data_prep.images import ImageError, load_grayscale
-from orchestration.evaluation.prediction import trained_image_size, write_table
 from orchestration.settings.config import ConfigError
-from orchestration.settings.runtime import init_ray
-from orchestration.training.checkpoint import trained_weights
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 BATCH = 32
@@ -120,6 +117,11 @@ def predict_image_files(source: Path, checkpoint: Path, out: Path, *, tencrop: b
                         actors: int, address: str | None, say: Callable[[str], None]) -> tuple[ImagePredictions, Path]:
     """Score the images of a folder or CSV on Ray (a GPU per actor when the cluster has them) into
     `out`; the files that could not be used go, with the reason, into `<out>.skipped.json` (returned)."""
+    # Here, not at the top: Ray Data's decode tasks import this module and need neither torch nor Ray Train.
+    from orchestration.evaluation.prediction import trained_image_size, write_table
+    from orchestration.settings.runtime import init_ray
+    from orchestration.training.checkpoint import trained_weights
+
     listed = list_images(source)
     size = image_size or trained_image_size(checkpoint)
     trained_weights(checkpoint)  # refuse an unusable checkpoint here, not in every scoring actor
