@@ -37,3 +37,27 @@ def test_the_probe_finds_a_domain_in_features_that_show_it_and_not_in_noise():
     auc = domain_probe({"nih": internal, "chexpert": external}, ["Effusion", "Edema"])
     assert auc["Effusion"] > 0.95
     assert abs(auc["Edema"] - 0.5) < 0.1
+
+
+def test_the_default_truth_file_lies_in_the_folder_prepare_read(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from orchestration.evaluation.diagnostics import DiagnoseError, default_truth_file
+
+    for folder in ("raw/nih", "raw/inhouse", "raw/csvdir"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "truth.csv").write_text("image_id\n")
+    sources = [{"name": "nih", "kind": "nih", "path": "raw/nih"},
+               {"name": "inhouse", "kind": "csv", "path": "raw/inhouse/labels.csv"},
+               {"name": "csvdir", "kind": "csv", "path": "raw/csvdir"},
+               {"name": "gone", "kind": "nih", "path": "raw/gone"}]
+    prepared = SimpleNamespace(manifest=SimpleNamespace(config={"prepare": {"sources": sources}}),
+                               root=tmp_path / "prepared")
+    monkeypatch.chdir(tmp_path / "raw")  # relative paths resolve against the prepared folder's parent too
+    assert default_truth_file(prepared, "nih") == tmp_path / "raw/nih/truth.csv"
+    assert default_truth_file(prepared, "inhouse") == tmp_path / "raw/inhouse/truth.csv"
+    assert default_truth_file(prepared, "csvdir") == tmp_path / "raw/csvdir/truth.csv"
+    with pytest.raises(DiagnoseError, match="no truth.csv found for 'gone'"):
+        default_truth_file(prepared, "gone")
+    with pytest.raises(DiagnoseError, match="names no source 'chexpert'"):
+        default_truth_file(prepared, "chexpert")

@@ -35,6 +35,7 @@ from sklearn.preprocessing import StandardScaler
 from cxrcommon.errors import UserError
 from cxrmodel.inputs import to_model_input
 from data_prep.prepared import PreparedDataset
+from data_prep.readers import READERS
 from data_prep.synth import TRUTH_FILE
 from orchestration.settings.config import Config
 from orchestration.settings.schema import CHECKPOINT_TAG, DIAGNOSTICS_DIR, ENSEMBLE_DIR, diagnostics_metric
@@ -90,13 +91,12 @@ def default_truth_file(prepared: PreparedDataset, domain: str) -> Path:
     sources = {s["name"]: s for s in recorded.get("prepare", recorded).get("sources", [])}
     if domain not in sources:
         raise DiagnoseError(f"the manifest of {prepared.root} names no source {domain!r}; give --truth {domain}=FILE")
-    path = Path(sources[domain]["path"])
-    folder = path if sources[domain]["kind"] != "csv" else path.parent
+    path, reader = Path(sources[domain]["path"]), READERS[sources[domain]["kind"]]
     for base in (Path.cwd(), prepared.root.parent):
-        candidate = folder if folder.is_absolute() else base / folder
-        if (candidate / TRUTH_FILE).is_file():
-            return candidate / TRUTH_FILE
-    raise DiagnoseError(f"no {TRUTH_FILE} found for {domain!r} in {folder} (as prepared); "
+        folder = reader.root(path if path.is_absolute() else base / path)  # the dataset's folder, as prepare read it
+        if (folder / TRUTH_FILE).is_file():
+            return folder / TRUTH_FILE
+    raise DiagnoseError(f"no {TRUTH_FILE} found for {domain!r} beside {path} (as prepared); "
                         f"give --truth {domain}=FILE (cxr synth writes one beside every dataset)")
 
 
