@@ -45,21 +45,22 @@ def evaluate_model(config: Config, *, predictions: Path | None, data: Path | Non
         raise ConfigError("predicting here needs --data DIR (the prepared images)")
     if not predict_here and (data is None) == (clean_labels is None):
         raise ConfigError("give exactly one of --data DIR (the prepared labels) or --clean-labels FILE")
-    client = client_for(config)
-    evaluates = resolve_run_id(client, config.mlflow.experiment, run) if run else None
+    client, experiment = client_for(config), config.mlflow.experiment
     if predict_here:
-        predicts_with = {"model": model, "checkpoint": checkpoint} if model or checkpoint else {"run": run}
-        found = chosen_model(config, **predicts_with)
-        evaluates = evaluates or found.run_id
+        by_run = not (model or checkpoint)
+        found = chosen_model(config, run=run if by_run else None, model=model, checkpoint=checkpoint)
+        # Linked to --run's run (looked up once), else to the run the model came from.
+        evaluates = found.run_id if by_run or run is None else resolve_run_id(client, experiment, run)
         what = checkpoint.name if checkpoint else model or run
         frame = predict_prepared(found.checkpoint, data, split=split, tencrop=tencrop, device=device)
         source = f"{split} split of {data.resolve()} predicted by {checkpoint or model or run}"
     else:
+        evaluates = resolve_run_id(client, experiment, run) if run else None
         what = predictions.name
         frame, source = read_predictions(predictions), str(predictions.resolve())
     result = (evaluate_on_relabelled(frame, clean_labels, set_name) if clean_labels
               else evaluate_on_prepared(frame, data, bootstrap=bootstrap, seed=seed))
     against = f" against relabelled NIH ({set_name})" if clean_labels else ""
-    run_id = log_evaluation(client, config.mlflow.experiment, f"evaluate {what}{against}", result.metrics,
+    run_id = log_evaluation(client, experiment, f"evaluate {what}{against}", result.metrics,
                             result.table.to_csv(), {**result.params, "predictions": source}, evaluates)
     return Evaluated(result, what, run_id)
