@@ -65,7 +65,9 @@ def test_demo_leaves_the_expected_runs_report_and_learned_aucs(demo):
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     [train] = _runs(client, f"tags.`{RUN_NAME_TAG}` = 'demo-train'")
     assert train.info.status == "FINISHED"
-    # The synthetic findings are learnable: clearly better than chance after three small epochs (two, 22 steps at 32², gave 0.50 to 0.68 across runs).
+    # The synthetic findings are learnable: clearly better than chance after three small epochs. Seeds
+    # 0-4 at this size gave 0.65-0.76 with the demo's Adam 1e-3 (seeds 0-6: 0.60-0.70 at the paper's 1e-4, which
+    # once fell below 0.6 on CI: 22 NIH test images make the figure noisy).
     assert train.data.metrics["test_mean_auc"] > 0.6, train.data.metrics
     sweeps = {r.data.tags[SWEEP_TAG]: r for r in _runs(client, f"tags.`{KIND_TAG}` = '{SWEEP}'")}
     assert set(sweeps) == {"demo-tune", "demo-ablation"}
