@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestration.settings.config import load_config
 from orchestration.settings.plan import plan_training
+from orchestration.settings.runtime import TIMELINE_ENV
 from orchestration.settings.schema import (
     EVALUATES_TAG,
     EVALUATION,
@@ -42,7 +43,7 @@ SMALL_DEMO = {"DEMO_IMAGES": "120", "DEMO_IMAGE_SIZE": "32", "DEMO_EPOCHS": "3",
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("demo") / "demo_out"
-    env = {**os.environ, **SMALL_DEMO, "DEMO_OUT": str(out),
+    env = {**os.environ, **SMALL_DEMO, "DEMO_OUT": str(out), TIMELINE_ENV: str(out.parent / "timeline.jsonl"),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     for name in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
         env.pop(name, None)
@@ -133,6 +134,14 @@ def test_demo_leaves_the_expected_runs_report_and_learned_aucs(demo):
     assert last > 2 * steps and f"[demo-train] epoch 3/3 step {last - 2 * steps}/{steps}: cls" in log
     assert "img/s/worker | ETA" in log
     assert "ui --backend-store-uri sqlite:///" in log
+    # CXR_TIMELINE reached the driver and, through Ray, the workers: cxr train's events in order.
+    marks = [json.loads(line) for line in (out.parent / "timeline.jsonl").read_text().splitlines()]
+    first = {}
+    for m in marks:
+        first.setdefault(m["event"], m)
+    order = ["ray ready", "worker entered", "first batch", "first step", "test done", "fit returned", "run ended"]
+    assert [first[e]["time"] for e in order] == sorted(first[e]["time"] for e in order), first
+    assert first["ray ready"]["pid"] != first["worker entered"]["pid"]
 
 
 def _check_optuna_sweep(client: MlflowClient, parent, out: Path, log: str) -> None:

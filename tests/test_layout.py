@@ -190,3 +190,10 @@ def test_the_image_decode_tasks_load_neither_torch_nor_ray_train():
     loaded = _modules_after("import orchestration.evaluation.image_prediction")
     assert "data_prep.images" in loaded
     assert "torch" not in loaded and not [m for m in loaded if m.startswith("ray.train")]
+
+
+def test_the_training_workers_load_no_plotting_library():
+    # Every Ray Train worker process imports the loop's module before its first step.
+    loaded = _modules_after("import orchestration.training.worker")
+    assert "torch" in loaded and "orchestration.evaluation.scoring" in loaded
+    assert not [m for m in loaded if m.split(".")[0] in ("matplotlib", "sklearn")]

@@ -34,6 +34,24 @@ def test_ray_data_takes_the_quiet_logging_config(monkeypatch):
     assert logging.getLogger("ray.data").handlers[-1].level == logging.INFO
 
 
+def test_marks_go_to_the_timeline_file_only_when_one_is_named(tmp_path, monkeypatch):
+    import json
+
+    from orchestration.settings.runtime import TIMELINE_ENV, mark
+
+    monkeypatch.delenv(TIMELINE_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    mark("unseen")
+    assert list(tmp_path.iterdir()) == []
+    timeline = tmp_path / "timeline.jsonl"
+    monkeypatch.setenv(TIMELINE_ENV, str(timeline))
+    mark("ray ready")
+    mark("first step")
+    marks = [json.loads(line) for line in timeline.read_text().splitlines()]
+    assert [m["event"] for m in marks] == ["ray ready", "first step"]
+    assert marks[0]["time"] <= marks[1]["time"]
+
+
 @pytest.mark.slow
 def test_sweep_trials_lists_trials_that_errored_before_reporting(ray_session, tmp_path):
     from ray import tune

@@ -1,6 +1,7 @@
-"""Sweeps with real Ray Tune, Ray Train and MLflow: a resume after the sweep's driver was killed,
-an ASHA sweep that stops a trial early, and `ray job submit` to a head this test starts (token
-auth on). The demo test runs a 2-trial multi-objective Optuna sweep and checks its Pareto front."""
+"""Sweeps with real Ray Tune, Ray Train, Optuna and MLflow: a resume after the sweep's driver was
+killed (the Optuna study continues), an ASHA sweep that stops a trial early, and `ray job submit` to
+a head this test starts (token auth on). The demo test runs a 2-trial multi-objective Optuna sweep
+and checks its Pareto front."""
 
 from __future__ import annotations
 
@@ -13,14 +14,16 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import psutil
 import pytest
 import yaml
 from conftest import ROOT, free_port, tiny_training, wait_for
 from mlflow.tracking import MlflowClient
 
-from orchestration.settings.schema import EARLY_STOPPED_TAG, SUMMARY_ARTIFACT, TRIAL_TAG
+from orchestration.settings.schema import EARLY_STOPPED_TAG, SUMMARY_ARTIFACT, TRIAL_TAG, best_metric
 from orchestration.settings.tracking import child_runs, find_sweep
+from orchestration.sweeps.tune import OPTUNA_STUDY_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +38,7 @@ def _children(client: MlflowClient, parent):
     return child_runs(client, parent.info.run_id)
 
 
-def _grid(tmp_path: Path, values: tuple = (10, 30)) -> Path:
+def _grid(tmp_path: Path, values: tuple) -> Path:
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump({
         "kind": "grid", "metric": "val_mean_auc", "mode": "max",
@@ -49,9 +52,15 @@ def _tune_cli(args: list[str], log: Path, env: dict | None = None) -> subprocess
                             stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
 
-def test_resume_after_the_driver_is_killed(prepared_dir, tmp_path, ray_session):
+def test_resume_after_the_driver_is_killed_continues_the_optuna_study(prepared_dir, tmp_path, ray_session):
+    """Three Optuna trials one at a time, the driver killed while the second runs, then --resume.
+    A study started afresh would propose the seeded sampler's first value again; the continued one
+    holds three distinct values, each told back to it, and the same MLflow runs continue."""
+    space = tmp_path / "search.yaml"
+    space.write_text(yaml.safe_dump({"kind": "search", "metric": "val_mean_auc", "mode": "max", "parameters": {
+        "method.lambda_ute": {"distribution": "uniform", "low": 1, "high": 50}}}))
     address = ray_session.get_runtime_context().gcs_address
-    args = ["--space", str(_grid(tmp_path)), "--data", str(prepared_dir), "--sweep-name", "killed",
+    args = ["--space", str(space), "--num-samples", "3", "--data", str(prepared_dir), "--sweep-name", "killed",
             "--address", address, *tiny_training(tmp_path, **{**FAST, "train.steps_per_epoch": 8})]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     log = tmp_path / "first.log"
@@ -70,14 +79,25 @@ def test_resume_after_the_driver_is_killed(prepared_dir, tmp_path, ray_session):
     log2 = tmp_path / "second.log"
     second = _tune_cli([*args, "--resume"], log2)
     assert second.wait(timeout=400) == 0, log2.read_text()[-3000:]
+    assert "continuing the Optuna study of sweep 'killed' from its 1 finished trial(s)" in log2.read_text()
     parent = _parent(client, "killed")
     children = _children(client, parent)
     assert parent.info.status == "FINISHED"
-    assert len(children) == 2 and len({c.data.tags[TRIAL_TAG] for c in children}) == 2
+    assert len(children) == 3 and len({c.data.tags[TRIAL_TAG] for c in children}) == 3
     assert {c.info.status for c in children} == {"FINISHED"}
-    assert sorted(float(c.data.params["method.lambda_ute"]) for c in children) == [10.0, 30.0]
     for child in children:  # each child logged its epoch once, resumed or not
         assert [m.value for m in client.get_metric_history(child.info.run_id, "epoch")] == [1.0]
+
+    study_file = tmp_path / "ray_results" / "killed" / OPTUNA_STUDY_FILE
+    study = optuna.load_study(study_name="killed", storage=f"sqlite:///{study_file}")
+    told = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    proposed = sorted(t.params["method.lambda_ute"] for t in told)
+    assert len(told) == 3 and len(set(proposed)) == 3, [(t.state, t.params) for t in study.trials]
+    assert proposed == pytest.approx(sorted(float(c.data.params["method.lambda_ute"]) for c in children))
+    by_value = {round(float(c.data.params["method.lambda_ute"]), 6): c.data.metrics[best_metric("val_mean_auc")]
+                for c in children}
+    for trial in told:  # the sampler saw each trial's result
+        assert trial.values == [pytest.approx(by_value[round(trial.params["method.lambda_ute"], 6)])]
 
 
 def _first_epoch_value(client: MlflowClient, run, metric: str) -> float:

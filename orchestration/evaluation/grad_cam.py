@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import cv2
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -24,12 +23,15 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from cxrcommon.plotting import headless_pyplot
 from cxrmodel.inputs import to_model_input
 from data_prep.prepared import IMAGE_COLUMN, PreparedDataset, images_from_arrow
 from orchestration.settings.config import ConfigError
 
 if TYPE_CHECKING:
     from orchestration.evaluation.scoring import Predictions
+
+plt = headless_pyplot()
 
 TARGET_LAYER = "backbone.features.denseblock4"
 INDEX_FILE = "explain.csv"

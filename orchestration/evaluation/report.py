@@ -21,19 +21,16 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import optuna
+import pandas as pd
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import optuna  # noqa: E402
-import pandas as pd  # noqa: E402
-from mlflow.entities import Run  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-
-from cxrcommon.yaml_files import load_yaml  # noqa: E402
-from cxrmodel.auc_statistics import (  # noqa: E402
+from cxrcommon.plotting import headless_pyplot
+from cxrcommon.yaml_files import load_yaml
+from cxrmodel.auc_statistics import (
     delong_test,
     finding_replicates,
     holm,
@@ -42,7 +39,7 @@ from cxrmodel.auc_statistics import (  # noqa: E402
 )
 from cxrmodel.metrics import SUMMARIES
 from data_prep.findings import FindingGroups
-from orchestration.settings.config import ConfigError  # noqa: E402
+from orchestration.settings.config import ConfigError
 from orchestration.settings.schema import (
     BEST_TRIAL_TAG,
     CROSS_DOMAIN_MATRIX,
@@ -76,7 +73,9 @@ from orchestration.settings.tracking import (
     runs_of_kind,
     standalone_training_runs,
 )
-from orchestration.sweeps.spaces import load_space  # noqa: E402
+from orchestration.sweeps.spaces import load_space
+
+plt = headless_pyplot()
 
 # plan.json's finding groups in the paper's column order, and how the tables name them.
 GROUPS = {"internal_only": "internal only", "common": "common", "other": "other"}

@@ -9,25 +9,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
+from cxrcommon.plotting import headless_pyplot
+from cxrmodel.auc_statistics import auc_intervals
+from cxrmodel.inference import predict_probs
+from cxrmodel.metrics import SUMMARIES, AucReport, auc_report, figure_name
+from data_prep.prepared import PreparedDataset
+from data_prep.split import SPLITS
+from orchestration.settings.config import ConfigError
+from orchestration.settings.plan import TrainingPlan
+from orchestration.settings.schema import domain_metric, interval_metric
 
-from cxrmodel.auc_statistics import auc_intervals  # noqa: E402
-from cxrmodel.inference import predict_probs  # noqa: E402
-from cxrmodel.metrics import SUMMARIES, AucReport, auc_report, figure_name  # noqa: E402
-from data_prep.prepared import PreparedDataset  # noqa: E402
-from data_prep.split import SPLITS  # noqa: E402
-from orchestration.settings.config import ConfigError  # noqa: E402
-from orchestration.settings.plan import TrainingPlan  # noqa: E402
-from orchestration.settings.schema import domain_metric, interval_metric  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PREDICTION_COLUMNS = ("image_id", "domain")  # then one probability column per finding
 
@@ -121,8 +121,12 @@ def auc_table(report: AucReport, predictions: Predictions, plan: TrainingPlan) -
     return table.sort_values("finding", key=lambda s: s.map(order)).reset_index(drop=True)
 
 
-def roc_figure(predictions: Predictions, label_space: list[str], report: AucReport, title: str) -> plt.Figure:
+def roc_figure(predictions: Predictions, label_space: list[str], report: AucReport, title: str) -> Figure:
     """A grid of ROC curves, one panel per finding with a defined AUC."""
+    # Here, not at the top: every Ray Train worker imports this module to score, none draws.
+    from sklearn.metrics import roc_curve
+
+    plt = headless_pyplot()
     findings = list(report.auc)
     cols = min(4, max(len(findings), 1))
     rows = max(1, -(-len(findings) // cols))

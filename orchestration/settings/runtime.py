@@ -11,6 +11,7 @@ shows it all, as Ray prints it.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import signal
@@ -29,6 +30,7 @@ PROJECT_LINE = "[cxr] "  # marks the lines of `say` in Ray's worker logs
 PROJECT_HANDLER = "cxr_project_lines"
 RAY_DATA_LOGGING_CONFIG = "RAY_DATA_LOGGING_CONFIG"  # Ray Data reads its logging config from this file
 RAY_CONNECT_TIMEOUT_S = float(os.environ.get("CXR_RAY_CONNECT_TIMEOUT_S", 30))  # a given address must answer
+TIMELINE_ENV = "CXR_TIMELINE"  # a file: the run's start-up and wind-down events go there (benchmarks/startup.py)
 
 
 def verbose() -> bool:
@@ -40,6 +42,15 @@ def say(line: str) -> None:
     marked for the driver's console (not with print, which Ray Train patches to both tee and log:
     the driver would show it twice)."""
     print(PROJECT_LINE + line, file=sys.__stdout__, flush=True)
+
+
+def mark(event: str) -> None:
+    """With $CXR_TIMELINE naming a file, append `event` and the wall clock to it as a JSON line: where
+    a run's seconds go, across the driver and its workers (they inherit the variable)."""
+    path = os.environ.get(TIMELINE_ENV)
+    if path:
+        with open(path, "a") as sink:
+            sink.write(json.dumps({"event": event, "time": time.time(), "pid": os.getpid()}) + "\n")
 
 
 class RayAddressError(UserError):

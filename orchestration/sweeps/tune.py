@@ -8,6 +8,9 @@
 - MLflow: one parent run per sweep (tag cxr.sweep_name), one child per trial. `--resume` restores the
   Tune experiment: finished trials are not rerun, the same parent and children continue, and at the
   end no child is left RUNNING (early-stopped trials end FINISHED, errored ones FAILED).
+- A search's Optuna study lives in the sweep's folder (SQLite, `OPTUNA_STUDY_FILE`): `--resume`
+  continues it, so the sampler proposes from the finished trials' values instead of starting over,
+  and `optuna.load_study` or optuna-dashboard can read the search while it runs.
 - Tune's restart_errored is never used: with OptunaSearch it corrupts the sweep state.
 """
 
@@ -64,6 +67,7 @@ from orchestration.training.train import run_training
 # A trial driver only waits on its TorchTrainer: a sliver of a CPU, so clusters need no custom resource.
 TRIAL_DRIVER_RESOURCES = {"cpu": 0.01}
 SCHEDULERS = ("asha", "none")
+OPTUNA_STUDY_FILE = "optuna_study.db"
 
 
 @dataclass(frozen=True)
@@ -223,8 +227,12 @@ def run_sweep(
     if settings.resume:
         tuner = tune.Tuner.restore(str(experiment_path), trainable=trainable, resume_unfinished=True,
                                    resume_errored=False, restart_errored=False)
+        finished = _finished_in_study(experiment_path, settings.sweep_name)
+        if finished is not None:
+            print(f"continuing the Optuna study of sweep {settings.sweep_name!r} from its {finished} finished "
+                  "trial(s)", flush=True)
     else:
-        tuner = _new_tuner(trainable, space, settings, data, scheduler, str(storage))
+        tuner = _new_tuner(trainable, space, settings, data, scheduler, experiment_path)
 
     def killed(signal_name: str) -> None:
         for run in child_runs(client, parent_run_id):
@@ -272,14 +280,29 @@ def _open_parent(client: MlflowClient, base: Config, space: SweepSpace, settings
     return run_id
 
 
+def study_storage(experiment_path: Path) -> optuna.storages.RDBStorage:
+    """The search's Optuna study, on disk in the sweep's folder."""
+    experiment_path.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.RDBStorage(f"sqlite:///{experiment_path / OPTUNA_STUDY_FILE}")
+
+
+def _finished_in_study(experiment_path: Path, sweep: str) -> int | None:
+    """How many trials the sweep's study holds values of; None for a grid (no study)."""
+    if not (experiment_path / OPTUNA_STUDY_FILE).exists():
+        return None
+    study = optuna.load_study(study_name=sweep, storage=study_storage(experiment_path))
+    return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
 def _new_tuner(trainable, space: SweepSpace, settings: SweepSettings, data: str, scheduler: ASHAScheduler | None,
-               storage: str) -> tune.Tuner:
+               experiment_path: Path) -> tune.Tuner:
     metrics, modes = list(settings.metrics), [space.mode] * len(settings.metrics)
     single = len(metrics) == 1
     if space.kind == "search":
         sampler = optuna.samplers.TPESampler(seed=settings.search_seed)
         search_alg = OptunaSearch(space=space.define_by_run, metric=metrics if not single else metrics[0],
-                                  mode=modes if not single else modes[0], sampler=sampler)
+                                  mode=modes if not single else modes[0], sampler=sampler,
+                                  study_name=settings.sweep_name, storage=study_storage(experiment_path))
         param_space, num_samples = {}, settings.num_samples
     else:
         prepared = PreparedDataset.load(data)
@@ -294,7 +317,7 @@ def _new_tuner(trainable, space: SweepSpace, settings: SweepSettings, data: str,
             search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
             max_concurrent_trials=settings.max_concurrent,
         ),
-        run_config=tune.RunConfig(name=settings.sweep_name, storage_path=storage),
+        run_config=tune.RunConfig(name=settings.sweep_name, storage_path=str(experiment_path.parent)),
     )
 
 

@@ -24,7 +24,7 @@ from data_prep.prepared import IMAGE_COLUMN, PreparedDataset
 from orchestration.settings.config import Config, check_run_name
 from orchestration.settings.masking import mask_text
 from orchestration.settings.plan import TrainingPlan, plan_document
-from orchestration.settings.runtime import check_resources, check_shared_storage, exit_on_signals, init_ray
+from orchestration.settings.runtime import check_resources, check_shared_storage, exit_on_signals, init_ray, mark
 from orchestration.settings.schema import CHECKPOINT_TAG, PLAN_ARTIFACT, TEST_SUMMARY_METRICS
 from orchestration.settings.tracking import mlflow_client, open_run, tracking_uri
 from orchestration.training.run_artifacts import log_run_artifacts
@@ -69,6 +69,7 @@ def run_training(
     try:
         client.log_dict(run_id, plan_document(config, plan), PLAN_ARTIFACT)
         init_ray(address)
+        mark("ray ready")
         check_shared_storage({"prepared dataset": plan.data, "train.storage_path": storage}, uri)
         check_resources(worker_resources(config), config.train.min_workers or config.train.workers,
                         config.train.placement)
@@ -81,6 +82,7 @@ def run_training(
 
         with exit_on_signals(killed, handle_signals):
             result = trainer.fit()
+        mark("fit returned")
         undelivered = undelivered_metrics_file(storage, run_name)
         if undelivered is not None and undelivered.exists():
             print(f"[{run_name}] some metrics could not reach the MLflow server at {mask_text(uri)} during training; "
@@ -94,6 +96,7 @@ def run_training(
     finally:
         system_metrics.finish()
     client.set_terminated(run_id, "FINISHED")
+    mark("run ended")
     return TrainingOutcome(run_id, run_name, dict(result.metrics), result.checkpoint.path)
 
 

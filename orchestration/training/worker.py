@@ -29,7 +29,7 @@ from orchestration.evaluation.scoring import Predictions, report_for, score_spli
 from orchestration.settings.config import Config
 from orchestration.settings.masking import mask_text
 from orchestration.settings.plan import TrainingPlan
-from orchestration.settings.runtime import say
+from orchestration.settings.runtime import mark, say
 from orchestration.settings.schema import (
     ENSEMBLE_DIR,
     ENSEMBLE_EPOCH_FILE,
@@ -48,6 +48,7 @@ from orchestration.training.feed import DomainBatches, InternalShare, Prefetched
 
 def train_loop_per_worker(loop_config: dict) -> None:
     """Set up, train epoch after epoch (each ends in a validation and a report), test the best model."""
+    mark("worker entered")
     worker = _set_up(loop_config)
     for epoch in range(worker.progress.epoch, worker.epochs):
         h = _one_epoch(worker, epoch)
@@ -147,9 +148,13 @@ def _one_epoch(w: _Worker, epoch: int) -> float:
     loop_started = time.perf_counter()
     for i in range(w.steps_per_epoch):
         h = w.h_schedule(w.progress.global_step / w.total_steps)
-        out = w.method.step(*w.feed.next(), h=h)
+        batch = w.feed.next()
+        if i == 0:
+            mark("first batch")
+        out = w.method.step(*batch, h=h)
         w.progress.global_step += 1
         if i == 0:  # img/s counts from here: the first step waits for the feed (and compiles)
+            mark("first step")
             started, first_step = time.perf_counter(), w.progress.global_step
             if w.logger and w.method.acceleration.compile and epoch == w.progress.epoch:
                 say(f"{w.label} first step with torch.compile warm-up took {started - loop_started:.1f} s")
@@ -196,6 +201,7 @@ def _final_test(w: _Worker) -> None:
                        **w.scoring)
     report = report_for(test, w.plan)
     test_metrics = report.as_metrics(split_prefix("test"))
+    mark("test done")
     if w.logger:
         w.logger.log(test_metrics, w.progress.global_step)
         say(f"{w.label} test ({w.plan.internal}, best model from step {w.progress.best_step}): "
