@@ -26,7 +26,7 @@ from data_prep.synth import synthesize
 from orchestration.settings.runtime import TIMELINE_ENV
 from orchestration.settings.schema import SELECTION_METRICS
 
-EVENTS = ("ray ready", "worker entered", "first batch", "first step", "test done", "run ended", "exit")
+EVENTS = ("ray ready", "worker entered", "first batch", "first step", "test done", "fit returned", "run ended", "exit")
 FIRST_STEP_TARGET_S, EXIT_TARGET_S = 8.0, 5.0
 RUN = ["train.epochs=1", "train.steps_per_epoch=2", "train.batch_size=8", "train.workers=1"]
 
@@ -42,8 +42,9 @@ def timed(command: list[str], work: Path, name: str) -> dict[str, float]:
         log.flush()
         done = subprocess.run(command, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
     ended = time.time()
-    if done.returncode:
-        sys.exit(f"{command[1]} failed ({done.returncode}); see {work / 'commands.log'}")
+    if done.returncode:  # the work folder goes with the exit: show the command's last lines
+        tail = "\n".join((work / "commands.log").read_text().splitlines()[-15:])
+        sys.exit(f"{tail}\n`cxr {command[1]}` failed ({done.returncode})")
     seen: dict[str, float] = {}
     for line in timeline.read_text().splitlines():
         mark = json.loads(line)
@@ -72,7 +73,7 @@ def main() -> None:
         common = ["--data", str(work / "prepared"), *RUN, f"train.storage_path={work / 'ray_results'}"]
         train = [timed([cxr, "train", "--run-name", f"startup-{i}", *common], work, f"train{i}")
                  for i in range(args.repeats)]
-        trial = [timed([cxr, "tune", "--space", str(grid), "--sweep-name", f"startup-{i}", *common], work, f"tune{i}")
+        trial = [timed([cxr, "tune", "--space", str(grid), "--sweep-name", f"sweep-{i}", *common], work, f"tune{i}")
                  for i in range(args.repeats)]
     train_line, trial_line = median_timeline(train), median_timeline(trial)
     for name, line in (("cxr train", train_line), ("cxr tune (1 trial)", trial_line)):
