@@ -30,15 +30,18 @@ def work_folder(name: str, keep: Path | None = None, *, enter: bool = False) -> 
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def cxr(*args: str, cwd: Path) -> None:
-    """One `cxr` command, as a user types it; its output goes to commands.log in `cwd`."""
+def cxr(*args: str, cwd: Path, env: dict[str, str] | None = None) -> None:
+    """One `cxr` command, as a user types it (in `env`, default this process's); its output goes to
+    commands.log in `cwd`. On failure the log's last lines are shown: a temporary work folder goes
+    with the exit."""
     command = [str(Path(sys.executable).with_name("cxr")), *args]
     with open(cwd / "commands.log", "a") as log:
         log.write("$ " + " ".join(command) + "\n")
         log.flush()
-        done = subprocess.run(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+        done = subprocess.run(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     if done.returncode:
-        sys.exit(f"`cxr {args[0]}` failed ({done.returncode}); see {cwd / 'commands.log'}")
+        tail = "\n".join((cwd / "commands.log").read_text().splitlines()[-15:])
+        sys.exit(f"{tail}\n`cxr {args[0]}` failed ({done.returncode}); see {cwd / 'commands.log'}")
 
 
 def report(benchmark: str, *, ratio: float | None, target: float | None, **figures) -> None:
