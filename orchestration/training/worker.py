@@ -72,6 +72,7 @@ class _Worker:
     feed: Prefetched
     logger: MetricLogger | None  # rank 0 logs and prints; the other ranks only train
     h_schedule: HSchedule
+    first_epoch: int  # where this process started: 0, or the epoch a restart resumed after
     epochs: int
     steps_per_epoch: int
     scoring: dict  # score_split's settings for validation and test
@@ -111,7 +112,8 @@ def _set_up(loop_config: dict) -> _Worker:
     worker = _Worker(
         loop_config, config, plan, prepared, rank, device, method, progress, best_state,
         feed=Prefetched(batches.next, depth=config.train.prefetch_batches, pin_memory=device.type == "cuda"),
-        logger=logger, h_schedule=config.method.h_schedule.build(), epochs=config.train.epochs,
+        logger=logger, h_schedule=config.method.h_schedule.build(), first_epoch=progress.epoch,
+        epochs=config.train.epochs,
         # One pass over the internal split: more steps after an elastic restart on fewer workers.
         steps_per_epoch=batches.steps_per_epoch,
         scoring=dict(batch_size=config.train.eval_batch_size, device=device, autocast_dtype=method.autocast_dtype,
@@ -146,18 +148,20 @@ def _one_epoch(w: _Worker, epoch: int) -> float:
     _reseed(w.config.train.seed, w.rank, epoch)
     w.method.step.model.train()
     loop_started = time.perf_counter()
+    first_of_process = epoch == w.first_epoch  # its first step waits for the streams to start (and compiles)
     for i in range(w.steps_per_epoch):
         h = w.h_schedule(w.progress.global_step / w.total_steps)
         batch = w.feed.next()
-        if i == 0:
+        if i == 0 and first_of_process:
             mark("first batch")
         out = w.method.step(*batch, h=h)
         w.progress.global_step += 1
-        if i == 0:  # img/s counts from here: the first step waits for the feed (and compiles)
-            mark("first step")
+        if i == 0:  # img/s counts from here: an epoch's first step waits for the feed
             started, first_step = time.perf_counter(), w.progress.global_step
-            if w.logger and w.method.acceleration.compile and epoch == w.progress.epoch:
-                say(f"{w.label} first step with torch.compile warm-up took {started - loop_started:.1f} s")
+            if first_of_process:
+                mark("first step")
+                if w.logger and w.method.acceleration.compile:
+                    say(f"{w.label} first step with torch.compile warm-up took {started - loop_started:.1f} s")
         if w.logger and w.progress.global_step % w.config.train.log_every_steps == 0:
             _log_step(w, epoch, i, out.losses, h,
                       _speed(len(out.probs), time.perf_counter() - started, w.progress.global_step - first_step,
