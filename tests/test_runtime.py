@@ -20,6 +20,14 @@ def test_the_console_hooks_exist():
     assert callable(global_worker_stdstream_dispatcher.remove_handler)
 
 
+def test_ray_train_reads_the_preemption_watcher_switch_we_set():
+    from ray.train.v2._internal.constants import ENABLE_PREEMPTION_WATCHER_ENV_VAR
+
+    from orchestration.settings.runtime import PREEMPTION_WATCHER_ENV
+
+    assert ENABLE_PREEMPTION_WATCHER_ENV_VAR == PREEMPTION_WATCHER_ENV
+
+
 def test_ray_data_takes_the_quiet_logging_config(monkeypatch):
     from ray.data._internal.logging import configure_logging
 
@@ -84,13 +92,28 @@ def test_workers_that_leave_ray_data_no_cpu_are_refused_naming_the_shortfall():
         check_resources({"CPU": 1.0}, 4, "PACK", TWO_NODES)
 
 
+def test_concurrent_trials_are_counted_together_and_told_what_would_fit():
+    one_node = [_node("10.0.0.1", "aaaaaaaa11", CPU=2.0)]
+    check_resources({"CPU": 0.5}, 1, "PACK", one_node, trials=1, trial_driver_cpus=0.01)  # 2 - 0.51 >= 1
+    # Two trials: 2 - 2 x (0.5 + 0.01) = 0.98 < 1. One trial fits; or workers of (1 / 2 - 0.01) CPU.
+    with pytest.raises(ClusterResourceError, match=r"--max-concurrent 2 trials, each of 1 training worker\(s\) of "
+                       r"0.5 CPU each and a 0.01-CPU trial driver, leave 0.98 CPU .*Lower --max-concurrent to 1 or "
+                       r"train.cpus_per_worker to 0.49 or less"):
+        check_resources({"CPU": 0.5}, 1, "PACK", one_node, trials=2, trial_driver_cpus=0.01)
+    check_resources({"CPU": 0.49}, 1, "PACK", one_node, trials=2, trial_driver_cpus=0.01)  # exactly 1 left
+    # Placement counts every trial's workers: 2 trials x 2 one-GPU workers on a 2-GPU node.
+    gpus = [_node("10.0.0.1", "aaaaaaaa11", CPU=8.0, GPU=2.0)]
+    with pytest.raises(ClusterResourceError, match=r"cannot be placed: this cluster has room for 2 worker\(s\)"):
+        check_resources({"CPU": 1.0, "GPU": 1.0}, 2, "PACK", gpus, trials=2)
+
+
 def test_workers_no_node_can_hold_are_refused_naming_what_each_node_has():
     with pytest.raises(ClusterResourceError, match=r"2 training worker\(s\) of 1 CPU, 1 GPU each cannot be placed: "
                                                    r"this cluster has room for 0 .*2 CPU, 0 GPU"):
         check_resources({"CPU": 1.0, "GPU": 1.0}, 2, "PACK", TWO_NODES)
     gpus = [_node("10.0.0.1", "aaaaaaaa11", CPU=8.0, GPU=2.0)]
     check_resources({"CPU": 1.0, "GPU": 1.0}, 2, "PACK", gpus)
-    with pytest.raises(ClusterResourceError, match="room for 1 on distinct nodes"):
+    with pytest.raises(ClusterResourceError, match=r"room for 1 worker\(s\) on distinct nodes"):
         check_resources({"CPU": 1.0, "GPU": 1.0}, 2, "STRICT_SPREAD", gpus)
     with pytest.raises(ClusterResourceError, match="cannot be placed"):  # 2.5 CPUs per worker fit nowhere
         check_resources({"CPU": 2.5}, 1, "PACK", TWO_NODES)

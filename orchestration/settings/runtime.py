@@ -29,6 +29,7 @@ from cxrcommon.errors import UserError
 PROJECT_LINE = "[cxr] "  # marks the lines of `say` in Ray's worker logs
 PROJECT_HANDLER = "cxr_project_lines"
 RAY_DATA_LOGGING_CONFIG = "RAY_DATA_LOGGING_CONFIG"  # Ray Data reads its logging config from this file
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"  # Ray Train's switch for its watcher actor
 RAY_CONNECT_TIMEOUT_S = float(os.environ.get("CXR_RAY_CONNECT_TIMEOUT_S", 30))  # a given address must answer
 TIMELINE_ENV = "CXR_TIMELINE"  # a file: the run's start-up and wind-down events go there (benchmarks/startup.py)
 
@@ -101,6 +102,9 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
     address = ray_address(address)
     if address == "local":
         stop_orphaned_ray()
+        # One machine has no node to drain: Ray Train's preemption watcher would be one more actor
+        # process per worker group (~1.5 s of CPU). Set before ray.init: the local Ray's workers inherit it.
+        os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
     quiet = not verbose()
     if quiet:  # before ray.init: a local Ray's workers inherit it
         os.environ.setdefault(RAY_DATA_LOGGING_CONFIG, str(_quiet_ray_data_logging()))
@@ -269,27 +273,42 @@ def _node_name(node: dict) -> str:
 
 
 def check_resources(per_worker: dict[str, float], workers: int, placement: str,
-                    nodes: list[dict] | None = None) -> None:
+                    nodes: list[dict] | None = None, *, trials: int = 1, trial_driver_cpus: float = 0.0) -> None:
     """Fail now, naming what is short, when `workers` workers of `per_worker` resources, plus a CPU
     for Ray Data's readers, can never be placed on the cluster's `nodes` (default: the alive ones,
-    as `ray.nodes()` lists them): Ray would wait for them forever. (An autoscaling cluster is
-    judged by the nodes it has now.)"""
+    as `ray.nodes()` lists them): Ray would wait for them forever. A sweep passes `trials`, the
+    trainings it runs at once, each beside a trial driver of `trial_driver_cpus`: together they
+    must leave the readers their CPU too. (An autoscaling cluster is judged by the nodes it has now.)"""
     nodes = [n["Resources"] | {"address": _node_name(n)} for n in (nodes if nodes is not None else _alive_nodes())]
     listing = "; ".join(f"{n['address']}: " + ", ".join(f"{n.get(r, 0):g} {r}" for r in per_worker) for n in nodes)
     fits = [min(int(n.get(r, 0) / need + 1e-9) for r, need in per_worker.items()) for n in nodes]
-    placeable = sum(min(f, 1) for f in fits) if placement == "STRICT_SPREAD" else sum(fits)
+    # STRICT_SPREAD puts each training's workers on distinct nodes: a node holds one per training.
+    placeable = sum(min(f, trials) for f in fits) if placement == "STRICT_SPREAD" else sum(fits)
     wanted = ", ".join(f"{need:g} {r}" for r, need in per_worker.items())
-    if placeable < workers:
+    who = f"{workers} training worker(s) of {wanted} each"
+    if trials > 1:
+        who = f"--max-concurrent {trials} trials, each of {who} and a {trial_driver_cpus:g}-CPU trial driver,"
+    if placeable < workers * trials:
         raise ClusterResourceError(
-            f"{workers} training worker(s) of {wanted} each cannot be placed: this cluster has room for "
-            f"{placeable}{' on distinct nodes' if placement == 'STRICT_SPREAD' else ''} ({listing}). Lower "
-            "train.workers (or train.min_workers) or train.cpus_per_worker, or add nodes")
-    spare = sum(n.get("CPU", 0) for n in nodes) - workers * per_worker.get("CPU", 0)
-    if spare < READER_CPUS:
+            f"{who} cannot be placed: this cluster has room for {placeable} worker(s)"
+            f"{' on distinct nodes' if placement == 'STRICT_SPREAD' else ''} ({listing}). Lower "
+            + ("--max-concurrent, " if trials > 1 else "")
+            + "train.workers (or train.min_workers) or train.cpus_per_worker, or add nodes")
+    cpus = sum(n.get("CPU", 0) for n in nodes)
+    per_trial = workers * per_worker.get("CPU", 0) + trial_driver_cpus
+    spare = cpus - trials * per_trial
+    if spare + 1e-9 < READER_CPUS:
+        if trials > 1:
+            most = int((cpus - READER_CPUS) / per_trial + 1e-9) if per_trial else trials
+            smaller = int(((cpus - READER_CPUS) / trials - trial_driver_cpus) / workers * 100 + 1e-9) / 100
+            hint = (f"Lower --max-concurrent to {most}"
+                    + (f" or train.cpus_per_worker to {smaller:g} or less" if smaller > 0 else "")
+                    + ", or add a node with CPUs")
+        else:
+            hint = "Lower train.cpus_per_worker or train.workers, or add a node with CPUs"
         raise ClusterResourceError(
-            f"{workers} training worker(s) of {wanted} each leave {spare:g} CPU for Ray Data's readers, which "
-            f"need {READER_CPUS:g} ({listing}): training would wait for them forever. Lower "
-            "train.cpus_per_worker or train.workers, or add a node with CPUs")
+            f"{who} leave {spare:g} CPU for Ray Data's readers, which need {READER_CPUS:g} ({listing}): "
+            f"training would wait for them forever. {hint}")
 
 
 def check_shared_storage(paths: dict[str, str], tracking_uri: str) -> None:

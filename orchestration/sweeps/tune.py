@@ -35,7 +35,7 @@ from data_prep.prepared import PreparedDataset
 from orchestration.settings.config import Config, ConfigError, check_run_name, flatten_config, load_config
 from orchestration.settings.masking import masked
 from orchestration.settings.plan import PlanError, plan_training
-from orchestration.settings.runtime import exit_on_signals, init_ray, verbose
+from orchestration.settings.runtime import check_resources, exit_on_signals, init_ray, verbose
 from orchestration.settings.schema import (
     BEST_DIR,
     BEST_TRIAL_TAG,
@@ -62,7 +62,7 @@ from orchestration.settings.tracking import (
 )
 from orchestration.sweeps.spaces import SweepSpace
 from orchestration.training.run_artifacts import registration_message
-from orchestration.training.train import run_training
+from orchestration.training.train import run_training, worker_resources
 
 # A trial driver only waits on its TorchTrainer: a sliver of a CPU, so clusters need no custom resource.
 TRIAL_DRIVER_RESOURCES = {"cpu": 0.01}
@@ -196,7 +196,12 @@ def run_sweep(
     base = load_config(base=base.model_dump(mode="json"), updates={
         "train.storage_path": str(storage / settings.sweep_name / "train"), "mlflow.tracking_uri": tracking_uri(base),
     })
-    _check_trials(space, base, data, settings.seeds)
+    points = _check_trials(space, base, data, settings.seeds)
+    init_ray(address)
+    # Each trial checks its own training; trials running side by side are checked together here.
+    check_resources(worker_resources(base), base.train.min_workers or base.train.workers, base.train.placement,
+                    trials=min(settings.max_concurrent, settings.num_samples if space.kind == "search" else len(points)),
+                    trial_driver_cpus=TRIAL_DRIVER_RESOURCES["cpu"])
     scheduler = asha_scheduler(base.train.epochs) if settings.scheduler == "asha" else None
     experiment_path = storage / settings.sweep_name
 
@@ -216,7 +221,6 @@ def run_sweep(
                               "choose another --sweep-name")
         parent_run_id = _open_parent(client, base, space, settings)
 
-    init_ray(address)
     if not verbose():
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # not one line per study and trial
     trainable = tune.with_resources(
