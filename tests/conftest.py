@@ -1,15 +1,20 @@
-"""Shared fixtures: the real label tables in ../shared/data, one local Ray per session, small synth sets."""
+"""Shared fixtures: the real label tables in ../shared/data, one local Ray per session, small synth sets,
+and a `ray start --head` of a test's own."""
 
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,6 +23,7 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 # Quiet, fast-failing Ray for tests: dead workers are noticed within a second, no progress bars.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")  # as cxr does for a local Ray
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
@@ -43,7 +49,7 @@ def start_test_ray():
     import ray
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=4, resources={"trial_driver": 4}, include_dashboard=False,
+        ray.init(address="local", num_cpus=4, include_dashboard=False,
                  logging_level="ERROR", log_to_driver=False)
     return ray
 
@@ -143,3 +149,38 @@ def serve_mlflow(store: Path, port: int, log: Path) -> subprocess.Popen:
 
     wait_for(up, 120, "mlflow server", server, log)
     return server
+
+
+@contextmanager
+def ray_head(env: dict, token_dir: Path, *options: str, num_cpus: int = 4):
+    """`ray start --head` with token auth, free ports and a temp dir of its own; yields its address
+    and `env` with what its clients need (the token in `token_dir`). Its processes are started with
+    that environment; only they are stopped after."""
+    token = token_dir / "ray_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    env.pop("RAY_ADDRESS", None)
+    temp = Path(f"/tmp/cxr_head_{secrets.token_hex(3)}")  # short: Ray's socket paths have a length limit
+    port = free_port()
+    subprocess.run(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={port}",
+         f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+         f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
+         f"--runtime-env-agent-port={free_port()}", f"--temp-dir={temp}", f"--num-cpus={num_cpus}",
+         "--disable-usage-stats", *options],
+        env=env, check=True, capture_output=True, timeout=120,
+    )
+    from ray.util import get_node_ip_address  # where the head's GCS listens unless told otherwise
+
+    ip = next((o.split("=", 1)[1] for o in options if o.startswith("--node-ip-address=")), None)
+    try:
+        yield f"{ip or get_node_ip_address()}:{port}", env
+    finally:
+        for process in psutil.process_iter(["cmdline"]):
+            try:
+                if str(temp) in " ".join(process.info["cmdline"] or []):
+                    process.kill()
+            except psutil.Error:
+                pass
+        shutil.rmtree(temp, ignore_errors=True)

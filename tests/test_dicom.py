@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
 from data_prep.images import ImageError, decode_grayscale, load_grayscale
-from data_prep.synth import write_dicom, dicom_variant
+from data_prep.synth import dicom_variant, write_dicom
 
 SIZE = 48
 

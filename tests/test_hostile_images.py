@@ -24,7 +24,7 @@ from pydicom.uid import RLELossless
 from typer.testing import CliRunner
 
 from data_prep.images import ImageError, declared_size, load_grayscale
-from data_prep.synth import write_dicom, dicom_variant
+from data_prep.synth import dicom_variant, write_dicom
 from orchestration.cli import app
 
 runner = CliRunner()

@@ -6,8 +6,6 @@ and checks its Pareto front."""
 from __future__ import annotations
 
 import os
-import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,10 +13,9 @@ import time
 from pathlib import Path
 
 import optuna
-import psutil
 import pytest
 import yaml
-from conftest import ROOT, free_port, tiny_training, wait_for
+from conftest import ROOT, free_port, ray_head, tiny_training, wait_for
 from mlflow.tracking import MlflowClient
 
 from orchestration.settings.schema import EARLY_STOPPED_TAG, SUMMARY_ARTIFACT, TRIAL_TAG, best_metric
@@ -143,34 +140,12 @@ def test_asha_stops_a_trial_after_its_first_epoch(prepared_dir, tmp_path, ray_se
 
 @pytest.fixture
 def token_cluster(tmp_path):
-    """A head started here: own ports, own temp dir, token auth on. Only its processes are stopped."""
-    temp = Path(f"/tmp/cxr_head_{secrets.token_hex(3)}")  # short: Ray's socket paths have a length limit
-    token = tmp_path / "token"
-    token.write_text(secrets.token_hex(32))
-    token.chmod(0o600)
+    """A head started here (token auth on) and its dashboard's job API."""
     dashboard = free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop("RAY_ADDRESS", None)
-    subprocess.run(
-        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
-         f"--port={free_port()}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
-         f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-         f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
-         f"--runtime-env-agent-port={free_port()}", f"--temp-dir={temp}", "--num-cpus=4",
-         "--include-dashboard=true", "--disable-usage-stats"],
-        env=env, check=True, capture_output=True, timeout=120,
-    )
-    try:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    with ray_head(env, tmp_path, "--node-ip-address=127.0.0.1", f"--dashboard-port={dashboard}",
+                  "--dashboard-host=127.0.0.1", "--include-dashboard=true") as (_, env):
         yield f"http://127.0.0.1:{dashboard}", env
-    finally:
-        for process in psutil.process_iter(["cmdline"]):
-            try:
-                if str(temp) in " ".join(process.info["cmdline"] or []):
-                    process.kill()
-            except psutil.Error:
-                pass
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _job(env: dict, *args: str) -> subprocess.CompletedProcess:
@@ -215,3 +190,23 @@ def test_ray_job_submit_runs_a_sweep_on_a_token_cluster(prepared_dir, tmp_path, 
     children = _children(client, parent)
     assert len(children) == 1 and {c.info.status for c in children} == {"FINISHED"}
     assert all("val_mean_auc" in c.data.metrics for c in children)
+
+
+def test_concurrent_trials_that_leave_the_readers_no_cpu_are_refused_before_any_run(prepared_dir, tmp_path,
+                                                                                    ray_session):
+    """The session's Ray has 4 CPUs: 4 trials of one 1-CPU worker and a 0.01-CPU driver each would
+    leave 4 - 4 x 1.01 < 1 CPU for Ray Data's read tasks, and every trial would wait forever."""
+    from orchestration.settings.config import load_config
+    from orchestration.settings.runtime import ClusterResourceError
+    from orchestration.sweeps.spaces import load_space
+    from orchestration.sweeps.tune import SweepSettings, run_sweep
+
+    space = load_space(str(_grid(tmp_path, (1, 2, 3, 4))))
+    base = load_config([], tiny_training(tmp_path, **{**FAST, "train.cpus_per_worker": 1.0}))
+    settings = SweepSettings.for_grid(space, "crowded", max_concurrent=4, seeds=1, resume=False)
+    with pytest.raises(ClusterResourceError, match=r"--max-concurrent 4 trials, each of 1 training worker\(s\) of "
+                       r"1 CPU each and a 0.01-CPU trial driver, leave -0.04 CPU for Ray Data's readers.*Lower "
+                       r"--max-concurrent to 2 or train.cpus_per_worker to 0.74 or less"):
+        run_sweep(space, base, prepared_dir, settings)
+    assert _parent(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "crowded") is None  # no run left behind
+    assert not (tmp_path / "ray_results" / "crowded").exists()
