@@ -1,0 +1,81 @@
+"""Many short trials: one `cxr tune` of a 16-point grid of 2-epoch trials at 32², `--max-concurrent
+2` on a fresh local Ray, against the trials' own training time. Each trial's training worker marks
+its events in `CXR_TIMELINE`; a trial's own training time is its first step to its test done
+(`worker entered` to test done is reported beside it). Reported: the sweep's wall time over the
+sum of the trials' own training times (target at most 1.5); `ratio` is 1.5 / that. Last line:
+JSON figures.
+
+On a 2-CPU machine two trials fit side by side only with `train.cpus_per_worker=0.49` (two
+workers and two trial drivers must leave one CPU for Ray Data's read tasks; `cxr tune` refuses
+less), which this benchmark sets.
+
+    python benchmarks/short_trials.py [--trials 16] [--max-concurrent 2] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import yaml
+from _common import cxr, report, work_folder  # benchmarks/ is on the path as a script
+
+from data_prep.synth import synthesize
+from orchestration.settings.runtime import TIMELINE_ENV
+from orchestration.settings.schema import SELECTION_METRICS
+
+TARGET = 1.5  # wall time over the trials' own training time
+TRIAL = ["train.epochs=2", "train.batch_size=16", "train.workers=1", "train.cpus_per_worker=0.49",
+         "mlflow.log_model=false", "train.explain_top=0"]
+
+
+def per_trial(timeline: Path) -> list[dict[str, float]]:
+    """Each training worker's (one per trial) first time of each event, by process id."""
+    seen: dict[int, dict[str, float]] = defaultdict(dict)
+    for line in timeline.read_text().splitlines():
+        mark = json.loads(line)
+        seen[mark["pid"]].setdefault(mark["event"], mark["time"])
+    return [events for events in seen.values() if "first step" in events and "test done" in events]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--max-concurrent", type=int, default=2)
+    parser.add_argument("--keep", type=Path, help="work in this folder and leave it (default: a temporary one)")
+    args = parser.parse_args()
+    with work_folder("short_trials", args.keep) as work:
+        synthesize(work / "raw", images_per_source=40, image_size=64, seed=0)
+        cxr("prepare", "--nih", str(work / "raw" / "nih"), "--chexpert", str(work / "raw" / "chexpert"),
+            "--out", str(work / "prepared"), "--image-size", "32", cwd=work)
+        grid = work / "grid.yaml"
+        grid.write_text(yaml.safe_dump({"kind": "grid", "metric": SELECTION_METRICS[0], "mode": "max", "parameters": {
+            "method.lambda_ute": {"distribution": "choice", "values": list(range(1, args.trials + 1))}}}))
+        timeline = work / "timeline.jsonl"
+        env = {**os.environ, TIMELINE_ENV: str(timeline), "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
+        env.pop("RAY_ADDRESS", None)
+        started = time.time()
+        cxr("tune", "--space", str(grid), "--data", str(work / "prepared"), "--sweep-name", "short",
+            "--max-concurrent", str(args.max_concurrent), *TRIAL, f"train.storage_path={work / 'ray_results'}",
+            cwd=work, env=env)
+        wall = time.time() - started
+        trials = per_trial(timeline)
+    if len(trials) != args.trials:
+        raise SystemExit(f"{len(trials)} of {args.trials} trials marked their first step and test")
+    training = sum(t["test done"] - t["first step"] for t in trials)
+    in_worker = sum(t["test done"] - t["worker entered"] for t in trials)
+    factor = wall / training
+    print(f"{args.trials} trials, {args.max_concurrent} at a time: {wall:.0f} s wall; their own training (first "
+          f"step to test done) {training:.0f} s in all, {training / len(trials):.1f} s each; worker entered to test "
+          f"done {in_worker:.0f} s in all. Wall over training: {factor:.1f} (target {TARGET})")
+    report("short_trials", trials=args.trials, max_concurrent=args.max_concurrent, wall_s=round(wall, 1),
+           training_s=round(training, 1), worker_s=round(in_worker, 1), wall_over_training=round(factor, 2),
+           ratio=round(TARGET / factor, 3), target=1.0, machine=f"{os.cpu_count()} CPUs")
+
+
+if __name__ == "__main__":
+    main()
