@@ -21,12 +21,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import yaml
 from _common import cxr, report, work_folder  # benchmarks/ is on the path as a script
-
-from data_prep.synth import synthesize
-from orchestration.settings.runtime import TIMELINE_ENV
-from orchestration.settings.schema import SELECTION_METRICS
+from startup import lambda_ute_grid, short_run_data, timeline_env
 
 TARGET = 1.5  # wall time over the trials' own training time
 TRIAL = ["train.epochs=2", "train.batch_size=16", "train.workers=1", "train.cpus_per_worker=0.49",
@@ -49,19 +45,13 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="work in this folder and leave it (default: a temporary one)")
     args = parser.parse_args()
     with work_folder("short_trials", args.keep) as work:
-        synthesize(work / "raw", images_per_source=40, image_size=64, seed=0)
-        cxr("prepare", "--nih", str(work / "raw" / "nih"), "--chexpert", str(work / "raw" / "chexpert"),
-            "--out", str(work / "prepared"), "--image-size", "32", cwd=work)
-        grid = work / "grid.yaml"
-        grid.write_text(yaml.safe_dump({"kind": "grid", "metric": SELECTION_METRICS[0], "mode": "max", "parameters": {
-            "method.lambda_ute": {"distribution": "choice", "values": list(range(1, args.trials + 1))}}}))
+        prepared = short_run_data(work)
+        grid = lambda_ute_grid(work / "grid.yaml", list(range(1, args.trials + 1)))
         timeline = work / "timeline.jsonl"
-        env = {**os.environ, TIMELINE_ENV: str(timeline), "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
-        env.pop("RAY_ADDRESS", None)
         started = time.time()
-        cxr("tune", "--space", str(grid), "--data", str(work / "prepared"), "--sweep-name", "short",
+        cxr("tune", "--space", str(grid), "--data", str(prepared), "--sweep-name", "short",
             "--max-concurrent", str(args.max_concurrent), *TRIAL, f"train.storage_path={work / 'ray_results'}",
-            cwd=work, env=env)
+            cwd=work, env=timeline_env(work, timeline))
         wall = time.time() - started
         trials = per_trial(timeline)
     if len(trials) != args.trials:

@@ -29,13 +29,32 @@ FIRST_STEP_TARGET_S, EXIT_TARGET_S = 8.0, 5.0
 RUN = ["train.epochs=1", "train.steps_per_epoch=2", "train.batch_size=8", "train.workers=1"]
 
 
+def short_run_data(work: Path) -> Path:
+    """NIH and CheXpert sets of 40 generated images each, prepared at 32²: what short runs train on."""
+    synthesize(work / "raw", images_per_source=40, image_size=64, seed=0)
+    cxr("prepare", "--nih", str(work / "raw" / "nih"), "--chexpert", str(work / "raw" / "chexpert"),
+        "--out", str(work / "prepared"), "--image-size", "32", cwd=work)
+    return work / "prepared"
+
+
+def lambda_ute_grid(path: Path, values: list) -> Path:
+    path.write_text(yaml.safe_dump({"kind": "grid", "metric": SELECTION_METRICS[0], "mode": "max", "parameters": {
+        "method.lambda_ute": {"distribution": "choice", "values": values}}}))
+    return path
+
+
+def timeline_env(work: Path, timeline: Path) -> dict[str, str]:
+    """A fresh local Ray per command (no $RAY_ADDRESS), its events in `timeline`, MLflow in `work`."""
+    env = {**os.environ, TIMELINE_ENV: str(timeline), "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
 def timed(args: list[str], work: Path, name: str) -> dict[str, float]:
     """Seconds from the start of `cxr ARGS` to each event's first mark, and to its exit."""
     timeline = work / f"{name}.timeline.jsonl"
-    env = {**os.environ, TIMELINE_ENV: str(timeline), "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
-    env.pop("RAY_ADDRESS", None)
     started = time.time()
-    cxr(*args, cwd=work, env=env)
+    cxr(*args, cwd=work, env=timeline_env(work, timeline))
     ended = time.time()
     seen: dict[str, float] = {}
     for line in timeline.read_text().splitlines():
@@ -54,13 +73,9 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="work in this folder and leave it (default: a temporary one)")
     args = parser.parse_args()
     with work_folder("startup", args.keep) as work:
-        synthesize(work / "raw", images_per_source=40, image_size=64, seed=0)
-        cxr("prepare", "--nih", str(work / "raw" / "nih"), "--chexpert", str(work / "raw" / "chexpert"),
-            "--out", str(work / "prepared"), "--image-size", "32", cwd=work)
-        grid = work / "one_point.yaml"
-        grid.write_text(yaml.safe_dump({"kind": "grid", "metric": SELECTION_METRICS[0], "mode": "max", "parameters": {
-            "method.lambda_ute": {"distribution": "choice", "values": [30]}}}))
-        common = ["--data", str(work / "prepared"), *RUN, f"train.storage_path={work / 'ray_results'}"]
+        prepared = short_run_data(work)
+        grid = lambda_ute_grid(work / "one_point.yaml", [30])
+        common = ["--data", str(prepared), *RUN, f"train.storage_path={work / 'ray_results'}"]
         train = [timed(["train", "--run-name", f"startup-{i}", *common], work, f"train{i}")
                  for i in range(args.repeats)]
         trial = [timed(["tune", "--space", str(grid), "--sweep-name", f"sweep-{i}", *common], work, f"tune{i}")
