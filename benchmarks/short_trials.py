@@ -7,7 +7,8 @@ JSON figures.
 
 On a 2-CPU machine two trials fit side by side only with `train.cpus_per_worker=0.49` (two
 workers and two trial drivers must leave one CPU for Ray Data's read tasks; `cxr tune` refuses
-less), which this benchmark sets.
+less), which this benchmark sets. `--max-concurrent 1` runs the same sweep one trial at a time,
+the comparison that says whether running them side by side pays.
 
     python benchmarks/short_trials.py [--trials 16] [--max-concurrent 2] [--keep DIR]
 """
