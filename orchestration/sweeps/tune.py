@@ -197,11 +197,6 @@ def run_sweep(
         "train.storage_path": str(storage / settings.sweep_name / "train"), "mlflow.tracking_uri": tracking_uri(base),
     })
     points = _check_trials(space, base, data, settings.seeds)
-    init_ray(address)
-    # Each trial checks its own training; trials running side by side are checked together here.
-    check_resources(worker_resources(base), base.train.min_workers or base.train.workers, base.train.placement,
-                    trials=min(settings.max_concurrent, settings.num_samples if space.kind == "search" else len(points)),
-                    trial_driver_cpus=TRIAL_DRIVER_RESOURCES["cpu"])
     scheduler = asha_scheduler(base.train.epochs) if settings.scheduler == "asha" else None
     experiment_path = storage / settings.sweep_name
 
@@ -213,12 +208,20 @@ def run_sweep(
             raise ConfigError(f"nothing to resume: no sweep {settings.sweep_name!r} under {storage}")
         if parent is None:
             raise ConfigError(f"no MLflow parent run of sweep {settings.sweep_name!r} to continue")
+    elif experiment_path.exists() or parent is not None:
+        raise ConfigError(f"sweep {settings.sweep_name!r} exists already: pass --resume to continue it, or "
+                          "choose another --sweep-name")
+
+    init_ray(address)
+    # Each trial checks its own training; trials running side by side are checked together here,
+    # before the parent run opens (or is reopened).
+    concurrent = min(settings.max_concurrent, settings.num_samples if space.kind == "search" else len(points))
+    check_resources(worker_resources(base), base.train.min_workers or base.train.workers, base.train.placement,
+                    trials=concurrent, trial_driver_cpus=TRIAL_DRIVER_RESOURCES["cpu"])
+    if settings.resume:
         parent_run_id = parent.info.run_id
         client.update_run(parent_run_id, status="RUNNING")
     else:
-        if experiment_path.exists() or parent is not None:
-            raise ConfigError(f"sweep {settings.sweep_name!r} exists already: pass --resume to continue it, or "
-                              "choose another --sweep-name")
         parent_run_id = _open_parent(client, base, space, settings)
 
     if not verbose():
