@@ -128,7 +128,8 @@ def test_the_import_measures_follow_function_level_imports_and_sub_packages(tmp_
 
 # What a metric name looks like: the schema's builders' outputs and their pieces (no whitespace).
 METRIC_LIKE = re.compile(r"^(train|best|cross_domain|diagnostics)/|^best_(val|test)_|^clean_[^/]*/|^trials_"
-                         r"|^(val|test)_(auc|mean)|(^|_)mean(_com|_int)?_auc$|auc/|auc_ci_")
+                         r"|^(val|test)_(auc|mean)|(^|_)mean(_com|_int)?_auc$|auc/|auc_ci_"
+                         r"|_at_(youden|sens|spec)|^(ece|brier)(_calibrated)?/|^calibration/")
 
 
 def _spelled_names(path: Path) -> list[tuple[int, str]]:

@@ -83,7 +83,8 @@ def test_evaluate_matches_sklearn_and_run_id_finds_the_checkpoint(trained, prepa
     [evaluation] = client.search_runs([exp.experiment_id], filter_string=f"tags.`{EVALUATES_TAG}` = '{outcome.run_id}'")
     assert evaluation.info.status == "FINISHED"
     assert evaluation.data.metrics["nih/mean_auc"] == pytest.approx(table.loc["Mean", "nih"])
-    assert [a.path for a in client.list_artifacts(evaluation.info.run_id, "evaluation")] == ["evaluation/auc.csv"]
+    assert [a.path for a in client.list_artifacts(evaluation.info.run_id, "evaluation")] == [
+        "evaluation/auc.csv", "evaluation/calibration.csv", "evaluation/reliability_nih.png"]
 
     # Predicting inside evaluate, the run named by its run name: the same AUC.
     stats_path = tmp_path / "stats.json"
@@ -216,3 +217,94 @@ def test_diagnose_scores_the_ensemble_and_features_against_the_truth_file(traine
     probe = {k: v for k, v in metrics.items() if k.startswith("diagnostics/tat/probe_auc/")}
     common = set(prepared.domain_findings("nih")) & set(prepared.domain_findings("chexpert"))
     assert set(probe) == {f"diagnostics/tat/probe_auc/{f}" for f in common}
+
+
+def _shard_labels(prepared: PreparedDataset, domain: str, split: str) -> pd.DataFrame:
+    return pd.concat([pq.read_table(p).to_pandas() for p in prepared.shard_files(domain, split)]).set_index("image_id")
+
+
+def test_calibrate_and_operating_points_travel_with_the_model_into_predict(trained, prepared_dir, tmp_path,
+                                                                           monkeypatch):
+    """cxr calibrate fits a temperature per finding on the internal validation split; cxr evaluate
+    --operating-points chooses thresholds there and scores the test split at them. Both are saved
+    in the checkpoint folder and cxr predict applies them. Thresholds and figures are recomputed
+    here from the raw predictions and the shards' labels."""
+    import shutil
+
+    from cxrmodel.calibration import fit_temperature
+
+    outcome, tmp = trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    model = tmp_path / "model"
+    shutil.copytree(outcome.checkpoint, model)  # the shared run's folder stays without decisions
+    prepared = PreparedDataset.load(prepared_dir)
+    raw = {}
+    for split in ("val", "test"):
+        out = tmp_path / f"raw_{split}.csv"
+        result = runner.invoke(app, ["predict", "--checkpoint", str(model), "--data", str(prepared_dir),
+                                     "--out", str(out), "--split", split, "--domain", "nih"])
+        assert result.exit_code == 0, result.output
+        raw[split] = pd.read_csv(out).set_index("image_id")
+    val_labels, test_labels = _shard_labels(prepared, "nih", "val"), _shard_labels(prepared, "nih", "test")
+
+    result = runner.invoke(app, ["calibrate", "--checkpoint", str(model), "--data", str(prepared_dir)])
+    assert result.exit_code == 0, result.output
+    decisions = json.loads((model / "decisions.json").read_text())
+    scored = []
+    for finding in prepared.domain_findings("nih"):
+        y = val_labels.loc[raw["val"].index, finding].to_numpy()
+        if {0, 1} <= set(y):
+            scored.append(finding)
+            assert decisions["temperatures"][finding] == pytest.approx(
+                fit_temperature(y == 1, raw["val"][finding].to_numpy()), rel=1e-4)
+    assert scored and set(decisions["temperatures"]) == set(scored)
+
+    result = runner.invoke(app, ["evaluate", "--checkpoint", str(model), "--data", str(prepared_dir),
+                                 "--operating-points", "youden,spec=0.8", "--bootstrap", "200"])
+    assert result.exit_code == 0, result.output
+    assert "Operating points chosen on the validation split" in result.output and "ECE" in result.output
+    decisions = json.loads((model / "decisions.json").read_text())
+    assert decisions["decision_point"] == "youden" and set(decisions["thresholds"]) == {"youden", "spec80"}
+    assert decisions["temperatures"]  # calibrate's are kept
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [evaluation] = client.search_runs([client.get_experiment_by_name("cxr-orchestra").experiment_id])
+    table = pd.read_csv(client.download_artifacts(evaluation.info.run_id, "evaluation/operating_points.csv", tmp_path))
+    checked = 0
+    for finding in scored:
+        y, p = val_labels.loc[raw["val"].index, finding].to_numpy() == 1, raw["val"][finding].to_numpy()
+        candidates = np.unique(p)
+        j = [(p[y] >= t).mean() + (p[~y] < t).mean() - 1 for t in candidates]
+        best = max(candidates[np.isclose(j, max(j))])  # the highest threshold of the best J
+        assert decisions["thresholds"]["youden"][finding] == pytest.approx(best, abs=1e-6)
+        spec_ok = [t for t in candidates if (p[~y] < t).mean() >= 0.8]
+        assert decisions["thresholds"]["spec80"][finding] == pytest.approx(min(spec_ok), abs=1e-6)
+        yt, pt = test_labels.loc[raw["test"].index, finding].to_numpy(), raw["test"][finding].to_numpy()
+        if {0, 1} <= set(yt):
+            row = table[(table["point"] == "youden") & (table["finding"] == finding) & (table["domain"] == "nih")]
+            called = pt >= best
+            assert row["sensitivity"].item() == pytest.approx(called[yt == 1].mean(), abs=1e-6)
+            assert row["specificity"].item() == pytest.approx((~called)[yt == 0].mean(), abs=1e-6)
+            key = f"nih/sens_at_youden/{finding}"
+            assert evaluation.data.metrics[key] == pytest.approx(row["sensitivity"].item())
+            checked += 1
+    assert checked >= 2
+
+    out = tmp_path / "decided.csv"
+    result = runner.invoke(app, ["predict", "--checkpoint", str(model), "--data", str(prepared_dir),
+                                 "--out", str(out), "--domain", "nih"])
+    assert result.exit_code == 0, result.output
+    decided = pd.read_csv(out).set_index("image_id")
+    for finding, threshold in decisions["thresholds"]["youden"].items():
+        p = raw["test"][finding]
+        assert (decided[f"{finding}_call"] == (p >= threshold).astype(int)).all()
+        t = decisions["temperatures"].get(finding, 1.0)
+        logit = np.log(p.clip(1e-7, 1 - 1e-7)) - np.log1p(-p.clip(1e-7, 1 - 1e-7))
+        assert decided[f"{finding}_calibrated"].to_numpy() == pytest.approx(1 / (1 + np.exp(-logit / t)), abs=1e-5)
+
+    (model / "decisions.json").write_text(json.dumps({**decisions, "temperatures": {"Nodule": -1}}))
+    hostile = runner.invoke(app, ["predict", "--checkpoint", str(model), "--data", str(prepared_dir), "--out", str(out)])
+    assert hostile.exit_code == 2 and "decisions.json: temperature of 'Nodule' is -1" in hostile.output
+    refused = runner.invoke(app, ["evaluate", "--predictions", str(out), "--data", str(prepared_dir),
+                                  "--operating-points", "youden"])
+    assert refused.exit_code == 2 and "--operating-points chooses thresholds on the model's validation split" in \
+        refused.output

@@ -64,9 +64,12 @@ def evaluate(
     csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Also write the AUC table here.")] = None,
     stats_json: opt.StatsJson = None,
     bootstrap: opt.Bootstrap = 1000, seed: opt.Seed = 0,
+    operating_points: Annotated[Optional[str], typer.Option(help="Thresholds to choose on the internal domain's validation split, e.g. youden,sens=0.90,spec=0.90: sensitivity, specificity, PPV, NPV and F1 at each on the test splits. Saved with the model; the first makes cxr predict's 0/1 calls. Needs the model and --data.")] = None,
     config: opt.ConfigFiles = None, overrides: opt.Overrides = None,
 ) -> None:
-    """AUC of a model's predictions per finding, with 95% bootstrap intervals; printed and logged as an MLflow evaluation run.
+    """AUC of a model's predictions per finding, with 95% bootstrap intervals; calibration (ECE over
+    10 equal-mass bins, Brier score, reliability diagrams); optionally operating points. Printed and
+    logged as an MLflow evaluation run.
 
     The evaluation run is linked to the training run given with --run (tag cxr.evaluates).
     Predictions come from --predictions FILE (cxr predict), or are made here with --model,
@@ -78,14 +81,40 @@ def evaluate(
 
     done = evaluate_model(config_from(config, overrides), predictions=predictions, data=data, clean_labels=clean_labels,
                           set_name=set_name, run=run, model=model, checkpoint=checkpoint, split=split,
-                          tencrop=tencrop, device=device, bootstrap=bootstrap, seed=seed)
-    tables([done.table(bootstrap)])
+                          tencrop=tencrop, device=device, bootstrap=bootstrap, seed=seed,
+                          operating_points=operating_points)
+    tables(done.tables(bootstrap))
     warn(done.result.warnings)
+    lines([f"thresholds {note}" for note in done.notes])
     if csv_out:
         done.result.table.to_csv(csv_out)
     if stats_json:
         stats_json.write_text(json.dumps(done.result.stats, indent=1))
     say(f"logged as MLflow run {done.run_id}")
+
+
+@verb
+def calibrate(
+    model: opt.Model = None, run: opt.Run = None, checkpoint: opt.Checkpoint = None,
+    data: Annotated[Optional[Path], typer.Option(help="Prepared dataset. Default: the one the model was trained on.")] = None,
+    tencrop: opt.Tencrop = False, device: opt.Device = "cpu",
+    config: opt.ConfigFiles = None, overrides: opt.Overrides = None,
+) -> None:
+    """Fit one temperature per finding on the internal domain's validation split (temperature
+    scaling: p' = sigmoid(logit(p) / T), T minimising the negative log-likelihood) and save them with
+    the model: cxr predict, serve and export then also give calibrated probabilities.
+
+    Prints ECE and Brier score before and after, on the same split; judge them on the test split
+    with cxr evaluate. AUCs and calls are unchanged (the scaling is monotone).
+    """
+    from orchestration.evaluation.evaluate import calibrate_model
+    from orchestration.evaluation.models import chosen_model
+
+    cfg = config_from(config, overrides)
+    found = chosen_model(cfg, run=run, model=model, checkpoint=checkpoint, find_run=True)
+    table, note = calibrate_model(cfg, found, data, tencrop=tencrop, device=device)
+    print_frame(table.round(4), "Temperatures fitted on the validation split")
+    say(f"temperatures {note}")
 
 
 @verb

@@ -91,6 +91,9 @@ def predict_images(images: pd.DataFrame, checkpoint: Path, *, size: int, tencrop
                    actors: int, gpus_per_actor: float, progress=None) -> ImagePredictions:
     import ray.data
 
+    from orchestration.evaluation.decisions import read_decisions
+    from orchestration.training.checkpoint import read_run_description
+
     ray.data.DataContext.get_current().enable_progress_bars = False
     scored = (
         ray.data.from_pandas([images.iloc[i:i + BATCH] for i in range(0, len(images), BATCH)])
@@ -110,6 +113,8 @@ def predict_images(images: pd.DataFrame, checkpoint: Path, *, size: int, tencrop
     skipped = rows.loc[bad, ["image_id", "path", "reason"]].to_dict("records")
     table = rows[~bad].drop(columns=["reason"]).sort_values("image_id").reset_index(drop=True)
     table.insert(1, "domain", domain)
+    label_space = read_run_description(checkpoint)[1].label_space
+    table = read_decisions(checkpoint, label_space).decided(table, label_space)
     return ImagePredictions(table[[c for c in table.columns if c != "path"] + ["path"]], skipped)
 
 

@@ -11,6 +11,7 @@ import torch
 from cxrcommon.errors import DataPrepError
 from data_prep.prepared import PreparedDataset
 from data_prep.split import SPLITS
+from orchestration.evaluation.decisions import read_decisions
 from orchestration.evaluation.scoring import PREDICTION_COLUMNS, prediction_frame, score_split
 from orchestration.settings.config import ConfigError
 from orchestration.settings.plan import TrainingPlan
@@ -47,10 +48,12 @@ def predict_table(
 
 def predict_prepared(checkpoint: Path, data: Path, *, split: str = "test", domains: list[str] | None = None,
                      tencrop: bool = False, device: str = "cpu") -> pd.DataFrame:
-    """`predict_table` for the model in a checkpoint folder, on a prepared dataset folder."""
+    """`predict_table` for the model in a checkpoint folder, on a prepared dataset folder, with the
+    calibrated probabilities and 0/1 calls of its decisions file when it has one."""
     net, _, plan = load_trained(checkpoint)
-    return predict_table(net, plan, PreparedDataset.load(data), split=split, domains=domains, tencrop=tencrop,
-                         device=device)
+    frame = predict_table(net, plan, PreparedDataset.load(data), split=split, domains=domains, tencrop=tencrop,
+                          device=device)
+    return read_decisions(checkpoint, plan.label_space).decided(frame, plan.label_space)
 
 
 def write_table(frame: pd.DataFrame, out: Path) -> None:

@@ -156,6 +156,23 @@ class DomainScores:
     intervals: dict[str, dict[str, tuple[float, float]]]  # per domain: finding / mean group -> 95% CI
 
 
+def labelled_scores(rows: pd.DataFrame, prepared: PreparedDataset, domain: str, columns: list[str] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, int]:
+    """One domain's predictions against its prepared labels (found by image_id in any split):
+    labels (N, C) int8 and scores (N, C) float32 of the prepared label space (scores from
+    `columns`, default the findings' own), and how many predicted images the data lacks (left out)."""
+    if domain not in prepared.domains:
+        raise ConfigError(f"predictions name domain {domain!r}; the prepared data has {prepared.domains}")
+    space = prepared.label_space
+    labels = pd.concat(
+        [prepared.read_columns(domain, s, ["image_id", *space]).to_pandas() for s in SPLITS], ignore_index=True
+    ).set_index("image_id")
+    known = rows["image_id"].isin(labels.index)
+    rows = rows[known]
+    y = labels.loc[rows["image_id"], space].to_numpy(np.int8)
+    return y, rows[columns or space].to_numpy(np.float32), int((~known).sum())
+
+
 def evaluate_predictions(frame: pd.DataFrame, prepared: PreparedDataset, *, bootstrap: int = 0,
                          seed: int = 0) -> DomainScores:
     """Per domain of a predictions table: AUC of each finding that domain labels, against the
@@ -167,16 +184,7 @@ def evaluate_predictions(frame: pd.DataFrame, prepared: PreparedDataset, *, boot
         raise ConfigError(f"predictions lack finding column(s) {unknown} of the prepared label space")
     scores = DomainScores({}, {}, {})
     for domain, rows in frame.groupby("domain", sort=False):
-        if domain not in prepared.domains:
-            raise ConfigError(f"predictions name domain {domain!r}; the prepared data has {prepared.domains}")
-        labels = pd.concat(
-            [prepared.read_columns(domain, s, ["image_id", *space]).to_pandas() for s in SPLITS], ignore_index=True
-        ).set_index("image_id")
-        known = rows["image_id"].isin(labels.index)
-        scores.unmatched[domain] = int((~known).sum())
-        rows = rows[known]
-        y = labels.loc[rows["image_id"], space].to_numpy(np.int8)
-        probs = rows[space].to_numpy(np.float32)
+        y, probs, scores.unmatched[domain] = labelled_scores(rows, prepared, domain)
         groups = prepared.finding_groups(domain).members()
         scores.reports[domain] = auc_report(probs, y, space, **groups)
         if bootstrap:

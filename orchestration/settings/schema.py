@@ -64,6 +64,10 @@ CROSS_DOMAIN_MATRIX = f"{CROSS_DOMAIN_DIR}/matrix.md"
 CROSS_DOMAIN_MATRIX_CSV = f"{CROSS_DOMAIN_DIR}/matrix.csv"
 CROSS_DOMAIN_PER_FINDING = f"{CROSS_DOMAIN_DIR}/per_finding.csv"
 REPORT_DIR = "report"
+DECISIONS_ARTIFACT = "decisions/decisions.json"  # of a training run: cxr calibrate's and --operating-points'
+OPERATING_POINTS_ARTIFACT = "evaluation/operating_points.csv"  # of an evaluation run
+CALIBRATION_ARTIFACT = "evaluation/calibration.csv"
+RELIABILITY_ARTIFACT = "evaluation/reliability_{domain}.png"
 CHAMPION = "champion"  # the Model Registry alias of a name's best model so far
 
 
@@ -128,6 +132,21 @@ def domain_metric(domain: str, name: str) -> str:
 def interval_metric(name: str, bound: str) -> str:
     """The low or high bound of an AUC figure's interval: mean_auc -> mean_auc_ci_low, auc/Nodule -> auc_ci_low/Nodule."""
     return name.replace("auc", f"auc_ci_{bound}", 1)
+
+
+def operating_metric(domain: str, figure: str, point: str, finding: str, bound: str | None = None) -> str:
+    """A figure at an operating point, e.g. nih/sens_at_spec90/Effusion, nih/ppv_at_youden_ci_low/Effusion."""
+    return f"{domain}/{figure}_at_{point}{f'_ci_{bound}' if bound else ''}/{finding}"
+
+
+def calibration_metric(domain: str, name: str, finding: str, calibrated: bool = False) -> str:
+    """ECE or Brier score of a finding's probabilities, e.g. nih/ece/Effusion, nih/brier_calibrated/Effusion."""
+    return f"{domain}/{name}{'_calibrated' if calibrated else ''}/{finding}"
+
+
+def temperature_metric(finding: str) -> str:
+    """cxr calibrate's fitted temperature of a finding, on the model's training run."""
+    return f"calibration/temperature/{finding}"
 
 
 def clean_metric(set_name: str, name: str) -> str:
