@@ -12,10 +12,9 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 
 ECE_BINS = 10
-_EPS = 1e-7  # probabilities are clipped this far from 0 and 1 before taking logits
+PROBABILITY_EPS = 1e-7  # probabilities are clipped this far from 0 and 1 before taking logits
 
 
 def expected_calibration_error(positive: np.ndarray, scores: np.ndarray, bins: int = ECE_BINS) -> float:
@@ -41,7 +40,7 @@ def reliability_bins(positive: np.ndarray, scores: np.ndarray, bins: int = ECE_B
 
 
 def logit(probs: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(probs, np.float64), _EPS, 1 - _EPS)
+    p = np.clip(np.asarray(probs, np.float64), PROBABILITY_EPS, 1 - PROBABILITY_EPS)
     return np.log(p) - np.log1p(-p)
 
 
@@ -52,6 +51,8 @@ def scaled(probs: np.ndarray, temperature: float | np.ndarray) -> np.ndarray:
 
 def fit_temperature(positive: np.ndarray, probs: np.ndarray) -> float:
     """The T in [e^-5, e^5] minimising the negative log-likelihood of sigmoid(logit(p) / T)."""
+    from scipy.optimize import minimize_scalar  # here: inference imports this module, only fitting needs scipy
+
     z, y = logit(probs), np.asarray(positive, np.float64)
 
     def nll(log_t: float) -> float:

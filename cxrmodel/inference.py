@@ -8,6 +8,7 @@ import contextlib
 import torch
 from torchvision.transforms.v2.functional import ten_crop
 
+from cxrmodel.calibration import PROBABILITY_EPS
 from cxrmodel.inputs import to_model_input
 
 
@@ -44,11 +45,19 @@ def predict_probs(
 
 
 class ProbabilityModel(torch.nn.Module):
-    """A servable wrapper: uint8 images (B, H, W) -> probabilities (B, C). Logged to MLflow."""
+    """A servable wrapper: uint8 images (B, H, W) -> probabilities (B, C), logged to MLflow; with
+    `temperatures` (C,), calibrated probabilities sigmoid(logit(p) / T) as cxrmodel.calibration
+    computes them (what `cxr export` writes)."""
 
-    def __init__(self, net: torch.nn.Module):
+    def __init__(self, net: torch.nn.Module, temperatures: torch.Tensor | None = None):
         super().__init__()
         self.net = net.eval()
+        self.calibrated = temperatures is not None
+        self.register_buffer("temperatures", temperatures if self.calibrated else torch.ones(0))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return predict_probs(self.net, images)
+        probs = predict_probs(self.net, images)
+        if not self.calibrated:
+            return probs
+        p = probs.clamp(PROBABILITY_EPS, 1 - PROBABILITY_EPS)
+        return torch.sigmoid((torch.log(p) - torch.log1p(-p)) / self.temperatures)

@@ -308,3 +308,46 @@ def test_calibrate_and_operating_points_travel_with_the_model_into_predict(train
                                   "--operating-points", "youden"])
     assert refused.exit_code == 2 and "--operating-points chooses thresholds on the model's validation split" in \
         refused.output
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_runs_outside_pytorch_with_the_models_probabilities(trained, prepared_dir, tmp_path, fmt):
+    """The exported file, loaded here by onnxruntime (or torch.jit), gives cxr predict's calibrated
+    probabilities on prepared images of another batch size than the export's example."""
+    import shutil
+
+    outcome, _ = trained
+    model = tmp_path / "model"
+    shutil.copytree(outcome.checkpoint, model)
+    prepared = PreparedDataset.load(prepared_dir)
+    temperatures = {f: 0.5 + i / 10 for i, f in enumerate(prepared.label_space)}
+    (model / "decisions.json").write_text(json.dumps({"temperatures": temperatures}))
+    out = tmp_path / "export"
+    result = runner.invoke(app, ["export", "--checkpoint", str(model), "--format", fmt, "--out", str(out),
+                                 "--images", "5"])
+    assert result.exit_code == 0, result.output
+    assert "checked on 5 prepared images" in result.output
+    description = json.loads((out / "export.json").read_text())
+    assert description["label_space"] == prepared.label_space and description["output"]["calibrated"]
+    assert description["checked"]["max_abs_difference"] <= 1e-4
+
+    predicted = tmp_path / "p.csv"
+    assert runner.invoke(app, ["predict", "--checkpoint", str(model), "--data", str(prepared_dir),
+                               "--out", str(predicted), "--domain", "nih", "--split", "val"]).exit_code == 0
+    expected = pd.read_csv(predicted)[[f"{f}_calibrated" for f in prepared.label_space]].to_numpy()
+    batches = list(prepared.iter_uint8_batches("nih", "val", 64))
+    order = np.argsort(np.concatenate([ids for ids, _, _ in batches]))  # cxr predict's rows: by sample_id
+    images = np.concatenate([b for _, b, _ in batches])[order]
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"images": images})[0]
+    else:
+        import torch
+
+        got = torch.jit.load(str(out / "model.pt"))(torch.from_numpy(images)).detach().numpy()
+    assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-4
+
+    bad = runner.invoke(app, ["export", "--checkpoint", str(model), "--format", "tflite", "--out", str(out)])
+    assert bad.exit_code == 2 and "--format 'tflite': expected one of onnx, torchscript" in bad.output

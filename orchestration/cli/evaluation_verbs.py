@@ -215,3 +215,29 @@ def report(
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per section instead
     cfg = config_from(config, overrides)
     lines(write_report(client_for(cfg), experiment or cfg.mlflow.experiment, out, parent, progress=say).lines())
+
+
+@verb
+def export(
+    out: Annotated[Path, typer.Option(help="Folder for the exported model and its export.json.")],
+    model: opt.Model = None, run: opt.Run = None, checkpoint: opt.Checkpoint = None,
+    format: Annotated[str, typer.Option("--format", help="onnx (checked with onnxruntime) or torchscript (checked with torch.jit.load).")] = "onnx",
+    opset: Annotated[Optional[int], typer.Option(help="With onnx: the ONNX opset. Default: torch.onnx's.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Prepared dataset whose images check the export. Default: the one the model was trained on.")] = None,
+    images: Annotated[int, typer.Option(help="Prepared images the export is checked on.")] = 16,
+    config: opt.ConfigFiles = None, overrides: opt.Overrides = None,
+) -> None:
+    """Export the model with its preprocessing: uint8 images (B, H, W) in, one probability per
+    finding out (calibrated when cxr calibrate has run), any batch size.
+
+    The file is then run on real prepared images and the export refused, the file removed, if any
+    probability differs from PyTorch's by more than 1e-4. export.json beside it holds the label
+    space, the thresholds of the model's operating point on the output's scale and what was checked.
+    """
+    from orchestration.evaluation.export import export_model
+    from orchestration.evaluation.models import chosen_model
+
+    found = chosen_model(config_from(config, overrides), run=run, model=model, checkpoint=checkpoint)
+    done = export_model(found, out, fmt=format, opset=opset, data=data, images=images)
+    say(f"wrote {done.path} and {done.description.name}: checked on {done.images_checked} prepared images, "
+        f"largest difference from PyTorch {done.max_difference:.1e}")
