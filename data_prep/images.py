@@ -35,6 +35,10 @@ class ImageError(Exception):
     """The file cannot become a training image; str(err) is the reason recorded in the manifest."""
 
 
+class ImageTooLarge(ImageError):
+    """The header declares more pixels than allowed: refused before decoding."""
+
+
 def _check_complete(data: bytes) -> None:
     """Catch truncated files, which decoders may otherwise return half-grey without an error."""
     if not data:
@@ -82,7 +86,7 @@ def check_pixels(height: int, width: int, frames: int, max_pixels: int) -> None:
         raise ImageError(f"the header declares an empty image ({height} x {width})")
     if height * width * frames > max_pixels:
         what = f"{height:,} x {width:,}" + (f" x {frames:,} frames" if frames > 1 else "")
-        raise ImageError(f"the header declares {what} = {height * width * frames:,} pixels, more than "
+        raise ImageTooLarge(f"the header declares {what} = {height * width * frames:,} pixels, more than "
                          f"prepare.max_pixels {max_pixels:,}")
 
 

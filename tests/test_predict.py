@@ -351,3 +351,85 @@ def test_export_runs_outside_pytorch_with_the_models_probabilities(trained, prep
 
     bad = runner.invoke(app, ["export", "--checkpoint", str(model), "--format", "tflite", "--out", str(out)])
     assert bad.exit_code == 2 and "--format 'tflite': expected one of onnx, torchscript" in bad.output
+
+
+def _post(url: str, body: bytes, method: str = "POST") -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body if method == "POST" else None, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def _png_header(height: int, width: int) -> bytes:
+    """A PNG whose header declares height x width and which ends like a complete file: no pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IEND", b""))
+
+
+def test_serve_answers_png_and_dicom_like_predict_and_survives_bad_bodies(trained, prepared_dir, tmp_path):
+    """A real Ray Serve application on the session's Ray, real HTTP: probabilities equal cxr
+    predict --images' one-process decode + model; calls and calibrated probabilities come from the
+    decisions file; bad bodies get 4xx with the reason and the replica keeps answering."""
+    import shutil
+
+    import torch
+    from conftest import free_port
+    from ray import serve
+
+    from cxrmodel.calibration import scaled
+    from cxrmodel.inference import predict_probs
+    from data_prep.images import load_grayscale
+    from orchestration.evaluation.serving import Served, start_serving, stop_serving
+    from orchestration.training.checkpoint import load_trained
+
+    outcome, _ = trained
+    model = tmp_path / "model"
+    shutil.copytree(outcome.checkpoint, model)
+    prepared = PreparedDataset.load(prepared_dir)
+    space = prepared.label_space
+    (model / "decisions.json").write_text(json.dumps({
+        "temperatures": {space[0]: 2.0}, "thresholds": {"youden": {space[0]: 0.5, space[1]: 0.3}},
+        "decision_point": "youden"}))
+    raw = prepared_dir.parent / "raw"
+    png, dicom = sorted((raw / "nih").rglob("*.png"))[0], sorted((raw / "inhouse" / "images").glob("*.dcm"))[0]
+    served = Served(str(model), prepared.image_size, "cxr-test", "3", "run-x", max_body_bytes=2**20)
+    url = start_serving(served, host="127.0.0.1", port=free_port(), replicas=1, gpu=False, cpus=0.5)
+    try:
+        net = load_trained(model)[0]
+        for path in (png, dicom):
+            status, answer = _post(f"{url}/predict", path.read_bytes())
+            assert status == 200, answer
+            assert (answer["model"], answer["version"], answer["run_id"]) == ("cxr-test", "3", "run-x")
+            with torch.no_grad():
+                expected = predict_probs(net, torch.from_numpy(load_grayscale(str(path), prepared.image_size)[None]))[0]
+            got = np.array([answer["findings"][f]["probability"] for f in space])
+            assert np.abs(got - expected.numpy()).max() < 1e-5
+            first, second = answer["findings"][space[0]], answer["findings"][space[1]]
+            assert first["calibrated_probability"] == pytest.approx(float(scaled(np.array([got[0]]), 2.0)[0]), abs=1e-6)
+            assert first["call"] == int(got[0] >= 0.5) and second["call"] == int(got[1] >= 0.3)
+            assert answer["findings"][space[2]]["call"] is None  # no threshold for it
+        text = tmp_path / "notes.txt"
+        text.write_text("not an image")
+        for body, code, reason in [(b"", 400, "zero-byte"), (text.read_bytes(), 400, "not a PNG, JPEG or DICOM"),
+                                   (_png_header(20_000, 20_000), 413, "400,000,000 pixels"),
+                                   (b"\0" * (2**20 + 1), 413, "more than the 1,048,576 allowed")]:
+            status, answer = _post(f"{url}/predict", body)
+            assert status == code and reason in answer["error"], (status, answer)
+        assert _post(f"{url}/predict", b"", "GET")[0] == 405 and _post(f"{url}/other", b"x")[0] == 404
+        assert _post(f"{url}/healthz", b"", "GET") == (200, {"status": "ok", "model": "cxr-test", "version": "3",
+                                                             "run_id": "run-x"})
+        assert _post(f"{url}/predict", png.read_bytes())[0] == 200  # still serving
+    finally:
+        stop_serving()
+        serve.shutdown()

@@ -241,3 +241,55 @@ def export(
     done = export_model(found, out, fmt=format, opset=opset, data=data, images=images)
     say(f"wrote {done.path} and {done.description.name}: checked on {done.images_checked} prepared images, "
         f"largest difference from PyTorch {done.max_difference:.1e}")
+
+
+@verb
+def serve(
+    model: opt.Model = None, run: opt.Run = None, checkpoint: opt.Checkpoint = None,
+    host: Annotated[str, typer.Option(help="Address to listen on. The endpoint has no authentication: keep 127.0.0.1 unless it sits behind an authenticating proxy.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    replicas: Annotated[int, typer.Option(min=1, help="Copies of the model answering requests.")] = 1,
+    gpu: Annotated[bool, typer.Option("--gpu", help="One GPU per replica.")] = False,
+    image_size: Annotated[Optional[int], typer.Option(help="The side the model was trained at. Default: that of its prepared data.")] = None,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body accepted (MiB); larger ones get 413.")] = 64.0,
+    check_with: Annotated[Optional[Path], typer.Option(help="Send this image once the endpoint is up, print the answer and stop (a smoke test).")] = None,
+    address: opt.Address = None, config: opt.ConfigFiles = None, overrides: opt.Overrides = None,
+) -> None:
+    """Serve the model over HTTP on Ray Serve: POST a PNG, JPEG or DICOM file to /predict for each
+    finding's probability, calibrated probability and 0/1 call (JSON, with the model's name,
+    version and run id); GET /healthz. Runs until Ctrl-C.
+
+    Requests are batched; an undecodable body gets 400, an oversized one 413, with the reason.
+    """
+    import time
+
+    from orchestration.evaluation.models import chosen_model
+    from orchestration.evaluation.prediction import trained_image_size
+    from orchestration.evaluation.serving import Served, send_image, start_serving, stop_serving
+    from orchestration.settings.runtime import init_ray
+    from orchestration.training.checkpoint import trained_weights
+
+    found = chosen_model(config_from(config, overrides), run=run, model=model, checkpoint=checkpoint)
+    trained_weights(found.checkpoint)  # refuse an unusable checkpoint here, not in every replica
+    served = Served(str(Path(found.checkpoint).resolve()), image_size or trained_image_size(found.checkpoint),
+                    found.registered_name, found.registered_version, found.run_id,
+                    max_body_bytes=int(max_body_mb * 2**20))
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        warn([f"listening on {host}: anyone who reaches it can use the model; put an authenticating proxy in front"])
+    init_ray(address)
+    url = start_serving(served, host=host, port=port, replicas=replicas, gpu=gpu)
+    if check_with is not None:
+        status, answer = send_image(url, check_with)
+        stop_serving()
+        say(f"POST {check_with.name} to {url}/predict: HTTP {status}")
+        typer.echo(json.dumps(answer, indent=1))
+        if status != 200:
+            raise typer.Exit(1)
+        return
+    say(f"serving {served.model_name or found.checkpoint} at {url}/predict (GET {url}/healthz); Ctrl-C stops")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        stop_serving()
+        say("stopped")

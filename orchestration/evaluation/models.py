@@ -13,7 +13,7 @@ from pathlib import Path
 from orchestration.settings.config import Config, ConfigError
 from orchestration.settings.tracking import (
     client_for,
-    registered_run,
+    registered_version,
     resolve_run_id,
     run_checkpoint,
     run_of_checkpoint,
@@ -24,6 +24,8 @@ from orchestration.settings.tracking import (
 class ModelReference:
     checkpoint: Path
     run_id: str | None  # the training run it came from, where the tracking store knows it
+    registered_name: str | None = None  # given as models:/NAME@ALIAS or models:/NAME/VERSION
+    registered_version: str | None = None
 
 
 def resolve_model(config: Config, model: str | Path) -> ModelReference:
@@ -31,11 +33,11 @@ def resolve_model(config: Config, model: str | Path) -> ModelReference:
     models:/NAME/VERSION) of the MLflow Model Registry, or a training run's id or name."""
     client, text = client_for(config), str(model)
     if text.startswith("models:/"):
-        run_id = registered_run(client, text)
-    elif Path(text).exists():
+        version = registered_version(client, text)
+        return ModelReference(run_checkpoint(client, version.run_id), version.run_id, version.name, str(version.version))
+    if Path(text).exists():
         return ModelReference(Path(text), run_of_checkpoint(client, config.mlflow.experiment, Path(text)))
-    else:
-        run_id = resolve_run_id(client, config.mlflow.experiment, text)
+    run_id = resolve_run_id(client, config.mlflow.experiment, text)
     return ModelReference(run_checkpoint(client, run_id), run_id)
 
 

@@ -189,16 +189,15 @@ def register_and_promote(client: MlflowClient, name: str, run_id: str, metric: s
     return str(version), promoted
 
 
-def registered_run(client: MlflowClient, uri: str) -> str:
-    """models:/NAME@ALIAS or models:/NAME/VERSION -> the id of the run that version came from."""
+def registered_version(client: MlflowClient, uri: str):
+    """models:/NAME@ALIAS or models:/NAME/VERSION -> that MLflow ModelVersion (name, version, run_id)."""
     name, _, rest = uri.removeprefix("models:/").partition("/")
     name, _, alias = name.partition("@")
     try:
-        version = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, rest)
+        return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, rest)
     except MlflowException as exc:
         raise ConfigError(f"{uri}: no such registered model version in {client.tracking_uri} "
                           f"({exc.message.splitlines()[0]})") from None
-    return version.run_id
 
 
 def run_checkpoint(client: MlflowClient, run_id: str) -> Path:
