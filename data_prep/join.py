@@ -16,9 +16,10 @@ from data_prep.findings import (
     union_label_space,
 )
 from data_prep.readers import SourceTable, read_source
+from data_prep.readers.common import SUBGROUP_COLUMNS, subgroup_columns
 from data_prep.split import assign_splits, patients_crossing_splits, split_counts
 
-META_COLUMNS = ("sample_id", "domain", "image_id", "path", "patient_id", "split")
+META_COLUMNS = ("sample_id", "domain", "image_id", "path", "patient_id", "split", *SUBGROUP_COLUMNS)
 
 
 @dataclass
@@ -74,6 +75,9 @@ def join_sources(tables: list[SourceTable], config: PrepareConfig) -> JoinedData
         if crossing:  # cannot happen unless a split rule is broken: refuse rather than leak
             raise DataPrepError(f"dataset {table.name!r}: patient {crossing[0]!r} is in two splits")
         rows["domain"] = table.name
+        for column, missing in subgroup_columns(rows.index).items():  # a dataset that does not say
+            if column not in rows.columns:
+                rows[column] = missing
         for finding in label_space:
             if finding not in rows.columns:
                 rows[finding] = np.int8(UNKNOWN)

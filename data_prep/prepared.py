@@ -3,9 +3,9 @@
 Layout:
     PREPARED/manifest.json                          written last: its presence means complete
     PREPARED/shards/domain=<d>/split=<s>/*.parquet  columns: sample_id, image_id, patient_id,
-                                                    image (raw uint8 size*size bytes), one int8
-                                                    column per finding of the label space; rows
-                                                    in a seeded random order
+                                                    sex, age, view (nullable), image (raw uint8
+                                                    size*size bytes), one int8 column per finding
+                                                    of the label space; rows in a seeded random order
 `Manifest` is the typed contract: `Manifest.write` is its one writer (`cxr prepare`, last), and every
 reader goes through `PreparedDataset.load`, which checks `format_version` and the shards it lists.
 """
@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from cxrcommon.errors import DataPrepError
 from data_prep.findings import FindingGroups
 
-FORMAT_VERSION = 2  # 2: per-domain training P_c / N_c; rows in a seeded random order
+FORMAT_VERSION = 3  # 2: per-domain training P_c / N_c; rows in a seeded random order. 3: sex, age, view
 MANIFEST_NAME = "manifest.json"
 INCOMPLETE_MARKER = ".cxr-prepare-incomplete"  # present while `cxr prepare` writes (or after it failed)
 SHARDS_DIR = "shards"

@@ -433,3 +433,90 @@ def test_serve_answers_png_and_dicom_like_predict_and_survives_bad_bodies(traine
     finally:
         stop_serving()
         serve.shutdown()
+
+
+def test_evaluate_by_subgroup_counts_and_scores_each_subgroup_from_the_shards(trained, prepared_dir, tmp_path,
+                                                                              monkeypatch):
+    from sklearn.metrics import roc_auc_score
+
+    outcome, _ = trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    prepared = PreparedDataset.load(prepared_dir)
+    frames = []
+    for split in ("train", "val", "test"):  # every nih image: subgroups large enough to score
+        out = tmp_path / f"{split}.csv"
+        assert runner.invoke(app, ["predict", "--checkpoint", outcome.checkpoint, "--data", str(prepared_dir),
+                                   "--out", str(out), "--split", split]).exit_code == 0
+        frames.append(pd.read_csv(out))
+    predictions = tmp_path / "all.csv"
+    frame = pd.concat(frames)
+    frame.to_csv(predictions, index=False)
+    result = runner.invoke(app, ["evaluate", "--predictions", str(predictions), "--data", str(prepared_dir),
+                                 "--by", "sex,age_band,view", "--subgroup-min", "3", "--bootstrap", "200"])
+    assert result.exit_code == 0, result.output
+    assert "Subgroups: Mean AUC and gap" in result.output
+    assert "inhouse: the data gives no sex for any image" in result.output  # its CSV has no sex column
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [evaluation] = client.search_runs([client.get_experiment_by_name("cxr-orchestra").experiment_id])
+    table = pd.read_csv(client.download_artifacts(evaluation.info.run_id, "evaluation/subgroups.csv", tmp_path),
+                        keep_default_na=False, na_values=[""])
+    shards = pd.concat([_shard_labels(prepared, "nih", s) for s in ("train", "val", "test")])
+    nih = frame[frame["domain"] == "nih"].set_index("image_id")
+    sex = shards.loc[nih.index, "sex"]
+    checked = 0
+    for group in ("F", "M"):
+        rows = table[(table["domain"] == "nih") & (table["by"] == "sex") & (table["group"] == group)]
+        assert (rows["images"] == int((sex == group).sum())).all()
+        for _, row in rows[rows["finding"] != "Mean"].iterrows():
+            y = shards.loc[nih.index, row["finding"]]
+            known = (y >= 0) & (sex == group)
+            assert row["auc"] == pytest.approx(roc_auc_score(y[known], nih.loc[known, row["finding"]]), abs=1e-9)
+            whole = roc_auc_score(y[y >= 0], nih.loc[y >= 0, row["finding"]])
+            assert row["auc_gap"] == pytest.approx(row["auc"] - whole, abs=1e-9)
+            assert row["auc_low"] <= row["auc"] <= row["auc_high"]
+            key = f"nih/subgroup/sex/{group}/auc/{row['finding']}"
+            assert evaluation.data.metrics[key] == pytest.approx(row["auc"])
+            checked += 1
+    assert checked >= 2
+    bands = table[(table["domain"] == "nih") & (table["by"] == "age_band")]["group"]
+    assert set(bands) <= {"0-39", "40-59", "60-69", "70+"} and len(set(bands)) >= 2
+
+
+def test_the_model_card_holds_the_runs_figures_and_becomes_the_versions_description(trained, prepared_dir,
+                                                                                    tmp_path, monkeypatch):
+    outcome, tmp = trained
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(uri)
+    client.create_registered_model("cxr-card")
+    version = client.create_model_version("cxr-card", source=f"runs:/{outcome.run_id}/model", run_id=outcome.run_id)
+    result = runner.invoke(app, ["model-card", "--model", "models:/cxr-card/1", "--out", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    before = json.loads((tmp_path / "a" / "model_card.json").read_text())
+    metrics = client.get_run(outcome.run_id).data.metrics
+    assert before["test"]["internal"]["test Mean"] == metrics["test_mean_auc"]
+    for finding in PreparedDataset.load(prepared_dir).domain_findings("nih"):
+        if f"test_auc/{finding}" in metrics:
+            assert before["test"]["internal"][f"test AUC {finding}"] == metrics[f"test_auc/{finding}"]
+    assert before["initialisation"].startswith("Random weights")
+    assert len(before["training"]["config_sha256"]) == 64 and before["data"]["manifest_sha256"]
+    assert before["training"]["versions"]["torch"]
+
+    result = runner.invoke(app, ["evaluate", "--run", outcome.run_id, "--data", str(prepared_dir), "--by", "sex",
+                                 "--subgroup-min", "2", "--bootstrap", "100"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["model-card", "--model", "models:/cxr-card/1", "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    card = json.loads((tmp_path / "b" / "model_card.json").read_text())
+    evaluation = client.get_run(card["evaluation"]["run_id"])
+    assert evaluation.data.tags["cxr.evaluates"] == outcome.run_id
+    for domain, figures in card["evaluation"]["domains"].items():
+        assert figures["Mean"] == evaluation.data.metrics[f"{domain}/mean_auc"]
+        assert figures["Mean low"] == evaluation.data.metrics[f"{domain}/mean_auc_ci_low"]
+    assert {row["domain"] for row in card["evaluation"]["calibration"]} == set(card["evaluation"]["domains"])
+    markdown = (tmp_path / "b" / "model_card.md").read_text()
+    assert "Research use only; not a medical device" in markdown and "## Known limitations" in markdown
+    described = client.get_model_version("cxr-card", version.version).description
+    assert described == markdown if len(markdown) <= 5000 else described.startswith(markdown[:5000])
+    not_registered = runner.invoke(app, ["model-card", "--model", outcome.run_id])
+    assert not_registered.exit_code == 2 and "belongs to a registered version" in not_registered.output

@@ -40,8 +40,8 @@ def test_champion_moves_only_to_a_better_model(tmp_path):
     assert client.get_model_version_by_alias("cxr", CHAMPION).run_id == better
 
     config = load_config([], [f"mlflow.tracking_uri={uri}"])
-    assert resolve_model(config, "models:/cxr@champion") == ModelReference(tmp_path / "ckpt3", better)
-    assert resolve_model(config, "models:/cxr/2") == ModelReference(tmp_path / "ckpt2", worse)
+    assert resolve_model(config, "models:/cxr@champion") == ModelReference(tmp_path / "ckpt3", better, "cxr", "3")
+    assert resolve_model(config, "models:/cxr/2") == ModelReference(tmp_path / "ckpt2", worse, "cxr", "2")
     # A checkpoint folder is traced back to its run; an unknown one has none.
     (tmp_path / "ckpt1").mkdir()
     (tmp_path / "elsewhere").mkdir()

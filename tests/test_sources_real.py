@@ -6,6 +6,7 @@ import gzip
 import json
 from collections import Counter
 
+import pandas as pd
 import pytest
 
 from data_prep.config import PrepareConfig, SourceConfig
@@ -144,3 +145,46 @@ def test_beta_of_a_single_dataset_run_comes_from_that_dataset(shared_data):
     pooled = {k: nih[k] + balance["chexpert"]["Edema"][k] for k in nih}
     assert 40 < nih["negative"] / nih["positive"] < 55
     assert pooled["negative"] / pooled["positive"] < 5
+
+
+def test_subgroup_columns_of_the_real_tables(shared_data, nih_independent, chexpert_independent):
+    """sex, age and view as the readers carry them, against the CSV cells counted here. Unknown
+    spellings (CheXpert's one 'Unknown' sex, the LL / RL of frontal films) become missing."""
+    nih = read_source(SourceConfig(name="nih", kind="nih", path=shared_data / "nih"), find_images=False).rows
+    raw = nih_independent["rows"]  # columns: ..., 4 Patient Age, 5 Patient Gender, 6 View Position
+    assert nih["sex"].value_counts().to_dict() == dict(Counter(r[5] for r in raw))
+    assert nih["view"].value_counts().to_dict() == dict(Counter(r[6] for r in raw))
+    assert (nih["age"].round().astype(int).astype(str).to_numpy() == [r[4] for r in raw]).all()
+
+    header, rows = chexpert_independent
+    sex, age, frontal, ap_pa = (header.index(c) for c in ("Sex", "Age", "Frontal/Lateral", "AP/PA"))
+    chexpert = read_source(SourceConfig(name="chexpert", kind="chexpert", path=shared_data / "chexpert",
+                                        views="all"), find_images=False).rows
+    expected_sex = Counter({"Male": "M", "Female": "F"}.get(r[sex]) for r in rows)
+    assert chexpert["sex"].value_counts(dropna=False).to_dict() == {
+        "M": expected_sex["M"], "F": expected_sex["F"], pd.NA: expected_sex[None]}
+    views = Counter("LATERAL" if r[frontal] == "Lateral" else r[ap_pa] if r[ap_pa] in ("AP", "PA") else None
+                    for r in rows)
+    assert views["LATERAL"] == 32_387 and views[None] == 17  # the README's lateral count; 16 LL + 1 RL frontal
+    assert chexpert["view"].value_counts(dropna=False).to_dict() == {
+        "AP": views["AP"], "PA": views["PA"], "LATERAL": views["LATERAL"], pd.NA: views[None]}
+    assert chexpert["age"].max() == max(float(r[age]) for r in rows)
+
+
+def test_the_official_test_split_by_sex_reaches_the_joined_rows(shared_data, nih_independent, tmp_path):
+    """NIH with official lists (written here: patients 1-3000 as the test list): the joined test
+    split's sex counts are the CSV's counts over the listed images."""
+    import os
+
+    folder = tmp_path / "nih"
+    folder.mkdir()
+    os.symlink(shared_data / "nih" / "Data_Entry_2017_v2020.csv.gz", folder / "Data_Entry_2017_v2020.csv.gz")
+    raw = nih_independent["rows"]
+    test = [r for r in raw if int(r[3]) <= 3000]
+    (folder / "test_list.txt").write_text("\n".join(r[0] for r in test))
+    (folder / "train_val_list.txt").write_text("\n".join(r[0] for r in raw if int(r[3]) > 3000))
+    joined = load_sources(PrepareConfig(sources=[SourceConfig(name="nih", kind="nih", path=folder)]),
+                          find_images=False)
+    rows = joined.rows[joined.rows["split"] == "test"]
+    assert rows["sex"].value_counts().to_dict() == dict(Counter(r[5] for r in test))
+    assert str(rows["sex"].dtype) == "string" and str(rows["age"].dtype) == "float32"

@@ -9,7 +9,16 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from cxrcommon.errors import DataPrepError
-from data_prep.readers.common import Reader, SourceTable, csv_line, label_columns, read_csv, require_columns, table_file
+from data_prep.readers.common import (
+    Reader,
+    SourceTable,
+    csv_line,
+    label_columns,
+    read_csv,
+    require_columns,
+    subgroup_columns,
+    table_file,
+)
 
 if TYPE_CHECKING:
     from data_prep.config import SourceConfig
@@ -60,6 +69,12 @@ def _read_chexpert_csv(source: SourceConfig, csv_path: Path, split: str) -> tupl
         raise DataPrepError(
             f"{csv_path} line {csv_line(bad)}: cannot find 'patientNNNNN' in Path {df['Path'][bad]!r}"
         )
-    rows = pd.DataFrame({"image_id": df["Path"], "patient_id": patient, "split": split})
+    # A lateral film is LATERAL; a frontal one AP or PA as its AP/PA says (a few frontal rows say LL
+    # or RL there: missing, not a guess).
+    lateral = df["Frontal/Lateral"].str.strip().str.lower() == "lateral"
+    ap_pa = df.get("AP/PA", pd.Series("", index=df.index)).str.strip().str.upper()
+    view = ap_pa.where(ap_pa.isin(["AP", "PA"]), "").where(~lateral, "lateral")
+    rows = pd.DataFrame({"image_id": df["Path"], "patient_id": patient, "split": split,
+                         **subgroup_columns(df.index, sex=df.get("Sex"), age=df.get("Age"), view=view)})
     findings = label_columns(source, df, columns, csv_path, rows)
     return rows, findings

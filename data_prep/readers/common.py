@@ -5,7 +5,8 @@ official splits).
 A `SourceTable` holds one row per image with columns `image_id` (the dataset's own id), `path`
 (absolute image path, or None where the image was not found), `patient_id`, `split`
 ("train" / "val" / "test", "train_val" for NIH's official train+val list, or None when the
-dataset has no official split) and one int8 column per finding the dataset labels (1 / 0 / -2).
+dataset has no official split), the SUBGROUP_COLUMNS (sex, age, view; missing where the dataset does
+not say) and one int8 column per finding the dataset labels (1 / 0 / -2).
 """
 
 from __future__ import annotations
@@ -25,6 +26,29 @@ from data_prep.split import patients_crossing_splits
 
 if TYPE_CHECKING:
     from data_prep.config import SourceConfig
+
+
+# Who and how each image shows, where the dataset says (else missing): what `cxr evaluate --by` cuts
+# results by. sex "F" / "M", age in years (0-120), view "PA" / "AP" / "LATERAL".
+SUBGROUP_COLUMNS = ("sex", "age", "view")
+_SEXES = {"f": "F", "female": "F", "m": "M", "male": "M"}
+_VIEWS = {"pa": "PA", "ap": "AP", "lateral": "LATERAL", "lat": "LATERAL", "ll": "LATERAL", "rl": "LATERAL",
+          "l": "LATERAL"}
+
+
+def subgroup_columns(index: pd.Index, *, sex: pd.Series | None = None, age: pd.Series | None = None,
+                     view: pd.Series | None = None) -> dict[str, pd.Series]:
+    """The SUBGROUP_COLUMNS from a dataset's own spellings (M / Male, 57 / "57.0", PA / Lateral);
+    anything else, or a column the dataset lacks, is missing (<NA> / NaN)."""
+    def mapped(values: pd.Series | None, table: dict[str, str]) -> pd.Series:
+        if values is None:
+            return pd.Series(pd.NA, index=index, dtype="string")
+        return values.astype(str).str.strip().str.lower().map(table).astype("string")
+
+    years = pd.Series(np.nan, index=index, dtype=np.float32) if age is None else \
+        pd.to_numeric(age, errors="coerce").astype(np.float32)
+    return {"sex": mapped(sex, _SEXES), "age": years.where((years >= 0) & (years <= 120)),
+            "view": mapped(view, _VIEWS)}
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""The generic CSV schema for any other dataset: columns path, patient_id, optional image_id and
-split, then one column per finding (1 / 0 / -1 / blank)."""
+"""The generic CSV schema for any other dataset: columns path, patient_id, optional image_id, split,
+sex (F / M), age (years) and view (PA / AP / lateral), then one column per finding (1 / 0 / -1 / blank)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pandas as pd
 
 from cxrcommon.errors import DataPrepError
 from data_prep.readers.common import (
+    SUBGROUP_COLUMNS,
     Reader,
     SourceTable,
     check_official_patients,
@@ -18,13 +19,14 @@ from data_prep.readers.common import (
     label_columns,
     read_csv,
     require_columns,
+    subgroup_columns,
 )
 from data_prep.split import SPLITS
 
 if TYPE_CHECKING:
     from data_prep.config import SourceConfig
 
-_GENERIC_META = ("path", "patient_id", "split", "image_id")
+_GENERIC_META = ("path", "patient_id", "split", "image_id", *SUBGROUP_COLUMNS)  # the subgroup ones optional
 
 
 def read_generic_csv(source: SourceConfig, find_images: bool) -> SourceTable:
@@ -40,7 +42,8 @@ def read_generic_csv(source: SourceConfig, find_images: bool) -> SourceTable:
         if empty.any():
             raise DataPrepError(f"{csv_path} line {csv_line(empty.idxmax())}: empty {column!r}")
     image_id = df["image_id"] if "image_id" in df.columns else df["path"]
-    rows = pd.DataFrame({"image_id": image_id, "patient_id": df["patient_id"].str.strip()})
+    rows = pd.DataFrame({"image_id": image_id, "patient_id": df["patient_id"].str.strip(),
+                         **subgroup_columns(df.index, **{c: df[c] for c in SUBGROUP_COLUMNS if c in df.columns})})
     if "split" in df.columns:
         split = df["split"].str.strip().str.lower()
         bad = ~split.isin(SPLITS)

@@ -19,6 +19,7 @@ from data_prep.readers.common import (
     read_csv,
     require_columns,
     required_file,
+    subgroup_columns,
     view_filter,
 )
 
@@ -51,7 +52,7 @@ def read_mimic(source: SourceConfig, find_images: bool) -> SourceTable:
                             f"{studies['study_id'][doubled.idxmax()]!r} is labelled twice")
 
     meta = meta[view_filter(meta["ViewPosition"], source.views)]
-    rows = meta[["dicom_id", "subject_id", "study_id"]].merge(studies, on=["subject_id", "study_id"], how="left",
+    rows = meta[["dicom_id", "subject_id", "study_id", "ViewPosition"]].merge(studies, on=["subject_id", "study_id"], how="left",
                                                              indicator=True)
     unlabelled = rows["_merge"] == "left_only"
     warnings = []
@@ -70,7 +71,9 @@ def read_mimic(source: SourceConfig, find_images: bool) -> SourceTable:
         raise DataPrepError(f"{split_path}: image {missing.iloc[0]!r} has no split ({len(missing)} such images)")
     check_official_patients(rows["subject_id"], rows["split"], f"{split_path}")
 
-    out = pd.DataFrame({"image_id": rows["dicom_id"], "patient_id": rows["subject_id"], "split": rows["split"]})
+    # Sex and age are in MIMIC-IV's patients table, not here: missing.
+    out = pd.DataFrame({"image_id": rows["dicom_id"], "patient_id": rows["subject_id"], "split": rows["split"],
+                        **subgroup_columns(rows.index, view=rows["ViewPosition"])})
     for finding in findings:
         out[finding] = rows[finding].astype(np.int8)
     out["path"] = [

@@ -14,7 +14,15 @@ import pandas as pd
 from cxrcommon.errors import DataPrepError
 from cxrmodel.labels import NEGATIVE, POSITIVE
 from data_prep.findings import canonical_name, in_label_order, is_no_finding
-from data_prep.readers.common import Reader, SourceTable, check_official_patients, csv_line, read_csv, require_columns
+from data_prep.readers.common import (
+    Reader,
+    SourceTable,
+    check_official_patients,
+    csv_line,
+    read_csv,
+    require_columns,
+    subgroup_columns,
+)
 
 if TYPE_CHECKING:
     from data_prep.config import SourceConfig
@@ -44,9 +52,11 @@ def read_nih(source: SourceConfig, find_images: bool) -> SourceTable:
         else:
             findings[token] = name
 
-    rows = pd.DataFrame(
-        {"image_id": df["Image Index"], "patient_id": df["Patient ID"].str.strip()}
-    )
+    rows = pd.DataFrame({
+        "image_id": df["Image Index"], "patient_id": df["Patient ID"].str.strip(),
+        **subgroup_columns(df.index, sex=df.get("Patient Gender"), age=df.get("Patient Age"),
+                           view=df.get("View Position")),
+    })
     bad_patient = rows["patient_id"] == ""
     if bad_patient.any():
         raise DataPrepError(f"{csv_path} line {csv_line(bad_patient.idxmax())}: empty 'Patient ID'")

@@ -65,6 +65,8 @@ def evaluate(
     stats_json: opt.StatsJson = None,
     bootstrap: opt.Bootstrap = 1000, seed: opt.Seed = 0,
     operating_points: Annotated[Optional[str], typer.Option(help="Thresholds to choose on the internal domain's validation split, e.g. youden,sens=0.90,spec=0.90: sensitivity, specificity, PPV, NPV and F1 at each on the test splits. Saved with the model; the first makes cxr predict's 0/1 calls. Needs the model and --data.")] = None,
+    by: Annotated[Optional[str], typer.Option(help="Also score subgroups: any of sex, age_band (0-39, 40-59, 60-69, 70+), view (PA, AP, LATERAL), comma-separated. Needs --data.")] = None,
+    subgroup_min: Annotated[int, typer.Option(min=1, help="With --by: a finding is scored in a subgroup with at least this many positives and negatives there.")] = 10,
     config: opt.ConfigFiles = None, overrides: opt.Overrides = None,
 ) -> None:
     """AUC of a model's predictions per finding, with 95% bootstrap intervals; calibration (ECE over
@@ -82,9 +84,9 @@ def evaluate(
     done = evaluate_model(config_from(config, overrides), predictions=predictions, data=data, clean_labels=clean_labels,
                           set_name=set_name, run=run, model=model, checkpoint=checkpoint, split=split,
                           tencrop=tencrop, device=device, bootstrap=bootstrap, seed=seed,
-                          operating_points=operating_points)
+                          operating_points=operating_points, by=by, subgroup_min=subgroup_min)
     tables(done.tables(bootstrap))
-    warn(done.result.warnings)
+    warn(done.result.warnings + done.warnings)
     lines([f"thresholds {note}" for note in done.notes])
     if csv_out:
         done.result.table.to_csv(csv_out)
@@ -293,3 +295,32 @@ def serve(
     except KeyboardInterrupt:
         stop_serving()
         say("stopped")
+
+
+@verb
+def model_card(
+    model: Annotated[str, typer.Option("--model", help="The registered version: models:/NAME/VERSION or models:/NAME@ALIAS.")],
+    out: Annotated[Optional[Path], typer.Option(help="Also write model_card.md and model_card.json into this folder.")] = None,
+    config: opt.ConfigFiles = None, overrides: opt.Overrides = None,
+) -> None:
+    """Write the model card of a registered version again, with the figures of the latest cxr
+    evaluate of its training run (per-domain AUCs with intervals, calibration, operating points,
+    subgroups) and its decisions (cxr calibrate, --operating-points): logged to the run under
+    model_card/ and set as the version's description in the Model Registry."""
+    from orchestration.evaluation.model_card import write_model_card
+    from orchestration.evaluation.models import resolve_model
+    from orchestration.settings.schema import MODEL_CARD_MD
+    from orchestration.settings.tracking import client_for
+
+    if not model.startswith("models:/"):
+        raise UsageError("a model card belongs to a registered version: give --model models:/NAME/VERSION or "
+                         "models:/NAME@ALIAS")
+    cfg = config_from(config, overrides)
+    found = resolve_model(cfg, model)
+    card = write_model_card(client_for(cfg), found.run_id, found.registered_name, found.registered_version)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "model_card.md").write_text(card.markdown())
+        (out / "model_card.json").write_text(json.dumps(card.document, indent=1))
+    say(f"model card of {found.registered_name} version {found.registered_version} logged to run {found.run_id} "
+        f"({MODEL_CARD_MD}) and set as its description" + (f"; also in {out}" if out else ""))

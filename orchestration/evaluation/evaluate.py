@@ -19,12 +19,14 @@ from orchestration.evaluation.models import ModelReference, chosen_model
 from orchestration.evaluation.operating import choose_thresholds, operating_points_on, shown_operating_points
 from orchestration.evaluation.prediction import predict_table, read_predictions
 from orchestration.evaluation.scoring import Evaluation, evaluate_on_prepared
+from orchestration.evaluation.subgroups import MIN_PER_CLASS, parse_keys, shown_subgroups, subgroup_results
 from orchestration.settings.config import Config, ConfigError
 from orchestration.settings.schema import (
     CALIBRATION_ARTIFACT,
     DECISIONS_ARTIFACT,
     OPERATING_POINTS_ARTIFACT,
     RELIABILITY_ARTIFACT,
+    SUBGROUPS_ARTIFACT,
     temperature_metric,
 )
 from orchestration.settings.tracking import client_for, log_evaluation, log_figures, resolve_run_id
@@ -38,7 +40,9 @@ class Evaluated:
     run_id: str  # the evaluation run logged
     calibration: pd.DataFrame = field(default_factory=pd.DataFrame)  # per domain and finding: ECE, Brier
     operating_points: pd.DataFrame = field(default_factory=pd.DataFrame)  # per domain, point and finding
+    subgroups: pd.DataFrame = field(default_factory=pd.DataFrame)  # per domain, key, subgroup and finding
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def tables(self, bootstrap: int) -> list[tuple[str, pd.DataFrame]]:
         """The tables `cxr evaluate` prints, with their titles."""
@@ -48,6 +52,9 @@ class Evaluated:
             out = [(f"AUC of {self.what}", self.result.table)]
         if len(self.calibration):
             out.append(("Calibration: ECE (equal-mass bins) and Brier score", self.calibration.round(4)))
+        if len(self.subgroups):
+            out.append((f"Subgroups: Mean AUC and gap to the whole split [95% interval, {bootstrap} replicates]; "
+                        "findings listed where the gap's interval excludes 0", shown_subgroups(self.subgroups)))
         if len(self.operating_points):
             out.append((f"Operating points chosen on the validation split [95% interval, {bootstrap} replicates]",
                         shown_operating_points(self.operating_points)))
@@ -89,12 +96,13 @@ def model_scores(found: ModelReference, data: Path, *, split: str | None, tencro
 def evaluate_model(config: Config, *, predictions: Path | None, data: Path | None, clean_labels: Path | None,
                    set_name: str, run: str | None, model: str | None, checkpoint: Path | None, split: str,
                    tencrop: bool, device: str, bootstrap: int, seed: int,
-                   operating_points: str | None = None) -> Evaluated:
+                   operating_points: str | None = None, by: str | None = None,
+                   subgroup_min: int = MIN_PER_CLASS) -> Evaluated:
     """Score a predictions file, or (without one) the model given by --model / --checkpoint / --run
     on `split` of every domain of `data`. `run` is the training run the evaluation links to; it
     predicts only when neither --model nor --checkpoint is given. With `operating_points`
     (e.g. "youden,sens=0.90"), thresholds are chosen on the internal validation split and saved with
-    the model, the first point's making its calls."""
+    the model, the first point's making its calls. With `by` (e.g. "sex,age_band"), AUCs per subgroup."""
     predict_here = predictions is None
     if not predict_here and (checkpoint is not None or model is not None):
         raise ConfigError("give --predictions FILE or --checkpoint PATH, not both")
@@ -113,6 +121,9 @@ def evaluate_model(config: Config, *, predictions: Path | None, data: Path | Non
             points = parse_operating_points(operating_points)
         except ValueError as exc:
             raise ConfigError(f"--operating-points: {exc}") from None
+    keys = parse_keys(by) if by else None
+    if keys and clean_labels:
+        raise ConfigError("--by needs the prepared data's subgroups: give --data, not --clean-labels")
     client, experiment = client_for(config), config.mlflow.experiment
     scores = None
     if predict_here:
@@ -140,7 +151,12 @@ def evaluate_model(config: Config, *, predictions: Path | None, data: Path | Non
     artifacts = {CALIBRATION_ARTIFACT: calibration.to_csv(index=False),
                  **{RELIABILITY_ARTIFACT.format(domain=d): fig for d, fig in figures.items()}}
     metrics = {**result.metrics, **metrics}
-    table, notes = pd.DataFrame(), []
+    table, notes, subgroups, warnings = pd.DataFrame(), [], pd.DataFrame(), []
+    if keys:
+        subgroups, subgroup_metrics, warnings = subgroup_results(frame, prepared, keys, bootstrap=bootstrap, seed=seed,
+                                                                min_per_class=subgroup_min)
+        metrics.update(subgroup_metrics)
+        artifacts[SUBGROUPS_ARTIFACT] = subgroups.to_csv(index=False)
     if points:
         thresholds = choose_thresholds(points, scores.val, prepared, scores.internal, scores.evaluated)
         table, point_metrics = operating_points_on(frame, prepared, thresholds, bootstrap=bootstrap, seed=seed)
@@ -150,7 +166,7 @@ def evaluate_model(config: Config, *, predictions: Path | None, data: Path | Non
                                     chosen_on=f"val split of {scores.internal} in {data.resolve()}"))
     run_id = log_evaluation(client, experiment, f"evaluate {what}", metrics, result.table.to_csv(),
                             {**result.params, "predictions": source}, evaluates, artifacts)
-    return Evaluated(result, what, run_id, calibration, table, notes)
+    return Evaluated(result, what, run_id, calibration, table, subgroups, notes, warnings)
 
 
 def save_decisions(config: Config, scores: ModelScores, *, thresholds: dict | None = None,

@@ -49,6 +49,7 @@ from orchestration.settings.schema import (
     EVALUATES_TAG,
     EVALUATION,
     EVALUATION_METRIC,
+    MODEL_CARD_MD,
     PLAN_ARTIFACT,
     PRETRAINED_PARAM,
     REPORT_DIR,
@@ -528,6 +529,22 @@ EVALUATION_CAPTION = ("Per domain: Mean, Mean_Com and Mean_Int AUC of a predicti
                       "the relabelled NIH images of that set (Table VII).")
 
 
+def model_cards(client: MlflowClient, run_ids: set[str], folder: Path) -> list[tuple[str, Path]]:
+    """The model cards of the registered versions that came from these runs, copied into `folder`."""
+    cards = []
+    for version in client.search_model_versions(max_results=1000):
+        if version.run_id not in run_ids:
+            continue
+        text = download_text(client, version.run_id, MODEL_CARD_MD)
+        if text is None:
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{_slug(version.name)}-v{version.version}.md"
+        path.write_text(text)
+        cards.append((f"{version.name} version {version.version}", path))
+    return sorted(cards, key=lambda card: card[0])
+
+
 @dataclass
 class ReportOutcome:
     markdown: Path
@@ -594,6 +611,13 @@ def write_report(client: MlflowClient, experiment: str, out: Path, parent_run_id
         markdown_parts.append(f"## Evaluations (cxr evaluate)\n\n{table_markdown(table)}\n\n{EVALUATION_CAPTION}\n")
         html_parts.append(f"<h2>Evaluations (cxr evaluate)</h2>{table_html(table)}"
                           f"<p class='caption'>{html.escape(EVALUATION_CAPTION)}</p>")
+    cards = model_cards(client, {r.info.run_id for section in sections for r in section.runs}, out / "model_cards")
+    if cards:
+        markdown_parts.append("## Registered models\n\n" + "\n".join(
+            f"- {what}: [model card]({path.relative_to(out)})" for what, path in cards) + "\n")
+        html_parts.append("<h2>Registered models</h2><ul>" + "".join(
+            f"<li>{html.escape(what)}: <a href='{html.escape(str(path.relative_to(out)))}'>model card</a></li>"
+            for what, path in cards) + "</ul>")
     markdown = out / "report.md"
     markdown.write_text(f"# {title}\n\n" + "\n".join(markdown_parts))
     page = out / "report.html"

@@ -156,21 +156,29 @@ class DomainScores:
     intervals: dict[str, dict[str, tuple[float, float]]]  # per domain: finding / mean group -> 95% CI
 
 
-def labelled_scores(rows: pd.DataFrame, prepared: PreparedDataset, domain: str, columns: list[str] | None = None
-                    ) -> tuple[np.ndarray, np.ndarray, int]:
-    """One domain's predictions against its prepared labels (found by image_id in any split):
-    labels (N, C) int8 and scores (N, C) float32 of the prepared label space (scores from
-    `columns`, default the findings' own), and how many predicted images the data lacks (left out)."""
+def labelled_rows(rows: pd.DataFrame, prepared: PreparedDataset, domain: str, columns: list[str]
+                  ) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """One domain's predictions with the prepared rows they name (found by image_id in any split):
+    the predictions the data has, the prepared `columns` of the same images in the same order, and
+    how many predicted images the data lacks (left out)."""
     if domain not in prepared.domains:
         raise ConfigError(f"predictions name domain {domain!r}; the prepared data has {prepared.domains}")
-    space = prepared.label_space
-    labels = pd.concat(
-        [prepared.read_columns(domain, s, ["image_id", *space]).to_pandas() for s in SPLITS], ignore_index=True
+    known_rows = pd.concat(
+        [prepared.read_columns(domain, s, ["image_id", *columns]).to_pandas() for s in SPLITS], ignore_index=True
     ).set_index("image_id")
-    known = rows["image_id"].isin(labels.index)
+    known = rows["image_id"].isin(known_rows.index)
     rows = rows[known]
-    y = labels.loc[rows["image_id"], space].to_numpy(np.int8)
-    return y, rows[columns or space].to_numpy(np.float32), int((~known).sum())
+    return rows, known_rows.loc[rows["image_id"], columns], int((~known).sum())
+
+
+def labelled_scores(rows: pd.DataFrame, prepared: PreparedDataset, domain: str, columns: list[str] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, int]:
+    """One domain's predictions against its prepared labels: labels (N, C) int8 and scores (N, C)
+    float32 of the prepared label space (scores from `columns`, default the findings' own), and how
+    many predicted images the data lacks (left out)."""
+    space = prepared.label_space
+    rows, labels, unmatched = labelled_rows(rows, prepared, domain, space)
+    return labels.to_numpy(np.int8), rows[columns or space].to_numpy(np.float32), unmatched
 
 
 def evaluate_predictions(frame: pd.DataFrame, prepared: PreparedDataset, *, bootstrap: int = 0,

@@ -47,6 +47,7 @@ RESUMABLE_CHANGES = {"train.max_failures"}
 PLAN_ARTIFACT = "plan/plan.json"  # the training plan (`cxr train --dry-run`)
 CONFIG_ARTIFACT = "config/resolved_config.yaml"
 DATA_SUMMARY_ARTIFACT = "data/manifest_summary.json"
+PROVENANCE_ARTIFACT = "provenance/provenance.json"  # git commit and package versions of the training code
 SUMMARY_ARTIFACT = "evaluation/summary.json"  # the final metrics of a training run
 TEST_AUC_ARTIFACT = "evaluation/test_auc.csv"
 TEST_ROC_ARTIFACT = "evaluation/test_roc.png"
@@ -67,6 +68,8 @@ REPORT_DIR = "report"
 DECISIONS_ARTIFACT = "decisions/decisions.json"  # of a training run: cxr calibrate's and --operating-points'
 OPERATING_POINTS_ARTIFACT = "evaluation/operating_points.csv"  # of an evaluation run
 CALIBRATION_ARTIFACT = "evaluation/calibration.csv"
+SUBGROUPS_ARTIFACT = "evaluation/subgroups.csv"
+MODEL_CARD_MD, MODEL_CARD_JSON = "model_card/model_card.md", "model_card/model_card.json"  # of a training run
 RELIABILITY_ARTIFACT = "evaluation/reliability_{domain}.png"
 CHAMPION = "champion"  # the Model Registry alias of a name's best model so far
 
@@ -142,6 +145,12 @@ def operating_metric(domain: str, figure: str, point: str, finding: str, bound: 
 def calibration_metric(domain: str, name: str, finding: str, calibrated: bool = False) -> str:
     """ECE or Brier score of a finding's probabilities, e.g. nih/ece/Effusion, nih/brier_calibrated/Effusion."""
     return f"{domain}/{name}{'_calibrated' if calibrated else ''}/{finding}"
+
+
+def subgroup_metric(domain: str, by: str, group: str, name: str, finding: str | None = None) -> str:
+    """A subgroup's AUC or its gap to the whole split, e.g. nih/subgroup/sex/F/auc/Nodule,
+    nih/subgroup/age_band/70plus/auc_gap (the mean over findings: no finding)."""
+    return f"{domain}/subgroup/{by}/{group.replace('+', 'plus')}/{name}" + (f"/{finding}" if finding else "")
 
 
 def temperature_metric(finding: str) -> str:

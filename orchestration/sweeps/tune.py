@@ -32,6 +32,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from data_prep.prepared import PreparedDataset
+from orchestration.evaluation.model_card import register_version
 from orchestration.settings.config import Config, ConfigError, check_run_name, flatten_config, load_config
 from orchestration.settings.masking import masked
 from orchestration.settings.plan import PlanError, plan_training
@@ -56,12 +57,10 @@ from orchestration.settings.tracking import (
     find_sweep,
     mlflow_client,
     open_sweep,
-    register_and_promote,
     tracking_uri,
     trial_tags,
 )
 from orchestration.sweeps.spaces import SweepSpace
-from orchestration.training.run_artifacts import registration_message
 from orchestration.training.train import run_training, worker_resources
 
 # A trial driver only waits on its TorchTrainer: a sliver of a CPU, so clusters need no custom resource.
@@ -269,10 +268,8 @@ def run_sweep(
 
 def _register_best(client: MlflowClient, parent_run_id: str, trial_id: str, base: Config) -> None:
     run = next(r for r in child_runs(client, parent_run_id) if r.data.tags.get(TRIAL_TAG) == trial_id)
-    version, promoted = register_and_promote(client, base.mlflow.register_model, run.info.run_id,
-                                             base.train.select_metric)
-    print(registration_message(f"the best trial's model as {base.mlflow.register_model}", version, promoted),
-          flush=True)
+    print(register_version(client, base.mlflow.register_model, run.info.run_id, base.train.select_metric,
+                           f"the best trial's model as {base.mlflow.register_model}"), flush=True)
 
 
 def _open_parent(client: MlflowClient, base: Config, space: SweepSpace, settings: SweepSettings) -> str:

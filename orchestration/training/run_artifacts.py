@@ -1,8 +1,10 @@
 """What a training run leaves in MLflow when it is done, besides its metrics: the final checkpoint's
-figures, the resolved config, a data summary, Grad-CAM sheets, the model and its registration."""
+figures, the resolved config, a data summary, its provenance, Grad-CAM sheets and the model
+(registering it, with its model card, is orchestration.evaluation.model_card's)."""
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from pathlib import Path
 
@@ -13,23 +15,22 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from cxrmodel.inference import ProbabilityModel
-from data_prep.prepared import PreparedDataset
+from data_prep.prepared import MANIFEST_NAME, PreparedDataset
 from orchestration.evaluation.scoring import Predictions, auc_table, report_for, roc_figure
 from orchestration.settings.config import Config
 from orchestration.settings.masking import masked
 from orchestration.settings.plan import TrainingPlan
 from orchestration.settings.schema import (
-    CHAMPION,
     CONFIG_ARTIFACT,
     DATA_SUMMARY_ARTIFACT,
     EXPLAIN_ARTIFACT_DIR,
     MODEL_ARTIFACT,
+    PROVENANCE_ARTIFACT,
     SUMMARY_ARTIFACT,
     TEST_AUC_ARTIFACT,
     TEST_PREDICTIONS_ARTIFACT,
     TEST_ROC_ARTIFACT,
 )
-from orchestration.settings.tracking import register_and_promote
 from orchestration.training.checkpoint import SUMMARY_FILE, TEST_FILE, load_trained, read_test_predictions
 
 
@@ -44,7 +45,9 @@ def log_run_artifacts(client: MlflowClient, run_id: str, config: Config, plan: T
         "internal_only": plan.internal_only,
         "domains": {d: info.model_dump(exclude={"counts"}) for d, info in manifest.domains.items()},
         "skipped_images": len(manifest.skipped),
+        "manifest_sha256": hashlib.sha256((Path(plan.data) / MANIFEST_NAME).read_bytes()).hexdigest(),
     }, DATA_SUMMARY_ARTIFACT)
+    client.log_dict(run_id, provenance(), PROVENANCE_ARTIFACT)
     client.log_text(run_id, (checkpoint / SUMMARY_FILE).read_text(), SUMMARY_ARTIFACT)
     client.log_artifact(run_id, str(checkpoint / TEST_FILE), str(Path(TEST_PREDICTIONS_ARTIFACT).parent))
     test = Predictions(**read_test_predictions(checkpoint))
@@ -58,10 +61,30 @@ def log_run_artifacts(client: MlflowClient, run_id: str, config: Config, plan: T
         _log_explanations(client, run_id, net, plan, prepared, test, config.train.explain_top)
     if config.mlflow.log_model:
         _log_model(client.tracking_uri, run_id, net, manifest.image_size)
-    if config.mlflow.register_model:
-        version, promoted = register_and_promote(client, config.mlflow.register_model, run_id,
-                                                 config.train.select_metric)
-        print(registration_message(f"model {config.mlflow.register_model}", version, promoted), flush=True)
+
+
+def provenance() -> dict:
+    """The code that trained: its git commit (where it runs from a checkout) and package versions."""
+    import platform
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip() or "unknown"
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "unknown", ""
+    versions = {"python": platform.python_version()}
+    for package in ("cxr-orchestra", "torch", "torchvision", "ray", "mlflow", "optuna", "numpy", "pandas"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return {"git_commit": commit + ("+uncommitted changes" if dirty and commit != "unknown" else ""),
+            "versions": versions}
 
 
 def _log_explanations(client: MlflowClient, run_id: str, net: torch.nn.Module, plan: TrainingPlan,
@@ -92,9 +115,3 @@ def _log_model(uri: str, run_id: str, net: torch.nn.Module, image_size: int) -> 
             signature=mlflow.models.infer_signature(example, output), pip_requirements=["torch"],
             serialization_format="pt2", validate_serving_input=False,
         )
-
-
-def registration_message(what: str, version: str, promoted: bool) -> str:
-    """The line after registering a model version (cxr train, and cxr tune for its best trial)."""
-    return (f"registered {what} version {version}"
-            + (f"; alias {CHAMPION} now points to it" if promoted else f"; {CHAMPION} stays (it scores better)"))

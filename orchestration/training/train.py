@@ -21,6 +21,7 @@ from ray.data import FileShuffleConfig
 from ray.train.torch import TorchTrainer
 
 from data_prep.prepared import IMAGE_COLUMN, PreparedDataset
+from orchestration.evaluation.model_card import register_version
 from orchestration.settings.config import Config, check_run_name
 from orchestration.settings.masking import mask_text
 from orchestration.settings.plan import TrainingPlan, plan_document
@@ -90,6 +91,9 @@ def run_training(
         client.set_tag(run_id, CHECKPOINT_TAG, result.checkpoint.path)  # what `cxr predict --run` loads
         with result.checkpoint.as_directory() as directory:
             log_run_artifacts(client, run_id, config, plan, Path(directory))
+        if config.mlflow.register_model:
+            print(register_version(client, config.mlflow.register_model, run_id, config.train.select_metric,
+                                   f"model {config.mlflow.register_model}"), flush=True)
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
