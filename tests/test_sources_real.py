@@ -34,8 +34,19 @@ def chexpert_independent(shared_data):
     return header, rows
 
 
-def test_nih_reader_matches_independent_counts(shared_data, nih_independent):
-    table = read_source(SourceConfig(name="nih", kind="nih", path=shared_data / "nih"), find_images=False)
+@pytest.fixture(scope="module")
+def nih_table(shared_data):
+    return read_source(SourceConfig(name="nih", kind="nih", path=shared_data / "nih"), find_images=False)
+
+
+@pytest.fixture(scope="module")
+def chexpert_table(shared_data):
+    return read_source(SourceConfig(name="chexpert", kind="chexpert", path=shared_data / "chexpert"),
+                       find_images=False)
+
+
+def test_nih_reader_matches_independent_counts(nih_table, nih_independent):
+    table = nih_table
     assert len(table.rows) == len(nih_independent["rows"]) == 112_120
     assert table.rows["patient_id"].nunique() == len(nih_independent["patients"]) == 30_805
     assert nih_independent["positives"]["Infiltration"] == 19_894
@@ -47,14 +58,12 @@ def test_nih_reader_matches_independent_counts(shared_data, nih_independent):
     assert any("falling back" in w for w in table.warnings)
 
 
-def test_chexpert_reader_all_views_u_ones(shared_data, chexpert_independent):
+def test_chexpert_reader_all_views_u_ones(chexpert_table, chexpert_independent):
     header, rows = chexpert_independent
     col = header.index("Atelectasis")
     expected_positive = sum(r[col] in ("1.0", "-1.0") for r in rows)
     assert expected_positive == 67_115
-    table = read_source(
-        SourceConfig(name="chexpert", kind="chexpert", path=shared_data / "chexpert"), find_images=False
-    )
+    table = chexpert_table
     assert len(table.rows) == 223_414
     assert int((table.rows["Atelectasis"] == 1).sum()) == expected_positive
     # "Pleural Effusion" is read as the canonical "Effusion".
@@ -147,10 +156,10 @@ def test_beta_of_a_single_dataset_run_comes_from_that_dataset(shared_data):
     assert pooled["negative"] / pooled["positive"] < 5
 
 
-def test_subgroup_columns_of_the_real_tables(shared_data, nih_independent, chexpert_independent):
+def test_subgroup_columns_of_the_real_tables(nih_table, chexpert_table, nih_independent, chexpert_independent):
     """sex, age and view as the readers carry them, against the CSV cells counted here. Unknown
     spellings (CheXpert's one 'Unknown' sex, the LL / RL of frontal films) become missing."""
-    nih = read_source(SourceConfig(name="nih", kind="nih", path=shared_data / "nih"), find_images=False).rows
+    nih = nih_table.rows
     raw = nih_independent["rows"]  # columns: ..., 4 Patient Age, 5 Patient Gender, 6 View Position
     assert nih["sex"].value_counts().to_dict() == dict(Counter(r[5] for r in raw))
     assert nih["view"].value_counts().to_dict() == dict(Counter(r[6] for r in raw))
@@ -158,8 +167,7 @@ def test_subgroup_columns_of_the_real_tables(shared_data, nih_independent, chexp
 
     header, rows = chexpert_independent
     sex, age, frontal, ap_pa = (header.index(c) for c in ("Sex", "Age", "Frontal/Lateral", "AP/PA"))
-    chexpert = read_source(SourceConfig(name="chexpert", kind="chexpert", path=shared_data / "chexpert",
-                                        views="all"), find_images=False).rows
+    chexpert = chexpert_table.rows  # all views, the default
     expected_sex = Counter({"Male": "M", "Female": "F"}.get(r[sex]) for r in rows)
     assert chexpert["sex"].value_counts(dropna=False).to_dict() == {
         "M": expected_sex["M"], "F": expected_sex["F"], pd.NA: expected_sex[None]}
