@@ -46,11 +46,17 @@ def logit(probs: np.ndarray) -> np.ndarray:
 
 def scaled(probs: np.ndarray, temperature: float | np.ndarray) -> np.ndarray:
     """Probabilities after temperature scaling (a temperature per column when an array)."""
-    return 1.0 / (1.0 + np.exp(-logit(probs) / temperature))
+    with np.errstate(over="ignore"):  # exp(large) = inf gives the right limit, 0
+        return 1.0 / (1.0 + np.exp(-logit(probs) / temperature))
+
+
+TEMPERATURE_BOUNDS = (float(np.exp(-5.0)), float(np.exp(5.0)))
 
 
 def fit_temperature(positive: np.ndarray, probs: np.ndarray) -> float:
-    """The T in [e^-5, e^5] minimising the negative log-likelihood of sigmoid(logit(p) / T)."""
+    """The T in TEMPERATURE_BOUNDS ([e^-5, e^5]) minimising the negative log-likelihood of
+    sigmoid(logit(p) / T). A bound is reached when the scores separate the classes perfectly (T
+    falls to the lower one) or carry no information (the upper one)."""
     from scipy.optimize import minimize_scalar  # here: inference imports this module, only fitting needs scipy
 
     z, y = logit(probs), np.asarray(positive, np.float64)

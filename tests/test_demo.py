@@ -47,6 +47,7 @@ def demo(tmp_path_factory) -> tuple[Path, str]:
     local Ray per command is what tests/test_ray_address.py checks."""
     out = tmp_path_factory.mktemp("demo") / "demo_out"
     env = {**os.environ, **SMALL_DEMO, "DEMO_OUT": str(out), TIMELINE_ENV: str(out.parent / "timeline.jsonl"),
+           "DEMO_SERVE_PORT": str(free_port()),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     for name in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
         env.pop(name, None)
@@ -137,6 +138,51 @@ def test_demo_leaves_the_expected_runs_report_and_learned_aucs(demo):
     assert last > 2 * steps and f"[demo-train] epoch 3/3 step {last - 2 * steps}/{steps}: cls" in log
     assert "img/s/worker | ETA" in log
     assert "ui --backend-store-uri sqlite:///" in log
+
+
+def test_demo_registers_calibrates_exports_and_serves_its_champion(demo):
+    """The model a hospital would get: a registered champion with its model card (in the registry,
+    the run and the report), temperatures and thresholds, a checked ONNX file, and an answer from
+    the served endpoint printed at the end."""
+    out, log = demo
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    champion = client.get_model_version_by_alias("cxr-demo", "champion")
+    [train] = _runs(client, f"tags.`{RUN_NAME_TAG}` = 'demo-train'")
+    assert champion.run_id == train.info.run_id
+    card = (out / "model_card" / "model_card.md").read_text()
+    assert champion.description.startswith(card[:1000]) and "## Known limitations" in card
+    assert "## Registered models" in (out / "report" / "report.md").read_text()
+    assert (out / "report" / "model_cards" / "cxr-demo-v1.md").read_text() == card
+    decisions = json.loads(Path(client.download_artifacts(train.info.run_id, "decisions/decisions.json",
+                                                          str(out))).read_text())
+    assert decisions["temperatures"] and set(decisions["thresholds"]) == {"youden", "spec90"}
+    [by_domain] = [e for e in _runs(client, f"tags.`{KIND_TAG}` = '{EVALUATION}'") if "nih/mean_auc" in e.data.metrics]
+    assert any("/sens_at_youden/" in k for k in by_domain.data.metrics)
+    assert any(k.startswith("nih/ece_calibrated/") for k in by_domain.data.metrics)
+    exported = json.loads((out / "exported" / "export.json").read_text())
+    assert exported["checked"]["max_abs_difference"] <= 1e-4 and exported["output"]["calibrated"]
+    # The ONNX file, run here by onnxruntime on every nih test image at once (the export's example
+    # held 2), gives the calibrated probabilities cxr predict wrote after cxr calibrate.
+    import numpy as np
+    import onnxruntime
+
+    from data_prep.prepared import PreparedDataset
+
+    prepared = PreparedDataset.load(out / "prepared")
+    batches = list(prepared.iter_uint8_batches("nih", "test", 256))
+    order = np.argsort(np.concatenate([ids for ids, _, _ in batches]))
+    images = np.concatenate([b for _, b, _ in batches])[order]
+    session = onnxruntime.InferenceSession(str(out / "exported" / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"images": images})[0]
+    predicted = pd.read_parquet(out / "test_predictions.parquet")
+    expected = predicted[predicted["domain"] == "nih"][[f"{f}_calibrated" for f in prepared.label_space]].to_numpy()
+    assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-4
+    served = re.search(r"POST \S+\.png to (\S+)/predict: HTTP 200\n(\{.*?\n\})", log, re.S)
+    assert served, log[-3000:]
+    answer = json.loads(served.group(2))
+    assert (answer["model"], answer["version"], answer["run_id"]) == ("cxr-demo", "1", train.info.run_id)
+    assert all(0 <= f["probability"] <= 1 and f["calibrated_probability"] is not None
+               for f in answer["findings"].values())
     # CXR_TIMELINE reached the driver and, through Ray, the workers: cxr train's events in order.
     marks = [json.loads(line) for line in (out.parent / "timeline.jsonl").read_text().splitlines()]
     first = {}

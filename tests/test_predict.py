@@ -247,7 +247,8 @@ def test_calibrate_and_operating_points_travel_with_the_model_into_predict(train
         raw[split] = pd.read_csv(out).set_index("image_id")
     val_labels, test_labels = _shard_labels(prepared, "nih", "val"), _shard_labels(prepared, "nih", "test")
 
-    result = runner.invoke(app, ["calibrate", "--checkpoint", str(model), "--data", str(prepared_dir)])
+    result = runner.invoke(app, ["calibrate", "--checkpoint", str(model), "--data", str(prepared_dir),
+                                 "--min-per-class", "1"])
     assert result.exit_code == 0, result.output
     decisions = json.loads((model / "decisions.json").read_text())
     scored = []
@@ -310,10 +311,12 @@ def test_calibrate_and_operating_points_travel_with_the_model_into_predict(train
         refused.output
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_export_runs_outside_pytorch_with_the_models_probabilities(trained, prepared_dir, tmp_path, fmt):
-    """The exported file, loaded here by onnxruntime (or torch.jit), gives cxr predict's calibrated
-    probabilities on prepared images of another batch size than the export's example."""
+def test_export_runs_outside_pytorch_with_the_models_probabilities(trained, prepared_dir, tmp_path, monkeypatch):
+    """The exported file, loaded here by torch.jit, gives cxr predict's calibrated probabilities on
+    prepared images of another batch size than the export's example; a failed check leaves no
+    file. (The ONNX export, 25 s of torch.export here, is checked the same way with onnxruntime on
+    the demo's champion: tests/test_demo.py.)"""
+    fmt = "torchscript"
     import shutil
 
     outcome, _ = trained
@@ -338,19 +341,20 @@ def test_export_runs_outside_pytorch_with_the_models_probabilities(trained, prep
     batches = list(prepared.iter_uint8_batches("nih", "val", 64))
     order = np.argsort(np.concatenate([ids for ids, _, _ in batches]))  # cxr predict's rows: by sample_id
     images = np.concatenate([b for _, b, _ in batches])[order]
-    if fmt == "onnx":
-        import onnxruntime
+    import torch
 
-        session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-        got = session.run(None, {"images": images})[0]
-    else:
-        import torch
-
-        got = torch.jit.load(str(out / "model.pt"))(torch.from_numpy(images)).detach().numpy()
+    got = torch.jit.load(str(out / "model.pt"))(torch.from_numpy(images)).detach().numpy()
     assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-4
 
     bad = runner.invoke(app, ["export", "--checkpoint", str(model), "--format", "tflite", "--out", str(out)])
     assert bad.exit_code == 2 and "--format 'tflite': expected one of onnx, torchscript" in bad.output
+    import orchestration.evaluation.export as export  # a check that fails (a tolerance nothing meets)
+
+    monkeypatch.setattr(export, "TOLERANCE", -1.0)
+    refused = runner.invoke(app, ["export", "--checkpoint", str(model), "--format", fmt, "--out",
+                                  str(tmp_path / "refused"), "--images", "3"])
+    assert refused.exit_code == 2 and "differ from PyTorch's by up to" in refused.output
+    assert not (tmp_path / "refused" / "model.pt").exists()
 
 
 def _post(url: str, body: bytes, method: str = "POST") -> tuple[int, dict]:
@@ -432,7 +436,7 @@ def test_serve_answers_png_and_dicom_like_predict_and_survives_bad_bodies(traine
         assert _post(f"{url}/predict", png.read_bytes())[0] == 200  # still serving
     finally:
         stop_serving()
-        serve.shutdown()
+    assert not serve.status().applications
 
 
 def test_evaluate_by_subgroup_counts_and_scores_each_subgroup_from_the_shards(trained, prepared_dir, tmp_path,

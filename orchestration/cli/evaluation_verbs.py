@@ -100,6 +100,7 @@ def calibrate(
     model: opt.Model = None, run: opt.Run = None, checkpoint: opt.Checkpoint = None,
     data: Annotated[Optional[Path], typer.Option(help="Prepared dataset. Default: the one the model was trained on.")] = None,
     tencrop: opt.Tencrop = False, device: opt.Device = "cpu",
+    min_per_class: Annotated[int, typer.Option(min=1, help="Fit a finding's temperature only on at least this many positives and negatives (others keep T = 1).")] = 10,
     config: opt.ConfigFiles = None, overrides: opt.Overrides = None,
 ) -> None:
     """Fit one temperature per finding on the internal domain's validation split (temperature
@@ -114,8 +115,10 @@ def calibrate(
 
     cfg = config_from(config, overrides)
     found = chosen_model(cfg, run=run, model=model, checkpoint=checkpoint, find_run=True)
-    table, note = calibrate_model(cfg, found, data, tencrop=tencrop, device=device)
+    table, note, warnings = calibrate_model(cfg, found, data, tencrop=tencrop, device=device,
+                                            min_per_class=min_per_class)
     print_frame(table.round(4), "Temperatures fitted on the validation split")
+    warn(warnings)
     say(f"temperatures {note}")
 
 

@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from cxrcommon.plotting import headless_pyplot
+from cxrcommon.plotting import panel_grid
 from cxrmodel.calibration import (
     ECE_BINS,
+    TEMPERATURE_BOUNDS,
     brier_score,
     expected_calibration_error,
     fit_temperature,
@@ -19,7 +20,7 @@ from cxrmodel.calibration import (
 )
 from data_prep.prepared import PreparedDataset
 from orchestration.evaluation.decisions import CALIBRATED_SUFFIX
-from orchestration.evaluation.scoring import labelled_scores
+from orchestration.evaluation.scoring import MIN_PER_CLASS, labelled_scores
 from orchestration.settings.schema import calibration_metric
 
 if TYPE_CHECKING:
@@ -69,41 +70,38 @@ def calibration_on(frame: pd.DataFrame, prepared: PreparedDataset
 def reliability_figure(drawn: list[tuple], title: str) -> Figure:
     """One panel per finding: observed positive rate against mean score per bin, the diagonal
     being perfect calibration; calibrated scores in a second colour when there are any."""
-    plt = headless_pyplot()
-    cols = min(4, len(drawn))
-    rows = -(-len(drawn) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.0 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.set_visible(False)
-    for ax, (finding, positive, probs, calibrated) in zip(axes.flat, drawn):
-        ax.set_visible(True)
-        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    def draw(ax, item: tuple) -> str:
+        finding, positive, probs, calibrated = item
         ax.plot(*reliability_bins(positive, probs), "o-", ms=3, label="model")
         if calibrated is not None:
             ax.plot(*reliability_bins(positive, calibrated), "s-", ms=3, label="calibrated")
             ax.legend(fontsize=6)
-        ax.set_title(f"{finding}\nECE {expected_calibration_error(positive, probs):.3f}", fontsize=9)
-        ax.set_xlabel("mean predicted probability", fontsize=8)
-        ax.set_ylabel("observed positive rate", fontsize=8)
-        ax.tick_params(labelsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+        return f"{finding}\nECE {expected_calibration_error(positive, probs):.3f}"
+
+    return panel_grid(drawn, draw, title, x_label="mean predicted probability", y_label="observed positive rate",
+                      width=3.0)
 
 
-def fit_temperatures(rows: pd.DataFrame, prepared: PreparedDataset, domain: str, findings: list[str]
-                     ) -> tuple[dict[str, float], pd.DataFrame]:
+def fit_temperatures(rows: pd.DataFrame, prepared: PreparedDataset, domain: str, findings: list[str], *,
+                     min_per_class: int = MIN_PER_CLASS) -> tuple[dict[str, float], pd.DataFrame, list[str]]:
     """One temperature per finding fitted on `rows` (one domain's validation predictions), for each
-    of `findings` whose labels there hold both classes; and a table of ECE / Brier before and after."""
+    of `findings` with at least `min_per_class` positives and negatives there; a table of ECE /
+    Brier before and after; warnings (findings left at T = 1, temperatures at a bound)."""
     y, probs, _ = labelled_scores(rows, prepared, domain)
-    temperatures, report = {}, []
+    temperatures, report, warnings = {}, [], []
     for finding in findings:
         c = prepared.label_space.index(finding)
         known = _known(y, c)
         positive = y[known, c] == 1
-        if not positive.any() or positive.all():
+        if min(positive.sum(), (~positive).sum()) < min_per_class:
+            warnings.append(f"{finding}: {int(positive.sum())} positives and {int((~positive).sum())} negatives in the "
+                            f"validation split, fewer than {min_per_class} of a class: not calibrated (T = 1)")
             continue
         t = fit_temperature(positive, probs[known, c])
+        if np.isclose(t, TEMPERATURE_BOUNDS, rtol=1e-3).any():
+            warnings.append(f"{finding}: T = {t:.4g} is at the search's bound (the validation split's scores "
+                            f"{'separate its classes perfectly' if t < 1 else 'carry no information'}): too few or "
+                            "too easy images to calibrate on")
         after = scaled(probs[known, c], t)
         temperatures[finding] = t
         report.append({"finding": finding, "temperature": t, "images": int(known.sum()),
@@ -111,4 +109,4 @@ def fit_temperatures(rows: pd.DataFrame, prepared: PreparedDataset, domain: str,
                        "ece_after": expected_calibration_error(positive, after),
                        "brier_before": brier_score(positive, probs[known, c]),
                        "brier_after": brier_score(positive, after)})
-    return temperatures, pd.DataFrame(report)
+    return temperatures, pd.DataFrame(report), warnings

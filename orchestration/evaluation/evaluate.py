@@ -18,8 +18,8 @@ from orchestration.evaluation.decisions import ModelDecisions, read_decisions, w
 from orchestration.evaluation.models import ModelReference, chosen_model
 from orchestration.evaluation.operating import choose_thresholds, operating_points_on, shown_operating_points
 from orchestration.evaluation.prediction import predict_table, read_predictions
-from orchestration.evaluation.scoring import Evaluation, evaluate_on_prepared
-from orchestration.evaluation.subgroups import MIN_PER_CLASS, parse_keys, shown_subgroups, subgroup_results
+from orchestration.evaluation.scoring import MIN_PER_CLASS, Evaluation, evaluate_on_prepared
+from orchestration.evaluation.subgroups import parse_keys, shown_subgroups, subgroup_results
 from orchestration.settings.config import Config, ConfigError
 from orchestration.settings.schema import (
     CALIBRATION_ARTIFACT,
@@ -189,16 +189,18 @@ def save_decisions(config: Config, scores: ModelScores, *, thresholds: dict | No
     return f"saved in {path}"
 
 
-def calibrate_model(config: Config, found: ModelReference, data: Path | None, *, tencrop: bool, device: str
-                    ) -> tuple[pd.DataFrame, str]:
+def calibrate_model(config: Config, found: ModelReference, data: Path | None, *, tencrop: bool, device: str,
+                    min_per_class: int = MIN_PER_CLASS) -> tuple[pd.DataFrame, str, list[str]]:
     """Fit one temperature per finding on the internal domain's validation split of `data` (default:
-    the data the model was trained on) and save them with the model; the before/after table."""
+    the data the model was trained on) and save them with the model; the before/after table, what
+    was saved, warnings."""
     data = data or Path(read_run_description(found.checkpoint)[1].data)
     scores = model_scores(found, data, split=None, tencrop=tencrop, device=device, with_val=True)
-    temperatures, table = fit_temperatures(scores.val, scores.prepared, scores.internal, scores.evaluated)
+    temperatures, table, warnings = fit_temperatures(scores.val, scores.prepared, scores.internal, scores.evaluated,
+                                                     min_per_class=min_per_class)
     if not temperatures:
-        raise ConfigError(f"{data}: no finding of the {scores.internal} validation split has both classes; "
-                          "nothing to fit a temperature on")
+        raise ConfigError(f"{data}: no finding of the {scores.internal} validation split has {min_per_class} "
+                          "positives and negatives; nothing to fit a temperature on (--min-per-class lowers it)")
     note = save_decisions(config, scores, temperatures=temperatures,
                           calibrated_on=f"val split of {scores.internal} in {data.resolve()}")
-    return table, note
+    return table, note, warnings

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from cxrcommon.plotting import headless_pyplot
+from cxrcommon.plotting import panel_grid
 from cxrmodel.auc_statistics import auc_intervals
 from cxrmodel.inference import predict_probs
 from cxrmodel.metrics import SUMMARIES, AucReport, auc_report, figure_name
@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 PREDICTION_COLUMNS = ("image_id", "domain")  # then one probability column per finding
+# Positives and negatives a figure of one finding is estimated on, at least, unless told otherwise:
+# a subgroup's AUC (cxr evaluate --by), a temperature (cxr calibrate).
+MIN_PER_CLASS = 10
 
 
 @dataclass
@@ -126,27 +129,14 @@ def roc_figure(predictions: Predictions, label_space: list[str], report: AucRepo
     # Here, not at the top: every Ray Train worker imports this module to score, none draws.
     from sklearn.metrics import roc_curve
 
-    plt = headless_pyplot()
-    findings = list(report.auc)
-    cols = min(4, max(len(findings), 1))
-    rows = max(1, -(-len(findings) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.set_visible(False)
-    for ax, finding in zip(axes.flat, findings):
+    def draw(ax, finding: str) -> str:
         c = label_space.index(finding)
         known = predictions.labels[:, c] >= 0
         fpr, tpr, _ = roc_curve(predictions.labels[known, c] == 1, predictions.probs[known, c])
-        ax.set_visible(True)
         ax.plot(fpr, tpr, lw=1.5)
-        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-        ax.set_title(f"{finding}\nAUC {report.auc[finding]:.3f}", fontsize=9)
-        ax.set_xlabel("1 - specificity", fontsize=8)
-        ax.set_ylabel("sensitivity", fontsize=8)
-        ax.tick_params(labelsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+        return f"{finding}\nAUC {report.auc[finding]:.3f}"
+
+    return panel_grid(list(report.auc), draw, title, x_label="1 - specificity", y_label="sensitivity")
 
 
 @dataclass

@@ -14,6 +14,7 @@ endpoint has no authentication of its own (docs/evaluation.md: behind an authent
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from starlette.responses import JSONResponse
 
 from data_prep.config import DEFAULT_MAX_PIXELS
 from data_prep.images import ImageError, ImageTooLarge, decode_grayscale
+from orchestration.settings.runtime import verbose
 
 APP_NAME = "cxr"
 MAX_BATCH = 16
@@ -117,6 +119,8 @@ def start_serving(served: Served, *, host: str, port: int, replicas: int, gpu: b
                   timeout_s: float = 180.0) -> str:
     """Deploy the endpoint on the connected Ray (Serve's proxy on host:port) and wait until it
     answers; returns its URL."""
+    if not verbose():  # Serve's driver-side INFO lines (started, deployed, deleted): in its log files
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
     serve.start(http_options={"host": host, "port": port},
                 logging_config={"log_level": "WARNING", "enable_access_log": False})
     deployment = serve.deployment(ModelEndpoint, name="model", num_replicas=replicas,
@@ -148,7 +152,10 @@ def _wait_healthy(url: str, timeout_s: float) -> None:
 
 
 def stop_serving() -> None:
+    """Remove the endpoint; Serve itself too when no other application runs on it."""
     serve.delete(APP_NAME)
+    if not serve.status().applications:
+        serve.shutdown()
 
 
 def send_image(url: str, path: Path) -> tuple[int, dict]:

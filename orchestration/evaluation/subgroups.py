@@ -17,13 +17,12 @@ import pandas as pd
 
 from cxrmodel.auc_statistics import REPLICATES_PER_CHUNK, WeightedAuc, percentile_interval, stratified_counts
 from data_prep.prepared import PreparedDataset
-from orchestration.evaluation.scoring import labelled_rows
+from orchestration.evaluation.scoring import MIN_PER_CLASS, labelled_rows
 from orchestration.settings.config import ConfigError
 from orchestration.settings.schema import subgroup_metric
 
 AGE_BANDS = ((0, 40, "0-39"), (40, 60, "40-59"), (60, 70, "60-69"), (70, 121, "70+"))
 KEYS = ("sex", "age_band", "view")
-MIN_PER_CLASS = 10
 MEAN = "Mean"
 
 
