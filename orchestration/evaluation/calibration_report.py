@@ -88,14 +88,13 @@ def fit_temperatures(rows: pd.DataFrame, prepared: PreparedDataset, domain: str,
     of `findings` with at least `min_per_class` positives and negatives there; a table of ECE /
     Brier before and after; warnings (findings left at T = 1, temperatures at a bound)."""
     y, probs, _ = labelled_scores(rows, prepared, domain)
-    temperatures, report, warnings = {}, [], []
+    temperatures, report, warnings, too_few = {}, [], [], []
     for finding in findings:
         c = prepared.label_space.index(finding)
         known = _known(y, c)
         positive = y[known, c] == 1
         if min(positive.sum(), (~positive).sum()) < min_per_class:
-            warnings.append(f"{finding}: {int(positive.sum())} positives and {int((~positive).sum())} negatives in the "
-                            f"validation split, fewer than {min_per_class} of a class: not calibrated (T = 1)")
+            too_few.append(f"{finding} ({int(positive.sum())}/{int((~positive).sum())})")
             continue
         t = fit_temperature(positive, probs[known, c])
         if np.isclose(t, TEMPERATURE_BOUNDS, rtol=1e-3).any():
@@ -109,4 +108,7 @@ def fit_temperatures(rows: pd.DataFrame, prepared: PreparedDataset, domain: str,
                        "ece_after": expected_calibration_error(positive, after),
                        "brier_before": brier_score(positive, probs[known, c]),
                        "brier_after": brier_score(positive, after)})
+    if too_few:
+        warnings.insert(0, f"{len(too_few)} finding(s) with fewer than {min_per_class} positives or negatives in the "
+                           f"validation split keep T = 1 (positives/negatives): {', '.join(too_few)}")
     return temperatures, pd.DataFrame(report), warnings

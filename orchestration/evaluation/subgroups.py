@@ -90,6 +90,7 @@ def subgroup_results(frame: pd.DataFrame, prepared: PreparedDataset, keys: list[
             if values.isna().any():
                 warnings.append(f"{domain}: {int(values.isna().sum()):,} of {len(values):,} images have no {key}; "
                                 "they are in no subgroup")
+            too_small = []
             for group in sorted(values.dropna().unique()):
                 member_all = (values == group).to_numpy()
                 scored, gaps, subs, whole_values, part_values = [], [], [], [], []
@@ -106,8 +107,7 @@ def subgroup_results(frame: pd.DataFrame, prepared: PreparedDataset, keys: list[
                     rows.append(_row(domain, key, group, finding, int(member.sum()), int((positive & member).sum()),
                                      auc, sub, auc - whole, gap))
                 if not scored:
-                    warnings.append(f"{domain}: subgroup {key}={group} ({int(member_all.sum()):,} images) is too small "
-                                    f"to score: no finding has {min_per_class} positives and negatives in it")
+                    too_small.append(f"{group} ({int(member_all.sum()):,} images)")
                     continue
                 mean_sub = np.mean(subs, axis=0) if bootstrap else np.empty(0)
                 mean_gap = np.mean(gaps, axis=0) if bootstrap else np.empty(0)
@@ -117,6 +117,9 @@ def subgroup_results(frame: pd.DataFrame, prepared: PreparedDataset, keys: list[
                 if left_out:
                     warnings.append(f"{domain}: subgroup {key}={group}: {left_out} finding(s) with fewer than "
                                     f"{min_per_class} positives or negatives are not scored in it")
+            if too_small:
+                warnings.append(f"{domain}: {key} subgroup(s) too small to score (no finding has {min_per_class} "
+                                f"positives and negatives in them): {', '.join(too_small)}")
     table = pd.DataFrame(rows)
     for row in rows:
         for name in ("auc", "auc_gap"):
