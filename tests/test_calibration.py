@@ -48,3 +48,29 @@ def test_a_calibrated_model_keeps_a_temperature_near_one():
     probs = rng.random(20_000)
     positive = rng.random(20_000) < probs
     assert fit_temperature(positive, probs) == pytest.approx(1.0, abs=0.06)
+
+
+def test_the_decisions_file_round_trips_and_hostile_values_are_refused(tmp_path):
+    import json
+
+    from orchestration.evaluation.decisions import ModelDecisions, read_decisions, write_decisions
+    from orchestration.settings.config import ConfigError
+
+    space = ["Effusion", "Nodule"]
+    decisions = ModelDecisions(temperatures={"Effusion": 1.5}, thresholds={"youden": {"Nodule": 0.3}},
+                               decision_point="youden")
+    write_decisions(tmp_path, decisions)
+    assert read_decisions(tmp_path, space) == decisions
+    assert read_decisions(tmp_path / "elsewhere", space) == ModelDecisions()  # none yet: nothing decided
+    for bad, message in [({"temperatures": {"Effusion": float("nan")}}, "expected a finite number above 0"),
+                         ({"temperatures": {"Hernia": 1.0}}, "'Hernia', which the model does not predict"),
+                         ({"thresholds": {"youden": {"Nodule": 7}}, "decision_point": "youden"}, "expected a number in"),
+                         ({"thresholds": {"youden": {}}, "decision_point": "spec90"}, "is not one of"),
+                         ({"temperatures": [], "run": "os.system"}, "not a decisions file")]:
+        (tmp_path / "decisions.json").write_text(json.dumps(bad))
+        with pytest.raises(ConfigError, match=message):
+            read_decisions(tmp_path, space)
+    not_a_folder = tmp_path / "file"  # where no file can be made (a read-only store fails the same way)
+    not_a_folder.write_text("")
+    with pytest.raises(ConfigError, match="copy the checkpoint folder somewhere writable"):
+        write_decisions(not_a_folder, decisions)

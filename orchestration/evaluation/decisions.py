@@ -103,8 +103,12 @@ def _check(path: Path, decisions: ModelDecisions, label_space: list[str]) -> Non
 def write_decisions(checkpoint: Path, decisions: ModelDecisions) -> Path:
     """Replace the checkpoint folder's decisions file at once (a reader sees the old or the new)."""
     path = Path(checkpoint) / DECISIONS_FILE
-    handle, tmp = tempfile.mkstemp(dir=checkpoint, prefix=".decisions-", suffix=".json")
-    with os.fdopen(handle, "w") as out:
-        json.dump(asdict(decisions), out, indent=1)
-    os.replace(tmp, path)
+    try:
+        handle, tmp = tempfile.mkstemp(dir=checkpoint, prefix=".decisions-", suffix=".json")
+        with os.fdopen(handle, "w") as out:
+            json.dump(asdict(decisions), out, indent=1)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ConfigError(f"cannot save the decisions with the model in {checkpoint} ({exc.strerror}); copy the "
+                          "checkpoint folder somewhere writable and pass --checkpoint COPY") from None
     return path
