@@ -54,6 +54,7 @@ def main_options(
         os.environ["CXR_VERBOSE"] = "1"
     if os.environ.get("CXR_VERBOSE", "") in ("", "0"):
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # not its INFO lines (database setup, system metrics)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # nor a bar per artifact read back
 
 
 def say(line: str, style: str = "") -> None:

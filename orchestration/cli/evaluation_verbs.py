@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -217,7 +216,6 @@ def report(
     from orchestration.evaluation.report import write_report
     from orchestration.settings.tracking import client_for
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per section instead
     cfg = config_from(config, overrides)
     lines(write_report(client_for(cfg), experiment or cfg.mlflow.experiment, out, parent, progress=say).lines())
 

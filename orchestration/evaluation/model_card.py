@@ -20,6 +20,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from cxrmodel.metrics import SUMMARIES, figure_name
+from cxrmodel.operating_points import FIGURES
 from orchestration.settings.schema import (
     CALIBRATION_ARTIFACT,
     CHAMPION,
@@ -88,10 +89,12 @@ class ModelCard:
         if evaluation:
             out += [f"From evaluation run `{evaluation['run_id']}` ({evaluation['name']}):", "",
                     _table(pd.DataFrame(evaluation["domains"]).T.reset_index(names="domain")), ""]
-            for title, key in (("Calibration", "calibration"), ("Operating points", "operating_points"),
-                               ("Subgroups", "subgroups")):
+            for title, key, figures in (("Calibration", "calibration", ()),
+                                        ("Operating points (the calls' point)", "operating_points", FIGURES),
+                                        ("Subgroups (mean over findings; gap to the whole split)", "subgroups",
+                                         ("auc", "gap"))):
                 if evaluation.get(key):
-                    out += [f"### {title}", "", _table(pd.DataFrame(evaluation[key])), ""]
+                    out += [f"### {title}", "", _table(_with_intervals(pd.DataFrame(evaluation[key]), figures)), ""]
         else:
             out += ["No evaluation run yet: run `cxr evaluate --model models:/NAME/VERSION --data DIR "
                     "--operating-points youden --by sex,age_band,view`, then `cxr model-card` again.", ""]
@@ -103,6 +106,17 @@ class ModelCard:
                     f"on the uncalibrated probability ({decisions.get('thresholds_chosen_on') or ''}).", ""]
         out += ["## Known limitations", "", *[f"- {line}" for line in d["limitations"]], ""]
         return "\n".join(out)
+
+
+def _with_intervals(frame: pd.DataFrame, figures) -> pd.DataFrame:
+    """Each figure with its interval in one cell, "0.812 [0.702, 0.901]" (its _low / _high columns gone)."""
+    frame = frame.copy()
+    for figure in figures:
+        value = frame.pop("auc_gap" if figure == "gap" else figure)
+        low, high = frame.pop(f"{figure}_low"), frame.pop(f"{figure}_high")
+        frame[figure] = ["" if pd.isna(v) else f"{v:.3f}" if pd.isna(lo) else f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+                         for v, lo, hi in zip(value, low, high)]
+    return frame
 
 
 def _table(frame: pd.DataFrame) -> str:
@@ -137,12 +151,14 @@ def _calibration_summary(rows: list[dict]) -> list[dict]:
     return summary.reset_index().to_dict("records")
 
 
-def latest_evaluation(client: MlflowClient, run_id: str):
-    """The newest finished evaluation run linked to the training run, if any."""
+def latest_evaluation(client: MlflowClient, run_id: str, domains: list[str]):
+    """The newest finished evaluation run linked to the training run that scored prepared domains
+    (not one against relabelled images only), if any."""
     experiment = client.get_run(run_id).info.experiment_id
     runs = client.search_runs([experiment], f"tags.`{EVALUATES_TAG}` = '{run_id}' and attributes.status = 'FINISHED'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0] if runs else None
+                              order_by=["attributes.start_time DESC"], max_results=50)
+    mean = figure_name(SUMMARIES["Mean"])
+    return next((r for r in runs if any(domain_metric(d, mean) in r.data.metrics for d in domains)), None)
 
 
 def build_card(client: MlflowClient, run_id: str, name: str, version: str) -> ModelCard:
@@ -165,7 +181,7 @@ def build_card(client: MlflowClient, run_id: str, name: str, version: str) -> Mo
                   "run_name": run.info.run_name},
         "intended_use": INTENDED_USE,
         "initialisation": ("ImageNet weights (model.weights), as the paper." if pretrained else
-                           "Random weights: the paper starts from ImageNet; figures are not comparable with its."),
+                           "Random weights: the paper starts from ImageNet; these figures are not comparable with the paper's."),
         "data": data,
         "training": {"domains": data.get("training_domains", plan.get("domains", [])),
                      "config_sha256": hashlib.sha256(config_text.encode()).hexdigest(),
@@ -175,7 +191,7 @@ def build_card(client: MlflowClient, run_id: str, name: str, version: str) -> Mo
         "decisions": _json(client, run_id, DECISIONS_ARTIFACT) or None,
         "limitations": LIMITATIONS,
     }
-    evaluation = latest_evaluation(client, run_id)
+    evaluation = latest_evaluation(client, run_id, list(data.get("domains", {})))
     if evaluation is not None:
         em, eid = evaluation.data.metrics, evaluation.info.run_id
         domains = {}

@@ -90,7 +90,7 @@ def subgroup_results(frame: pd.DataFrame, prepared: PreparedDataset, keys: list[
             if values.isna().any():
                 warnings.append(f"{domain}: {int(values.isna().sum()):,} of {len(values):,} images have no {key}; "
                                 "they are in no subgroup")
-            too_small = []
+            too_small, partly = [], []
             for group in sorted(values.dropna().unique()):
                 member_all = (values == group).to_numpy()
                 scored, gaps, subs, whole_values, part_values = [], [], [], [], []
@@ -115,8 +115,10 @@ def subgroup_results(frame: pd.DataFrame, prepared: PreparedDataset, keys: list[
                                  mean_sub, float(np.mean(part_values) - np.mean(whole_values)), mean_gap))
                 left_out = len(findings) - len(scored)
                 if left_out:
-                    warnings.append(f"{domain}: subgroup {key}={group}: {left_out} finding(s) with fewer than "
-                                    f"{min_per_class} positives or negatives are not scored in it")
+                    partly.append(f"{group} {left_out}")
+            if partly:
+                warnings.append(f"{domain}: {key} subgroups, findings not scored for fewer than {min_per_class} "
+                                f"positives or negatives: {', '.join(partly)}")
             if too_small:
                 warnings.append(f"{domain}: {key} subgroup(s) too small to score (no finding has {min_per_class} "
                                 f"positives and negatives in them): {', '.join(too_small)}")
