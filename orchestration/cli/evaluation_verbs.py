@@ -260,7 +260,7 @@ def serve(
 ) -> None:
     """Serve the model over HTTP on Ray Serve: POST a PNG, JPEG or DICOM file to /predict for each
     finding's probability, calibrated probability and 0/1 call (JSON, with the model's name,
-    version and run id); GET /healthz. Runs until Ctrl-C.
+    version and run id); GET /healthz. Runs until Ctrl-C or SIGTERM, which remove the endpoint.
 
     Requests are batched; an undecodable body gets 400, an oversized one 413, with the reason.
     """
@@ -269,7 +269,7 @@ def serve(
     from orchestration.evaluation.models import chosen_model
     from orchestration.evaluation.prediction import trained_image_size
     from orchestration.evaluation.serving import Served, send_image, start_serving, stop_serving
-    from orchestration.settings.runtime import init_ray
+    from orchestration.settings.runtime import exit_on_signals, init_ray
     from orchestration.training.checkpoint import trained_weights
 
     found = chosen_model(config_from(config, overrides), run=run, model=model, checkpoint=checkpoint)
@@ -289,13 +289,14 @@ def serve(
         if status != 200:
             raise typer.Exit(1)
         return
-    say(f"serving {served.model_name or found.checkpoint} at {url}/predict (GET {url}/healthz); Ctrl-C stops")
-    try:
+    def stopped(signal_name: str) -> None:  # Ctrl-C or a service manager's SIGTERM
+        stop_serving()
+        say(f"stopped by {signal_name}: the endpoint is removed")
+
+    with exit_on_signals(stopped):
+        say(f"serving {served.model_name or found.checkpoint} at {url}/predict (GET {url}/healthz); Ctrl-C stops")
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
-        stop_serving()
-        say("stopped")
 
 
 @verb
