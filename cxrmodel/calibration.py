@@ -17,26 +17,25 @@ ECE_BINS = 10
 PROBABILITY_EPS = 1e-7  # probabilities are clipped this far from 0 and 1 before taking logits
 
 
-def expected_calibration_error(positive: np.ndarray, scores: np.ndarray, bins: int = ECE_BINS) -> float:
-    """ECE over `bins` equal-mass bins (fewer when there are fewer images than bins)."""
+def equal_mass_bins(positive: np.ndarray, scores: np.ndarray, bins: int = ECE_BINS
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-mass bin (images sorted by score, cut into `bins` groups of nearly equal size;
+    fewer when there are fewer images): mean score, observed positive rate, images."""
     order = np.argsort(scores, kind="stable")
     y, p = np.asarray(positive, np.float64)[order], np.asarray(scores, np.float64)[order]
-    total = 0.0
-    for part in np.array_split(np.arange(y.size), min(bins, y.size)):
-        total += part.size * abs(y[part].mean() - p[part].mean())
-    return total / y.size
+    parts = np.array_split(np.arange(y.size), min(bins, y.size))
+    return (np.array([p[i].mean() for i in parts]), np.array([y[i].mean() for i in parts]),
+            np.array([i.size for i in parts]))
+
+
+def expected_calibration_error(positive: np.ndarray, scores: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE over `bins` equal-mass bins: sum of (bin size / N) * |positive rate - mean score|."""
+    mean_score, rate, size = equal_mass_bins(positive, scores, bins)
+    return float((size * np.abs(rate - mean_score)).sum() / size.sum())
 
 
 def brier_score(positive: np.ndarray, scores: np.ndarray) -> float:
     return float(np.mean((np.asarray(scores, np.float64) - np.asarray(positive, np.float64)) ** 2))
-
-
-def reliability_bins(positive: np.ndarray, scores: np.ndarray, bins: int = ECE_BINS) -> tuple[np.ndarray, np.ndarray]:
-    """Mean score and observed positive rate per equal-mass bin: the reliability diagram's points."""
-    order = np.argsort(scores, kind="stable")
-    y, p = np.asarray(positive, np.float64)[order], np.asarray(scores, np.float64)[order]
-    parts = np.array_split(np.arange(y.size), min(bins, y.size))
-    return np.array([p[i].mean() for i in parts]), np.array([y[i].mean() for i in parts])
 
 
 def logit(probs: np.ndarray) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxrmodel.calibration import brier_score, expected_calibration_error, fit_temperature, reliability_bins, scaled
+from cxrmodel.calibration import brier_score, equal_mass_bins, expected_calibration_error, fit_temperature, scaled
 
 SCORES = np.array([0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9])
 POSITIVE = np.array([0, 0, 1, 0, 1, 0, 1, 1])
@@ -19,8 +19,9 @@ def test_ece_with_equal_mass_bins_worked_by_hand():
     # The bins are by rank, not by value: shuffling the images changes nothing.
     order = np.random.default_rng(0).permutation(8)
     assert expected_calibration_error(POSITIVE[order], SCORES[order], bins=4) == pytest.approx(0.15)
-    means, rates = reliability_bins(POSITIVE, SCORES, bins=4)
+    means, rates, sizes = equal_mass_bins(POSITIVE, SCORES, bins=4)
     assert means == pytest.approx([0.15, 0.35, 0.65, 0.85]) and rates == pytest.approx([0, 0.5, 0.5, 1])
+    assert sizes.tolist() == [2, 2, 2, 2]
 
 
 def test_brier_score_worked_by_hand():
@@ -66,6 +67,8 @@ def test_the_decisions_file_round_trips_and_hostile_values_are_refused(tmp_path)
                          ({"temperatures": {"Hernia": 1.0}}, "'Hernia', which the model does not predict"),
                          ({"thresholds": {"youden": {"Nodule": 7}}, "decision_point": "youden"}, "expected a number in"),
                          ({"thresholds": {"youden": {}}, "decision_point": "spec90"}, "is not one of"),
+                         ({"temperatures": []}, "temperatures is list, expected a finding -> number table"),
+                         ({"decision_point": {"a": 1}}, "decision_point is .*expected text"),
                          ({"temperatures": [], "run": "os.system"}, "not a decisions file")]:
         (tmp_path / "decisions.json").write_text(json.dumps(bad))
         with pytest.raises(ConfigError, match=message):

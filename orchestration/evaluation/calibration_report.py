@@ -13,22 +13,18 @@ from cxrmodel.calibration import (
     ECE_BINS,
     TEMPERATURE_BOUNDS,
     brier_score,
+    equal_mass_bins,
     expected_calibration_error,
     fit_temperature,
-    reliability_bins,
     scaled,
 )
 from data_prep.prepared import PreparedDataset
 from orchestration.evaluation.decisions import CALIBRATED_SUFFIX
-from orchestration.evaluation.scoring import MIN_PER_CLASS, labelled_scores
+from orchestration.evaluation.scoring import MIN_PER_CLASS, known_labels, labelled_rows, labelled_scores
 from orchestration.settings.schema import calibration_metric
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-
-def _known(y: np.ndarray, c: int) -> np.ndarray:
-    return (y[:, c] == 0) | (y[:, c] == 1)
 
 
 def calibration_on(frame: pd.DataFrame, prepared: PreparedDataset
@@ -40,13 +36,13 @@ def calibration_on(frame: pd.DataFrame, prepared: PreparedDataset
     has_calibrated = all(f + CALIBRATED_SUFFIX in frame.columns for f in space)
     rows, metrics, figures = [], {}, {}
     for domain, part in frame.groupby("domain", sort=False):
-        y, probs, _ = labelled_scores(part, prepared, domain)
-        calibrated = labelled_scores(part, prepared, domain, [f + CALIBRATED_SUFFIX for f in space])[1] \
-            if has_calibrated else None
+        kept, labels, _ = labelled_rows(part, prepared, domain, space)
+        y, probs = labels.to_numpy(np.int8), kept[space].to_numpy(np.float32)
+        calibrated = kept[[f + CALIBRATED_SUFFIX for f in space]].to_numpy(np.float32) if has_calibrated else None
         drawn = []
         for finding in prepared.domain_findings(domain):
             c = space.index(finding)
-            known = _known(y, c)
+            known = known_labels(y, c)
             if not known.any():
                 continue
             positive = y[known, c] == 1
@@ -72,9 +68,9 @@ def reliability_figure(drawn: list[tuple], title: str) -> Figure:
     being perfect calibration; calibrated scores in a second colour when there are any."""
     def draw(ax, item: tuple) -> str:
         finding, positive, probs, calibrated = item
-        ax.plot(*reliability_bins(positive, probs), "o-", ms=3, label="model")
+        ax.plot(*equal_mass_bins(positive, probs)[:2], "o-", ms=3, label="model")
         if calibrated is not None:
-            ax.plot(*reliability_bins(positive, calibrated), "s-", ms=3, label="calibrated")
+            ax.plot(*equal_mass_bins(positive, calibrated)[:2], "s-", ms=3, label="calibrated")
             ax.legend(fontsize=6)
         return f"{finding}\nECE {expected_calibration_error(positive, probs):.3f}"
 
@@ -91,7 +87,7 @@ def fit_temperatures(rows: pd.DataFrame, prepared: PreparedDataset, domain: str,
     temperatures, report, warnings, too_few = {}, [], [], []
     for finding in findings:
         c = prepared.label_space.index(finding)
-        known = _known(y, c)
+        known = known_labels(y, c)
         positive = y[known, c] == 1
         if min(positive.sum(), (~positive).sum()) < min_per_class:
             too_few.append(f"{finding} ({int(positive.sum())}/{int((~positive).sum())})")

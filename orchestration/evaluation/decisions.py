@@ -83,6 +83,12 @@ def _check(path: Path, decisions: ModelDecisions, label_space: list[str]) -> Non
     def fail(what: str):
         raise ConfigError(f"{path}: {what}; run cxr calibrate / cxr evaluate --operating-points again")
 
+    for name in ("temperatures", "thresholds"):
+        if not isinstance(getattr(decisions, name), dict):
+            fail(f"{name} is {type(getattr(decisions, name)).__name__}, expected a finding -> number table")
+    for name in ("calibrated_on", "decision_point", "thresholds_chosen_on"):
+        if not isinstance(getattr(decisions, name), str):
+            fail(f"{name} is {getattr(decisions, name)!r}, expected text")
     for finding, t in decisions.temperatures.items():
         if finding not in label_space:
             fail(f"temperature for {finding!r}, which the model does not predict")

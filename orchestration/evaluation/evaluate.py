@@ -29,7 +29,7 @@ from orchestration.settings.schema import (
     SUBGROUPS_ARTIFACT,
     temperature_metric,
 )
-from orchestration.settings.tracking import client_for, log_evaluation, log_figures, resolve_run_id
+from orchestration.settings.tracking import client_for, log_evaluation, log_metrics_now, resolve_run_id
 from orchestration.training.checkpoint import load_trained, read_run_description
 
 
@@ -184,7 +184,7 @@ def save_decisions(config: Config, scores: ModelScores, *, thresholds: dict | No
         client = client_for(config)
         client.log_text(scores.found.run_id, path.read_text(), DECISIONS_ARTIFACT)
         if temperatures is not None:
-            log_figures(client, scores.found.run_id, {temperature_metric(f): t for f, t in temperatures.items()})
+            log_metrics_now(client, scores.found.run_id, {temperature_metric(f): t for f, t in temperatures.items()})
         return f"saved in {path} and to the model's training run {scores.found.run_id} ({DECISIONS_ARTIFACT})"
     return f"saved in {path}"
 

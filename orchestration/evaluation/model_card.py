@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from cxrmodel.metrics import SUMMARIES, figure_name
 from cxrmodel.operating_points import FIGURES
+from orchestration.evaluation.scoring import interval_cells
 from orchestration.settings.schema import (
     CALIBRATION_ARTIFACT,
     CHAMPION,
@@ -114,8 +115,7 @@ def _with_intervals(frame: pd.DataFrame, figures) -> pd.DataFrame:
     for figure in figures:
         value = frame.pop("auc_gap" if figure == "gap" else figure)
         low, high = frame.pop(f"{figure}_low"), frame.pop(f"{figure}_high")
-        frame[figure] = ["" if pd.isna(v) else f"{v:.3f}" if pd.isna(lo) else f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
-                         for v, lo, hi in zip(value, low, high)]
+        frame[figure] = interval_cells(value, low, high)
     return frame
 
 

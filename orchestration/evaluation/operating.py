@@ -9,7 +9,7 @@ import pandas as pd
 
 from cxrmodel.operating_points import FIGURES, SHORT_NAMES, OperatingPoint, figures_at
 from data_prep.prepared import PreparedDataset
-from orchestration.evaluation.scoring import labelled_scores
+from orchestration.evaluation.scoring import interval_cells, known_labels, labelled_scores
 from orchestration.settings.schema import operating_metric
 
 
@@ -17,7 +17,7 @@ def _scored_findings(y: np.ndarray, label_space: list[str], findings: list[str])
     """(finding, column, known-label mask) for each of `findings` with both classes among its known labels."""
     for finding in findings:
         c = label_space.index(finding)
-        known = (y[:, c] == 0) | (y[:, c] == 1)
+        known = known_labels(y, c)
         if (y[known, c] == 1).any() and (y[known, c] == 0).any():
             yield finding, c, known
 
@@ -69,7 +69,5 @@ def shown_operating_points(table: pd.DataFrame) -> pd.DataFrame:
     shown = table[["domain", "point", "finding", "threshold"]].copy()
     shown["threshold"] = shown["threshold"].map(lambda t: f"{t:.4f}")
     for figure in FIGURES:
-        shown[SHORT_NAMES[figure]] = [
-            "" if np.isnan(v) else f"{v:.3f}" if np.isnan(lo) else f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
-            for v, lo, hi in zip(table[figure], table[f"{figure}_low"], table[f"{figure}_high"])]
+        shown[SHORT_NAMES[figure]] = interval_cells(table[figure], table[f"{figure}_low"], table[f"{figure}_high"])
     return shown

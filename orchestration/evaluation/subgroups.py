@@ -17,7 +17,7 @@ import pandas as pd
 
 from cxrmodel.auc_statistics import REPLICATES_PER_CHUNK, WeightedAuc, percentile_interval, stratified_counts
 from data_prep.prepared import PreparedDataset
-from orchestration.evaluation.scoring import MIN_PER_CLASS, labelled_rows
+from orchestration.evaluation.scoring import MIN_PER_CLASS, interval_cells, known_labels, labelled_rows
 from orchestration.settings.config import ConfigError
 from orchestration.settings.schema import subgroup_metric
 
@@ -96,7 +96,7 @@ def subgroup_results(frame: pd.DataFrame, prepared: PreparedDataset, keys: list[
                 scored, gaps, subs, whole_values, part_values = [], [], [], [], []
                 for finding in findings:
                     c = space.index(finding)
-                    known = (y[:, c] == 0) | (y[:, c] == 1)
+                    known = known_labels(y, c)
                     positive, member = y[known, c] == 1, member_all[known]
                     if min((positive & member).sum(), (~positive & member).sum()) < min_per_class:
                         continue
@@ -142,11 +142,7 @@ def _row(domain, key, group, finding, images, positives, auc, sub, gap, gaps) ->
 def shown_subgroups(table: pd.DataFrame) -> pd.DataFrame:
     """What is printed: the Mean rows, and the findings whose gap is flagged."""
     shown = table[(table["finding"] == MEAN) | table["gap_flagged"]].copy()
-
-    def cell(v, lo, hi):
-        return f"{v:.3f}" if np.isnan(lo) else f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
-
-    shown["AUC"] = [cell(*t) for t in zip(shown["auc"], shown["auc_low"], shown["auc_high"])]
-    shown["gap"] = [cell(*t) for t in zip(shown["auc_gap"], shown["gap_low"], shown["gap_high"])]
+    shown["AUC"] = interval_cells(shown["auc"], shown["auc_low"], shown["auc_high"])
+    shown["gap"] = interval_cells(shown["auc_gap"], shown["gap_low"], shown["gap_high"])
     shown["flag"] = np.where(shown["gap_flagged"], "gap excludes 0", "")
     return shown[["domain", "by", "group", "finding", "images", "AUC", "gap", "flag"]]

@@ -279,7 +279,7 @@ def open_sweep(client: MlflowClient, experiment: str, sweep_name: str, space_nam
     return run.info.run_id
 
 
-def log_figures(client: MlflowClient, run_id: str, metrics: dict[str, float], params: dict[str, str] | None = None
+def log_metrics_now(client: MlflowClient, run_id: str, metrics: dict[str, float], params: dict[str, str] | None = None
                 ) -> None:
     """Metrics at step 0, now (and params, redacted), on a run that exists."""
     now = int(time.time() * 1000)
@@ -293,7 +293,7 @@ def log_evaluation(client: MlflowClient, experiment: str, name: str, metrics: di
     `artifacts`: path -> text, or a matplotlib figure."""
     tags = {KIND_TAG: EVALUATION, MLFLOW_RUN_NAME_TAG: name, **({EVALUATES_TAG: evaluates} if evaluates else {})}
     run_id = client.create_run(experiment_id(client, experiment), tags=tags).info.run_id
-    log_figures(client, run_id, metrics, params)
+    log_metrics_now(client, run_id, metrics, params)
     client.log_text(run_id, table_csv, EVALUATION_ARTIFACT)
     for path, content in (artifacts or {}).items():
         (client.log_text if isinstance(content, str) else client.log_figure)(run_id, content, path)
