@@ -119,14 +119,8 @@ def training_datasets(config: Config, plan: TrainingPlan) -> dict[str, ray.data.
     run out. No all-to-all step holds the first batch until a whole domain is read: rows are in
     random order within files (`cxr prepare`) and mixed again by the worker's shuffle buffer."""
     prepared = PreparedDataset.load(plan.data)
-    context = ray.data.DataContext.get_current()
     # Rank 0 prints progress lines; per-operator bars of every domain's stream would bury them.
-    context.enable_progress_bars = False
-    # Ray's Parquet reader v2 (the 2.60 default) provisions footer-reading actors at each execution,
-    # i.e. every pass of every stream: ~1.2 s a pass here (~2.9 s the first) against ~0.1 s for the
-    # v1 reader, which reads the same files with the same per-execution file shuffle. The choice is
-    # made here, where the read is planned; the workers execute that plan.
-    context.use_datasource_v2 = False
+    ray.data.DataContext.get_current().enable_progress_bars = False
     columns = ["sample_id", IMAGE_COLUMN, *plan.label_space]
     return {
         f"train_{d}": ray.data.read_parquet(
