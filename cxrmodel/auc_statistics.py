@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import rankdata
 
+from cxrmodel.labels import known_labels
 from cxrmodel.metrics import SUMMARIES
 
 REPLICATES_PER_CHUNK = 100  # bounds memory: chunk x images counts at a time
@@ -147,7 +148,7 @@ def finding_replicates(labels: np.ndarray, score_sets: list[np.ndarray], label_s
     out = {}
     for finding in evaluated:
         c = label_space.index(finding)
-        known = (labels[:, c] == 1) | (labels[:, c] == 0)
+        known = known_labels(labels, c)
         y = labels[known, c] == 1
         if y.all() or not y.any():
             continue
@@ -190,7 +191,7 @@ def paired_comparison(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarr
     findings, p_values = {}, {}
     for finding, replicate in paired.items():
         c = label_space.index(finding)
-        known = (labels[:, c] == 1) | (labels[:, c] == 0)
+        known = known_labels(labels, c)
         test = delong_test(labels[known, c] == 1, probs_a[known, c], probs_b[known, c])
         p_values[finding] = test.p
         findings[finding] = {"auc_a": test.auc_a, "auc_b": test.auc_b, "delta": test.auc_b - test.auc_a,

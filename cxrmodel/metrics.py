@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cxrmodel.labels import NEGATIVE, POSITIVE
+from cxrmodel.labels import POSITIVE, known_labels
 
 # The paper's summaries (its table headers) -> their names in code, figures and metrics: Mean over
 # every evaluated finding, Mean_Com over the common ones, Mean_Int over the internal-only ones.
@@ -63,7 +63,7 @@ def auc_report(
     auc, undefined = {}, {}
     for finding in evaluated:
         c = list(label_space).index(finding)
-        known = (labels[:, c] == POSITIVE) | (labels[:, c] == NEGATIVE)
+        known = known_labels(labels, c)
         y = labels[known, c]
         positives = int((y == POSITIVE).sum())
         if positives == 0 or positives == len(y):

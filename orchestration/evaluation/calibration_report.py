@@ -18,9 +18,10 @@ from cxrmodel.calibration import (
     fit_temperature,
     scaled,
 )
+from cxrmodel.labels import known_labels
 from data_prep.prepared import PreparedDataset
 from orchestration.evaluation.decisions import CALIBRATED_SUFFIX
-from orchestration.evaluation.scoring import MIN_PER_CLASS, known_labels, labelled_rows, labelled_scores
+from orchestration.evaluation.scoring import MIN_PER_CLASS, labelled_rows, labelled_scores
 from orchestration.settings.schema import calibration_metric
 
 if TYPE_CHECKING:

@@ -7,9 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from cxrmodel.labels import known_labels
 from cxrmodel.operating_points import FIGURES, SHORT_NAMES, OperatingPoint, figures_at
 from data_prep.prepared import PreparedDataset
-from orchestration.evaluation.scoring import interval_cells, known_labels, labelled_scores
+from orchestration.evaluation.scoring import interval_cells, labelled_scores
 from orchestration.settings.schema import operating_metric
 
 

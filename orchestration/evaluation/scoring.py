@@ -146,11 +146,6 @@ class DomainScores:
     intervals: dict[str, dict[str, tuple[float, float]]]  # per domain: finding / mean group -> 95% CI
 
 
-def known_labels(labels: np.ndarray, c: int) -> np.ndarray:
-    """The images whose label of finding column `c` is known (1 or 0)."""
-    return (labels[:, c] == 0) | (labels[:, c] == 1)
-
-
 def interval_cells(values, lows, highs) -> list[str]:
     """A figure with its 95% interval per cell, "0.912 [0.870, 0.947]"; the value alone where the
     interval is undefined, blank where the value is."""

@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 
 from cxrmodel.auc_statistics import REPLICATES_PER_CHUNK, WeightedAuc, percentile_interval, stratified_counts
+from cxrmodel.labels import known_labels
 from data_prep.prepared import PreparedDataset
-from orchestration.evaluation.scoring import MIN_PER_CLASS, interval_cells, known_labels, labelled_rows
+from orchestration.evaluation.scoring import MIN_PER_CLASS, interval_cells, labelled_rows
 from orchestration.settings.config import ConfigError
 from orchestration.settings.schema import subgroup_metric
 

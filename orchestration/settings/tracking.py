@@ -279,8 +279,8 @@ def open_sweep(client: MlflowClient, experiment: str, sweep_name: str, space_nam
     return run.info.run_id
 
 
-def log_metrics_now(client: MlflowClient, run_id: str, metrics: dict[str, float], params: dict[str, str] | None = None
-                ) -> None:
+def log_metrics_now(client: MlflowClient, run_id: str, metrics: dict[str, float],
+                    params: dict[str, str] | None = None) -> None:
     """Metrics at step 0, now (and params, redacted), on a run that exists."""
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
