@@ -204,15 +204,17 @@ class PreparedDataset:
         `sample_ids`, only those rows (filtered while reading: a few images of a large split cost
         the memory of a few images)."""
         filters = None if sample_ids is None else [("sample_id", "in", [int(i) for i in sample_ids])]
-        tables = []
-        for path in self.shard_files(domain, split):
-            try:
-                tables.append(pq.read_table(path, columns=columns, filters=filters))
-            except (pa.ArrowException, OSError) as exc:
-                raise self._read_error(path, exc) from None
+        tables = [self.read_shard(path, columns, filters) for path in self.shard_files(domain, split)]
         if not tables:
             return pa.table({c: pa.array([], pa.int64()) for c in columns})
         return pa.concat_tables(tables)
+
+    def read_shard(self, path: Path, columns: list[str], filters: list | None = None) -> pa.Table:
+        """Some columns of one shard file (of `shard_files`); a damaged file is named."""
+        try:
+            return pq.read_table(path, columns=columns, filters=filters)
+        except (pa.ArrowException, OSError) as exc:
+            raise self._read_error(path, exc) from None
 
     def iter_uint8_batches(
         self, domain: str, split: str, batch_size: int

@@ -16,7 +16,7 @@ import pytest
 from conftest import tiny_training
 
 from orchestration.settings.plan import pass_steps
-from orchestration.training.feed import DomainBatches, InternalShare
+from orchestration.training.feed import DomainBatches, InternalPasses, InternalShare, training_columns
 
 
 @pytest.mark.parametrize("rows,world,per_domain", [(33, 2, 16), (80, 1, 32), (57, 3, 4), (8, 2, 4)])
@@ -37,6 +37,66 @@ def test_ranks_share_each_pass_exactly_and_finish_together(rows, world, per_doma
     # A new deal each pass: rank 0's rows differ between passes (1 in C(rows, share) to match).
     if world > 1:
         assert not np.array_equal(shares[0].rows_of(0), shares[0].rows_of(1))
+
+
+class _Shards:
+    """The two calls InternalPasses makes of a prepared dataset, over Parquet files written here."""
+
+    def __init__(self, folder: Path, ids: np.ndarray, files: int):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.paths = []
+        for i, part in enumerate(np.array_split(ids, files)):
+            self.paths.append(folder / f"part{i}.parquet")
+            pq.write_table(pa.table({"sample_id": part, "image": [b"x"] * len(part)}), self.paths[-1])
+
+    def shard_files(self, domain, split):
+        return self.paths
+
+    def read_shard(self, path, columns):
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path, columns=columns)
+
+
+def test_internal_passes_give_each_rank_its_share_in_a_new_order_each_pass(tmp_path):
+    ids = np.arange(500, 590)
+    shards = _Shards(tmp_path, ids, files=6)
+    passes = [InternalPasses(shards, "nih", ["sample_id", "image"], InternalShare(ids, rank=r, world=2, seed=3),
+                             shuffle_buffer=20, seed=r) for r in range(2)]
+    seen = {(r, p): [t.column("sample_id").to_pylist() for t in passes[r].rows(p)] for r in range(2) for p in range(2)}
+    for p in range(2):
+        rank0, rank1 = (sum(seen[r, p], []) for r in range(2))
+        assert sorted(rank0 + rank1) == ids.tolist() and len(rank0) == len(rank1) == 45  # each row once a pass
+        assert set(rank0) == set(ids[passes[0].share.rows_of(p)[ids]].tolist())
+    # Tables of at least the buffer's 20 rows (the last of a pass may be smaller), shuffled within:
+    # six files of 15 rows, 7 or 8 of them a rank's, so a table spans three files' shares.
+    assert all(len(t) >= 20 for t in seen[0, 0][:-1]) and len(seen[0, 0]) <= 3
+    assert sum(seen[0, 0], []) != sorted(sum(seen[0, 0], []))
+    assert sum(seen[0, 0], []) != sum(seen[0, 1], [])  # a new order (and deal) each pass
+    again = InternalPasses(shards, "nih", ["sample_id", "image"], InternalShare(ids, rank=0, world=2, seed=3),
+                           shuffle_buffer=20, seed=0)
+    assert [t.column("sample_id").to_pylist() for t in again.rows(1)] == seen[0, 1]  # seeded: the same again
+
+
+def test_a_run_resumed_at_an_epoch_end_gets_the_internal_batches_of_one_never_stopped(tmp_path):
+    ids = np.arange(40)
+    shards = _Shards(tmp_path, ids, files=3)
+
+    def batches(first_epoch):
+        internal = InternalPasses(shards, "nih", ["sample_id", "image"], InternalShare(ids, rank=1, world=2, seed=0),
+                                  shuffle_buffer=8, seed=5)
+        return DomainBatches(["nih"], [], internal, [], per_domain=4, image_size=1, shuffle_buffer=8,
+                             first_epoch=first_epoch)
+
+    def steps(b, n):
+        return [b._internal_table().column("sample_id").to_pylist() for _ in range(n)]
+
+    uninterrupted, resumed = batches(0), batches(1)
+    assert uninterrupted.steps_per_epoch == 5  # 20 rows of rank 1 in batches of 4
+    steps(uninterrupted, 5)
+    assert steps(resumed, 5) == steps(uninterrupted, 5)
 
 
 def _epoch_ids(batches: DomainBatches, epochs: int, per_domain: int) -> list[dict[str, list[int]]]:
@@ -78,6 +138,7 @@ def _internal_train_ids(prepared_dir, domain):
 
 @pytest.mark.slow
 def test_one_worker_scores_every_internal_image_once_per_epoch(prepared_dir, tmp_path):
+    from data_prep.prepared import PreparedDataset
     from orchestration.settings.config import load_config
     from orchestration.settings.plan import plan_training
     from orchestration.training.train import training_datasets
@@ -85,9 +146,12 @@ def test_one_worker_scores_every_internal_image_once_per_epoch(prepared_dir, tmp
     config = load_config([], tiny_training(tmp_path))
     plan = plan_training(config, prepared_dir)
     streams = training_datasets(config, plan)
+    assert list(streams) == ["train_chexpert"]  # the internal split is read by the workers themselves
     ids = _internal_train_ids(prepared_dir, "nih")
-    batches = DomainBatches(plan.domains, plan.label_space, [streams[f"train_{d}"].iterator() for d in plan.domains],
-                            share=InternalShare(np.array(ids), rank=0, world=1, seed=config.train.seed),
+    share = InternalShare(np.array(ids), rank=0, world=1, seed=config.train.seed)
+    internal = InternalPasses(PreparedDataset.load(prepared_dir), "nih", training_columns(plan.label_space), share,
+                              shuffle_buffer=16, seed=1)
+    batches = DomainBatches(plan.domains, plan.label_space, internal, [streams["train_chexpert"].iterator()],
                             per_domain=plan.per_domain_batch, image_size=32, shuffle_buffer=16, seed=1)
     assert batches.steps_per_epoch == plan.steps_per_epoch == -(-len(ids) // plan.per_domain_batch)
     seen = _epoch_ids(batches, 2, plan.per_domain_batch)

@@ -159,8 +159,9 @@ class TrainConfig(_Section):
     test_tencrop: bool = False  # average 10 crops when testing the best model
     # Pad-and-crop: shift each training image by up to 1/16 of its side (for runs tested with TenCrop).
     random_crop: bool = False
-    # Rows each domain's training stream shuffles among (Ray Data's local shuffle buffer). Memory:
-    # rows x image bytes per domain and worker, e.g. 2,048 x 320² B = 210 MB.
+    # Rows each domain's training rows are mixed among (external streams: Ray Data's local shuffle
+    # buffer; the internal split: feed.InternalPasses). Memory: rows x image bytes per domain and
+    # worker, e.g. 2,048 x 320² B = 210 MB.
     shuffle_buffer: int = Field(default=2048, ge=1)
     # Batches built ahead of the step on a background thread (0: built on the training thread).
     prefetch_batches: int = Field(default=2, ge=0)

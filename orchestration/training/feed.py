@@ -2,19 +2,21 @@
 of the step on a background thread.
 
 An epoch is one pass over the internal domain's training split, by construction: every rank reads
-the whole split (Ray Data, file order reshuffled per execution, rows mixed again in a seeded buffer
-of `shuffle_buffer` rows) and keeps its `InternalShare` of it, a permutation of the split's sample
-ids seeded by (seed, epoch) dealt to the ranks in turn. The ranks together train on every internal
-image exactly once per epoch, in a new order each epoch, over the same number of steps
-(`pass_steps`); a rank's rows are spread evenly over those steps, so a step's internal part is
-`per_domain` rows or one fewer. Reading the split on every rank costs W reads of it per epoch;
-decoding only touches the rank's own rows.
+the whole split straight from its shard files (`InternalPasses`: files in an order seeded by
+(seed, pass), rows mixed in a seeded buffer of `shuffle_buffer` rows) and keeps its `InternalShare`
+of it, a permutation of the split's sample ids seeded by (seed, epoch) dealt to the ranks in turn.
+The ranks together train on every internal image exactly once per epoch, in a new order each
+epoch, over the same number of steps (`pass_steps`); a rank's rows are spread evenly over those
+steps, so a step's internal part is `per_domain` rows or one fewer. Reading the split on every rank
+costs W reads of it per epoch; decoding only touches the rank's own rows. The internal split is
+read with pyarrow, not Ray Data: a Ray Data stream takes seconds to start, and it would start at
+every pass (docs/performance.md).
 
 With `train.steps_per_epoch` set (short runs), an epoch is that many steps of full batches and the
 internal passes follow one another across epoch ends. External domains are Ray Train's shards of
-their streams and cycle: a stream that runs out starts a new pass. `Prefetched` keeps a bounded
-number of finished batches ready (pinned for GPU copies), so decoding Arrow into tensors overlaps
-the step instead of preceding it. Images stay uint8 until the device.
+Ray Data streams that last the whole run (`training_datasets`) and restart should one run out.
+`Prefetched` keeps a bounded number of finished batches ready (pinned for GPU copies), so decoding
+Arrow into tensors overlaps the step instead of preceding it. Images stay uint8 until the device.
 """
 
 from __future__ import annotations
@@ -27,10 +29,15 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from data_prep.prepared import IMAGE_COLUMN, images_from_arrow
+from data_prep.prepared import IMAGE_COLUMN, PreparedDataset, images_from_arrow
 from orchestration.settings.plan import pass_steps
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def training_columns(label_space: list[str]) -> list[str]:
+    """The columns a training batch is made of, in every domain."""
+    return ["sample_id", IMAGE_COLUMN, *label_space]
 
 
 class InternalShare:
@@ -54,56 +61,71 @@ class InternalShare:
         return np.diff(np.arange(steps + 1) * self.size // steps)
 
 
+class InternalPasses:
+    """`rows(pass)`: this rank's share of one pass over the internal training split, as tables of
+    about `shuffle_buffer` rows: the shard files in a (seed, pass) order, each file's rows of the
+    share kept, rows of about `shuffle_buffer` of them at a time put in a seeded random order."""
+
+    def __init__(self, prepared: PreparedDataset, domain: str, columns: list[str], share: InternalShare, *,
+                 shuffle_buffer: int, seed: int):
+        self.prepared, self.columns, self.share = prepared, columns, share
+        self.files = prepared.shard_files(domain, "train")
+        self.shuffle_buffer, self.seed = shuffle_buffer, seed
+
+    def rows(self, pass_index: int) -> Iterator[pa.Table]:
+        keep = self.share.rows_of(pass_index)
+        rng = np.random.default_rng((self.seed, pass_index))
+        held: list[pa.Table] = []
+        for i in rng.permutation(len(self.files)):
+            table = self.prepared.read_shard(self.files[i], self.columns)
+            held.append(table.filter(pa.array(keep[table.column("sample_id").to_numpy()])))
+            if sum(t.num_rows for t in held) >= self.shuffle_buffer:
+                yield _shuffled(pa.concat_tables(held), rng)
+                held = []
+        if held:
+            yield _shuffled(pa.concat_tables(held), rng)
+
+
+def _shuffled(table: pa.Table, rng: np.random.Generator) -> pa.Table:
+    return table.take(pa.array(rng.permutation(table.num_rows)))
+
+
 class DomainBatches:
     """`next()` -> (images uint8, labels int8, domain index, sample_id): the internal domain's
-    rows of the step (its `shards[0]`, the whole split), then `per_domain` rows of every other
-    stream, in the order of `domains`. Counts steps itself, so a prefetching thread crosses epoch
-    ends on its own; `first_epoch` is where a resumed run starts. `steps_per_epoch` None: one
-    exact pass per epoch (see the module docstring)."""
+    rows of the step (from `internal`), then `per_domain` rows of every external stream, in the
+    order of `domains`. Counts steps itself, so a prefetching thread crosses epoch ends on its own;
+    `first_epoch` is where a resumed run starts. `steps_per_epoch` None: one exact pass per epoch
+    (see the module docstring)."""
 
-    def __init__(self, domains: list[str], label_space: list[str], shards: list, *, share: InternalShare,
+    def __init__(self, domains: list[str], label_space: list[str], internal: InternalPasses, externals: list, *,
                  per_domain: int, image_size: int, shuffle_buffer: int, seed: int | None = None,
                  steps_per_epoch: int | None = None, first_epoch: int = 0):
-        self.domains, self.label_space, self.shards = domains, label_space, shards
-        self.share, self.per_domain, self.image_size = share, per_domain, image_size
+        self.domains, self.label_space, self.externals = domains, label_space, externals
+        self.internal_passes, self.share = internal, internal.share
+        self.per_domain, self.image_size = per_domain, image_size
         self.shuffle_buffer = max(shuffle_buffer, per_domain)
         self.seed = seed
         self.exact = steps_per_epoch is None
-        self.steps_per_epoch = pass_steps(len(share.sample_ids), share.world, per_domain) if self.exact \
+        self.steps_per_epoch = pass_steps(len(self.share.sample_ids), self.share.world, per_domain) if self.exact \
             else steps_per_epoch
-        self.sizes = share.step_sizes(self.steps_per_epoch) if self.exact \
+        self.sizes = self.share.step_sizes(self.steps_per_epoch) if self.exact \
             else np.full(self.steps_per_epoch, per_domain)
         self.epoch, self.step = first_epoch, 0
-        self.iterators = [None] * len(self.shards)
-        self.passes = [0] * len(self.shards)
+        self.iterators = [None] * len(externals)
+        self.passes = [0] * len(externals)
         self.internal: Iterator[pa.Table] | None = None
         self.pending: list[pa.Table] = []
         self.empty: pa.Table | None = None  # a rank whose share ran out early still sends its other domains
         self.taken = 0  # internal rows served in the current pass
 
-    def _shuffle_seed(self, d: int, pass_index: int) -> int | None:
-        # Seeded per (domain, pass): a stream read in the same order gives the same batches.
-        return None if self.seed is None else hash((self.seed, d, pass_index)) % 2**31
-
-    def _stream(self, d: int, pass_index: int, *, drop_last: bool):
-        return iter(self.shards[d].iter_batches(
-            batch_size=self.per_domain, batch_format="pyarrow", drop_last=drop_last,
-            local_shuffle_buffer_size=self.shuffle_buffer, local_shuffle_seed=self._shuffle_seed(d, pass_index),
-            prefetch_batches=4,
-        ))
-
-    def _share_pass(self, pass_index: int) -> Iterator[pa.Table]:
-        keep = self.share.rows_of(pass_index)
-        for table in self._stream(0, pass_index, drop_last=False):
-            ids = table.column("sample_id").to_numpy()
-            mine = keep[ids]
-            if mine.any():
-                yield table.filter(pa.array(mine))
+    def _shuffle_seed(self, e: int, pass_index: int) -> int | None:
+        # Seeded per (stream, pass): a stream read in the same order gives the same batches.
+        return None if self.seed is None else hash((self.seed, e, pass_index)) % 2**31
 
     def _share_passes(self, first: int) -> Iterator[pa.Table]:
         pass_index = first
         while True:
-            yield from self._share_pass(pass_index)
+            yield from self.internal_passes.rows(pass_index)
             pass_index += 1
 
     def _internal_rows(self, n: int) -> pa.Table:
@@ -131,20 +153,24 @@ class DomainBatches:
             raise RuntimeError(f"the pass over domain {self.domains[0]!r} gave this rank {self.taken + leftover} "
                                f"rows, not its share of {self.share.size}")
 
-    def _next_table(self, d: int):
+    def _external_table(self, e: int) -> pa.Table:
         for _ in range(2):
-            if self.iterators[d] is None:
-                self.iterators[d] = self._stream(d, self.passes[d], drop_last=True)
-                self.passes[d] += 1
+            if self.iterators[e] is None:
+                self.iterators[e] = iter(self.externals[e].iter_batches(
+                    batch_size=self.per_domain, batch_format="pyarrow", drop_last=True,
+                    local_shuffle_buffer_size=self.shuffle_buffer,
+                    local_shuffle_seed=self._shuffle_seed(e, self.passes[e]), prefetch_batches=4,
+                ))
+                self.passes[e] += 1
             try:
-                return next(self.iterators[d])
+                return next(self.iterators[e])
             except StopIteration:
-                self.iterators[d] = None
-        raise RuntimeError(f"domain {self.domains[d]!r} yields no full batch of {self.per_domain}")
+                self.iterators[e] = None
+        raise RuntimeError(f"domain {self.domains[e + 1]!r} yields no full batch of {self.per_domain}")
 
     def _internal_table(self) -> pa.Table:
         if self.internal is None:  # the run's first step, or the first of an exact epoch
-            self.internal = self._share_pass(self.epoch) if self.exact else self._share_passes(self.epoch)
+            self.internal = self.internal_passes.rows(self.epoch) if self.exact else self._share_passes(self.epoch)
             self.taken = 0
         table = self._internal_rows(int(self.sizes[self.step]))
         self.step += 1
@@ -157,8 +183,8 @@ class DomainBatches:
 
     def next(self) -> Batch:
         images, labels, domains, ids = [], [], [], []
-        for d in range(len(self.shards)):
-            table = self._internal_table() if d == 0 else self._next_table(d)
+        for d in range(len(self.domains)):
+            table = self._internal_table() if d == 0 else self._external_table(d - 1)
             images.append(images_from_arrow(table.column(IMAGE_COLUMN), self.image_size))
             labels.append(np.stack([table.column(f).to_numpy() for f in self.label_space], axis=1))
             domains.append(np.full(table.num_rows, d, np.int64))

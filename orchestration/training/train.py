@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import ray.data
 import ray.train
 import ray.train.torch
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-from ray.data import FileShuffleConfig
 from ray.train.torch import TorchTrainer
 
-from data_prep.prepared import IMAGE_COLUMN, PreparedDataset
+from data_prep.prepared import PreparedDataset
 from orchestration.evaluation.model_card import register_version
 from orchestration.settings.config import Config, check_run_name
 from orchestration.settings.masking import mask_text
@@ -28,6 +28,7 @@ from orchestration.settings.plan import TrainingPlan, plan_document
 from orchestration.settings.runtime import check_resources, check_shared_storage, exit_on_signals, init_ray, mark
 from orchestration.settings.schema import CHECKPOINT_TAG, PLAN_ARTIFACT, TEST_SUMMARY_METRICS
 from orchestration.settings.tracking import mlflow_client, open_run, tracking_uri
+from orchestration.training.feed import training_columns
 from orchestration.training.run_artifacts import log_run_artifacts
 from orchestration.training.worker import train_loop_per_worker
 
@@ -113,22 +114,26 @@ def undelivered_metrics_file(storage: str, run_name: str) -> Path | None:
 
 
 def training_datasets(config: Config, plan: TrainingPlan) -> dict[str, ray.data.Dataset]:
-    """One stream per training domain, its shard files in an order reshuffled at each execution
-    (seeded). The internal domain's stream goes whole to every worker, which keeps its share of each
-    pass (`feed.InternalShare`); the external ones are split among the workers and restart when they
-    run out. No all-to-all step holds the first batch until a whole domain is read: rows are in
-    random order within files (`cxr prepare`) and mixed again by the worker's shuffle buffer."""
+    """One stream per external training domain, lasting the whole run: its shard files listed once
+    per pass the run needs, each pass in its own seeded order, so Ray Data starts one stream a run,
+    not one a pass (a start costs seconds). Split among the workers (`data_config`). No all-to-all
+    step holds the first batch until a whole domain is read: rows are in random order within files
+    (`cxr prepare`) and mixed again by the worker's shuffle buffer. The internal domain has no
+    stream: every worker reads its split itself (`feed.InternalPasses`)."""
     prepared = PreparedDataset.load(plan.data)
     # Rank 0 prints progress lines; per-operator bars of every domain's stream would bury them.
     ray.data.DataContext.get_current().enable_progress_bars = False
-    columns = ["sample_id", IMAGE_COLUMN, *plan.label_space]
-    return {
-        f"train_{d}": ray.data.read_parquet(
-            [str(p) for p in prepared.shard_files(d, "train")], columns=columns, partitioning=None,
-            shuffle=FileShuffleConfig(seed=config.train.seed, reseed_after_execution=True),
-        )
-        for d in plan.domains
-    }
+    # Rows the workers take from each external domain in the run (a resumed run takes fewer).
+    rows_needed = config.train.epochs * plan.steps_per_epoch * plan.per_domain_batch * config.train.workers
+    streams = {}
+    for e, d in enumerate(plan.domains[1:]):
+        files = [str(p) for p in prepared.shard_files(d, "train")]
+        passes = -(-rows_needed // max(prepared.num_samples(d, "train"), 1)) + 1  # +1: drop_last, uneven splits
+        order = np.random.default_rng((config.train.seed, e))
+        listed = [files[i] for _ in range(passes) for i in order.permutation(len(files))]
+        streams[f"train_{d}"] = ray.data.read_parquet(listed, columns=training_columns(plan.label_space),
+                                                      partitioning=None)
+    return streams
 
 
 def data_config(config: Config, plan: TrainingPlan) -> ray.train.DataConfig:

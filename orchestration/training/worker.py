@@ -43,7 +43,7 @@ from orchestration.settings.schema import (
 from orchestration.settings.tracking import MetricLogger, mlflow_client
 from orchestration.training.checkpoint import Progress, restore_checkpoint, write_checkpoint
 from orchestration.training.configured import Method, configured_method
-from orchestration.training.feed import DomainBatches, InternalShare, Prefetched
+from orchestration.training.feed import DomainBatches, InternalPasses, InternalShare, Prefetched, training_columns
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -133,14 +133,16 @@ def _set_up(loop_config: dict) -> _Worker:
 
 def worker_batches(config: Config, plan: TrainingPlan, prepared: PreparedDataset, *, rank: int, world: int,
                    first_epoch: int) -> DomainBatches:
-    """This worker's training batches from its dataset shards (inside a Ray Train worker)."""
+    """This worker's training batches: its share of the internal split, its shards of the external streams."""
     share = InternalShare(prepared.read_columns(plan.internal, "train", ["sample_id"]).column("sample_id").to_numpy(),
                           rank=rank, world=world, seed=config.train.seed)
-    shards = [ray.train.get_dataset_shard(f"train_{d}") for d in plan.domains]  # Ray: this worker's streams
-    return DomainBatches(plan.domains, plan.label_space, shards, share=share, per_domain=plan.per_domain_batch,
-                         image_size=prepared.image_size, shuffle_buffer=config.train.shuffle_buffer,
-                         seed=_seed(config.train.seed, rank, -2), steps_per_epoch=config.train.steps_per_epoch,
-                         first_epoch=first_epoch)
+    seed = _seed(config.train.seed, rank, -2)
+    internal = InternalPasses(prepared, plan.internal, training_columns(plan.label_space), share,
+                              shuffle_buffer=config.train.shuffle_buffer, seed=seed)
+    externals = [ray.train.get_dataset_shard(f"train_{d}") for d in plan.domains[1:]]  # Ray: this worker's streams
+    return DomainBatches(plan.domains, plan.label_space, internal, externals, per_domain=plan.per_domain_batch,
+                         image_size=prepared.image_size, shuffle_buffer=config.train.shuffle_buffer, seed=seed,
+                         steps_per_epoch=config.train.steps_per_epoch, first_epoch=first_epoch)
 
 
 def _one_epoch(w: _Worker, epoch: int) -> float:
