@@ -62,9 +62,9 @@ class InternalShare:
 
 
 class InternalPasses:
-    """`rows(pass)`: this rank's share of one pass over the internal training split, as tables of
-    about `shuffle_buffer` rows: the shard files in a (seed, pass) order, each file's rows of the
-    share kept, rows of about `shuffle_buffer` of them at a time put in a seeded random order."""
+    """`rows(pass)`: this rank's share of one pass over the internal training split: the shard files
+    read in a (seed, pass) order, the share's rows of each kept, and every run of at least
+    `shuffle_buffer` of them (the pass's last may be shorter) yielded as one table in a seeded order."""
 
     def __init__(self, prepared: PreparedDataset, domain: str, columns: list[str], share: InternalShare, *,
                  shuffle_buffer: int, seed: int):
@@ -76,12 +76,14 @@ class InternalPasses:
         keep = self.share.rows_of(pass_index)
         rng = np.random.default_rng((self.seed, pass_index))
         held: list[pa.Table] = []
+        held_rows = 0
         for i in rng.permutation(len(self.files)):
             table = self.prepared.read_shard(self.files[i], self.columns)
             held.append(table.filter(pa.array(keep[table.column("sample_id").to_numpy()])))
-            if sum(t.num_rows for t in held) >= self.shuffle_buffer:
+            held_rows += held[-1].num_rows
+            if held_rows >= self.shuffle_buffer:
                 yield _shuffled(pa.concat_tables(held), rng)
-                held = []
+                held, held_rows = [], 0
         if held:
             yield _shuffled(pa.concat_tables(held), rng)
 
