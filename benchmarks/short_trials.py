@@ -5,10 +5,8 @@ its events in `CXR_TIMELINE`; a trial's own training time is its first step to i
 sum of the trials' own training times (target at most 1.5); `ratio` is 1.5 / that. Last line:
 JSON figures.
 
-On a 2-CPU machine two trials fit side by side only with `train.cpus_per_worker=0.49` (two
-workers and two trial drivers must leave one CPU for Ray Data's read tasks; `cxr tune` refuses
-less), which this benchmark sets. `--max-concurrent 1` runs the same sweep one trial at a time,
-the comparison that says whether running them side by side pays.
+Each trial trains one worker of the default 0.5 CPU. `--max-concurrent 1` runs the same sweep
+one trial at a time, the comparison that says whether running them side by side pays.
 
     python benchmarks/short_trials.py [--trials 16] [--max-concurrent 2] [--keep DIR]
 """
@@ -26,8 +24,7 @@ from _common import cxr, report, work_folder  # benchmarks/ is on the path as a 
 from startup import lambda_ute_grid, short_run_data, timeline_env
 
 TARGET = 1.5  # wall time over the trials' own training time
-TRIAL = ["train.epochs=2", "train.batch_size=16", "train.workers=1", "train.cpus_per_worker=0.49",
-         "mlflow.log_model=false", "train.explain_top=0"]
+TRIAL = ["train.epochs=2", "train.batch_size=16", "train.workers=1", "mlflow.log_model=false", "train.explain_top=0"]
 
 
 def per_trial(timeline: Path) -> list[dict[str, float]]:

@@ -1,5 +1,5 @@
-"""Images/s the training feed delivers to the step inside a real Ray Train worker: the Ray Data
-shards `cxr train` reads, the domain batcher and its prefetch thread, with a step that does
+"""Images/s the training feed delivers to the step inside a real Ray Train worker: the worker's
+own reads of the prepared shards (as in `cxr train`), the domain batcher and its prefetch thread, with a step that does
 nothing, at 320x320 uint8 and two domains. Target: >= 8,000 images/s per worker (4x the GPU step
 we aim for), `ratio` = measured / 8,000. Measured with the prefetch thread (the default) and with
 batches built on the training thread, in the same worker.
@@ -24,7 +24,6 @@ from orchestration.settings.config import Config, load_config
 from orchestration.settings.plan import TrainingPlan, plan_training
 from orchestration.settings.runtime import init_ray
 from orchestration.training.feed import Prefetched
-from orchestration.training.train import data_config, training_datasets
 from orchestration.training.worker import worker_batches
 
 TARGET = 8000.0
@@ -66,8 +65,6 @@ def main() -> None:
                                "steps": args.steps, "figures": str(work / "figures.json")},
             scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.5}),
             run_config=ray.train.RunConfig(name="train_feed", storage_path=str(work / "ray_results")),
-            datasets=training_datasets(config, plan),
-            dataset_config=data_config(config, plan),
         )
         trainer.fit()
         figures = json.loads((work / "figures.json").read_text())

@@ -62,3 +62,14 @@ def test_load_config_leaves_the_callers_base_unchanged():
     changed = load_config(base=base, updates={"method.h_schedule.start": 0.3, "train.domains": ["nih"]})
     assert changed.method.h_schedule.start == 0.3 and changed.train.domains == ["nih"]
     assert json.dumps(base, sort_keys=True) == before  # a shallow copy shared method.h_schedule
+
+
+def test_a_retired_key_in_a_saved_config_is_ignored_with_a_note(tmp_path, capsys):
+    saved = tmp_path / "best_config.yaml"  # as a sweep of an older version wrote it
+    saved.write_text("train:\n  epochs: 3\n  reproducible_order: false\n")
+    config = load_config([saved], ["train.lr=0.01"])
+    assert (config.train.epochs, config.train.lr) == (3, 0.01)
+    assert "reproducible_order" not in config.model_dump()["train"]
+    assert "note: train.reproducible_order is no longer a setting" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="unknown key 'train.reproducible_orders'"):
+        load_config([], ["train.reproducible_orders=true"])  # a misspelt key is still refused

@@ -1,5 +1,5 @@
 """Training sees well-shuffled data: `cxr prepare` writes rows in a seeded random order and the
-training stream shuffles within a buffer of `train.shuffle_buffer` rows. On NIH-like data whose
+training feed shuffles within a buffer of `train.shuffle_buffer` rows. On NIH-like data whose
 source lists images patient by patient (6-10 images each), checked on the stored shards and on the
 batches the training loop's `DomainBatches` builds from the same shards."""
 
@@ -16,7 +16,6 @@ from data_prep.synth import synth_nih
 from orchestration.settings.config import load_config
 from orchestration.settings.plan import plan_training
 from orchestration.training.feed import DomainBatches, InternalPasses, InternalShare, training_columns
-from orchestration.training.train import training_datasets
 
 pytestmark = pytest.mark.slow
 
@@ -44,13 +43,12 @@ def test_shards_hold_rows_in_a_random_order(nih_only):
 def test_training_batches_mix_patients(nih_only):
     config = load_config(updates={"train.domains": ["nih"], "train.batch_size": 16, "method.adversarial": "none"})
     plan = plan_training(config, nih_only.root)
-    assert training_datasets(config, plan) == {}  # one domain: the workers read it themselves
     ids = nih_only.read_columns("nih", "train", ["sample_id"]).column("sample_id").to_numpy()
     internal = InternalPasses(nih_only, "nih", training_columns(plan.label_space),
                               InternalShare(ids, rank=0, world=1, seed=0), shuffle_buffer=config.train.shuffle_buffer,
                               seed=0)
     batches = DomainBatches(plan.domains, plan.label_space, internal, [], per_domain=plan.per_domain_batch,
-                            image_size=nih_only.image_size, shuffle_buffer=config.train.shuffle_buffer)
+                            image_size=nih_only.image_size)
     patient_of = nih_only.read_columns("nih", "train", ["sample_id", "patient_id"]).to_pandas() \
         .set_index("sample_id")["patient_id"]
     distinct = []

@@ -85,22 +85,23 @@ def _node(ip: str, node_id: str, **resources) -> dict:
 TWO_NODES = [_node("10.0.0.1", "aaaaaaaa11", CPU=2.0), _node("10.0.0.2", "bbbbbbbb22", CPU=2.0)]
 
 
-def test_workers_that_leave_ray_data_no_cpu_are_refused_naming_the_shortfall():
-    check_resources({"CPU": 1.0}, 3, "PACK", TWO_NODES)  # 4 CPUs: 3 for workers, 1 for readers
-    with pytest.raises(ClusterResourceError, match=r"4 training worker\(s\) of 1 CPU each leave 0 CPU for "
-                                                   r"Ray Data's readers, which need 1 \(10.0.0.1 \(aaaaaaaa\): 2 CPU"):
-        check_resources({"CPU": 1.0}, 4, "PACK", TWO_NODES)
+def test_workers_may_fill_the_cluster_and_one_more_is_refused_naming_the_shortfall():
+    check_resources({"CPU": 1.0}, 4, "PACK", TWO_NODES)  # 4 CPUs, 4 workers: the workers read their own data
+    with pytest.raises(ClusterResourceError, match=r"5 training worker\(s\) of 1 CPU each cannot be placed: this "
+                                                   r"cluster has room for 4 worker\(s\) \(10.0.0.1 \(aaaaaaaa\): 2 CPU"):
+        check_resources({"CPU": 1.0}, 5, "PACK", TWO_NODES)
 
 
 def test_concurrent_trials_are_counted_together_and_told_what_would_fit():
     one_node = [_node("10.0.0.1", "aaaaaaaa11", CPU=2.0)]
-    check_resources({"CPU": 0.5}, 1, "PACK", one_node, trials=1, trial_driver_cpus=0.01)  # 2 - 0.51 >= 1
-    # Two trials: 2 - 2 x (0.5 + 0.01) = 0.98 < 1. One trial fits; or workers of (1 / 2 - 0.01) CPU.
-    with pytest.raises(ClusterResourceError, match=r"--max-concurrent 2 trials, each of 1 training worker\(s\) of "
-                       r"0.5 CPU each and a 0.01-CPU trial driver, leave 0.98 CPU .*Lower --max-concurrent to 1 or "
-                       r"train.cpus_per_worker to 0.49 or less"):
-        check_resources({"CPU": 0.5}, 1, "PACK", one_node, trials=2, trial_driver_cpus=0.01)
-    check_resources({"CPU": 0.49}, 1, "PACK", one_node, trials=2, trial_driver_cpus=0.01)  # exactly 1 left
+    check_resources({"CPU": 0.5}, 1, "PACK", one_node, trials=3, trial_driver_cpus=0.01)  # 3 x 0.51 <= 2
+    # Four trials: 4 x (0.5 + 0.01) = 2.04 > 2 although the node holds four 0.5-CPU workers. Three
+    # trials fit; or workers of (2 / 4 - 0.01) CPU.
+    with pytest.raises(ClusterResourceError, match=r"--max-concurrent 4 trials, each of 1 training worker\(s\) of "
+                       r"0.5 CPU each and a 0.01-CPU trial driver, need 2.04 CPU, more than the cluster's 2 .*Lower "
+                       r"--max-concurrent to 3 or train.cpus_per_worker to 0.49 or less"):
+        check_resources({"CPU": 0.5}, 1, "PACK", one_node, trials=4, trial_driver_cpus=0.01)
+    check_resources({"CPU": 0.49}, 1, "PACK", one_node, trials=4, trial_driver_cpus=0.01)  # exactly 2
     # Placement counts every trial's workers: 2 trials x 2 one-GPU workers on a 2-GPU node.
     gpus = [_node("10.0.0.1", "aaaaaaaa11", CPU=8.0, GPU=2.0)]
     with pytest.raises(ClusterResourceError, match=r"cannot be placed: this cluster has room for 2 worker\(s\)"):

@@ -173,13 +173,14 @@ def test_impossible_configs_fail_before_workers_start(prepared_dir, tmp_path, ov
     assert not (tmp_path / "ray_results").exists()  # nothing was started
 
 
-def test_workers_that_leave_ray_data_no_cpu_are_refused_before_they_start(prepared_dir, tmp_path, ray_session):
+def test_workers_the_cluster_cannot_hold_are_refused_before_they_start(prepared_dir, tmp_path, ray_session):
     cpus = int(ray_session.cluster_resources()["CPU"])
     started = time.monotonic()
     result = runner.invoke(app, ["train", "--data", str(prepared_dir), "--run-name", "refused",
-                                 *tiny_training(tmp_path), f"train.workers={cpus}", "train.cpus_per_worker=1"])
+                                 *tiny_training(tmp_path), f"train.workers={cpus + 1}", "train.cpus_per_worker=1"])
     assert result.exit_code == 2, result.output
-    assert f"{cpus} training worker(s) of 1 CPU each leave 0 CPU for Ray Data's readers" in result.output
+    assert f"{cpus + 1} training worker(s) of 1 CPU each cannot be placed: this cluster has room for {cpus}" \
+        in result.output
     assert time.monotonic() - started < 30
     assert find_run(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "cxr-orchestra", "refused").info.status \
         == "FAILED"

@@ -104,8 +104,8 @@ def _first_epoch_value(client: MlflowClient, run, metric: str) -> float:
 
 
 def test_asha_stops_a_trial_after_its_first_epoch(prepared_dir, tmp_path, ray_session):
-    """Trials A, B, A, one at a time. One worker with train.reproducible_order trains
-    deterministically, so the second A repeats the first one's epoch-1 value, and ASHA (judging at
+    """Trials A, B, A, one at a time. One worker trains deterministically (it reads its rows in a
+    seeded order), so the second A repeats the first one's epoch-1 value, and ASHA (judging at
     epoch 1 against the 75th percentile of the trials before) must stop B if it is below A, else
     the second A: exactly one trial either way."""
     space = tmp_path / "asha.yaml"
@@ -114,7 +114,7 @@ def test_asha_stops_a_trial_after_its_first_epoch(prepared_dir, tmp_path, ray_se
     log = tmp_path / "asha.log"
     args = ["--space", str(space), "--data", str(prepared_dir), "--sweep-name", "asha", "--scheduler", "asha",
             "--address", ray_session.get_runtime_context().gcs_address,
-            *tiny_training(tmp_path, **{**FAST, "train.epochs": 3, "train.reproducible_order": "true"})]
+            *tiny_training(tmp_path, **{**FAST, "train.epochs": 3})]
     assert _tune_cli(args, log).wait(timeout=600) == 0, log.read_text()[-3000:]
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -192,10 +192,10 @@ def test_ray_job_submit_runs_a_sweep_on_a_token_cluster(prepared_dir, tmp_path, 
     assert all("val_mean_auc" in c.data.metrics for c in children)
 
 
-def test_concurrent_trials_that_leave_the_readers_no_cpu_are_refused_before_any_run(prepared_dir, tmp_path,
-                                                                                    ray_session):
-    """The session's Ray has 4 CPUs: 4 trials of one 1-CPU worker and a 0.01-CPU driver each would
-    leave 4 - 4 x 1.01 < 1 CPU for Ray Data's read tasks, and every trial would wait forever."""
+def test_concurrent_trials_the_cluster_cannot_hold_together_are_refused_before_any_run(prepared_dir, tmp_path,
+                                                                                        ray_session):
+    """The session's Ray has 4 CPUs: 4 trials of one 1-CPU worker and a 0.01-CPU driver each need
+    4.04, and the last trial would wait forever."""
     from orchestration.settings.config import load_config
     from orchestration.settings.runtime import ClusterResourceError
     from orchestration.sweeps.spaces import load_space
@@ -205,8 +205,8 @@ def test_concurrent_trials_that_leave_the_readers_no_cpu_are_refused_before_any_
     base = load_config([], tiny_training(tmp_path, **{**FAST, "train.cpus_per_worker": 1.0}))
     settings = SweepSettings.for_grid(space, "crowded", max_concurrent=4, seeds=1, resume=False)
     with pytest.raises(ClusterResourceError, match=r"--max-concurrent 4 trials, each of 1 training worker\(s\) of "
-                       r"1 CPU each and a 0.01-CPU trial driver, leave -0.04 CPU for Ray Data's readers.*Lower "
-                       r"--max-concurrent to 2 or train.cpus_per_worker to 0.74 or less"):
+                       r"1 CPU each and a 0.01-CPU trial driver, need 4.04 CPU, more than the cluster's 4 .*Lower "
+                       r"--max-concurrent to 3 or train.cpus_per_worker to 0.99 or less"):
         run_sweep(space, base, prepared_dir, settings)
     assert _parent(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "crowded") is None  # no run left behind
     assert not (tmp_path / "ray_results" / "crowded").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -159,16 +160,11 @@ class TrainConfig(_Section):
     test_tencrop: bool = False  # average 10 crops when testing the best model
     # Pad-and-crop: shift each training image by up to 1/16 of its side (for runs tested with TenCrop).
     random_crop: bool = False
-    # Rows each domain's training rows are mixed among (external streams: Ray Data's local shuffle
-    # buffer; the internal split: feed.InternalPasses). Memory: rows x image bytes per domain and
-    # worker, e.g. 2,048 x 320² B = 210 MB.
+    # Rows each domain's training rows are mixed among (feed.InternalPasses, feed.ExternalPasses).
+    # Memory: rows x image bytes per domain and worker, e.g. 2,048 x 320² B = 210 MB.
     shuffle_buffer: int = Field(default=2048, ge=1)
     # Batches built ahead of the step on a background thread (0: built on the training thread).
     prefetch_batches: int = Field(default=2, ge=0)
-    # Ray Data hands each stream's blocks over in file order: one worker then sees the same batches
-    # for the same seed (two sweep trials with one config train alike), at a cost to the feed's
-    # speed (benchmarks/train_feed.py: ~2,000 instead of ~5,500 img/s on 2 cores).
-    reproducible_order: bool = False
     # At the end, Grad-CAM contact sheets of the best model's K highest-scoring internal test images
     # per finding, logged under explain/ (0: none).
     explain_top: int = Field(default=4, ge=0)
@@ -286,7 +282,23 @@ def load_config(
         _set_dotted(tree, *parse_override(text))
     for key, value in (updates or {}).items():
         _set_dotted(tree, key, value)
+    _drop_retired(tree)
     return _validate(tree)
+
+
+# Settings older versions wrote into saved configs (a sweep's best_config.yaml, resolved_config.yaml):
+# those files still load, the key ignored with a note saying why.
+RETIRED_KEYS = {
+    "train.reproducible_order": "a worker's data order is always the same for the same train.seed now",
+}
+
+
+def _drop_retired(tree: dict) -> None:
+    for key, why in RETIRED_KEYS.items():
+        section, name = key.split(".")
+        if isinstance(tree.get(section), dict) and name in tree[section]:
+            del tree[section][name]
+            print(f"note: {key} is no longer a setting ({why}); ignored", file=sys.stderr)
 
 
 def _read_text(path: Path) -> str:

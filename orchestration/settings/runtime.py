@@ -257,10 +257,7 @@ class ClusterStorageError(UserError):
 
 
 class ClusterResourceError(UserError):
-    """Workers (with Ray Data's readers beside them) that this cluster can never place."""
-
-
-READER_CPUS = 1.0  # Ray Data's read tasks take a whole CPU each: one must stay free of workers
+    """Workers (and a sweep's trial drivers beside them) that this cluster can never place."""
 
 
 def _alive_nodes() -> list[dict]:
@@ -274,11 +271,11 @@ def _node_name(node: dict) -> str:
 
 def check_resources(per_worker: dict[str, float], workers: int, placement: str,
                     nodes: list[dict] | None = None, *, trials: int = 1, trial_driver_cpus: float = 0.0) -> None:
-    """Fail now, naming what is short, when `workers` workers of `per_worker` resources, plus a CPU
-    for Ray Data's readers, can never be placed on the cluster's `nodes` (default: the alive ones,
-    as `ray.nodes()` lists them): Ray would wait for them forever. A sweep passes `trials`, the
-    trainings it runs at once, each beside a trial driver of `trial_driver_cpus`: together they
-    must leave the readers their CPU too. (An autoscaling cluster is judged by the nodes it has now.)"""
+    """Fail now, naming what is short, when `workers` workers of `per_worker` resources can never be
+    placed on the cluster's `nodes` (default: the alive ones, as `ray.nodes()` lists them): Ray
+    would wait for them forever. A sweep passes `trials`, the trainings it runs at once, each beside
+    a trial driver of `trial_driver_cpus`: they must fit together. (An autoscaling cluster is judged
+    by the nodes it has now.)"""
     nodes = [n["Resources"] | {"address": _node_name(n)} for n in (nodes if nodes is not None else _alive_nodes())]
     listing = "; ".join(f"{n['address']}: " + ", ".join(f"{n.get(r, 0):g} {r}" for r in per_worker) for n in nodes)
     fits = [min(int(n.get(r, 0) / need + 1e-9) for r, need in per_worker.items()) for n in nodes]
@@ -296,19 +293,13 @@ def check_resources(per_worker: dict[str, float], workers: int, placement: str,
             + "train.workers (or train.min_workers) or train.cpus_per_worker, or add nodes")
     cpus = sum(n.get("CPU", 0) for n in nodes)
     per_trial = workers * per_worker.get("CPU", 0) + trial_driver_cpus
-    spare = cpus - trials * per_trial
-    if spare + 1e-9 < READER_CPUS:
-        if trials > 1:
-            most = int((cpus - READER_CPUS) / per_trial + 1e-9) if per_trial else trials
-            smaller = int(((cpus - READER_CPUS) / trials - trial_driver_cpus) / workers * 100 + 1e-9) / 100
-            hint = (f"Lower --max-concurrent to {most}"
-                    + (f" or train.cpus_per_worker to {smaller:g} or less" if smaller > 0 else "")
-                    + ", or add a node with CPUs")
-        else:
-            hint = "Lower train.cpus_per_worker or train.workers, or add a node with CPUs"
+    if trials > 1 and trials * per_trial > cpus + 1e-9:
+        most = int(cpus / per_trial + 1e-9) if per_trial else trials
+        smaller = int((cpus / trials - trial_driver_cpus) / workers * 100 + 1e-9) / 100
         raise ClusterResourceError(
-            f"{who} leave {spare:g} CPU for Ray Data's readers, which need {READER_CPUS:g} ({listing}): "
-            f"training would wait for them forever. {hint}")
+            f"{who} need {trials * per_trial:g} CPU, more than the cluster's {cpus:g} ({listing}): the last "
+            f"trials would wait forever. Lower --max-concurrent to {most}"
+            + (f" or train.cpus_per_worker to {smaller:g} or less" if smaller > 0 else "") + ", or add a node with CPUs")
 
 
 def check_shared_storage(paths: dict[str, str], tracking_uri: str) -> None:

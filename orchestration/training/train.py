@@ -1,6 +1,7 @@
 """`cxr train` on Ray Train, the driver: open (or resume) the MLflow run, start Ray Train's
-TorchTrainer on `worker.train_loop_per_worker` with one dataset stream per domain, log the run's
-artifacts (`run_artifacts`), end the run with the status that happened. The same run name again
+TorchTrainer on `worker.train_loop_per_worker` (each worker reads its own rows of the prepared
+shards: `feed`), log the run's artifacts (`run_artifacts`), end the run with the status that
+happened. The same run name again
 resumes: Ray Train restarts from the run's latest checkpoint under `train.storage_path/<run name>`,
 and the same MLflow run continues.
 """
@@ -13,14 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
-import ray.data
 import ray.train
 import ray.train.torch
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from ray.train.torch import TorchTrainer
 
-from data_prep.prepared import PreparedDataset
 from orchestration.evaluation.model_card import register_version
 from orchestration.settings.config import Config, check_run_name
 from orchestration.settings.masking import mask_text
@@ -28,7 +26,6 @@ from orchestration.settings.plan import TrainingPlan, plan_document
 from orchestration.settings.runtime import check_resources, check_shared_storage, exit_on_signals, init_ray, mark
 from orchestration.settings.schema import CHECKPOINT_TAG, PLAN_ARTIFACT, TEST_SUMMARY_METRICS
 from orchestration.settings.tracking import mlflow_client, open_run, tracking_uri
-from orchestration.training.feed import training_columns
 from orchestration.training.run_artifacts import log_run_artifacts
 from orchestration.training.worker import train_loop_per_worker
 
@@ -113,43 +110,6 @@ def undelivered_metrics_file(storage: str, run_name: str) -> Path | None:
     return Path(storage) / run_name / "undelivered_metrics.jsonl"
 
 
-def training_datasets(config: Config, plan: TrainingPlan) -> dict[str, ray.data.Dataset]:
-    """One stream per external training domain, lasting the whole run: its shard files listed once
-    per pass the run needs, each pass in its own seeded order, so Ray Data starts one stream a run,
-    not one a pass (a start costs seconds). Split among the workers (`data_config`). No all-to-all
-    step holds the first batch until a whole domain is read: rows are in random order within files
-    (`cxr prepare`) and mixed again by the worker's shuffle buffer. The internal domain has no
-    stream: every worker reads its split itself (`feed.InternalPasses`)."""
-    prepared = PreparedDataset.load(plan.data)
-    # Rank 0 prints progress lines; per-operator bars of every domain's stream would bury them.
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    # Rows the workers take from each external domain in the run (a resumed run takes fewer).
-    rows_needed = config.train.epochs * plan.steps_per_epoch * plan.per_domain_batch * config.train.workers
-    streams = {}
-    for e, d in enumerate(plan.domains[1:]):
-        files = [str(p) for p in prepared.shard_files(d, "train")]
-        passes = -(-rows_needed // max(prepared.num_samples(d, "train"), 1)) + 1  # +1: drop_last, uneven splits
-        order = np.random.default_rng((config.train.seed, e))
-        listed = [files[i] for _ in range(passes) for i in order.permutation(len(files))]
-        streams[f"train_{d}"] = ray.data.read_parquet(listed, columns=training_columns(plan.label_space),
-                                                      partitioning=None)
-    return streams
-
-
-def data_config(config: Config, plan: TrainingPlan) -> ray.train.DataConfig:
-    """Ray's ingest defaults, the external streams split among the workers; with
-    `train.reproducible_order`, each stream's blocks are handed over in file order (not in the order
-    reads finish), so one worker sees the same batches for the same seed. Several workers still
-    share the external blocks in the order they ask for them."""
-    # Ray's default_ingest_options() carries the deprecated exclude_resources along (a warning on
-    # every run); the same options without it.
-    current = ray.data.DataContext.get_current().execution_options
-    options = ray.data.ExecutionOptions(resource_limits=current.resource_limits, verbose_progress=current.verbose_progress,
-                                        preserve_order=config.train.reproducible_order)
-    return ray.train.DataConfig(datasets_to_split=[f"train_{d}" for d in plan.domains[1:]],
-                                execution_options=options)
-
-
 def _scaling(config: Config) -> ray.train.ScalingConfig:
     train = config.train
     workers = (train.min_workers, train.workers) if train.min_workers is not None else train.workers
@@ -159,7 +119,8 @@ def _scaling(config: Config) -> ray.train.ScalingConfig:
 
 def worker_resources(config: Config) -> dict[str, float]:
     train = config.train
-    cpus = train.cpus_per_worker or (1.0 if train.gpu else 0.5)  # fractional: leave CPUs to Ray Data
+    # Fractional on CPUs: a worker uses its node's cores through torch threads whatever Ray books.
+    cpus = train.cpus_per_worker or (1.0 if train.gpu else 0.5)
     return {"CPU": cpus, **({"GPU": 1} if train.gpu else {}), **train.worker_resources}
 
 
@@ -184,6 +145,4 @@ def _make_trainer(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
         ),
-        datasets=training_datasets(config, plan),
-        dataset_config=data_config(config, plan),
     )

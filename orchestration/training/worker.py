@@ -1,6 +1,7 @@
 """What each Ray Train worker of `cxr train` runs: plain PyTorch between Ray's touch points, in the
 shape of Ray's own TorchTrainer examples. Those touch points are marked `# Ray:`: the worker's
-context and device, its dataset shards, the checkpoint it resumes from, and `ray.train.report`.
+context and device, the checkpoint it resumes from, and `ray.train.report`. Each worker reads its
+own training rows from the prepared shards (`feed`).
 
 Each step takes an equal batch from every domain; an epoch is one pass over the internal training
 split (`feed.InternalShare`). Random numbers are reseeded from (seed, rank, epoch) at each epoch
@@ -43,7 +44,14 @@ from orchestration.settings.schema import (
 from orchestration.settings.tracking import MetricLogger, mlflow_client
 from orchestration.training.checkpoint import Progress, restore_checkpoint, write_checkpoint
 from orchestration.training.configured import Method, configured_method
-from orchestration.training.feed import DomainBatches, InternalPasses, InternalShare, Prefetched, training_columns
+from orchestration.training.feed import (
+    DomainBatches,
+    ExternalPasses,
+    InternalPasses,
+    InternalShare,
+    Prefetched,
+    training_columns,
+)
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -108,7 +116,8 @@ def _set_up(loop_config: dict) -> _Worker:
     spill = loop_config["undelivered"]
     logger = MetricLogger(loop_config["tracking_uri"], loop_config["run_id"],
                           spill_file=Path(spill) if spill else None) if rank == 0 else None
-    batches = worker_batches(config, plan, prepared, rank=rank, world=world, first_epoch=progress.epoch)
+    batches = worker_batches(config, plan, prepared, rank=rank, world=world, first_epoch=progress.epoch,
+                             steps_done=progress.global_step)
     worker = _Worker(
         loop_config, config, plan, prepared, rank, device, method, progress, best_state,
         feed=Prefetched(batches.next, depth=config.train.prefetch_batches, pin_memory=device.type == "cuda"),
@@ -132,17 +141,20 @@ def _set_up(loop_config: dict) -> _Worker:
 
 
 def worker_batches(config: Config, plan: TrainingPlan, prepared: PreparedDataset, *, rank: int, world: int,
-                   first_epoch: int) -> DomainBatches:
-    """This worker's training batches: its share of the internal split, its shards of the external streams."""
+                   first_epoch: int, steps_done: int = 0) -> DomainBatches:
+    """This worker's training batches: its share of the internal split, its parts of the external ones."""
     share = InternalShare(prepared.read_columns(plan.internal, "train", ["sample_id"]).column("sample_id").to_numpy(),
                           rank=rank, world=world, seed=config.train.seed)
-    seed = _seed(config.train.seed, rank, -2)
-    internal = InternalPasses(prepared, plan.internal, training_columns(plan.label_space), share,
-                              shuffle_buffer=config.train.shuffle_buffer, seed=seed)
-    externals = [ray.train.get_dataset_shard(f"train_{d}") for d in plan.domains[1:]]  # Ray: this worker's streams
+    columns, buffer = training_columns(plan.label_space), config.train.shuffle_buffer
+    internal = InternalPasses(prepared, plan.internal, columns, share, shuffle_buffer=buffer,
+                              seed=_seed(config.train.seed, rank, -2))
+    # The file order's seed is the same on every rank (rank 0's): the ranks then read disjoint parts.
+    externals = [ExternalPasses(prepared, d, columns, rank=rank, world=world, seed=_seed(config.train.seed, 0, -100 - e),
+                                shuffle_seed=_seed(config.train.seed, rank, -3 - e), shuffle_buffer=buffer)
+                 for e, d in enumerate(plan.domains[1:])]
     return DomainBatches(plan.domains, plan.label_space, internal, externals, per_domain=plan.per_domain_batch,
-                         image_size=prepared.image_size, shuffle_buffer=config.train.shuffle_buffer, seed=seed,
-                         steps_per_epoch=config.train.steps_per_epoch, first_epoch=first_epoch)
+                         image_size=prepared.image_size, steps_per_epoch=config.train.steps_per_epoch,
+                         first_epoch=first_epoch, steps_done=steps_done)
 
 
 def _one_epoch(w: _Worker, epoch: int) -> float:
