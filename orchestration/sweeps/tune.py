@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -169,13 +170,24 @@ def _check_trials(space: SweepSpace, base: Config, data: str, seeds: int) -> lis
     return points
 
 
+STOPPED_TRIAL_WAIT_S = 10
+
+
 def _settle_children(client: MlflowClient, parent_run_id: str, trial_status: dict[str, str]) -> None:
     """No child left RUNNING: Tune may stop a trial (ASHA) or lose it without its run ending. A
     trial Tune ended TERMINATED whose run did not finish by itself was stopped by the scheduler:
     its run may still say RUNNING, or FAILED when the stop reached the training as an error first."""
+    def stopped(run) -> bool:
+        return trial_status.get(run.data.tags.get(TRIAL_TAG, ""), "") == "TERMINATED"
+
+    # Tune returns while a stopped trial's process may still be ending its run (as FAILED): wait for
+    # it, so that its write does not land after ours.
+    deadline = time.monotonic() + STOPPED_TRIAL_WAIT_S
+    while time.monotonic() < deadline and any(
+            stopped(r) and r.info.status == "RUNNING" for r in child_runs(client, parent_run_id)):
+        time.sleep(0.5)
     for run in child_runs(client, parent_run_id):
-        status = trial_status.get(run.data.tags.get(TRIAL_TAG, ""), "")
-        if status == "TERMINATED" and run.info.status in ("RUNNING", "FAILED"):
+        if stopped(run) and run.info.status in ("RUNNING", "FAILED"):
             client.set_tag(run.info.run_id, EARLY_STOPPED_TAG, "true")
             client.set_terminated(run.info.run_id, "FINISHED")
         elif run.info.status == "RUNNING":
