@@ -7,7 +7,8 @@ first of several frames, to another); the driver gathers those into the manifest
 The output folder is marked incomplete (INCOMPLETE_MARKER) from its creation until its manifest is
 written, so a prepare that failed half-way (a full disk, a kill) leaves a folder no reader takes for
 a finished one. `--overwrite` deletes only a prepared or half-prepared folder, and never one that
-holds or lies above the inputs.
+holds or lies above the inputs. The output may be an object-store URI (cxrcommon.storage): the
+decode tasks and Ray Data's writer then write there directly.
 """
 
 from __future__ import annotations
@@ -16,15 +17,16 @@ import errno
 import json
 import logging
 import os
-import shutil
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import ray
+from pyarrow.fs import FileType
 
 from cxrcommon.errors import DataPrepError
+from cxrcommon.storage import Folder
 from data_prep.config import PrepareConfig
 from data_prep.images import ImageError, load_grayscale
 from data_prep.join import JoinedDataset, dataset_stats, train_class_balance
@@ -61,17 +63,19 @@ def _decode_batch(batch: pd.DataFrame, *, size: int, skipped_dir: str, limits: d
         noted += [{**where, "note": note} for note in notes]
     for records, kind in ((skipped, SKIPPED_KIND), (noted, NOTE_KIND)):
         if records:
-            with open(Path(skipped_dir) / f"{kind}-{uuid.uuid4().hex}.jsonl", "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in records)
+            Folder.at(skipped_dir).write_text("".join(json.dumps(r) + "\n" for r in records),
+                                              f"{kind}-{uuid.uuid4().hex}.jsonl")
     out = batch[keep].drop(columns=["path"])
     out[IMAGE_COLUMN] = images
     return out
 
 
-def _gather(skipped_dir: Path, kind: str) -> list[dict]:
+def _gather(skipped_dir: Folder, kind: str) -> list[dict]:
     by_sample: dict[tuple, dict] = {}  # keyed by sample: a retried task may report a file twice
-    for part in sorted(skipped_dir.glob(f"{kind}-*.jsonl")):
-        for line in part.read_text().splitlines():
+    for part in skipped_dir.files(".jsonl"):
+        if not part.startswith(f"{kind}-"):
+            continue
+        for line in skipped_dir.read_text(part).splitlines():
             record = json.loads(line)
             by_sample[(record["sample_id"], record.get("note"))] = record
     return [by_sample[k] for k in sorted(by_sample)]
@@ -86,9 +90,12 @@ def _note_warnings(noted: list[dict]) -> list[str]:
             for (domain, note), records in sorted(groups.items())]
 
 
-def _inputs_inside(out: Path, joined: JoinedDataset, sources: list[Path]) -> str | None:
-    """An input (a dataset's folder or table, or an image) that lies in `out` or is `out`, if any."""
-    roots = {os.path.abspath(out), str(out.resolve())}
+def _inputs_inside(out: Folder, joined: JoinedDataset, sources: list[Path]) -> str | None:
+    """An input (a dataset's folder or table, or an image) that lies in `out` or is `out`, if any
+    (inputs are local files: none lies in an object store)."""
+    if not out.is_local:
+        return None
+    roots = {out.path, str(Path(out.path).resolve())}
     for source in sources:
         for path in {os.path.abspath(source), str(source.resolve())}:
             if any(path == root or path.startswith(root + os.sep) for root in roots):
@@ -100,24 +107,26 @@ def _inputs_inside(out: Path, joined: JoinedDataset, sources: list[Path]) -> str
     return None
 
 
-def _prepare_out_dir(out: Path, overwrite: bool, joined: JoinedDataset, sources: list[Path]) -> None:
-    if out.exists() and not out.is_dir():
-        raise DataPrepError(f"--out {out} is a file, not a folder")
-    if out.exists() and any(out.iterdir()):
+def _prepare_out_dir(out: Folder, overwrite: bool, joined: JoinedDataset, sources: list[Path]) -> None:
+    out.check_reachable()
+    kind = out.kind()
+    if kind == FileType.File:
+        raise DataPrepError(f"--out {out.location} is a file, not a folder")
+    if kind == FileType.Directory and not out.is_empty():
         if not overwrite:
             raise DataPrepError(f"{out} exists and is not empty; pass --overwrite to replace it")
         inside = _inputs_inside(out, joined, sources)
         if inside is not None:
             raise DataPrepError(f"--overwrite refused: {out} holds the input {inside}; deleting it would "
                                 "delete the data being prepared. Choose an --out folder outside the inputs")
-        if not ((out / MANIFEST_NAME).exists() or (out / INCOMPLETE_MARKER).exists()):
+        if not (out.exists(MANIFEST_NAME) or out.exists(INCOMPLETE_MARKER)):
             raise DataPrepError(f"--overwrite refused: {out} is not a prepared dataset (no {MANIFEST_NAME}, no "
                                 f"{INCOMPLETE_MARKER}); it is left as it is. Choose a new or empty --out folder")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / INCOMPLETE_MARKER).write_text("cxr prepare is writing this folder, or stopped before it finished; "
-                                         "run it again with --overwrite\n")
-    (out / SKIPPED_DIR).mkdir()
+        out.delete()
+    out.create()
+    out.write_text("cxr prepare is writing this folder, or stopped before it finished; run it again with "
+                   "--overwrite\n", INCOMPLETE_MARKER)
+    out.child(SKIPPED_DIR).create()
 
 
 _WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
@@ -137,22 +146,25 @@ def _write_failure(exc: BaseException) -> str | None:
     return None
 
 
-def _list_shards(out: Path, domains: list[str]) -> dict[str, dict[str, list[str]]]:
+def _list_shards(out: Folder, domains: list[str]) -> dict[str, dict[str, list[str]]]:
     shards = {}
     for domain in domains:
         shards[domain] = {}
         for split in SPLITS:
-            files = shard_dir(out, domain, split).glob("*.parquet")
-            shards[domain][split] = sorted(str(p.relative_to(out)) for p in files)
+            folder = shard_dir(out, domain, split)
+            prefix = folder.path[len(out.path) + 1:]
+            shards[domain][split] = [f"{prefix}/{name}" for name in folder.files(".parquet")]
     return shards
 
 
 def run_prepare(
-    joined: JoinedDataset, config: PrepareConfig, out: Path, *, overwrite: bool = False,
+    joined: JoinedDataset, config: PrepareConfig, out: str | Path, *, overwrite: bool = False,
     resolved_config: dict | None = None,
 ) -> PreparedDataset:
-    """Decode and write every image of `joined` under `out`; return the prepared dataset. A write that
-    fails (read-only folder, full disk) raises DataPrepError; the folder stays marked incomplete."""
+    """Decode and write every image of `joined` under `out` (a folder or an object-store URI); return
+    the prepared dataset. A write that fails (read-only folder, full disk, a store that refuses us)
+    raises a user error; the folder stays marked incomplete."""
+    out = Folder.at(out)
     try:
         _prepare_out_dir(out, overwrite, joined, [s.path for s in config.sources])
         return _write_prepared(joined, config, out, resolved_config)
@@ -165,16 +177,16 @@ def run_prepare(
         raise DataPrepError(_cannot_write(out, exc, reason)) from None
 
 
-def _cannot_write(out: Path, exc: BaseException, reason: str) -> str:
-    where = getattr(exc, "filename", None) or out
+def _cannot_write(out: Folder, exc: BaseException, reason: str) -> str:
+    where = getattr(exc, "filename", None) or out.location
     marked = (f"; the half-written folder is marked incomplete ({INCOMPLETE_MARKER}): free space or fix the "
-              "permissions, then run the same command with --overwrite") if (out / INCOMPLETE_MARKER).exists() else ""
+              "permissions, then run the same command with --overwrite") if out.exists(INCOMPLETE_MARKER) else ""
     return f"cannot write the prepared dataset at {where}: {reason}{marked}"
 
 
-def _write_prepared(joined: JoinedDataset, config: PrepareConfig, out: Path, resolved_config: dict | None,
+def _write_prepared(joined: JoinedDataset, config: PrepareConfig, out: Folder, resolved_config: dict | None,
                     ) -> PreparedDataset:
-    skipped_dir = out / SKIPPED_DIR
+    skipped_dir = out.child(SKIPPED_DIR)
     # Decode+write is the only real stage. Ray Data's per-operator reservation would keep a CPU
     # for the (trivial) input stage; measured on 2 cores it halves decode concurrency.
     ray.data.DataContext.get_current().op_resource_reservation_enabled = False
@@ -193,26 +205,27 @@ def _write_prepared(joined: JoinedDataset, config: PrepareConfig, out: Path, res
         _decode_batch,
         batch_format="pandas",
         batch_size=None,
-        fn_kwargs={"size": config.image_size, "skipped_dir": str(skipped_dir),
+        fn_kwargs={"size": config.image_size, "skipped_dir": skipped_dir.location,
                    "limits": {"max_pixels": config.max_pixels, "max_file_bytes": config.max_file_bytes}},
     )
     ds.write_parquet(
-        str(out / SHARDS_DIR),
+        out.file(SHARDS_DIR),
+        filesystem=out.fs,  # it carries no credentials: each task reads them from its environment
         partition_cols=["domain", "split"],
         compression="none",  # raw uint8 pixels do not compress well and read 4x faster plain
     )
 
     skipped = _gather(skipped_dir, SKIPPED_KIND)
     noted = _gather(skipped_dir, NOTE_KIND)
-    shutil.rmtree(skipped_dir)
-    (out / SKIPPED_LIST).write_text(json.dumps(skipped, indent=1))
+    skipped_dir.delete()
+    out.write_text(json.dumps(skipped, indent=1), SKIPPED_LIST)
     total = len(joined.rows)
     bad_fraction = len(skipped) / total
     if bad_fraction > config.max_bad_fraction:
         raise DataPrepError(
             f"{len(skipped)} of {total} images ({bad_fraction:.2%}) could not be used, more than "
             f"--max-bad-fraction {config.max_bad_fraction}; they are listed with reasons in "
-            f"{out / SKIPPED_LIST} (the prepared directory is left without a manifest)"
+            f"{out.name(SKIPPED_LIST)} (the prepared directory is left without a manifest)"
         )
 
     kept = joined.without({s["sample_id"] for s in skipped})
@@ -240,5 +253,5 @@ def _write_prepared(joined: JoinedDataset, config: PrepareConfig, out: Path, res
         warnings=kept.warnings + _note_warnings(noted),
         config=resolved_config or config.model_dump(mode="json"),
     ).write(out)
-    (out / INCOMPLETE_MARKER).unlink()
-    return PreparedDataset.load(out)
+    out.delete_file(INCOMPLETE_MARKER)
+    return PreparedDataset.load(out.location)

@@ -8,6 +8,7 @@ Layout:
                                                     of the label space; rows in a seeded random order
 `Manifest` is the typed contract: `Manifest.write` is its one writer (`cxr prepare`, last), and every
 reader goes through `PreparedDataset.load`, which checks `format_version` and the shards it lists.
+PREPARED is a folder or an object-store URI (cxrcommon.storage).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from cxrcommon.errors import DataPrepError
+from cxrcommon.errors import DataPrepError, first_line
+from cxrcommon.storage import Folder
 from data_prep.findings import FindingGroups
 
 FORMAT_VERSION = 3  # 2: per-domain training P_c / N_c; rows in a seeded random order. 3: sex, age, view
@@ -32,8 +34,8 @@ SHARDS_DIR = "shards"
 IMAGE_COLUMN = "image"
 
 
-def shard_dir(root: Path, domain: str, split: str) -> Path:
-    return root / SHARDS_DIR / f"domain={domain}" / f"split={split}"
+def shard_dir(root: Folder, domain: str, split: str) -> Folder:
+    return root.child(SHARDS_DIR, f"domain={domain}", f"split={split}")
 
 
 def images_from_arrow(column: pa.Array | pa.ChunkedArray, size: int) -> np.ndarray:
@@ -90,32 +92,39 @@ class Manifest(BaseModel):
     warnings: list[str]
     config: dict  # the resolved config of the `cxr prepare` run
 
-    def write(self, root: Path) -> None:
-        (root / MANIFEST_NAME).write_text(self.model_dump_json(indent=1))
+    def write(self, root: Folder) -> None:
+        root.write_text(self.model_dump_json(indent=1), MANIFEST_NAME)
 
 
 @dataclass(frozen=True)
 class PreparedDataset:
-    root: Path
+    folder: Folder
     manifest: Manifest
+
+    @property
+    def root(self) -> str:
+        """The folder or URI as it was given: what messages and the training plan name."""
+        return self.folder.location
 
     @classmethod
     def load(cls, root: str | Path) -> PreparedDataset:
-        root = Path(root)
+        folder = Folder.at(root)
+        root = folder.location
         how = "run `cxr prepare ... --out {}` to (re)create it".format(root)
-        if not root.is_dir():
+        folder.check_reachable()
+        if not folder.is_dir():
             raise DataPrepError(f"prepared dataset {root} does not exist; {how}")
-        manifest_path = root / MANIFEST_NAME
-        if (root / INCOMPLETE_MARKER).exists():
+        manifest_path = folder.name(MANIFEST_NAME)
+        if folder.exists(INCOMPLETE_MARKER):
             raise DataPrepError(f"{root} was left by a `cxr prepare` that did not finish (it failed or was "
                                 f"stopped: {INCOMPLETE_MARKER}); run it again with --overwrite")
-        if not manifest_path.exists():
+        if not folder.exists(MANIFEST_NAME):
             raise DataPrepError(
                 f"{root} has no {MANIFEST_NAME}: not a prepared dataset, or its `cxr prepare` did "
                 f"not finish; {how}"
             )
         try:
-            manifest = json.loads(manifest_path.read_text())
+            manifest = json.loads(folder.read_text(MANIFEST_NAME))
         except json.JSONDecodeError as exc:
             raise DataPrepError(f"{manifest_path} is not valid JSON ({exc}); {how}") from exc
         version = manifest.get("format_version") if isinstance(manifest, dict) else None
@@ -132,11 +141,11 @@ class PreparedDataset:
             raise DataPrepError(
                 f"{manifest_path}: {key}: {first['msg']} ({exc.error_count()} problem(s)); {how}"
             ) from None
-        dataset = cls(root, manifest)
+        dataset = cls(folder, manifest)
         for domain in dataset.domains:
             for split, files in manifest.shards[domain].items():
                 for name in files:
-                    problem = _shard_problem(root / name)
+                    problem = _shard_problem(folder, name)
                     if problem:
                         raise DataPrepError(
                             f"{root}: shard {name} of {domain}/{split} listed in {MANIFEST_NAME} "
@@ -144,7 +153,7 @@ class PreparedDataset:
                         )
         return dataset
 
-    def _read_error(self, path: Path, exc: Exception) -> DataPrepError:
+    def _read_error(self, path: str, exc: Exception) -> DataPrepError:
         reason = " ".join(str(exc).split())[:200]
         return DataPrepError(f"shard {path} cannot be read ({type(exc).__name__}: {reason}); the prepared "
                              f"dataset is damaged: run `cxr prepare ... --out {self.root} --overwrite` to re-create it")
@@ -186,8 +195,9 @@ class PreparedDataset:
     def num_samples(self, domain: str, split: str) -> int:
         return self.manifest.domains[domain].splits[split]
 
-    def shard_files(self, domain: str, split: str) -> list[Path]:
-        return [self.root / name for name in self.manifest.shards[domain].get(split, [])]
+    def shard_files(self, domain: str, split: str) -> list[str]:
+        """The split's shard files as paths of `folder.fs` (on a local disk: absolute paths)."""
+        return [self.folder.file(name) for name in self.manifest.shards[domain].get(split, [])]
 
     def class_balance(self, domains: list[str]) -> dict[str, dict[str, int]]:
         """P_c and N_c per finding, summed over the training splits of `domains`."""
@@ -209,10 +219,10 @@ class PreparedDataset:
             return pa.table({c: pa.array([], pa.int64()) for c in columns})
         return pa.concat_tables(tables)
 
-    def read_shard(self, path: Path, columns: list[str], filters: list | None = None) -> pa.Table:
+    def read_shard(self, path: str, columns: list[str], filters: list | None = None) -> pa.Table:
         """Some columns of one shard file (of `shard_files`); a damaged file is named."""
         try:
-            return pq.read_table(path, columns=columns, filters=filters)
+            return pq.read_table(path, columns=columns, filters=filters, filesystem=self.folder.fs)
         except (pa.ArrowException, OSError) as exc:
             raise self._read_error(path, exc) from None
 
@@ -232,9 +242,10 @@ class PreparedDataset:
                     labels,
                 )
 
-    def _batches(self, path: Path, batch_size: int, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    def _batches(self, path: str, batch_size: int, columns: list[str]) -> Iterator[pa.RecordBatch]:
         try:
-            yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns)
+            yield from pq.ParquetFile(path, filesystem=self.folder.fs).iter_batches(batch_size=batch_size,
+                                                                                    columns=columns)
         except (pa.ArrowException, OSError) as exc:
             raise self._read_error(path, exc) from None
 
@@ -242,19 +253,17 @@ class PreparedDataset:
 _PARQUET_MAGIC = b"PAR1"
 
 
-def _shard_problem(path: Path) -> str | None:
+def _shard_problem(folder: Folder, name: str) -> str | None:
     """Why a listed shard is unusable at a glance (missing, or cut short: a Parquet file ends with
     its footer and magic bytes), else None. Damage inside a file is found when it is read."""
     try:
-        with open(path, "rb") as f:
-            size = f.seek(0, 2)
-            if size < 12:
-                return f"is truncated ({size} bytes)"
-            f.seek(-4, 2)
-            if f.read(4) != _PARQUET_MAGIC:
-                return "is truncated or damaged (no Parquet footer at its end)"
+        size, tail = folder.size_and_tail(4, name)
     except FileNotFoundError:
         return "is missing"
     except OSError as exc:
-        return f"cannot be read ({exc.strerror})"
+        return f"cannot be read ({exc.strerror or first_line(exc, 200)})"
+    if size < 12:
+        return f"is truncated ({size} bytes)"
+    if tail != _PARQUET_MAGIC:
+        return "is truncated or damaged (no Parquet footer at its end)"
     return None

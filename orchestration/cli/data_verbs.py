@@ -46,7 +46,7 @@ TABLE_ONE_TITLE = "Findings per dataset (positives; '-' = not labelled; * = comm
 @opt.with_dataset_flags
 def prepare(
     folders: dict[str, Optional[Path]],
-    out: Annotated[Optional[Path], typer.Option(help="Prepared dataset folder to write.")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Prepared dataset folder to write, or an object-store URI (s3://bucket/prefix).")] = None,
     list_presets: Annotated[bool, typer.Option("--list-presets", help="Print the label-map presets (source label -> finding) and stop.")] = False,
     csv: Annotated[Optional[list[str]], typer.Option(help="NAME=FILE: a dataset in the generic CSV schema (repeatable).")] = None,
     internal: Annotated[Optional[str], typer.Option(help="Name of the internal (target) dataset. Default: nih.")] = None,
@@ -70,6 +70,10 @@ def prepare(
     cfg = with_updates(cfg, "prepare", sources=[s.model_dump(mode="json") for s in sources])
     if not dry_run and out is None:
         raise UsageError("--out is required (or use --dry-run)")
+    if not dry_run:
+        from cxrcommon.storage import Folder
+
+        Folder.at(out).check_reachable()  # an object store that refuses us, before the datasets are read
     joined = load_sources(cfg.prepare, find_images=not dry_run)
     stats = dataset_stats(joined)
     warn(joined.warnings)

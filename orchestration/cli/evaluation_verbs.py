@@ -15,7 +15,7 @@ from orchestration.cli.app import UsageError, config_from, lines, pairs, print_f
 @verb
 def predict(
     out: Annotated[Path, typer.Option(help="Output file: .parquet or .csv.")],
-    data: Annotated[Optional[Path], typer.Option(help="Prepared dataset folder (or give --images).")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Prepared dataset folder or object-store URI (or give --images).")] = None,
     images: Annotated[Optional[Path], typer.Option(help="Raw images instead of --data: a folder (PNG, JPEG, DICOM, searched recursively) or a CSV with a path column.")] = None,
     model: opt.Model = None, run: opt.Run = None, checkpoint: opt.Checkpoint = None,
     split: opt.Split = "test",

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from orchestration.sweeps.tune import SweepOutcome, SweepSettings
 
 
-def _run_sweep(space: SweepSpace, data: Path, settings: SweepSettings, address: str | None,
+def _run_sweep(space: SweepSpace, data: str, settings: SweepSettings, address: str | None,
                config: list[Path] | None, overrides: list[str] | None) -> SweepOutcome:
     """Run a sweep and print its trials, Pareto front and best trial."""
     from orchestration.sweeps.tune import run_sweep
@@ -34,7 +34,7 @@ def _run_sweep(space: SweepSpace, data: Path, settings: SweepSettings, address: 
 @verb
 def tune(
     space: Annotated[str, typer.Option(help="A built-in space (e.g. optuna_full, fig4_lambda_ute) or a YAML file.")],
-    data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
+    data: Annotated[str, typer.Option(help="Prepared dataset folder, or its object-store URI.")],
     num_samples: Annotated[int, typer.Option(help="Trials to sample (search spaces; grids run every point).")] = 10,
     max_concurrent: opt.MaxConcurrent = 1,
     scheduler: Annotated[str, typer.Option(help="asha (early stopping on the metric per epoch) or none.")] = "none",
@@ -64,7 +64,7 @@ def tune(
 @verb
 def ablate(
     grid: Annotated[str, typer.Option(help="A built-in grid (ablation_table6, baselines_table3, cross_domain_table2, fig4_lambda_tat, fig4_lambda_ute, paper_default) or a YAML file.")],
-    data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
+    data: Annotated[str, typer.Option(help="Prepared dataset folder, or its object-store URI.")],
     seeds: Annotated[int, typer.Option(help="Run every row with seeds 0..K-1.")] = 1,
     rows: Annotated[Optional[str], typer.Option(help="Only these rows, comma-separated (e.g. a,b,g).")] = None,
     max_concurrent: opt.MaxConcurrent = 1,
@@ -84,7 +84,7 @@ def ablate(
 
 @verb
 def cross_domain(
-    data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
+    data: Annotated[str, typer.Option(help="Prepared dataset folder, or its object-store URI.")],
     seeds: Annotated[int, typer.Option(help="Train every single-domain model with seeds 0..K-1.")] = 1,
     split: Annotated[str, typer.Option(help="The split of every domain to test on.")] = "test",
     tencrop: opt.Tencrop = False, device: opt.Device = "cpu",

@@ -16,7 +16,7 @@ from orchestration.settings.config import imagenet_warning
 
 @verb
 def train(
-    data: Annotated[Path, typer.Option(help="Prepared dataset folder (from cxr prepare).")],
+    data: Annotated[str, typer.Option(help="Prepared dataset folder (from cxr prepare), or its object-store URI (s3://bucket/prefix).")],
     workers: Annotated[Optional[int], typer.Option(help="Data-parallel workers. Default: 1.")] = None,
     gpu: Annotated[Optional[bool], typer.Option("--gpu/--cpu", help="One GPU per worker.")] = None,
     run_name: Annotated[Optional[str], typer.Option(help="Name of the run; the same name again resumes it.")] = None,

@@ -33,6 +33,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from cxrcommon.errors import UserError
+from cxrcommon.storage import is_uri
 from cxrmodel.inputs import to_model_input
 from data_prep.prepared import PreparedDataset
 from data_prep.readers import READERS
@@ -92,7 +93,7 @@ def default_truth_file(prepared: PreparedDataset, domain: str) -> Path:
     if domain not in sources:
         raise DiagnoseError(f"the manifest of {prepared.root} names no source {domain!r}; give --truth {domain}=FILE")
     path, reader = Path(sources[domain]["path"]), READERS[sources[domain]["kind"]]
-    for base in (Path.cwd(), prepared.root.parent):
+    for base in [Path.cwd()] + ([] if is_uri(prepared.root) else [Path(prepared.root).parent]):
         folder = reader.root(path if path.is_absolute() else base / path)  # the dataset's folder, as prepare read it
         if (folder / TRUTH_FILE).is_file():
             return folder / TRUTH_FILE

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxrcommon.storage import Folder
 from cxrmodel.operating_points import parse_operating_points
 from data_prep.prepared import PreparedDataset
 from orchestration.evaluation.calibration_report import calibration_on, fit_temperatures
@@ -179,10 +180,15 @@ def save_decisions(config: Config, scores: ModelScores, *, thresholds: dict | No
             thresholds, decision_point, chosen_on)
     if temperatures is not None:
         decisions.temperatures, decisions.calibrated_on = temperatures, calibrated_on
-    path = write_decisions(scores.found.checkpoint, decisions)
+    written = write_decisions(scores.found.checkpoint, decisions)
+    path = str(written)
+    if scores.found.stored_at:  # a copy of a checkpoint in an object store: the store's folder gets it too
+        stored = Folder.at(scores.found.stored_at)
+        stored.write_text(written.read_text(), written.name)
+        path = stored.name(written.name)
     if scores.found.run_id:
         client = client_for(config)
-        client.log_text(scores.found.run_id, path.read_text(), DECISIONS_ARTIFACT)
+        client.log_text(scores.found.run_id, written.read_text(), DECISIONS_ARTIFACT)
         if temperatures is not None:
             log_metrics_now(client, scores.found.run_id, {temperature_metric(f): t for f, t in temperatures.items()})
         return f"saved in {path} and to the model's training run {scores.found.run_id} ({DECISIONS_ARTIFACT})"
@@ -194,7 +200,7 @@ def calibrate_model(config: Config, found: ModelReference, data: Path | None, *,
     """Fit one temperature per finding on the internal domain's validation split of `data` (default:
     the data the model was trained on) and save them with the model; the before/after table, what
     was saved, warnings."""
-    data = data or Path(read_run_description(found.checkpoint)[1].data)
+    data = data or read_run_description(found.checkpoint)[1].data
     scores = model_scores(found, data, split=None, tencrop=tencrop, device=device, with_val=True)
     temperatures, table, warnings = fit_temperatures(scores.val, scores.prepared, scores.internal, scores.evaluated,
                                                      min_per_class=min_per_class)

@@ -67,7 +67,7 @@ def export_model(found: ModelReference, out: Path, *, fmt: str = "onnx", opset: 
     temperatures = (torch.tensor(decisions.temperature_vector(plan.label_space), dtype=torch.float32)
                     if decisions.temperatures else None)
     model = ProbabilityModel(net, temperatures).eval()
-    batch = torch.from_numpy(check_images(data or Path(plan.data), plan.internal, images))
+    batch = torch.from_numpy(check_images(data or plan.data, plan.internal, images))
     with torch.no_grad():
         expected = model(batch).numpy()
     out.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from cxrcommon.plotting import panel_grid
+from cxrcommon.storage import absolute
 from cxrmodel.auc_statistics import auc_intervals
 from cxrmodel.inference import predict_probs
 from cxrmodel.metrics import SUMMARIES, AucReport, auc_report, figure_name
@@ -251,6 +252,6 @@ def evaluate_on_prepared(frame: pd.DataFrame, data: Path, *, bootstrap: int = 0,
                                **({"ci95": intervals[d], "bootstrap": bootstrap, "seed": seed} if bootstrap else {})}
                            for d, r in reports.items()}},
         warnings=[f"{n} predicted {d} images are not in {data}; left out" for d, n in scores.unmatched.items() if n],
-        params={"data": str(Path(data).resolve()), "bootstrap": str(bootstrap), "seed": str(seed)},
+        params={"data": absolute(data), "bootstrap": str(bootstrap), "seed": str(seed)},
         shown=with_intervals(table, scores.intervals) if bootstrap else None,
     )

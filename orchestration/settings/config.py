@@ -156,7 +156,7 @@ class TrainConfig(_Section):
     seed: int = 0  # seeds weights, data order and augmentation
     # None: train-<date>-<time>; the same name again resumes
     run_name: Annotated[str, AfterValidator(check_run_name)] | None = None
-    storage_path: str = "ray_results"  # where Ray Train keeps each run's checkpoints
+    storage_path: str = "ray_results"  # where Ray Train keeps each run's checkpoints: a folder or s3://bucket/prefix
     test_tencrop: bool = False  # average 10 crops when testing the best model
     # Pad-and-crop: shift each training image by up to 1/16 of its side (for runs tested with TenCrop).
     random_crop: bool = False

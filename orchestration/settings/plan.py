@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from cxrcommon.errors import UserError
+from cxrcommon.storage import absolute
 from cxrmodel.losses import domain_betas, finding_weights
 from data_prep.findings import FindingGroups
 from data_prep.prepared import PreparedDataset
@@ -156,7 +157,7 @@ def plan_training(config: Config, data: str | Path) -> TrainingPlan:
         ensemble = trained
 
     return TrainingPlan(
-        data=str(Path(data).resolve()),
+        data=absolute(data),
         domains=domains,
         label_space=prepared.label_space,
         common=common,

@@ -200,12 +200,12 @@ def registered_version(client: MlflowClient, uri: str):
                           f"({exc.message.splitlines()[0]})") from None
 
 
-def run_checkpoint(client: MlflowClient, run_id: str) -> Path:
-    """The final checkpoint folder of a finished training run."""
+def run_checkpoint(client: MlflowClient, run_id: str) -> str:
+    """The final checkpoint folder of a finished training run: a path, or a URI in an object store."""
     path = client.get_run(run_id).data.tags.get(CHECKPOINT_TAG)
     if not path:
         raise ConfigError(f"MLflow run {run_id} has no {CHECKPOINT_TAG} tag: it is not a finished cxr train run")
-    return Path(path)
+    return path
 
 
 def run_of_checkpoint(client: MlflowClient, experiment: str, checkpoint: Path) -> str | None:

@@ -32,6 +32,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from cxrcommon.storage import absolute, is_uri
 from data_prep.prepared import PreparedDataset
 from orchestration.evaluation.model_card import register_version
 from orchestration.settings.config import Config, ConfigError, check_run_name, flatten_config, load_config
@@ -199,8 +200,11 @@ def run_sweep(
     address: str | None = None, handle_signals: bool = False,
 ) -> SweepOutcome:
     settings.check_for(space)
-    data = str(Path(data).resolve())
+    data = absolute(data)
     original_storage = base.train.storage_path
+    if is_uri(original_storage):
+        raise ConfigError(f"train.storage_path={original_storage}: a sweep keeps its folder (Tune's state, the Optuna "
+                          "study's SQLite file) on a local or shared path; give a folder (the data may stay in the store)")
     storage = Path(original_storage).resolve()
     # Trials run in Ray's working directory: give them the store this driver resolved, and keep
     # each trial's Train run checkpoints inside the sweep's folder.

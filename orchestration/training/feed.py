@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import queue
 import threading
-from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -100,11 +99,11 @@ class ExternalPasses:
         self.slices = world if len(files) < world else 1
         self.parts = [(path, s) for path in files for s in range(self.slices)]
 
-    def _mine(self, pass_index: int) -> list[tuple[Path, int]]:
+    def _mine(self, pass_index: int) -> list[tuple[str, int]]:
         order = np.random.default_rng((self.seed, pass_index)).permutation(len(self.parts))
         return [self.parts[i] for i in order[self.rank::self.world]]
 
-    def _read(self, path: Path, part: int, columns: list[str]) -> pa.Table:
+    def _read(self, path: str, part: int, columns: list[str]) -> pa.Table:
         table = self.prepared.read_shard(path, columns)
         return table if self.slices == 1 else table.take(pa.array(np.arange(part, table.num_rows, self.slices)))
 

@@ -14,6 +14,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
+from cxrcommon.storage import Folder
 from cxrmodel.inference import ProbabilityModel
 from data_prep.prepared import MANIFEST_NAME, PreparedDataset
 from orchestration.evaluation.scoring import Predictions, auc_table, report_for, roc_figure
@@ -45,7 +46,7 @@ def log_run_artifacts(client: MlflowClient, run_id: str, config: Config, plan: T
         "internal_only": plan.internal_only,
         "domains": {d: info.model_dump(exclude={"counts"}) for d, info in manifest.domains.items()},
         "skipped_images": len(manifest.skipped),
-        "manifest_sha256": hashlib.sha256((Path(plan.data) / MANIFEST_NAME).read_bytes()).hexdigest(),
+        "manifest_sha256": hashlib.sha256(Folder.at(plan.data).read_bytes(MANIFEST_NAME)).hexdigest(),
     }, DATA_SUMMARY_ARTIFACT)
     client.log_dict(run_id, provenance(), PROVENANCE_ARTIFACT)
     client.log_text(run_id, (checkpoint / SUMMARY_FILE).read_text(), SUMMARY_ARTIFACT)

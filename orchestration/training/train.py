@@ -19,6 +19,7 @@ import ray.train.torch
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from ray.train.torch import TorchTrainer
 
+from cxrcommon.storage import Folder, absolute, is_uri
 from orchestration.evaluation.model_card import register_version
 from orchestration.settings.config import Config, check_run_name
 from orchestration.settings.masking import mask_text
@@ -59,9 +60,10 @@ def run_training(
     uri = tracking_uri(config)
     client = mlflow_client(uri)
     run_id, _ = open_run(client, config, run_name, tags=tags, parent_run_id=parent_run_id)
-    storage = config.train.storage_path
-    if "://" not in storage:
-        storage = str(Path(storage).resolve())
+    storage = absolute(config.train.storage_path)
+    if is_uri(storage):
+        Folder.at(storage).check_reachable()  # a missing bucket or refused credentials, named before Ray starts
+    else:
         Path(storage).mkdir(parents=True, exist_ok=True)
     system_metrics = SystemMetricsMonitor(run_id, tracking_uri=uri)
     system_metrics.start()
@@ -86,7 +88,7 @@ def run_training(
         if undelivered is not None and undelivered.exists():
             print(f"[{run_name}] some metrics could not reach the MLflow server at {mask_text(uri)} during training; "
                   f"they are kept in {undelivered} (one JSON object per step)", file=sys.stderr, flush=True)
-        client.set_tag(run_id, CHECKPOINT_TAG, result.checkpoint.path)  # what `cxr predict --run` loads
+        client.set_tag(run_id, CHECKPOINT_TAG, checkpoint_location(result.checkpoint, storage))  # what --run loads
         with result.checkpoint.as_directory() as directory:
             log_run_artifacts(client, run_id, config, plan, Path(directory))
         if config.mlflow.register_model:
@@ -99,13 +101,18 @@ def run_training(
         system_metrics.finish()
     client.set_terminated(run_id, "FINISHED")
     mark("run ended")
-    return TrainingOutcome(run_id, run_name, dict(result.metrics), result.checkpoint.path)
+    return TrainingOutcome(run_id, run_name, dict(result.metrics), checkpoint_location(result.checkpoint, storage))
+
+
+def checkpoint_location(checkpoint: ray.train.Checkpoint, storage: str) -> str:
+    """Where a checkpoint lies, as a path or, in an object store, a URI (Ray keeps the path in the store)."""
+    return f"{storage.split('://', 1)[0]}://{checkpoint.path}" if is_uri(storage) else checkpoint.path
 
 
 def undelivered_metrics_file(storage: str, run_name: str) -> Path | None:
     """Where rank 0 keeps metrics the tracking server never took: in the run's storage when local,
     else (None) a private temporary file on rank 0's node, named in its console line."""
-    if "://" in storage:
+    if is_uri(storage):
         return None
     return Path(storage) / run_name / "undelivered_metrics.jsonl"
 
@@ -127,7 +134,7 @@ def worker_resources(config: Config) -> dict[str, float]:
 def _make_trainer(
     config: Config, plan: TrainingPlan, uri: str, run_id: str, run_name: str, storage: str, callbacks: list
 ) -> TorchTrainer:
-    local_storage = "://" not in storage
+    local_storage = not is_uri(storage)
     undelivered = undelivered_metrics_file(storage, run_name)
     return TorchTrainer(
         train_loop_per_worker,
