@@ -121,8 +121,10 @@ VARIANTS: dict[str, tuple[Acceleration | bool, int]] = {  # in order of interest
     "method_eager_plain": (replace(GPU, compile=False, fused_adam=False, cudnn_benchmark=False), 1),
     "method_eager": (replace(GPU, compile=False), 1),
     "method_compiled": (GPU, 1),  # cxr train --gpu
-    "method_compiled_batch_x2": (GPU, 2),
     "anchor_densenet121_bce_compiled": (True, 1),
+    "method_compiled_step": (replace(GPU, compile_scope="step"), 1),  # train.compile_scope=step
+    "method_compiled_step_cuda_graphs": (replace(GPU, compile_scope="step", compile_mode="reduce-overhead"), 1),
+    "method_compiled_batch_x2": (GPU, 2),
     "method_compiled_unfused_adam": (replace(GPU, fused_adam=False), 1),
     "method_compiled_cuda_graphs": (replace(GPU, compile_mode="reduce-overhead"), 1),
 }

@@ -24,6 +24,7 @@ from cxrmodel.temporal_ensemble import TemporalEnsemble
 from cxrmodel.training_step import TrainingStep
 
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+CompileScope = Literal["network", "step"]
 
 
 @dataclass(frozen=True)
@@ -64,9 +65,10 @@ class Acceleration:
 
     bf16: bool = False  # autocast the forward pass to bfloat16
     channels_last: bool = False
-    compile: bool = False  # torch.compile the network the step trains (not the one saved or scored)
+    compile: bool = False  # torch.compile what the step trains with (not the network saved or scored)
     compile_mode: CompileMode = "default"
     compile_backend: str = "inductor"  # tests trace with "eager" to stay fast on a CPU
+    compile_scope: CompileScope = "network"  # or "step": forward, losses and both optimizer updates
     fused_adam: bool = False  # one fused kernel for Adam's update (CUDA only)
     cudnn_benchmark: bool = False  # let cuDNN pick the fastest convolution for the fixed shapes
 
@@ -127,8 +129,11 @@ def build_method(
     ensemble = (TemporalEnsemble(spec.num_samples, spec.num_findings, spec.gamma, device)
                 if spec.temporal_ensemble else None)
     trained = wrap(network) if wrap else network
-    if speed.compile:
-        trained = torch.compile(trained, mode=speed.compile_mode, backend=speed.compile_backend)
+    # CUDA graphs replay one shape each: static shapes (an exact epoch's steps differ by a row).
+    compiling = dict(mode=speed.compile_mode, backend=speed.compile_backend,
+                     dynamic=False if speed.compile_mode == "reduce-overhead" else None)
+    if speed.compile and speed.compile_scope == "network":
+        trained = torch.compile(trained, **compiling)
     covered = spec.ensemble_findings if spec.ensemble_findings is not None else (True,) * spec.num_findings
     step = TrainingStep(
         trained, optimizers.network, optimizers.discriminators,
@@ -140,6 +145,7 @@ def build_method(
         hard_labels=spec.hard_labels,
         random_crop=spec.random_crop, autocast_dtype=torch.bfloat16 if speed.bf16 else None,
         channels_last=speed.channels_last,
+        compile_options=compiling if speed.compile and speed.compile_scope == "step" else None,
     )
     return Method(network, optimizers, ensemble, step, speed)
 

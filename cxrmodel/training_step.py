@@ -6,6 +6,10 @@
 
 The backward reaches the discriminators through a gradient reversal (see discriminators.py), so
 one backward serves both optimizers; both step every iteration, as in the paper.
+
+With `compile_options`, torch.compile takes the step's two halves around the backward: the forward
+with every loss (`_losses`) and both optimizer updates (`_update`). The input's random flip and
+crop stay outside, so a compiled step draws the same random numbers as an eager one.
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ class TrainingStep:
         hard_labels: Table VI i: the rounded ensemble targets enter eq. 1 as labels; no L2 term.
         random_crop: random translation by up to 1/16 of the side (see inputs.py), besides the flip.
         autocast_dtype: e.g. torch.bfloat16 on GPUs; None = full precision.
+        compile_options: torch.compile's arguments for the whole step; None: run it eagerly (the
+            model itself may be compiled).
     """
 
     def __init__(
@@ -75,6 +81,7 @@ class TrainingStep:
         random_crop: bool = False,
         autocast_dtype: torch.dtype | None = None,
         channels_last: bool = False,
+        compile_options: dict | None = None,
     ):
         self.model, self.optimizer, self.discriminator_optimizer = model, optimizer, discriminator_optimizer
         self.device = next(model.parameters()).device
@@ -87,6 +94,8 @@ class TrainingStep:
         self.random_crop = random_crop
         self.autocast_dtype, self.channels_last = autocast_dtype, channels_last
         self.lambda_tat = lambda_tat
+        compiled = (lambda f: torch.compile(f, **compile_options)) if compile_options is not None else (lambda f: f)
+        self._losses_run, self._update_run = compiled(self._losses), compiled(self._update)
 
     def __call__(
         self,
@@ -102,8 +111,23 @@ class TrainingStep:
                            channels_last=self.channels_last)
         labels = labels.to(device, non_blocking=True)
         domain = domain.to(device, non_blocking=True).long()
+        # H as a tensor: a compiled step would otherwise be recompiled for every new value.
+        losses, backward, probs = self._losses_run(x, labels, domain, sample_id, torch.tensor(h, device=device))
 
-        with autocast_context(device, self.autocast_dtype):
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.discriminator_optimizer is not None:
+            self.discriminator_optimizer.zero_grad(set_to_none=True)
+        backward.backward()
+        self._update_run()
+
+        if self.ensemble is not None:
+            self.ensemble.record(sample_id, probs)
+        return StepOutput({k: v.detach() for k, v in losses.items()}, probs.detach())
+
+    def _losses(self, x: torch.Tensor, labels: torch.Tensor, domain: torch.Tensor, sample_id: torch.Tensor,
+                h: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Eq. 7's terms, the sum the backward takes (λ_tat applied by the reversal) and p."""
+        with autocast_context(x.device, self.autocast_dtype):
             out = self.model(x, domain)
         logits = out.logits.float()
         probs = torch.sigmoid(logits)
@@ -129,15 +153,9 @@ class TrainingStep:
             backward = backward + self.lambda_ute * ute
             total = total + self.lambda_ute * ute
         losses["total"] = total
+        return losses, backward, probs
 
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.discriminator_optimizer is not None:
-            self.discriminator_optimizer.zero_grad(set_to_none=True)
-        backward.backward()
+    def _update(self) -> None:
         self.optimizer.step()
         if self.discriminator_optimizer is not None:
             self.discriminator_optimizer.step()
-
-        if self.ensemble is not None:
-            self.ensemble.record(sample_id, probs)
-        return StepOutput({k: v.detach() for k, v in losses.items()}, probs.detach())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -144,6 +146,18 @@ def test_a_compiled_method_trains_the_saved_network_and_its_state_loads_uncompil
         reference = compiled.network(x, torch.tensor([0, 1])).logits
         assert torch.equal(plain.network(x, torch.tensor([0, 1])).logits, reference)
         assert torch.equal(again.step.model(x, torch.tensor([0, 1])).logits, reference)
+
+
+def test_compile_scope_step_compiles_the_step_around_the_uncompiled_network():
+    spec = method_spec(_small(), _plan())
+    speed = acceleration(_small(**{"train.compile": True, "train.compile_scope": "step"}), "cpu")
+    assert speed.compile and speed.compile_scope == "step"
+    whole = factory.build_method(spec, acceleration=replace(speed, compile_backend="eager"))
+    assert whole.step.model is whole.network  # not compiled twice
+    assert whole.step._losses_run != whole.step._losses and whole.step._update_run != whole.step._update
+    network_only = factory.build_method(spec, acceleration=Acceleration(compile=True, compile_backend="eager"))
+    assert network_only.step.model._orig_mod is network_only.network
+    assert network_only.step._losses_run == network_only.step._losses  # the step itself runs eagerly
 
 
 def test_the_gpu_benchmark_measures_what_the_default_config_trains(monkeypatch):

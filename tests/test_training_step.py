@@ -233,3 +233,67 @@ def test_a_beta_per_domain_weighs_each_sample_by_its_own_domains_row():
     per_domain = cls_loss(torch.stack([pooled, other]))
     assert per_domain != cls_loss(pooled)
     assert cls_loss(torch.stack([other, pooled])) not in (per_domain, cls_loss(pooled))  # rows are per domain
+
+
+class _TinyNet(torch.nn.Module):
+    """CXRNet's interface (logits, domain logits through the gradient reversal) at a size that
+    torch.compile traces in a second."""
+
+    def __init__(self, findings: int = FINDINGS, lambda_tat: float = 0.03):
+        super().__init__()
+        from cxrmodel.discriminators import reverse_gradient
+
+        self.reverse, self.lambda_tat = reverse_gradient, lambda_tat
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, stride=4), torch.nn.ReLU(),
+                                            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        self.classifier = torch.nn.Linear(4, findings)
+        self.discriminators = torch.nn.Linear(4, len(COMMON))
+
+    def forward(self, x, domain=None):
+        from cxrmodel.network import NetOutput
+
+        f = self.features(x)
+        return NetOutput(self.classifier(f), self.discriminators(self.reverse(f, self.lambda_tat)).unsqueeze(-1))
+
+
+def _tiny_step(**kwargs) -> TrainingStep:
+    torch.manual_seed(0)
+    model = _TinyNet()
+    adam = torch.optim.Adam([*model.features.parameters(), *model.classifier.parameters()], lr=1e-2)
+    rmsprop = torch.optim.RMSprop(model.discriminators.parameters(), lr=1e-2)
+    names = [str(i) for i in range(FINDINGS)]
+    alpha, beta = finding_weights(names, [names[c] for c in COMMON], {n: {"positive": 1, "negative": 2} for n in names})
+    internal_only = torch.tensor([c in DOMAIN_FINDINGS[0] and c not in DOMAIN_FINDINGS[1] for c in range(FINDINGS)])
+    return TrainingStep(model, adam, rmsprop, alpha=alpha, beta=beta, num_domains=2,
+                        ensemble=TemporalEnsemble(128, FINDINGS, gamma=0.6), ensemble_findings=internal_only,
+                        lambda_tat=0.03, lambda_ute=30.0, **kwargs)
+
+
+def test_a_compiled_step_computes_what_the_eager_step_does():
+    """compile_scope=step: the forward with every loss and both optimizer updates go through
+    torch.compile (aot_eager: AOTAutograd's forward/backward split, no code generation); losses,
+    weights and the ensemble agree with the eager step's over epochs with a changing H."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    counter = CompileCounterWithBackend("aot_eager")
+    eager, compiled = _tiny_step(), _tiny_step(compile_options={"backend": counter})
+    images, labels, domains = synthetic_domains(per_domain=4, size=32)
+    sample_id = torch.arange(len(images))
+    ute = []
+    for epoch, h in enumerate([0.0, 0.02, 0.05]):
+        for step in (eager, compiled):
+            torch.manual_seed(epoch)  # the same flips: they are drawn outside the compiled part
+            out = step(images, labels, domains, sample_id, h=h)
+            step.ensemble.end_epoch()
+            step.last = out
+        for name, value in eager.last.losses.items():
+            torch.testing.assert_close(compiled.last.losses[name], value, rtol=1e-5, atol=1e-6)
+        ute.append(float(eager.last.losses["ute"]))
+    assert ute[0] == 0 and min(ute[1:]) > 0  # the ensemble's term took part once it had targets
+    for (name, a), b in zip(eager.model.named_parameters(), compiled.model.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+    torch.testing.assert_close(compiled.ensemble.Z, eager.ensemble.Z, rtol=1e-5, atol=1e-6)
+    assert counter.frame_count >= 2  # the losses and the updates were compiled, not run eagerly
+    frames = counter.frame_count
+    compiled(images, labels, domains, sample_id, h=0.1)  # a new H: no recompile
+    assert counter.frame_count == frames

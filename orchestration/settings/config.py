@@ -152,6 +152,9 @@ class TrainConfig(_Section):
     compile: bool | None = None  # torch.compile the trained network; None: on GPUs only
     # "reduce-overhead" adds CUDA graphs, "max-autotune" searches kernels (minutes of compiling).
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    # What torch.compile takes: the network alone, or the whole step (forward, losses, both
+    # optimizer updates; the backward is AOTAutograd's compiled one either way).
+    compile_scope: Literal["network", "step"] = "network"
     max_failures: int = Field(default=0, ge=0)  # worker failures Ray Train restarts from the last checkpoint
     seed: int = 0  # seeds weights, data order and augmentation
     # None: train-<date>-<time>; the same name again resumes

@@ -41,7 +41,8 @@ def acceleration(config: Config, device: torch.device | str) -> Acceleration:
     """`train.bf16` / `channels_last` / `compile` where set; unset: on GPUs, off on CPUs."""
     train = config.train
     return Acceleration.for_device(device, bf16=train.bf16, channels_last=train.channels_last,
-                                   compile=train.compile, compile_mode=train.compile_mode)
+                                   compile=train.compile, compile_mode=train.compile_mode,
+                                   compile_scope=train.compile_scope)
 
 
 def configured_network(config: Config, plan: TrainingPlan) -> CXRNet:
