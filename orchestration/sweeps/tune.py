@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -246,6 +247,9 @@ def run_sweep(
                              sweep_name=settings.sweep_name, parent_run_id=parent_run_id),
         TRIAL_DRIVER_RESOURCES,
     )
+    # Tune saves its experiment state at most every 10 s by default: a trial started in between is
+    # not in it, and --resume would start it again as a new trial beside its orphaned MLflow run.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     if settings.resume:
         tuner = tune.Tuner.restore(str(experiment_path), trainable=trainable, resume_unfinished=True,
                                    resume_errored=False, restart_errored=False)
