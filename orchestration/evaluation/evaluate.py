@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrcommon.storage import Folder
+from cxrcommon.storage import Folder, absolute
 from cxrmodel.operating_points import parse_operating_points
 from data_prep.prepared import PreparedDataset
 from orchestration.evaluation.calibration_report import calibration_on, fit_temperatures
@@ -136,7 +136,7 @@ def evaluate_model(config: Config, *, predictions: Path | None, data: Path | Non
         what = checkpoint.name if checkpoint else model or run
         scores = model_scores(found, data, split=split, tencrop=tencrop, device=device, with_val=points is not None)
         frame = scores.frame
-        source = f"{split} split of {data.resolve()} predicted by {checkpoint or model or run}"
+        source = f"{split} split of {absolute(data)} predicted by {checkpoint or model or run}"
     else:
         evaluates = resolve_run_id(client, experiment, run) if run else None
         what = predictions.name
@@ -164,7 +164,7 @@ def evaluate_model(config: Config, *, predictions: Path | None, data: Path | Non
         metrics.update(point_metrics)
         artifacts[OPERATING_POINTS_ARTIFACT] = table.to_csv(index=False)
         notes.append(save_decisions(config, scores, thresholds=thresholds, decision_point=points[0].name,
-                                    chosen_on=f"val split of {scores.internal} in {data.resolve()}"))
+                                    chosen_on=f"val split of {scores.internal} in {absolute(data)}"))
     run_id = log_evaluation(client, experiment, f"evaluate {what}", metrics, result.table.to_csv(),
                             {**result.params, "predictions": source}, evaluates, artifacts)
     return Evaluated(result, what, run_id, calibration, table, subgroups, notes, warnings)
@@ -208,5 +208,5 @@ def calibrate_model(config: Config, found: ModelReference, data: Path | None, *,
         raise ConfigError(f"{data}: no finding of the {scores.internal} validation split has {min_per_class} "
                           "positives and negatives; nothing to fit a temperature on (--min-per-class lowers it)")
     note = save_decisions(config, scores, temperatures=temperatures,
-                          calibrated_on=f"val split of {scores.internal} in {data.resolve()}")
+                          calibrated_on=f"val split of {scores.internal} in {absolute(data)}")
     return table, note, warnings

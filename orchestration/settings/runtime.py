@@ -30,6 +30,7 @@ PROJECT_LINE = "[cxr] "  # marks the lines of `say` in Ray's worker logs
 PROJECT_HANDLER = "cxr_project_lines"
 RAY_DATA_LOGGING_CONFIG = "RAY_DATA_LOGGING_CONFIG"  # Ray Data reads its logging config from this file
 PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"  # Ray Train's switch for its watcher actor
+TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # seconds between Ray Train controller polls
 RAY_CONNECT_TIMEOUT_S = float(os.environ.get("CXR_RAY_CONNECT_TIMEOUT_S", 30))  # a given address must answer
 TIMELINE_ENV = "CXR_TIMELINE"  # a file: the run's start-up and wind-down events go there (benchmarks/startup.py)
 
@@ -105,6 +106,9 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
         # One machine has no node to drain: Ray Train's preemption watcher would be one more actor
         # process per worker group (~1.5 s of CPU). Set before ray.init: the local Ray's workers inherit it.
         os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
+    # Ray Train's controller polls its workers every 2 s by default, so a run's end (and each
+    # worker-group step) is noticed up to 2 s late; Ray Train hands this setting on to its controller.
+    os.environ.setdefault(TRAIN_POLL_ENV, "0.5")
     quiet = not verbose()
     if quiet:  # before ray.init: a local Ray's workers inherit it
         os.environ.setdefault(RAY_DATA_LOGGING_CONFIG, str(_quiet_ray_data_logging()))
