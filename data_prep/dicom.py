@@ -68,7 +68,10 @@ def dicom_to_uint8(data: bytes, check_size: Callable[[int, int, int], None] = la
     notes = []
     try:
         pixels = ds.pixel_array if frames == 1 else _first_frame(ds)
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for damaged pixel data
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - pydicom raises many types for damaged pixel data, and
+        # a decoder written in Rust (pylibjpeg-rle) panics with pyo3's PanicException, a BaseException
         raise DicomError(f"DICOM pixel data cannot be decoded: {first_line(exc)}") from None
     if frames > 1:
         notes.append(f"multi-frame DICOM ({frames} frames): the first frame is used")

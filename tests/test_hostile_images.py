@@ -85,6 +85,25 @@ def _good_files(folder: Path) -> dict[str, bytes]:
     return files
 
 
+def _rle_overflow(path: Path) -> None:
+    """An RLE DICOM whose segment's runs decode to more bytes than its 48 x 48 frame holds: the
+    Rust RLE decoder panics (pyo3's PanicException, a BaseException) instead of raising an error."""
+    from pydicom.encaps import encapsulate, generate_frames
+
+    image = np.zeros((48, 48), np.float32)
+    write_dicom(path, image, {**dicom_variant(4), "syntax": RLELossless}, "P", pixels=True)
+    ds = pydicom.dcmread(path)
+    header = next(generate_frames(ds.PixelData, number_of_frames=1))[:64]  # segment count and offsets
+    ds.PixelData = encapsulate([header + bytes([0x81, 0x00]) * 3000])  # "repeat 0x00 128 times", 3000 times
+    ds.save_as(path)
+
+
+def test_a_decoder_that_panics_makes_an_unusable_image_not_a_dead_task(tmp_path):
+    _rle_overflow(tmp_path / "overflow.dcm")
+    with pytest.raises(ImageError, match="pixel data cannot be decoded"):
+        load_grayscale(str(tmp_path / "overflow.dcm"), 32, [])
+
+
 def _hostile(folder: Path) -> dict[str, str | None]:
     """Write the hostile files into `folder`; file name -> the reason it must be skipped for (a
     phrase of it), or None where a damaged file may still decode."""
@@ -99,8 +118,9 @@ def _hostile(folder: Path) -> dict[str, str | None]:
     _dicom(folder / "frames_garbage.dcm", raw={0x00280008: ("IS", b"1A")})  # NumberOfFrames
     big = folder / "huge_rle.dcm"
     write_dicom(big, np.zeros((8000, 8000), np.float32), {**dicom_variant(4), "syntax": RLELossless}, "P")
+    _rle_overflow(folder / "rle_overflow.dcm")
     expected.update({"dicom_bomb.dcm": "65,535 x 65,535", "frames_garbage.dcm": "NumberOfFrames '1A' is not a whole number",
-                     "huge_rle.dcm": "8,000 x 8,000"})
+                     "huge_rle.dcm": "8,000 x 8,000", "rle_overflow.dcm": "pixel data cannot be decoded"})
     os.mkfifo(folder / "fifo.png")
     (folder / "folder.png").mkdir()
     expected.update({"fifo.png": "not a regular file (a FIFO)", "folder.png": "not a regular file (a folder)"})
