@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -146,7 +147,11 @@ class Folder:
             self.fs.create_dir(self.path, recursive=True)
 
     def delete(self) -> None:
-        """Delete this folder and everything in it (only for a folder the user asked to replace)."""
+        """Delete this folder and everything in it (only for a folder the user asked to replace). On a
+        local disk through shutil, which refuses a symbolic link instead of emptying what it points to."""
+        if self.is_local:
+            shutil.rmtree(self.path)
+            return
         with self.reached("delete"):
             self.fs.delete_dir(self.path)
 
