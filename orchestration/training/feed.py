@@ -114,7 +114,10 @@ class ExternalPasses:
 
     def pass_rows(self, pass_index: int) -> int:
         """How many rows `rows(pass_index)` yields, from the files' sample ids alone."""
-        return sum(len(self._read(path, part, ["sample_id"])) for path, part in self._mine(pass_index))
+        return self._count(self._mine(pass_index))
+
+    def _count(self, parts: list[tuple[str, int]]) -> int:
+        return sum(len(self._read(path, part, ["sample_id"])) for path, part in parts)
 
     def endless(self, skip: int = 0) -> Iterator[pa.Table]:
         """Passes 0, 1, ... one after another, from row `skip` of their concatenation (where a run
@@ -132,7 +135,7 @@ class ExternalPasses:
                     yield table.slice(cut)
             # A rank's part of a tiny split can be empty in a pass (a row slice of a short file),
             # not in every pass, unless the split has no rows at all.
-            if not served and not sum(len(self._read(path, part, ["sample_id"])) for path, part in self.parts):
+            if not served and not self._count(self.parts):
                 raise RuntimeError(f"domain {self.domain!r} has no training rows to read")
             pass_index += 1
 

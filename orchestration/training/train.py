@@ -88,7 +88,8 @@ def run_training(
         if undelivered is not None and undelivered.exists():
             print(f"[{run_name}] some metrics could not reach the MLflow server at {mask_text(uri)} during training; "
                   f"they are kept in {undelivered} (one JSON object per step)", file=sys.stderr, flush=True)
-        client.set_tag(run_id, CHECKPOINT_TAG, checkpoint_location(result.checkpoint, storage))  # what --run loads
+        checkpoint = checkpoint_location(result.checkpoint, storage)
+        client.set_tag(run_id, CHECKPOINT_TAG, checkpoint)  # what --run loads
         with result.checkpoint.as_directory() as directory:
             log_run_artifacts(client, run_id, config, plan, Path(directory))
         if config.mlflow.register_model:
@@ -101,7 +102,7 @@ def run_training(
         system_metrics.finish()
     client.set_terminated(run_id, "FINISHED")
     mark("run ended")
-    return TrainingOutcome(run_id, run_name, dict(result.metrics), checkpoint_location(result.checkpoint, storage))
+    return TrainingOutcome(run_id, run_name, dict(result.metrics), checkpoint)
 
 
 def checkpoint_location(checkpoint: ray.train.Checkpoint, storage: str) -> str:
