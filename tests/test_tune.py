@@ -5,6 +5,7 @@ and checks its Pareto front."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,7 +19,8 @@ import yaml
 from conftest import ROOT, free_port, ray_head, tiny_training, wait_for
 from mlflow.tracking import MlflowClient
 
-from orchestration.settings.schema import EARLY_STOPPED_TAG, SUMMARY_ARTIFACT, TRIAL_TAG, best_metric
+from orchestration.settings.runtime import TIMELINE_ENV
+from orchestration.settings.schema import EARLY_STOPPED_TAG, SUMMARY_ARTIFACT, TRIAL_TAG, best_metric, train_metric
 from orchestration.settings.tracking import child_runs, find_sweep
 from orchestration.sweeps.tune import OPTUNA_STUDY_FILE
 
@@ -107,7 +109,8 @@ def test_asha_stops_a_trial_after_its_first_epoch(prepared_dir, tmp_path, ray_se
     """Trials A, B, A, one at a time. One worker trains deterministically (it reads its rows in a
     seeded order), so the second A repeats the first one's epoch-1 value, and ASHA (judging at
     epoch 1 against the 75th percentile of the trials before) must stop B if it is below A, else
-    the second A: exactly one trial either way."""
+    the second A: exactly one trial either way. One-worker trials train in the trial's own process
+    (no TorchTrainer): each trial's training starts in the process that opened its run."""
     space = tmp_path / "asha.yaml"
     space.write_text(yaml.safe_dump({"kind": "grid", "metric": "val_mean_auc", "mode": "max",
                                      "parameters": {"train.lr": {"distribution": "choice", "values": [3e-3, 1e-6, 3e-3]}}}))
@@ -115,7 +118,12 @@ def test_asha_stops_a_trial_after_its_first_epoch(prepared_dir, tmp_path, ray_se
     args = ["--space", str(space), "--data", str(prepared_dir), "--sweep-name", "asha", "--scheduler", "asha",
             "--address", ray_session.get_runtime_context().gcs_address,
             *tiny_training(tmp_path, **{**FAST, "train.epochs": 3})]
-    assert _tune_cli(args, log).wait(timeout=600) == 0, log.read_text()[-3000:]
+    timeline = tmp_path / "timeline.jsonl"
+    assert _tune_cli(args, log, {TIMELINE_ENV: str(timeline)}).wait(timeout=600) == 0, log.read_text()[-3000:]
+    events = [json.loads(line) for line in timeline.read_text().splitlines()]
+    trial_processes = [e["pid"] for e in events if e["event"] == "ray ready"]
+    assert len(trial_processes) == 3 and len(set(trial_processes)) == 3
+    assert [e["pid"] for e in events if e["event"] == "worker entered"] == trial_processes
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     parent = _parent(client, "asha")
@@ -156,9 +164,10 @@ def _job(env: dict, *args: str) -> subprocess.CompletedProcess:
 def test_ray_job_submit_runs_a_sweep_on_a_token_cluster(prepared_dir, tmp_path, token_cluster):
     address, env = token_cluster
     # One trial: what is tested here is the job's way onto a token cluster (the resume test runs
-    # two; the demo runs a multi-objective Optuna sweep).
+    # three; the demo runs a multi-objective Optuna sweep). Its two workers make it the suite's sweep
+    # whose trial starts a TorchTrainer (one-worker trials train in the trial's own process).
     sweep = ["--", "python", "-m", "orchestration.cli", "tune", "--space", str(_grid(tmp_path, (30,))),
-             "--data", str(prepared_dir), "--sweep-name", "job", *tiny_training(tmp_path, **FAST)]
+             "--data", str(prepared_dir), "--sweep-name", "job", *tiny_training(tmp_path, **{**FAST, "train.workers": 2})]
     excludes = '{"excludes": [".venv", ".git", "demo_out", "ray_results", "*.db"]}'
 
     no_token = {k: v for k, v in env.items() if k not in ("RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")}
@@ -189,24 +198,24 @@ def test_ray_job_submit_runs_a_sweep_on_a_token_cluster(prepared_dir, tmp_path, 
     assert parent.info.status == "FINISHED"
     children = _children(client, parent)
     assert len(children) == 1 and {c.info.status for c in children} == {"FINISHED"}
-    assert all("val_mean_auc" in c.data.metrics for c in children)
+    assert all("val_mean_auc" in c.data.metrics and c.data.metrics[train_metric("workers")] == 2 for c in children)
 
 
 def test_concurrent_trials_the_cluster_cannot_hold_together_are_refused_before_any_run(prepared_dir, tmp_path,
                                                                                         ray_session):
-    """The session's Ray has 4 CPUs: 4 trials of one 1-CPU worker and a 0.01-CPU driver each need
-    4.04, and the last trial would wait forever."""
+    """The session's Ray has 4 CPUs: 2 trials of two 1-CPU workers and a 0.01-CPU driver each (a
+    multi-worker trial starts a TorchTrainer) need 4.02, and the last trial would wait forever."""
     from orchestration.settings.config import load_config
     from orchestration.settings.runtime import ClusterResourceError
     from orchestration.sweeps.spaces import load_space
     from orchestration.sweeps.tune import SweepSettings, run_sweep
 
-    space = load_space(str(_grid(tmp_path, (1, 2, 3, 4))))
-    base = load_config([], tiny_training(tmp_path, **{**FAST, "train.cpus_per_worker": 1.0}))
-    settings = SweepSettings.for_grid(space, "crowded", max_concurrent=4, seeds=1, resume=False)
-    with pytest.raises(ClusterResourceError, match=r"--max-concurrent 4 trials, each of 1 training worker\(s\) of "
-                       r"1 CPU each and a 0.01-CPU trial driver, need 4.04 CPU, more than the cluster's 4 .*Lower "
-                       r"--max-concurrent to 3 or train.cpus_per_worker to 0.99 or less"):
+    space = load_space(str(_grid(tmp_path, (1, 2))))
+    base = load_config([], tiny_training(tmp_path, **{**FAST, "train.workers": 2, "train.cpus_per_worker": 1.0}))
+    settings = SweepSettings.for_grid(space, "crowded", max_concurrent=2, seeds=1, resume=False)
+    with pytest.raises(ClusterResourceError, match=r"--max-concurrent 2 trials, each of 2 training worker\(s\) of "
+                       r"1 CPU each and a 0.01-CPU trial driver, need 4.02 CPU, more than the cluster's 4 .*Lower "
+                       r"--max-concurrent to 1 or train.cpus_per_worker to 0.99 or less"):
         run_sweep(space, base, prepared_dir, settings)
     assert _parent(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "crowded") is None  # no run left behind
     assert not (tmp_path / "ray_results" / "crowded").exists()

@@ -115,6 +115,9 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
     kwargs = {"logging_level": logging.ERROR if quiet else logging.WARNING, "log_to_driver": True}
     if address == "local" and num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
+    if address != "local" and os.environ.get(TIMELINE_ENV):
+        # A local Ray's workers inherit the variable; a joined cluster's get it through the job.
+        kwargs["runtime_env"] = {"env_vars": {TIMELINE_ENV: os.environ[TIMELINE_ENV]}}
     ray.init(address=address, **kwargs)
     if address == "local":
         _record_session()
@@ -278,7 +281,7 @@ def check_resources(per_worker: dict[str, float], workers: int, placement: str,
     """Fail now, naming what is short, when `workers` workers of `per_worker` resources can never be
     placed on the cluster's `nodes` (default: the alive ones, as `ray.nodes()` lists them): Ray
     would wait for them forever. A sweep passes `trials`, the trainings it runs at once, each beside
-    a trial driver of `trial_driver_cpus`: they must fit together. (An autoscaling cluster is judged
+    a trial driver of `trial_driver_cpus` (0 where the trial trains itself): they must fit together. (An autoscaling cluster is judged
     by the nodes it has now.)"""
     nodes = [n["Resources"] | {"address": _node_name(n)} for n in (nodes if nodes is not None else _alive_nodes())]
     listing = "; ".join(f"{n['address']}: " + ", ".join(f"{n.get(r, 0):g} {r}" for r in per_worker) for n in nodes)
@@ -288,7 +291,8 @@ def check_resources(per_worker: dict[str, float], workers: int, placement: str,
     wanted = ", ".join(f"{need:g} {r}" for r, need in per_worker.items())
     who = f"{workers} training worker(s) of {wanted} each"
     if trials > 1:
-        who = f"--max-concurrent {trials} trials, each of {who} and a {trial_driver_cpus:g}-CPU trial driver,"
+        driver = f" and a {trial_driver_cpus:g}-CPU trial driver" if trial_driver_cpus else ""
+        who = f"--max-concurrent {trials} trials, each of {who}{driver},"
     if placeable < workers * trials:
         raise ClusterResourceError(
             f"{who} cannot be placed: this cluster has room for {placeable} worker(s)"

@@ -2,9 +2,10 @@
 
 - search spaces: OptunaSearch (seeded TPE; multi-objective when several metrics are given);
   grids and ablations: every point once (× seeds), as Tune grid searches.
-- Each trial is a Tune function that runs a Ray Train TorchTrainer (the Train V2 pattern, with
-  TuneReportCallback) under a run name derived from its trial id, so an interrupted trial resumes
-  from its own checkpoints and continues its own MLflow child run.
+- Each trial is a Tune function that runs one `cxr train` run under a run name derived from its
+  trial id, so an interrupted trial resumes from its own checkpoints and continues its own MLflow
+  child run. A one-worker trial trains in its own process, reporting to Tune; a multi-worker one
+  starts a Ray Train TorchTrainer (the Train V2 pattern, with TuneReportCallback).
 - MLflow: one parent run per sweep (tag cxr.sweep_name), one child per trial. `--resume` restores the
   Tune experiment: finished trials are not rerun, the same parent and children continue, and at the
   end no child is left RUNNING (early-stopped trials end FINISHED, errored ones FAILED).
@@ -29,7 +30,6 @@ import ray
 import yaml
 from mlflow.tracking import MlflowClient
 from ray import tune
-from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
@@ -64,9 +64,10 @@ from orchestration.settings.tracking import (
     trial_tags,
 )
 from orchestration.sweeps.spaces import SweepSpace
-from orchestration.training.train import run_training, worker_resources
+from orchestration.training.train import run_training, trains_in_trial, worker_resources
 
-# A trial driver only waits on its TorchTrainer: a sliver of a CPU, so clusters need no custom resource.
+# A multi-worker trial's driver only waits on its TorchTrainer: a sliver of a CPU, so clusters need no
+# custom resource.
 TRIAL_DRIVER_RESOURCES = {"cpu": 0.01}
 SCHEDULERS = ("asha", "none")
 OPTUNA_STUDY_FILE = "optuna_study.db"
@@ -156,7 +157,7 @@ def _trial(params: dict, *, base: dict, space: SweepSpace, data: str, sweep_name
     row = str(params["row"]) if "row" in params else None
     tags = trial_tags(sweep_name, trial_id, config.train.seed, row, space.row_label(row) if row else "")
     run_training(config, plan_training(config, data), run_name=f"{sweep_name}-{trial_id}",
-                 parent_run_id=parent_run_id, tags=tags, callbacks=[TuneReportCallback()])
+                 parent_run_id=parent_run_id, tags=tags, in_trial=True)
 
 
 def _check_trials(space: SweepSpace, base: Config, data: str, seeds: int) -> list[dict]:
@@ -232,8 +233,9 @@ def run_sweep(
     # Each trial checks its own training; trials running side by side are checked together here,
     # before the parent run opens (or is reopened).
     concurrent = min(settings.max_concurrent, settings.num_samples if space.kind == "search" else len(points))
+    in_trial = trains_in_trial(base)
     check_resources(worker_resources(base), base.train.min_workers or base.train.workers, base.train.placement,
-                    trials=concurrent, trial_driver_cpus=TRIAL_DRIVER_RESOURCES["cpu"])
+                    trials=concurrent, trial_driver_cpus=0.0 if in_trial else TRIAL_DRIVER_RESOURCES["cpu"])
     if settings.resume:
         parent_run_id = parent.info.run_id
         client.update_run(parent_run_id, status="RUNNING")
@@ -245,7 +247,8 @@ def run_sweep(
     trainable = tune.with_resources(
         tune.with_parameters(_trial, base=base.model_dump(mode="json"), space=space, data=data,
                              sweep_name=settings.sweep_name, parent_run_id=parent_run_id),
-        TRIAL_DRIVER_RESOURCES,
+        # A trial that trains itself holds its worker's resources; one that starts a TorchTrainer, a sliver.
+        worker_resources(base) if in_trial else TRIAL_DRIVER_RESOURCES,
     )
     # Tune saves its experiment state at most every 10 s by default: a trial started in between is
     # not in it, and --resume would start it again as a new trial beside its orphaned MLflow run.
@@ -258,7 +261,8 @@ def run_sweep(
             print(f"continuing the Optuna study of sweep {settings.sweep_name!r} from its {finished} finished "
                   "trial(s)", flush=True)
     else:
-        tuner = _new_tuner(trainable, space, settings, data, scheduler, experiment_path)
+        tuner = _new_tuner(trainable, space, settings, data, scheduler, experiment_path,
+                           base.train.max_failures if in_trial else 0)
 
     def killed(signal_name: str) -> None:
         for run in child_runs(client, parent_run_id):
@@ -319,7 +323,9 @@ def _finished_in_study(experiment_path: Path, sweep: str) -> int | None:
 
 
 def _new_tuner(trainable, space: SweepSpace, settings: SweepSettings, data: str, scheduler: ASHAScheduler | None,
-               experiment_path: Path) -> tune.Tuner:
+               experiment_path: Path, max_failures: int) -> tune.Tuner:
+    """`max_failures`: Tune restarts a trial that trains itself from its last checkpoint (a TorchTrainer's
+    workers are restarted by Ray Train)."""
     metrics, modes = list(settings.metrics), [space.mode] * len(settings.metrics)
     single = len(metrics) == 1
     if space.kind == "search":
@@ -341,7 +347,9 @@ def _new_tuner(trainable, space: SweepSpace, settings: SweepSettings, data: str,
             search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
             max_concurrent_trials=settings.max_concurrent,
         ),
-        run_config=tune.RunConfig(name=settings.sweep_name, storage_path=str(experiment_path.parent)),
+        run_config=tune.RunConfig(name=settings.sweep_name, storage_path=str(experiment_path.parent),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                                  failure_config=tune.FailureConfig(max_failures=max_failures)),
     )
 
 

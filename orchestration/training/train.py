@@ -16,8 +16,10 @@ from pathlib import Path
 
 import ray.train
 import ray.train.torch
+import ray.tune
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
 
 from cxrcommon.storage import Folder, absolute, is_uri
 from orchestration.evaluation.model_card import register_version
@@ -28,7 +30,7 @@ from orchestration.settings.runtime import check_resources, check_shared_storage
 from orchestration.settings.schema import CHECKPOINT_TAG, PLAN_ARTIFACT, TEST_SUMMARY_METRICS
 from orchestration.settings.tracking import mlflow_client, open_run, tracking_uri
 from orchestration.training.run_artifacts import log_run_artifacts
-from orchestration.training.worker import train_loop_per_worker
+from orchestration.training.worker import train_in_trial, train_loop_per_worker
 
 
 @dataclass
@@ -52,10 +54,11 @@ def default_run_name() -> str:
 def run_training(
     config: Config, plan: TrainingPlan, *, address: str | None = None, run_name: str | None = None,
     parent_run_id: str | None = None, tags: dict[str, str] | None = None, handle_signals: bool = False,
-    callbacks: list | None = None,
+    in_trial: bool = False,
 ) -> TrainingOutcome:
     """Train as `plan` (from `plan_training`) says; `handle_signals` (main thread only) ends the
-    MLflow run KILLED on SIGTERM / SIGINT; `callbacks` go to Ray Train (a sweep passes Tune's)."""
+    MLflow run KILLED on SIGTERM / SIGINT. `in_trial`: this is a Ray Tune trial, which reports to
+    Tune (`trains_in_trial`: a one-worker trial trains in its own process)."""
     run_name = check_run_name(run_name or config.train.run_name or default_run_name())
     uri = tracking_uri(config)
     client = mlflow_client(uri)
@@ -72,25 +75,32 @@ def run_training(
         init_ray(address)
         mark("ray ready")
         check_shared_storage({"prepared dataset": plan.data, "train.storage_path": storage}, uri)
-        check_resources(worker_resources(config), config.train.min_workers or config.train.workers,
-                        config.train.placement)
-        trainer = _make_trainer(config, plan, uri, run_id, run_name, storage, callbacks or [])
+        loop_config = _loop_config(config, plan, uri, run_id, run_name, storage)
+        if in_trial and trains_in_trial(config):
+            metrics = train_in_trial(loop_config)
+            final = ray.tune.get_checkpoint()  # the last report's, persisted in the trial's folder
+        else:
+            check_resources(worker_resources(config), config.train.min_workers or config.train.workers,
+                            config.train.placement)
+            trainer = _make_trainer(config, loop_config, run_name, storage,
+                                    [TuneReportCallback()] if in_trial else [])
 
-        def killed(signal_name: str) -> None:
-            client.set_terminated(run_id, status="KILLED")
-            print(f"stopped by {signal_name}: MLflow run {run_id} ended KILLED; run the same command "
-                  "to resume", file=sys.stderr, flush=True)
+            def killed(signal_name: str) -> None:
+                client.set_terminated(run_id, status="KILLED")
+                print(f"stopped by {signal_name}: MLflow run {run_id} ended KILLED; run the same command "
+                      "to resume", file=sys.stderr, flush=True)
 
-        with exit_on_signals(killed, handle_signals):
-            result = trainer.fit()
+            with exit_on_signals(killed, handle_signals):
+                result = trainer.fit()
+            metrics, final = result.metrics, result.checkpoint
         mark("fit returned")
         undelivered = undelivered_metrics_file(storage, run_name)
         if undelivered is not None and undelivered.exists():
             print(f"[{run_name}] some metrics could not reach the MLflow server at {mask_text(uri)} during training; "
                   f"they are kept in {undelivered} (one JSON object per step)", file=sys.stderr, flush=True)
-        checkpoint = checkpoint_location(result.checkpoint, storage)
+        checkpoint = checkpoint_location(final, storage)
         client.set_tag(run_id, CHECKPOINT_TAG, checkpoint)  # what --run loads
-        with result.checkpoint.as_directory() as directory:
+        with final.as_directory() as directory:
             log_run_artifacts(client, run_id, config, plan, Path(directory))
         if config.mlflow.register_model:
             print(register_version(client, config.mlflow.register_model, run_id, config.train.select_metric,
@@ -102,7 +112,7 @@ def run_training(
         system_metrics.finish()
     client.set_terminated(run_id, "FINISHED")
     mark("run ended")
-    return TrainingOutcome(run_id, run_name, dict(result.metrics), checkpoint)
+    return TrainingOutcome(run_id, run_name, dict(metrics), checkpoint)
 
 
 def checkpoint_location(checkpoint: ray.train.Checkpoint, storage: str) -> str:
@@ -132,20 +142,28 @@ def worker_resources(config: Config) -> dict[str, float]:
     return {"CPU": cpus, **({"GPU": 1} if train.gpu else {}), **train.worker_resources}
 
 
-def _make_trainer(
-    config: Config, plan: TrainingPlan, uri: str, run_id: str, run_name: str, storage: str, callbacks: list
-) -> TorchTrainer:
-    local_storage = not is_uri(storage)
+def trains_in_trial(config: Config) -> bool:
+    """A one-worker sweep trial trains in Tune's trial process: a TorchTrainer there would start two
+    more processes (its controller and its worker, ~9 s here) for what the trial can do itself."""
+    return config.train.workers == 1 and config.train.min_workers is None
+
+
+def _loop_config(config: Config, plan: TrainingPlan, uri: str, run_id: str, run_name: str, storage: str) -> dict:
+    """What the training loop is given; Ray Train stores it with the run, so it holds no credentials."""
     undelivered = undelivered_metrics_file(storage, run_name)
+    return {
+        "config": config.model_dump(mode="json"), "plan": plan.to_dict(), "tracking_uri": uri, "run_id": run_id,
+        "run_name": run_name, "pid_dir": str(Path(storage) / run_name / "workers") if not is_uri(storage) else None,
+        "undelivered": str(undelivered) if undelivered else None,
+        # The driver's MLflow retry settings.
+        "mlflow_http_env": {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_HTTP_REQUEST_")},
+    }
+
+
+def _make_trainer(config: Config, loop_config: dict, run_name: str, storage: str, callbacks: list) -> TorchTrainer:
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "config": config.model_dump(mode="json"), "plan": plan.to_dict(), "tracking_uri": uri, "run_id": run_id,
-            "run_name": run_name, "pid_dir": str(Path(storage) / run_name / "workers") if local_storage else None,
-            "undelivered": str(undelivered) if undelivered else None,
-            # The driver's MLflow retry settings (no credentials: this dict is stored with the run).
-            "mlflow_http_env": {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_HTTP_REQUEST_")},
-        },
+        train_loop_config=loop_config,
         scaling_config=_scaling(config),
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=storage,

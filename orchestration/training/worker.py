@@ -1,7 +1,8 @@
 """What each Ray Train worker of `cxr train` runs: plain PyTorch between Ray's touch points, in the
-shape of Ray's own TorchTrainer examples. Those touch points are marked `# Ray:`: the worker's
-context and device, the checkpoint it resumes from, and `ray.train.report`. Each worker reads its
-own training rows from the prepared shards (`feed`).
+shape of Ray's own TorchTrainer examples. Those touch points are one `RaySession`: the worker's
+rank and device, the checkpoint it resumes from, and where its reports go (Ray Train's for a
+TorchTrainer's workers; Ray Tune's for a one-worker sweep trial, which trains in the trial's own
+process). Each worker reads its own training rows from the prepared shards (`feed`).
 
 Each step takes an equal batch from every domain; an epoch is one pass over the internal training
 split (`feed.InternalShare`). Random numbers are reseeded from (seed, rank, epoch) at each epoch
@@ -14,12 +15,14 @@ import os
 import random
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import ray.train
 import ray.train.torch
+import ray.tune
 import torch
 
 from cxrcommon.errors import first_line
@@ -55,13 +58,58 @@ from orchestration.training.feed import (
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
+    """A TorchTrainer worker's whole run."""
+    _train(loop_config, _ray_train_session())
+
+
+def train_in_trial(loop_config: dict) -> dict:
+    """A one-worker sweep trial's run in Tune's trial process; returns the last report's metrics."""
+    session = _tune_trial_session(Config.model_validate(loop_config["config"]).train.gpu)
+    _train(loop_config, session)
+    return session.last_metrics
+
+
+def _train(loop_config: dict, session: RaySession) -> None:
     """Set up, train epoch after epoch (each ends in a validation and a report), test the best model."""
     mark("worker entered")
-    worker = _set_up(loop_config)
+    worker = _set_up(loop_config, session)
     for epoch in range(worker.progress.epoch, worker.epochs):
         h = _one_epoch(worker, epoch)
         _end_epoch(worker, epoch, h)
     _final_test(worker)
+
+
+@dataclass
+class RaySession:
+    """Everything the loop asks of Ray; `last_metrics` is what it reported last."""
+
+    rank: int
+    world: int
+    local_world: int  # this run's workers on this node: they share its cores
+    device: torch.device
+    wrap: Callable[[torch.nn.Module], torch.nn.Module]  # DDP around the network where there are several workers
+    checkpoint: ray.train.Checkpoint | None  # the latest one after a restart
+    send: Callable[..., None]  # report(metrics, checkpoint=...)
+    checkpoint_type: type
+    last_metrics: dict = field(default_factory=dict)
+
+    def report(self, metrics: dict, directory: str | None = None) -> None:
+        self.last_metrics = metrics
+        self.send(metrics, checkpoint=self.checkpoint_type.from_directory(directory) if directory else None)
+
+
+def _ray_train_session() -> RaySession:
+    context = ray.train.get_context()
+    return RaySession(context.get_world_rank(), context.get_world_size(), context.get_local_world_size(),
+                      ray.train.torch.get_device(),
+                      lambda net: ray.train.torch.prepare_model(net, move_to_device=False),
+                      ray.train.get_checkpoint(), ray.train.report, ray.train.Checkpoint)
+
+
+def _tune_trial_session(gpu: bool) -> RaySession:
+    # Ray gives the trial's process its GPU as the only visible one.
+    device = torch.device("cuda", 0) if gpu else torch.device("cpu")
+    return RaySession(0, 1, 1, device, lambda net: net, ray.tune.get_checkpoint(), ray.tune.report, ray.tune.Checkpoint)
 
 
 @dataclass
@@ -72,8 +120,7 @@ class _Worker:
     config: Config
     plan: TrainingPlan
     prepared: PreparedDataset
-    rank: int
-    device: torch.device
+    session: RaySession
     method: Method
     progress: Progress
     best_state: dict | None  # the best weights so far (CPU), None before the first validation
@@ -87,29 +134,34 @@ class _Worker:
     label: str  # starts every progress line: a sweep's trials run side by side
 
     @property
+    def rank(self) -> int:
+        return self.session.rank
+
+    @property
+    def device(self) -> torch.device:
+        return self.session.device
+
+    @property
     def total_steps(self) -> int:
         return self.epochs * self.steps_per_epoch
 
 
-def _set_up(loop_config: dict) -> _Worker:
+def _set_up(loop_config: dict, session: RaySession) -> _Worker:
     config = Config.model_validate(loop_config["config"])
     plan = TrainingPlan(**loop_config["plan"])
     os.environ.update(loop_config["mlflow_http_env"])
     prepared = PreparedDataset.load(plan.data)
-    context = ray.train.get_context()  # Ray: who this worker is
-    rank, world = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()  # Ray: its GPU, or the CPU
+    rank, world, device = session.rank, session.world, session.device
     if device.type != "cuda":
         # Ray gives a fractional-CPU worker one thread; the node's cores belong to its workers.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // context.get_local_world_size()))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // session.local_world))
     if loop_config["pid_dir"]:
         _write_pid(Path(loop_config["pid_dir"]), rank)
 
     _reseed(config.train.seed, 0, -1)  # identical initial weights on every rank
-    method = configured_method(config, plan, device,  # Ray: DDP around the network
-                               wrap=lambda net: ray.train.torch.prepare_model(net, move_to_device=False))
+    method = configured_method(config, plan, device, wrap=session.wrap)
     progress, best_state = Progress(), None
-    checkpoint = ray.train.get_checkpoint()  # Ray: the latest checkpoint after a restart
+    checkpoint = session.checkpoint
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             progress, best_state = restore_checkpoint(Path(directory), method, device)
@@ -119,7 +171,7 @@ def _set_up(loop_config: dict) -> _Worker:
     batches = worker_batches(config, plan, prepared, rank=rank, world=world, first_epoch=progress.epoch,
                              steps_done=progress.global_step)
     worker = _Worker(
-        loop_config, config, plan, prepared, rank, device, method, progress, best_state,
+        loop_config, config, plan, prepared, session, method, progress, best_state,
         feed=Prefetched(batches.next, depth=config.train.prefetch_batches, pin_memory=device.type == "cuda"),
         logger=logger, h_schedule=config.method.h_schedule.build(), first_epoch=progress.epoch,
         epochs=config.train.epochs,
@@ -270,15 +322,15 @@ def _validate(w: _Worker) -> dict:
 
 
 def _report(w: _Worker, metrics: dict, test: Predictions | None = None) -> None:
-    """Ray: every rank reports to Ray Train; rank 0 attaches the checkpoint."""
+    """Every rank reports; rank 0 attaches the checkpoint."""
     numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     if w.rank != 0:
-        ray.train.report(numeric)
+        w.session.report(numeric)
         return
     with tempfile.TemporaryDirectory() as directory:
         write_checkpoint(Path(directory), w.method, w.progress, w.best_state, metrics, w.config, w.plan,
                          test=vars(test) if test is not None else None)
-        ray.train.report(numeric, checkpoint=ray.train.Checkpoint.from_directory(directory))
+        w.session.report(numeric, directory)
 
 
 def _seed(seed: int, rank: int, epoch: int) -> int:
