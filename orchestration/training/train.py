@@ -1,9 +1,9 @@
 """`cxr train` on Ray Train, the driver: open (or resume) the MLflow run, start Ray Train's
 TorchTrainer on `worker.train_loop_per_worker` (each worker reads its own rows of the prepared
 shards: `feed`), log the run's artifacts (`run_artifacts`), end the run with the status that
-happened. The same run name again
-resumes: Ray Train restarts from the run's latest checkpoint under `train.storage_path/<run name>`,
-and the same MLflow run continues.
+happened. The same run name again resumes: Ray Train restarts from the run's latest checkpoint
+under `train.storage_path/<run name>`, and the same MLflow run continues. A one-worker sweep trial
+runs the same loop in its own process instead (`trains_in_trial`), with Tune keeping its checkpoints.
 """
 
 from __future__ import annotations
