@@ -102,6 +102,10 @@ def test_concurrent_trials_are_counted_together_and_told_what_would_fit():
                        r"--max-concurrent to 3 or train.cpus_per_worker to 0.49 or less"):
         check_resources({"CPU": 0.5}, 1, "PACK", one_node, trials=4, trial_driver_cpus=0.01)
     check_resources({"CPU": 0.49}, 1, "PACK", one_node, trials=4, trial_driver_cpus=0.01)  # exactly 2
+    # Trials that train themselves have no driver beside their worker, and the message names none.
+    with pytest.raises(ClusterResourceError, match=r"--max-concurrent 2 trials, each of 1 training worker\(s\) of "
+                       r"1.5 CPU each, cannot be placed: this cluster has room for 1 worker\(s\)"):
+        check_resources({"CPU": 1.5}, 1, "PACK", one_node, trials=2)
     # Placement counts every trial's workers: 2 trials x 2 one-GPU workers on a 2-GPU node.
     gpus = [_node("10.0.0.1", "aaaaaaaa11", CPU=8.0, GPU=2.0)]
     with pytest.raises(ClusterResourceError, match=r"cannot be placed: this cluster has room for 2 worker\(s\)"):

@@ -222,3 +222,19 @@ def test_cli_refuses_bad_spaces_with_exit_code_2(tmp_path):
     assert result.exit_code == 2 and "unknown search space 'nope'" in result.output
     result = CliRunner().invoke(app, ["ablate", "--grid", "optuna_full", "--data", str(tmp_path)])
     assert result.exit_code == 2 and "is a search space" in result.output
+
+
+def test_each_trial_books_what_it_runs(tmp_path):
+    """A one-worker trial trains in its own process and holds its worker's resources; a trial that
+    starts a TorchTrainer holds a sliver for its driver. Decided per trial: a space may vary workers."""
+    from orchestration.sweeps.tune import TRIAL_DRIVER_RESOURCES, _trial_resources
+
+    path = tmp_path / "workers.yaml"
+    path.write_text("kind: grid\nmetric: val_mean_auc\nmode: max\n"
+                    "parameters:\n  train.workers: {distribution: choice, values: [1, 2]}\n")
+    space = load_space(str(path))
+    base = load_config([], ["train.cpus_per_worker=0.7"]).model_dump(mode="json")
+    assert _trial_resources({"point": {"train.workers": 1}}, base=base, space=space) == {"CPU": 0.7}
+    assert _trial_resources({"point": {"train.workers": 2}}, base=base, space=space) == TRIAL_DRIVER_RESOURCES
+    gpu = load_config([], ["train.gpu=true"]).model_dump(mode="json")
+    assert _trial_resources({"point": {"train.workers": 1}}, base=gpu, space=space) == {"CPU": 1.0, "GPU": 1}

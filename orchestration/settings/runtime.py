@@ -281,8 +281,8 @@ def check_resources(per_worker: dict[str, float], workers: int, placement: str,
     """Fail now, naming what is short, when `workers` workers of `per_worker` resources can never be
     placed on the cluster's `nodes` (default: the alive ones, as `ray.nodes()` lists them): Ray
     would wait for them forever. A sweep passes `trials`, the trainings it runs at once, each beside
-    a trial driver of `trial_driver_cpus` (0 where the trial trains itself): they must fit together. (An autoscaling cluster is judged
-    by the nodes it has now.)"""
+    a trial driver of `trial_driver_cpus` (0 where the trial trains itself): they must fit together.
+    (An autoscaling cluster is judged by the nodes it has now.)"""
     nodes = [n["Resources"] | {"address": _node_name(n)} for n in (nodes if nodes is not None else _alive_nodes())]
     listing = "; ".join(f"{n['address']}: " + ", ".join(f"{n.get(r, 0):g} {r}" for r in per_worker) for n in nodes)
     fits = [min(int(n.get(r, 0) / need + 1e-9) for r, need in per_worker.items()) for n in nodes]

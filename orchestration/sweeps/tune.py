@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -151,13 +152,27 @@ class SweepOutcome:
 def _trial(params: dict, *, base: dict, space: SweepSpace, data: str, sweep_name: str, parent_run_id: str) -> None:
     """One Tune trial: a full `cxr train` run, its MLflow run nested under the sweep's."""
     trial_id = tune.get_context().get_trial_id()
-    params = params.get("point", params)  # grid / ablation points arrive whole
-    # The sweep registers its best trial's model once it is known, not every trial's.
-    config = load_config(base=base, updates={**space.trial_updates(params), "mlflow.register_model": None})
+    config = _trial_config(params, base, space)
+    params = params.get("point", params)
     row = str(params["row"]) if "row" in params else None
     tags = trial_tags(sweep_name, trial_id, config.train.seed, row, space.row_label(row) if row else "")
     run_training(config, plan_training(config, data), run_name=f"{sweep_name}-{trial_id}",
                  parent_run_id=parent_run_id, tags=tags, in_trial=True)
+
+
+def _trial_config(params: dict, base: dict, space: SweepSpace) -> Config:
+    """A trial's config: the sweep's base with the trial's point (grid and ablation points arrive whole)."""
+    # The sweep registers its best trial's model once it is known, not every trial's.
+    updates = {**space.trial_updates(params.get("point", params)), "mlflow.register_model": None}
+    return load_config(base=base, updates=updates)
+
+
+def _trial_resources(params: dict, *, base: dict, space: SweepSpace) -> dict[str, float]:
+    """What Tune books for a trial: its worker's resources where it trains itself, else a sliver for
+    the driver of its TorchTrainer (whose workers book their own). Per trial: a space may vary
+    train.workers."""
+    config = _trial_config(params, base, space)
+    return worker_resources(config) if trains_in_trial(config) else TRIAL_DRIVER_RESOURCES
 
 
 def _check_trials(space: SweepSpace, base: Config, data: str, seeds: int) -> list[dict]:
@@ -247,8 +262,7 @@ def run_sweep(
     trainable = tune.with_resources(
         tune.with_parameters(_trial, base=base.model_dump(mode="json"), space=space, data=data,
                              sweep_name=settings.sweep_name, parent_run_id=parent_run_id),
-        # A trial that trains itself holds its worker's resources; one that starts a TorchTrainer, a sliver.
-        worker_resources(base) if in_trial else TRIAL_DRIVER_RESOURCES,
+        functools.partial(_trial_resources, base=base.model_dump(mode="json"), space=space),
     )
     # Tune saves its experiment state at most every 10 s by default: a trial started in between is
     # not in it, and --resume would start it again as a new trial beside its orphaned MLflow run.
