@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from cxrmodel.inputs import to_model_input
+from cxrmodel.method import native_bf16
 from cxrmodel.network import CXRNet
 from data_prep.config import PrepareConfig, SourceConfig
 from data_prep.findings import CANONICAL_FINDINGS
@@ -78,11 +79,13 @@ def test_heat_maps_point_at_the_cell_where_synth_draws_each_finding(ray_session,
     prepare = PrepareConfig(sources=[SourceConfig(name="nih", kind="nih", path=tmp_path / "raw" / "nih")],
                             image_size=SIDE)
     run_prepare(load_sources(prepare), prepare, tmp_path / "prepared")
-    # 80 steps of 16 images, bf16 on the CPU (1.7x faster here): ~1.5 minutes on 2 cores. Peaks inside
-    # the cell, seeds 0-2: 0.49, 0.52, 0.55 (0.42-0.59 after 160 steps); chance is 0.04.
+    # 80 steps of 16 images: ~1.5 minutes on 2 cores with native bf16 (1.7x faster than fp32 there; on
+    # an AVX2-only CPU bf16 is emulated, 7x slower than fp32). Peaks inside the cell, seeds 0-2: 0.49,
+    # 0.52, 0.55 (0.42-0.59 after 160 steps); chance is 0.04.
     overrides = tiny_training(tmp_path, **{
         "train.domains": "[nih]", "method.adversarial": "none", "train.epochs": 1, "train.steps_per_epoch": 80,
-        "train.batch_size": 16, "train.lr": 1e-3, "train.bf16": "true", "train.channels_last": "true",
+        "train.batch_size": 16, "train.lr": 1e-3, "train.bf16": str(native_bf16("cpu")).lower(),
+        "train.channels_last": "true",
         "train.log_every_steps": 20, "model.branch_features": 128, "train.explain_top": 2,
     })
     config = load_config([], overrides)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from cxrmodel import method as factory
@@ -121,6 +123,16 @@ def test_gpu_workers_compile_fuse_adam_and_use_bf16_by_default_and_the_config_ca
     assert not off.compile and not off.bf16 and off.channels_last
     assert acceleration(_small(**{"train.compile": True, "train.compile_mode": "max-autotune"}), "cpu").compile_mode \
         == "max-autotune"
+
+
+def test_native_bf16_is_the_gpus_and_the_cpus_with_bf16_instructions():
+    """On the CPU, what the kernel says the cores have (the flags oneDNN's bf16 kernels need)."""
+    assert factory.native_bf16("cuda")
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
+    flags = {f for line in cpuinfo.read_text().splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
+    assert factory.native_bf16("cpu") == bool(flags & {"avx512_bf16", "amx_tile"}), sorted(flags)
 
 
 def test_a_compiled_method_trains_the_saved_network_and_its_state_loads_uncompiled_and_back():

@@ -26,6 +26,7 @@ import ray.tune
 import torch
 
 from cxrcommon.errors import first_line
+from cxrmodel.method import native_bf16
 from cxrmodel.metrics import SUMMARIES, figure_name
 from cxrmodel.schedules import HSchedule
 from data_prep.prepared import PreparedDataset
@@ -189,6 +190,9 @@ def _set_up(loop_config: dict, session: RaySession) -> _Worker:
         say(f"{worker.label} training {plan.domains} for {worker.epochs} epochs of {worker.steps_per_epoch} steps "
             f"(batch {plan.per_domain_batch} per domain per worker, {world} worker(s){one_pass})"
             + (f"; resumed after epoch {progress.epoch}" if checkpoint else ""))
+        if method.acceleration.bf16 and not native_bf16(device):
+            say(f"{worker.label} train.bf16=true on a CPU without native bfloat16 (no AVX512-BF16 or AMX): autocast "
+                "is emulated here, several times slower than fp32; train.bf16=false is faster on this machine")
     return worker
 
 
