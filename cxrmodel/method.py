@@ -86,8 +86,8 @@ def native_bf16(device: torch.device | str) -> bool:
     (7x on a 2-core AVX2 machine)."""
     if torch.device(device).type == "cuda":
         return True
-    cpu = torch.cpu
-    return any(getattr(cpu, check, lambda: False)() for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's, private: absent means no
+    return any(getattr(torch.cpu, check, lambda: False)() for check in checks)
 
 
 class Optimizers(NamedTuple):

@@ -131,7 +131,8 @@ def test_native_bf16_is_the_gpus_and_the_cpus_with_bf16_instructions():
     cpuinfo = Path("/proc/cpuinfo")
     if not cpuinfo.exists():
         pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
-    flags = {f for line in cpuinfo.read_text().splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
+    flags = {flag for line in cpuinfo.read_text().splitlines() if line.startswith("flags")
+             for flag in line.split(":", 1)[1].split()}
     assert factory.native_bf16("cpu") == bool(flags & {"avx512_bf16", "amx_tile"}), sorted(flags)
 
 
