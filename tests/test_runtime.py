@@ -5,6 +5,7 @@ resource check that refuses workers a cluster can never place."""
 from __future__ import annotations
 
 import logging
+import sys
 
 import pytest
 
@@ -59,6 +60,50 @@ def test_marks_go_to_the_timeline_file_only_when_one_is_named(tmp_path, monkeypa
     assert [m["event"] for m in marks] == ["ray ready", "first step"]
     assert marks[0]["time"] <= marks[1]["time"]
 
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's arenas: Linux")
+def test_release_memory_frees_a_finished_runs_cycles_and_gives_its_heap_back():
+    """A run in its own thread (as Tune runs each trial) leaves ~300 MB of 32 KB tensors in a
+    reference cycle: the cyclic collector must free them and glibc must return them. Either step
+    alone leaves the process as big (gc alone: the freed heap stays in the thread's arena)."""
+    import gc
+    import threading
+    import weakref
+
+    import psutil
+    import torch
+
+    from orchestration.settings.runtime import release_memory
+
+    class Run:
+        pass
+
+    finished = []
+
+    def train() -> None:
+        run = Run()
+        run.itself = run
+        run.tensors = [torch.ones(8192) for _ in range(10_000)]  # each below the mmap threshold: heap
+        finished.append(weakref.ref(run))
+
+    def rss_mb() -> float:
+        return psutil.Process().memory_info().rss / 2**20
+
+    release_memory()
+    before = rss_mb()
+    gc.disable()  # only release_memory collects: the automatic collector runs when it likes
+    try:
+        thread = threading.Thread(target=train)
+        thread.start()
+        thread.join()
+        loaded = rss_mb()
+        release_memory()
+    finally:
+        gc.enable()
+    assert finished[0]() is None
+    assert loaded - before > 200, (before, loaded)
+    assert rss_mb() - before < 60, (before, loaded, rss_mb())
 
 @pytest.mark.slow
 def test_sweep_trials_lists_trials_that_errored_before_reporting(ray_session, tmp_path):

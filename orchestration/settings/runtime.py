@@ -55,6 +55,19 @@ def mark(event: str) -> None:
             sink.write(json.dumps({"event": event, "time": time.time(), "pid": os.getpid()}) + "\n")
 
 
+def release_memory() -> None:
+    """Give back what a finished run left before the next one runs in this process (Tune reuses a
+    trial's process, running each trial in a new thread): its reference cycles (the network,
+    optimizer and ensemble are in some), then the freed heap glibc keeps in that thread's arena
+    (malloc_trim; where the C library has none, only the cycles)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
 class RayAddressError(UserError):
     """A Ray address that does not answer; the message names it and what to do."""
 
