@@ -189,6 +189,41 @@ def test_asha_judges_epochs_before_the_last_and_lets_a_finishing_trial_end_by_it
         asha_scheduler(1)
 
 
+def _space_of_one_float(trial: optuna.Trial) -> None:  # module level: Tune pickles the searcher with it
+    trial.suggest_float("x", 0, 1)
+
+
+def test_a_trial_rerun_after_its_study_finished_it_is_left_alone(tmp_path):
+    """The driver killed after Optuna recorded a trial and before Tune saved its state: on --resume
+    Tune restores the searcher as it was saved (the trial running) and reruns the trial, which
+    reports again. Reporting to a trial the study has finished raised UpdateFinishedTrialError."""
+    from orchestration.sweeps.tune import ResumableOptunaSearch, study_storage
+
+    def searcher() -> ResumableOptunaSearch:
+        return ResumableOptunaSearch(space=_space_of_one_float, metric="m", mode="max",
+                                     sampler=optuna.samplers.TPESampler(seed=0), study_name="s",
+                                     storage=study_storage(tmp_path))
+
+    first = searcher()
+    proposed = first.suggest("t1")
+    first.save(str(tmp_path / "saved.pkl"))  # Tune's last state: t1 running
+    first.on_trial_result("t1", {"m": 0.5, "training_iteration": 1})
+    first.on_trial_complete("t1", {"m": 0.7, "training_iteration": 2})
+
+    resumed = searcher()
+    resumed.restore(str(tmp_path / "saved.pkl"))
+    resumed.on_trial_result("t1", {"m": 0.6, "training_iteration": 1})
+    resumed.on_trial_complete("t1", {"m": 0.6, "training_iteration": 2})
+    [trial] = optuna.load_study(study_name="s", storage=study_storage(tmp_path)).trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.values == [0.7] and trial.params == proposed
+    assert trial.intermediate_values == {1: 0.5}
+    # A trial the study has not finished is reported and told as OptunaSearch does.
+    resumed.suggest("t2")
+    resumed.on_trial_result("t2", {"m": 0.4, "training_iteration": 1})
+    resumed.on_trial_complete("t2", {"m": 0.8, "training_iteration": 1})
+    second = optuna.load_study(study_name="s", storage=study_storage(tmp_path)).trials[1]
+    assert second.values == [0.8] and second.intermediate_values == {1: 0.4}
+
 @pytest.mark.slow
 def test_sweeps_are_checked_against_the_data_before_ray(prepared_dir, tmp_path):
     from conftest import tiny_training

@@ -5,7 +5,8 @@
 - Each trial is a Tune function that runs one `cxr train` run under a run name derived from its
   trial id, so an interrupted trial resumes from its own checkpoints and continues its own MLflow
   child run. A one-worker trial trains in its own process, reporting to Tune; a multi-worker one
-  starts a Ray Train TorchTrainer (the Train V2 pattern, with TuneReportCallback).
+  starts a Ray Train TorchTrainer (the Train V2 pattern, with TuneReportCallback). Tune runs the
+  next trial in the finished one's process (reuse_actors): no process start and imports between trials.
 - MLflow: one parent run per sweep (tag cxr.sweep_name), one child per trial. `--resume` restores the
   Tune experiment: finished trials are not rerun, the same parent and children continue, and at the
   end no child is left RUNNING (early-stopped trials end FINISHED, errored ones FAILED).
@@ -40,7 +41,7 @@ from orchestration.evaluation.model_card import register_version
 from orchestration.settings.config import Config, ConfigError, check_run_name, flatten_config, load_config
 from orchestration.settings.masking import masked
 from orchestration.settings.plan import PlanError, plan_training
-from orchestration.settings.runtime import check_resources, exit_on_signals, init_ray, verbose
+from orchestration.settings.runtime import check_resources, exit_on_signals, init_ray, release_memory, verbose
 from orchestration.settings.schema import (
     BEST_DIR,
     BEST_TRIAL_TAG,
@@ -158,6 +159,7 @@ def _trial(params: dict, *, base: dict, space: SweepSpace, data: str, sweep_name
     tags = trial_tags(sweep_name, trial_id, config.train.seed, row, space.row_label(row) if row else "")
     run_training(config, plan_training(config, data), run_name=f"{sweep_name}-{trial_id}",
                  parent_run_id=parent_run_id, tags=tags, in_trial=True)
+    release_memory()  # Tune runs the next trial in this process (reuse_actors): ~250 MB a trial otherwise
 
 
 def _trial_config(params: dict, base: dict, space: SweepSpace) -> Config:
@@ -322,6 +324,31 @@ def _open_parent(client: MlflowClient, base: Config, space: SweepSpace, settings
     return run_id
 
 
+class ResumableOptunaSearch(OptunaSearch):
+    """OptunaSearch that leaves alone the trials its study has finished. A driver killed after Optuna
+    recorded a trial's value and before Tune saved its state (at most a second) reruns that trial
+    on --resume, from its last checkpoint; the rerun reports again, and reporting to a finished
+    Optuna trial is an error (the study keeps the value it was told first)."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if not self._finished_in_study(trial_id):
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if not self._finished_in_study(trial_id):
+            super().on_trial_complete(trial_id, result, error)
+
+    def _finished_in_study(self, trial_id: str) -> bool:
+        proposed = self._ot_trials.get(trial_id)
+        if proposed is None:
+            return False
+        finished = proposed.study.get_trials(deepcopy=False, states=FINISHED_STATES)
+        return any(t.number == proposed.number for t in finished)
+
+
+FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+
+
 def study_storage(experiment_path: Path) -> optuna.storages.RDBStorage:
     """The search's Optuna study, on disk in the sweep's folder."""
     experiment_path.mkdir(parents=True, exist_ok=True)
@@ -344,9 +371,9 @@ def _new_tuner(trainable, space: SweepSpace, settings: SweepSettings, data: str,
     single = len(metrics) == 1
     if space.kind == "search":
         sampler = optuna.samplers.TPESampler(seed=settings.search_seed)
-        search_alg = OptunaSearch(space=space.define_by_run, metric=metrics if not single else metrics[0],
-                                  mode=modes if not single else modes[0], sampler=sampler,
-                                  study_name=settings.sweep_name, storage=study_storage(experiment_path))
+        search_alg = ResumableOptunaSearch(space=space.define_by_run, metric=metrics if not single else metrics[0],
+                                           mode=modes if not single else modes[0], sampler=sampler,
+                                           study_name=settings.sweep_name, storage=study_storage(experiment_path))
         param_space, num_samples = {}, settings.num_samples
     else:
         prepared = PreparedDataset.load(data)
@@ -359,7 +386,7 @@ def _new_tuner(trainable, space: SweepSpace, settings: SweepSettings, data: str,
         tune_config=tune.TuneConfig(
             metric=metrics[0] if single else None, mode=modes[0] if single else None,
             search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
-            max_concurrent_trials=settings.max_concurrent,
+            max_concurrent_trials=settings.max_concurrent, reuse_actors=True,
         ),
         run_config=tune.RunConfig(name=settings.sweep_name, storage_path=str(experiment_path.parent),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
