@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import time
-from collections import defaultdict
 from pathlib import Path
 
 from _common import cxr, report, work_folder  # benchmarks/ is on the path as a script
@@ -28,12 +27,18 @@ TRIAL = ["train.epochs=2", "train.batch_size=16", "train.workers=1", "mlflow.log
 
 
 def per_trial(timeline: Path) -> list[dict[str, float]]:
-    """Each training worker's (one per trial) first time of each event, by process id."""
-    seen: dict[int, dict[str, float]] = defaultdict(dict)
+    """Each trial's first time of each event. A trial's training is one process's marks from its
+    `worker entered` on: a reused trial process (Tune's reuse_actors) trains several, one after another."""
+    trials: list[dict[str, float]] = []
+    current: dict[int, dict[str, float]] = {}
     for line in timeline.read_text().splitlines():
         mark = json.loads(line)
-        seen[mark["pid"]].setdefault(mark["event"], mark["time"])
-    return [events for events in seen.values() if "first step" in events and "test done" in events]
+        if mark["event"] == "worker entered":
+            current[mark["pid"]] = {}
+            trials.append(current[mark["pid"]])
+        if mark["pid"] in current:
+            current[mark["pid"]].setdefault(mark["event"], mark["time"])
+    return [events for events in trials if "first step" in events and "test done" in events]
 
 
 def main() -> None:
