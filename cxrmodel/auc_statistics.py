@@ -15,10 +15,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import rankdata
 
 from cxrmodel.labels import known_labels
 from cxrmodel.metrics import SUMMARIES
+from cxrmodel.roc import midranks
 
 REPLICATES_PER_CHUNK = 100  # bounds memory: chunk x images counts at a time
 
@@ -39,9 +39,9 @@ def structural_components(positive_scores: np.ndarray, negative_scores: np.ndarr
     it outranks (ties count half), each negative's V01 (k, n) = the share of positives that
     outrank it. Sun & Xu's midranks: within positives, within negatives, and over both."""
     m, n = positive_scores.shape[1], negative_scores.shape[1]
-    tx = rankdata(positive_scores, axis=1)
-    ty = rankdata(negative_scores, axis=1)
-    tz = rankdata(np.concatenate([positive_scores, negative_scores], axis=1), axis=1)
+    tx = midranks(positive_scores)
+    ty = midranks(negative_scores)
+    tz = midranks(np.concatenate([positive_scores, negative_scores], axis=1))
     v10 = (tz[:, :m] - tx) / n
     v01 = 1.0 - (tz[:, m:] - ty) / m
     return v10.mean(axis=1), v10, v01

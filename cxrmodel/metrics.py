@@ -1,4 +1,4 @@
-"""Per-finding ROC AUC (scikit-learn) and the paper's summaries: Mean, Mean_Com, Mean_Int.
+"""Per-finding ROC AUC (`cxrmodel.roc`) and the paper's summaries: Mean, Mean_Com, Mean_Int.
 
 A finding whose evaluated labels hold only one class (or none) has no AUC: it is reported as
 undefined with the reason, and left out of the means, never counted as 0.5.
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cxrmodel.labels import POSITIVE, known_labels
+from cxrmodel.roc import roc_auc
 
 # The paper's summaries (its table headers) -> their names in code, figures and metrics: Mean over
 # every evaluated finding, Mean_Com over the common ones, Mean_Int over the internal-only ones.
@@ -58,8 +59,6 @@ def auc_report(
 
     probs, labels: (N, C) in label-space order. Mean covers `evaluated`; Mean_Com the evaluated
     common findings; Mean_Int the evaluated internal-only findings."""
-    from sklearn.metrics import roc_auc_score  # here: the summaries' names load without scikit-learn
-
     auc, undefined = {}, {}
     for finding in evaluated:
         c = list(label_space).index(finding)
@@ -72,7 +71,7 @@ def auc_report(
                 f"({positives} positive, {len(y) - positives} negative)"
             )
             continue
-        auc[finding] = float(roc_auc_score(y == POSITIVE, probs[known, c]))
+        auc[finding] = roc_auc(y == POSITIVE, probs[known, c])
     return AucReport(
         auc=auc,
         undefined=undefined,

@@ -193,8 +193,13 @@ def test_the_image_decode_tasks_load_neither_torch_nor_ray_train():
     assert "torch" not in loaded and not [m for m in loaded if m.startswith("ray.train")]
 
 
-def test_the_training_workers_load_no_plotting_library():
-    # Every Ray Train worker process imports the loop's module before its first step.
-    loaded = _modules_after("import orchestration.training.worker")
-    assert "torch" in loaded and "orchestration.evaluation.scoring" in loaded
-    assert not [m for m in loaded if m.split(".")[0] in ("matplotlib", "sklearn")]
+def test_the_training_workers_load_no_plotting_or_statistics_library():
+    # Every Ray Train worker and sweep trial imports the loop's module before its first step, and
+    # scores its validation split (cxrmodel.roc's AUC: scikit-learn and scipy.stats cost a second).
+    loaded = _modules_after("import numpy as np, orchestration.training.worker\n"
+                            "from cxrmodel.metrics import auc_report\n"
+                            "auc_report(np.array([[.2], [.7]]), np.array([[0], [1]]), ['A'], evaluated=['A'], "
+                            "common=[], internal_only=['A'])")
+    assert "torch" in loaded and "orchestration.evaluation.scoring" in loaded and "cxrmodel.roc" in loaded
+    assert not [m for m in loaded if m.split(".")[0] in ("matplotlib", "sklearn")], "a plotting or scikit-learn module"
+    assert "scipy.stats" not in loaded

@@ -21,6 +21,7 @@ from cxrcommon.storage import absolute
 from cxrmodel.auc_statistics import auc_intervals
 from cxrmodel.inference import predict_probs
 from cxrmodel.metrics import SUMMARIES, AucReport, auc_report, figure_name
+from cxrmodel.roc import roc_curve
 from data_prep.prepared import PreparedDataset
 from data_prep.split import SPLITS
 from orchestration.settings.config import ConfigError
@@ -127,13 +128,10 @@ def auc_table(report: AucReport, predictions: Predictions, plan: TrainingPlan) -
 
 def roc_figure(predictions: Predictions, label_space: list[str], report: AucReport, title: str) -> Figure:
     """A grid of ROC curves, one panel per finding with a defined AUC."""
-    # Here, not at the top: every Ray Train worker imports this module to score, none draws.
-    from sklearn.metrics import roc_curve
-
     def draw(ax, finding: str) -> str:
         c = label_space.index(finding)
         known = predictions.labels[:, c] >= 0
-        fpr, tpr, _ = roc_curve(predictions.labels[known, c] == 1, predictions.probs[known, c])
+        fpr, tpr = roc_curve(predictions.labels[known, c] == 1, predictions.probs[known, c])
         ax.plot(fpr, tpr, lw=1.5)
         return f"{finding}\nAUC {report.auc[finding]:.3f}"
 
