@@ -27,8 +27,8 @@ from _common import report  # benchmarks/ is on the path as a script
 
 from cxrmodel.inference import autocast_context
 from cxrmodel.inputs import to_model_input
-from cxrmodel.losses import finding_weights
 from cxrmodel.method import Acceleration, MethodSpec, build_method
+from cxrmodel.task_weights import finding_weights
 
 FINDINGS = 14
 COMMON = tuple(range(7, 14))  # NIH + CheXpert share 7 of NIH's 14 findings
@@ -43,8 +43,8 @@ def paper_spec(num_samples: int, positive_fraction: float = 0.1) -> MethodSpec:
     alpha, beta = finding_weights(names, [names[c] for c in COMMON],
                                   {n: {"positive": 1000 - negatives, "negative": negatives} for n in names})
     return MethodSpec(
-        num_findings=FINDINGS, common=COMMON, num_domains=2, alpha=tuple(alpha.tolist()),
-        beta=tuple(beta.tolist()), num_samples=num_samples, num_classes=FINDINGS,
+        num_findings=FINDINGS, common=COMMON, num_domains=2, alpha=tuple(alpha),
+        beta=tuple(beta), num_samples=num_samples, num_classes=FINDINGS,
         ensemble_findings=tuple(c not in COMMON for c in range(FINDINGS)),
     )
 

@@ -20,7 +20,7 @@ from _common import report  # benchmarks/ is on the path as a script
 from torch import nn
 
 from cxrmodel.heads import TaskSpecificHeads
-from cxrmodel.losses import finding_weights
+from cxrmodel.task_weights import finding_weights
 from orchestration.settings.config import load_config
 from orchestration.settings.plan import TrainingPlan
 from orchestration.training.configured import Method, configured_method
@@ -39,7 +39,7 @@ def make_method(full: bool, num_samples: int) -> Method:
                                   task_weighting=config.method.task_weighting)
     plan = TrainingPlan(
         data="", domains=["internal", "external"], label_space=NAMES, common=COMMON, internal_only=INTERNAL_ONLY,
-        evaluated=NAMES, trained=NAMES, alpha=alpha.tolist(), beta=beta.tolist(), positive=[1] * FINDINGS,
+        evaluated=NAMES, trained=NAMES, alpha=alpha, beta=beta, positive=[1] * FINDINGS,
         negative=[9] * FINDINGS, ensemble=INTERNAL_ONLY if config.method.uses_ensemble else [],
         per_domain_batch=8, steps_per_epoch=1, num_samples=num_samples,
     )

@@ -186,6 +186,13 @@ def test_cxr_report_loads_neither_torch_nor_ray_train(tmp_path):
     assert "torch" not in loaded and not [m for m in loaded if m.startswith("ray.train")]
 
 
+def test_a_sweeps_driver_loads_no_torch():
+    # Its trials train, each in a process of its own; the driver only books and watches them.
+    loaded = _modules_after("import orchestration.cli.sweep_verbs, orchestration.sweeps.tune")
+    assert "orchestration.training.train" in loaded and "ray.tune" in loaded
+    assert "torch" not in loaded
+
+
 def test_the_image_decode_tasks_load_neither_torch_nor_ray_train():
     # Ray Data's decode tasks of `cxr predict --images` import the module that holds their function.
     loaded = _modules_after("import orchestration.evaluation.image_prediction")

@@ -7,10 +7,8 @@ import torch
 
 from cxrmodel.losses import (
     adversarial_loss,
-    domain_betas,
     ensemble_loss,
     ensemble_mask,
-    finding_weights,
     partial_label_bce,
     with_hard_labels,
 )
@@ -28,17 +26,9 @@ def test_partial_label_bce_by_hand():
     assert partial_label_bce(logits, labels, alpha, beta).item() == pytest.approx(2.4260151, abs=1e-6)
 
 
-def test_multi_task_betas_per_domain_and_per_sample():
-    pooled = torch.tensor([2.0, 3.0, 5.0])
-    balance = {"nih": {"A": {"positive": 1, "negative": 47}, "B": {"positive": 4, "negative": 8}},
-               "chexpert": {"A": {"positive": 5, "negative": 10}, "B": {"positive": 0, "negative": 0}}}
-    # Common finding A gets each domain's own N / P (47, 2); B and C are not common: pooled.
-    betas = domain_betas(["A", "B", "C"], ["A"], balance, pooled)
-    assert betas.tolist() == [[47.0, 3.0, 5.0], [2.0, 3.0, 5.0]]
-    with pytest.raises(ValueError, match="'B' has no positive training image in domain 'nih'"):
-        domain_betas(["A", "B"], ["A", "B"], {"nih": {"A": balance["nih"]["A"], "B": {"positive": 0, "negative": 3}}},
-                     pooled[:2])
-    # Per-sample β in eq. 1, the test above's numbers with sample 2 given its own β row [9, 3]:
+def test_per_sample_betas_in_eq_1():
+    # Per-sample β in eq. 1 (the Multi-Task baseline's, one row per domain: test_task_weights), the
+    # numbers of test_partial_label_bce_by_hand with sample 2 given its own β row [9, 3]:
     # finding 0 is unknown for it, so only sample 1's row matters: same 2.4260151.
     logits = torch.tensor([[0.0, LN3], [LN3, -LN3]])
     labels = torch.tensor([[1, 0], [-2, 1]])
@@ -149,22 +139,3 @@ def test_hard_labels_enter_eq_1_as_labels():
     logits = torch.logit(PROBS)
     got = partial_label_bce(logits, hard, torch.ones(3), torch.tensor([2.0, 1.0, 1.0]))
     assert got.item() == pytest.approx(expected, rel=1e-5)
-
-
-def test_finding_weights():
-    space = ["Nodule", "Effusion", "Edema"]
-    balance = {"Nodule": {"positive": 10, "negative": 90}, "Effusion": {"positive": 25, "negative": 75},
-               "Edema": {"positive": 0, "negative": 0}}
-    alpha, beta = finding_weights(space, ["Effusion"], balance, alpha=3.0)
-    assert alpha.tolist() == [1.0, 3.0, 1.0]
-    assert beta.tolist() == [9.0, 3.0, 1.0]  # N/P; a finding no trained domain labels -> 1
-    alpha, _ = finding_weights(space, ["Effusion"], balance, task_weighting=False)
-    assert alpha.tolist() == [1.0, 1.0, 1.0]
-    alpha, _ = finding_weights(space, ["Effusion"], balance, alpha_overrides={"Nodule": 2.0})
-    assert alpha.tolist() == [2.0, 3.0, 1.0]
-    with pytest.raises(ValueError, match=r"unknown finding\(s\) \['Nodle'\]"):
-        finding_weights(space, ["Effusion"], balance, alpha_overrides={"Nodle": 2.0})
-    # Labelled (5 negatives) but never positive: β would be 5/0.
-    balance["Edema"] = {"positive": 0, "negative": 5}
-    with pytest.raises(ValueError, match="'Edema' has no positive training image"):
-        finding_weights(space, ["Effusion"], balance)

@@ -73,18 +73,18 @@ def test_a_finding_never_positive_in_the_trained_domains_is_refused(prepared_dir
     plan_training(load_config(updates={"train.domains": ["nih", "inhouse"]}), copy)  # the in-house set has some
 
 
-def test_dry_run_prints_and_writes_the_plan_without_ray(prepared_dir, tmp_path):
+def test_dry_run_prints_and_writes_the_plan_without_ray_or_torch(prepared_dir, tmp_path):
     out = tmp_path / "plan.json"
     code = (
         "import sys; from orchestration.cli import app\n"
         f"app(['train', '--data', {str(prepared_dir)!r}, '--dry-run', '--plan-json', {str(out)!r}, "
         "'train.domains=[nih, chexpert]', 'train.epochs=4', 'train.batch_size=8'], standalone_mode=False)\n"
-        "print('ray imported:', 'ray' in sys.modules)\n"
+        "print('ray imported:', 'ray' in sys.modules, 'torch imported:', 'torch' in sys.modules)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "RAY_ADDRESS": "127.0.0.1:9"})  # a Ray that cannot answer
     assert done.returncode == 0, done.stderr
-    assert "ray imported: False" in done.stdout
+    assert "ray imported: False torch imported: False" in done.stdout  # a plan is numbers: no torch to load
     assert "training domains: nih (internal), chexpert (external)" in done.stdout
     assert "Adam LR" in done.stdout and "1e-05" in done.stdout  # the LR step after epoch 3
 

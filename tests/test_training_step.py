@@ -8,13 +8,13 @@ from cxrmodel.losses import (
     adversarial_loss,
     ensemble_loss,
     ensemble_mask,
-    finding_weights,
     partial_label_bce,
     with_hard_labels,
 )
 from cxrmodel.network import CXRNet
 from cxrmodel.optimizers import make_optimizers
 from cxrmodel.schedules import HSchedule
+from cxrmodel.task_weights import finding_weights
 from cxrmodel.temporal_ensemble import TemporalEnsemble
 from cxrmodel.training_step import TrainingStep
 from data_prep.synth import LOOKS, DefaultImages
@@ -48,7 +48,7 @@ def make_step(lambda_tat=0.03, ensemble=True, lr=1e-4, **kwargs):
     adam, rmsprop, _ = make_optimizers(model, lr=lr)
     names = [str(i) for i in range(FINDINGS)]
     balance = {n: {"positive": 1, "negative": 2} for n in names}
-    alpha, beta = finding_weights(names, [names[c] for c in COMMON], balance, alpha=3.0)
+    alpha, beta = map(torch.tensor, finding_weights(names, [names[c] for c in COMMON], balance, alpha=3.0))
     te = TemporalEnsemble(128, FINDINGS, gamma=0.9) if ensemble else None
     internal_only = torch.tensor([c in DOMAIN_FINDINGS[0] and c not in DOMAIN_FINDINGS[1] for c in range(FINDINGS)])
     step = TrainingStep(model, adam, rmsprop, alpha=alpha, beta=beta, num_domains=2, ensemble=te,
@@ -262,7 +262,8 @@ def _tiny_step(**kwargs) -> TrainingStep:
     adam = torch.optim.Adam([*model.features.parameters(), *model.classifier.parameters()], lr=1e-2)
     rmsprop = torch.optim.RMSprop(model.discriminators.parameters(), lr=1e-2)
     names = [str(i) for i in range(FINDINGS)]
-    alpha, beta = finding_weights(names, [names[c] for c in COMMON], {n: {"positive": 1, "negative": 2} for n in names})
+    alpha, beta = map(torch.tensor, finding_weights(names, [names[c] for c in COMMON],
+                                                     {n: {"positive": 1, "negative": 2} for n in names}))
     internal_only = torch.tensor([c in DOMAIN_FINDINGS[0] and c not in DOMAIN_FINDINGS[1] for c in range(FINDINGS)])
     return TrainingStep(model, adam, rmsprop, alpha=alpha, beta=beta, num_domains=2,
                         ensemble=TemporalEnsemble(128, FINDINGS, gamma=0.6), ensemble_findings=internal_only,

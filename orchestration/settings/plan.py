@@ -18,7 +18,7 @@ import pandas as pd
 
 from cxrcommon.errors import UserError
 from cxrcommon.storage import absolute
-from cxrmodel.losses import domain_betas, finding_weights
+from cxrmodel.task_weights import domain_betas, finding_weights
 from data_prep.findings import FindingGroups
 from data_prep.prepared import PreparedDataset
 
@@ -144,7 +144,7 @@ def plan_training(config: Config, data: str | Path) -> TrainingPlan:
         domain_beta = None
         if method.multi_task:
             balances = {d: prepared.class_balance([d]) for d in domains}
-            domain_beta = domain_betas(prepared.label_space, common, balances, beta).tolist()
+            domain_beta = domain_betas(prepared.label_space, common, balances, beta)
     except ValueError as exc:
         raise PlanError(f"training domains {domains}: {exc}") from None
     if config.model.weights and not Path(config.model.weights).is_file():
@@ -164,8 +164,8 @@ def plan_training(config: Config, data: str | Path) -> TrainingPlan:
         internal_only=internal_only,
         evaluated=prepared.domain_findings(internal),
         trained=trained,
-        alpha=alpha.tolist(),
-        beta=beta.tolist(),
+        alpha=alpha,
+        beta=beta,
         positive=[balance[f]["positive"] for f in prepared.label_space],
         negative=[balance[f]["negative"] for f in prepared.label_space],
         ensemble=list(ensemble),

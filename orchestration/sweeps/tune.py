@@ -37,7 +37,6 @@ from ray.tune.search.optuna import OptunaSearch
 
 from cxrcommon.storage import absolute, is_uri
 from data_prep.prepared import PreparedDataset
-from orchestration.evaluation.model_card import register_version
 from orchestration.settings.config import Config, ConfigError, check_run_name, flatten_config, load_config
 from orchestration.settings.masking import masked
 from orchestration.settings.plan import PlanError, plan_training
@@ -307,6 +306,8 @@ def run_sweep(
 
 
 def _register_best(client: MlflowClient, parent_run_id: str, trial_id: str, base: Config) -> None:
+    from orchestration.evaluation.model_card import register_version  # torch: this driver trains nothing
+
     run = next(r for r in child_runs(client, parent_run_id) if r.data.tags.get(TRIAL_TAG) == trial_id)
     print(register_version(client, base.mlflow.register_model, run.info.run_id, base.train.select_metric,
                            f"the best trial's model as {base.mlflow.register_model}"), flush=True)

@@ -4,6 +4,9 @@ shards: `feed`), log the run's artifacts (`run_artifacts`), end the run with the
 happened. The same run name again resumes: Ray Train restarts from the run's latest checkpoint
 under `train.storage_path/<run name>`, and the same MLflow run continues. A one-worker sweep trial
 runs the same loop in its own process instead (`trains_in_trial`), with Tune keeping its checkpoints.
+
+What needs torch (the loop, the artifacts, the TorchTrainer) is imported where it is used: a sweep's
+driver imports this module to book its trials and never trains.
 """
 
 from __future__ import annotations
@@ -13,24 +16,22 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ray.train
-import ray.train.torch
 import ray.tune
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-from ray.train.torch import TorchTrainer
-from ray.tune.integration.ray_train import TuneReportCallback
 
 from cxrcommon.storage import Folder, absolute, is_uri
-from orchestration.evaluation.model_card import register_version
 from orchestration.settings.config import Config, check_run_name
 from orchestration.settings.masking import mask_text
 from orchestration.settings.plan import TrainingPlan, plan_document
 from orchestration.settings.runtime import check_resources, check_shared_storage, exit_on_signals, init_ray, mark
 from orchestration.settings.schema import CHECKPOINT_TAG, PLAN_ARTIFACT, TEST_SUMMARY_METRICS
 from orchestration.settings.tracking import mlflow_client, open_run, tracking_uri
-from orchestration.training.run_artifacts import log_run_artifacts
-from orchestration.training.worker import train_in_trial, train_loop_per_worker
+
+if TYPE_CHECKING:
+    from ray.train.torch import TorchTrainer
 
 
 @dataclass
@@ -77,13 +78,14 @@ def run_training(
         check_shared_storage({"prepared dataset": plan.data, "train.storage_path": storage}, uri)
         loop_config = _loop_config(config, plan, uri, run_id, run_name, storage)
         if in_trial and trains_in_trial(config):
+            from orchestration.training.worker import train_in_trial
+
             metrics = train_in_trial(loop_config)
             final = ray.tune.get_checkpoint()  # the last report's, persisted in the trial's folder
         else:
             check_resources(worker_resources(config), config.train.min_workers or config.train.workers,
                             config.train.placement)
-            trainer = _make_trainer(config, loop_config, run_name, storage,
-                                    [TuneReportCallback()] if in_trial else [])
+            trainer = _make_trainer(config, loop_config, run_name, storage, in_trial)
 
             def killed(signal_name: str) -> None:
                 client.set_terminated(run_id, status="KILLED")
@@ -100,9 +102,13 @@ def run_training(
                   f"they are kept in {undelivered} (one JSON object per step)", file=sys.stderr, flush=True)
         checkpoint = checkpoint_location(final, storage)
         client.set_tag(run_id, CHECKPOINT_TAG, checkpoint)  # what --run loads
+        from orchestration.training.run_artifacts import log_run_artifacts
+
         with final.as_directory() as directory:
             log_run_artifacts(client, run_id, config, plan, Path(directory))
         if config.mlflow.register_model:
+            from orchestration.evaluation.model_card import register_version
+
             print(register_version(client, config.mlflow.register_model, run_id, config.train.select_metric,
                                    f"model {config.mlflow.register_model}"), flush=True)
     except BaseException:
@@ -160,7 +166,13 @@ def _loop_config(config: Config, plan: TrainingPlan, uri: str, run_id: str, run_
     }
 
 
-def _make_trainer(config: Config, loop_config: dict, run_name: str, storage: str, callbacks: list) -> TorchTrainer:
+def _make_trainer(config: Config, loop_config: dict, run_name: str, storage: str, in_trial: bool) -> TorchTrainer:
+    """Ray Train's TorchTrainer over the loop; in a sweep trial it reports to Tune."""
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from orchestration.training.worker import train_loop_per_worker
+
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -169,6 +181,6 @@ def _make_trainer(config: Config, loop_config: dict, run_name: str, storage: str
             name=run_name, storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=callbacks,
+            callbacks=[TuneReportCallback()] if in_trial else [],
         ),
     )
