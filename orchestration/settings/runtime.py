@@ -18,9 +18,12 @@ import signal
 import socket
 import stat
 import sys
+import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import ray
 
@@ -351,6 +354,30 @@ def check_shared_storage(paths: dict[str, str], tracking_uri: str) -> None:
                 f"node {_node_name(node)} cannot see {', '.join(f'{m} {local[m]}' for m in missing)}: "
                 "on a multi-node cluster use a shared filesystem or an object-store URI"
             )
+
+
+Result = TypeVar("Result")
+
+
+def on_own_thread(work: Callable[[], Result]) -> Result:
+    """`work()` (a Ray Train or Tune fit) on a thread of its own while this one waits. On the main
+    thread both install a SIGINT handler of their own: Ctrl-C then ends the run FAILED instead of
+    reaching `exit_on_signals`, and Ray Train's handler keeps the finished run's controller actor
+    alive for as long as the process lives. Off the main thread they install none."""
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as exc:  # raised again on the waiting thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="cxr-fit", daemon=True)
+    thread.start()
+    thread.join()  # a signal's handler still runs here, on the main thread
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 @contextmanager

@@ -40,7 +40,14 @@ from data_prep.prepared import PreparedDataset
 from orchestration.settings.config import Config, ConfigError, check_run_name, flatten_config, load_config
 from orchestration.settings.masking import masked
 from orchestration.settings.plan import PlanError, plan_training
-from orchestration.settings.runtime import check_resources, exit_on_signals, init_ray, release_memory, verbose
+from orchestration.settings.runtime import (
+    check_resources,
+    exit_on_signals,
+    init_ray,
+    on_own_thread,
+    release_memory,
+    verbose,
+)
 from orchestration.settings.schema import (
     BEST_DIR,
     BEST_TRIAL_TAG,
@@ -288,7 +295,7 @@ def run_sweep(
 
     try:
         with exit_on_signals(killed, handle_signals):
-            results = tuner.fit()
+            results = on_own_thread(tuner.fit)
         trials = _trial_table(results, space)
         # The trials no other trial beats on every metric: with one metric, the best trial(s).
         trials["pareto"] = trials["trial_id"].isin(pareto_front(trials, settings.metrics, space.mode)["trial_id"])

@@ -26,7 +26,14 @@ from cxrcommon.storage import Folder, absolute, is_uri
 from orchestration.settings.config import Config, check_run_name
 from orchestration.settings.masking import mask_text
 from orchestration.settings.plan import TrainingPlan, plan_document
-from orchestration.settings.runtime import check_resources, check_shared_storage, exit_on_signals, init_ray, mark
+from orchestration.settings.runtime import (
+    check_resources,
+    check_shared_storage,
+    exit_on_signals,
+    init_ray,
+    mark,
+    on_own_thread,
+)
 from orchestration.settings.schema import CHECKPOINT_TAG, PLAN_ARTIFACT, TEST_SUMMARY_METRICS
 from orchestration.settings.tracking import mlflow_client, open_run, tracking_uri
 
@@ -93,7 +100,7 @@ def run_training(
                       "to resume", file=sys.stderr, flush=True)
 
             with exit_on_signals(killed, handle_signals):
-                result = trainer.fit()
+                result = on_own_thread(trainer.fit)
             metrics, final = result.metrics, result.checkpoint
         mark("fit returned")
         undelivered = undelivered_metrics_file(storage, run_name)
