@@ -22,7 +22,10 @@ from mlflow.tracking import MlflowClient
 from orchestration.settings.runtime import TIMELINE_ENV
 from orchestration.settings.schema import (
     EARLY_STOPPED_TAG,
+    LOST_TRIAL_TAG,
+    PARENT_TAG,
     SUMMARY_ARTIFACT,
+    SWEEP_TAG,
     TRIAL_TAG,
     best_metric,
     loss_metric,
@@ -81,15 +84,25 @@ def test_resume_after_the_driver_is_killed_continues_the_optuna_study(prepared_d
     wait_for(second_trial_training, 300, "the second trial's first step", first, log)
     first.send_signal(signal.SIGKILL)  # no handler runs: runs are left RUNNING, as after a node loss
     first.wait(timeout=30)
-    assert _parent(client, "killed").info.status == "RUNNING"
+    parent = _parent(client, "killed")
+    assert parent.info.status == "RUNNING"
+    # A trial that started after Tune last saved the sweep (it saves every second) is lost with the
+    # driver: planted here, since the kill cannot aim at that second.
+    lost = client.create_run(parent.info.experiment_id, tags={
+        PARENT_TAG: parent.info.run_id, TRIAL_TAG: "lost0001", SWEEP_TAG: "killed"}).info.run_id
 
     log2 = tmp_path / "second.log"
     second = _tune_cli([*args, "--resume"], log2)
     assert second.wait(timeout=400) == 0, log2.read_text()[-3000:]
     assert "continuing the Optuna study of sweep 'killed' from its 1 finished trial(s)" in log2.read_text()
+    assert f"trial lost0001 had started after the sweep last saved its state: its MLflow run {lost} ends KILLED" \
+        in log2.read_text()
     parent = _parent(client, "killed")
-    children = _children(client, parent)
+    runs = _children(client, parent)
     assert parent.info.status == "FINISHED"
+    lost_runs = [c for c in runs if c.data.tags.get(LOST_TRIAL_TAG) == "true"]
+    assert lost in {c.info.run_id for c in lost_runs} and {c.info.status for c in lost_runs} == {"KILLED"}
+    children = [c for c in runs if c not in lost_runs]  # the trials the resumed sweep knows
     assert len(children) == 3 and len({c.data.tags[TRIAL_TAG] for c in children}) == 3
     assert {c.info.status for c in children} == {"FINISHED"}
     for child in children:  # each child logged its epoch once, resumed or not

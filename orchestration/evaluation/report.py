@@ -49,6 +49,7 @@ from orchestration.settings.schema import (
     EVALUATES_TAG,
     EVALUATION,
     EVALUATION_METRIC,
+    LOST_TRIAL_TAG,
     MODEL_CARD_MD,
     PLAN_ARTIFACT,
     PRETRAINED_PARAM,
@@ -145,6 +146,8 @@ def _finished(run: Run) -> bool:
 
 def _why_excluded(run: Run) -> str:
     status = run.info.status
+    if run.data.tags.get(LOST_TRIAL_TAG) == "true":
+        return "lost with its sweep's driver; the resumed sweep ran a new trial in its place"
     if status == "FINISHED":
         early = run.data.tags.get(EARLY_STOPPED_TAG) == "true"
         return "stopped early by the scheduler" if early else "finished without test metrics"

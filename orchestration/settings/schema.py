@@ -28,6 +28,7 @@ SEED_TAG = "cxr.seed"
 ROW_TAG = "cxr.ablation_row"
 ROW_LABEL_TAG = "cxr.ablation_label"
 EARLY_STOPPED_TAG = "cxr.early_stopped"  # "true": the scheduler stopped the trial
+LOST_TRIAL_TAG = "cxr.lost_trial"  # "true": started after the sweep last saved its state; --resume ran another
 BEST_TRIAL_TAG = "cxr.best_trial_id"
 PARETO_TAG = "cxr.pareto_front"  # a multi-objective sweep's front: trial ids, comma-separated
 EVALUATES_TAG = "cxr.evaluates"  # the id of the training run an evaluation scores

@@ -53,6 +53,7 @@ from orchestration.settings.schema import (
     BEST_TRIAL_TAG,
     EARLY_STOPPED_TAG,
     EPOCH_METRIC,
+    LOST_TRIAL_TAG,
     PARETO_TAG,
     SELECTION_METRICS,
     SPACE_DIR,
@@ -220,6 +221,20 @@ def _settle_children(client: MlflowClient, parent_run_id: str, trial_status: dic
             client.set_terminated(run.info.run_id, "FAILED")
 
 
+def _end_lost_trials(client: MlflowClient, parent_run_id: str, known: set[str]) -> None:
+    """A trial started after Tune last saved the sweep's state (it saves every second) is not in the
+    restored sweep, which runs a new trial in its place: the lost trial's run ends KILLED and tagged,
+    so that none is left RUNNING and reports say why it has no result."""
+    for run in child_runs(client, parent_run_id):
+        trial = run.data.tags.get(TRIAL_TAG)
+        if trial in known or run.info.status not in ("RUNNING", "KILLED") or LOST_TRIAL_TAG in run.data.tags:
+            continue
+        client.set_tag(run.info.run_id, LOST_TRIAL_TAG, "true")
+        client.set_terminated(run.info.run_id, "KILLED")
+        print(f"trial {trial} had started after the sweep last saved its state: its MLflow run {run.info.run_id} "
+              "ends KILLED and a new trial takes its place", flush=True)
+
+
 def run_sweep(
     space: SweepSpace, base: Config, data: str | Path, settings: SweepSettings, *,
     address: str | None = None, handle_signals: bool = False,
@@ -278,6 +293,7 @@ def run_sweep(
     if settings.resume:
         tuner = tune.Tuner.restore(str(experiment_path), trainable=trainable, resume_unfinished=True,
                                    resume_errored=False, restart_errored=False)
+        _end_lost_trials(client, parent_run_id, {t.trial_id for t in sweep_trials(tuner.get_results())})
         finished = _finished_in_study(experiment_path, settings.sweep_name)
         if finished is not None:
             print(f"continuing the Optuna study of sweep {settings.sweep_name!r} from its {finished} finished "
