@@ -70,10 +70,13 @@ def test_no_address_starts_a_fresh_local_ray_even_with_a_stale_cluster_file(mach
     (machine_temp / "ray" / "ray_current_cluster").write_text(stale)
     assert ray_address(None) == "local"
     started = time.monotonic()
-    done = _python(JOINED.format(address=None), timeout=120)
+    # ray.init's context names the dashboard's URL; init_ray keeps the context to itself.
+    done = _python(JOINED.format(address=None) + "; print('DASHBOARD', repr(ray._private.worker.get_dashboard_url()))",
+                   timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     gcs = done.stdout.split("GCS ")[1].split()[0]
     assert gcs != stale and time.monotonic() - started < 120
+    assert "DASHBOARD ''" in done.stdout  # a command's own Ray starts no dashboard
 
 
 @pytest.mark.ray

@@ -129,8 +129,12 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
     if quiet:  # before ray.init: a local Ray's workers inherit it
         os.environ.setdefault(RAY_DATA_LOGGING_CONFIG, str(_quiet_ray_data_logging()))
     kwargs = {"logging_level": logging.ERROR if quiet else logging.WARNING, "log_to_driver": True}
-    if address == "local" and num_cpus is not None:
-        kwargs["num_cpus"] = num_cpus
+    if address == "local":
+        # A command's own Ray lives as long as the command: its dashboard would be ~1 s more of start
+        # and a few seconds of CPU beside the run's start on 2 cores (a cluster's head keeps one).
+        kwargs["include_dashboard"] = False
+        if num_cpus is not None:
+            kwargs["num_cpus"] = num_cpus
     if address != "local" and os.environ.get(TIMELINE_ENV):
         # A local Ray's workers inherit the variable; a joined cluster's get it through the job.
         kwargs["runtime_env"] = {"env_vars": {TIMELINE_ENV: os.environ[TIMELINE_ENV]}}
