@@ -26,6 +26,9 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")  # as cxr does for a local Ray
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+# Each node's dashboard agent samples every Ray process every 5 s for the dashboard no test looks at:
+# a few seconds of CPU a minute per node, on the cores the tests train on.
+os.environ.setdefault("REPORTER_UPDATE_INTERVAL_MS", "60000")
 
 
 def pytest_collection_modifyitems(items):
@@ -133,13 +136,19 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def serve_mlflow(store: Path, port: int, log: Path) -> subprocess.Popen:
-    """A real `mlflow server` on 127.0.0.1:`port` over a SQLite store in `store`, once it answers."""
+def serve_mlflow(store: Path, port: int, log: Path, *, wait: bool = True) -> subprocess.Popen:
+    """A real `mlflow server` on 127.0.0.1:`port` over a SQLite store in `store`, once it answers
+    (`wait=False`: at once; `mlflow_up` waits, so that its start overlaps other work)."""
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
          "--artifacts-destination", str(store / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1"], stdout=log.open("a"), stderr=subprocess.STDOUT, cwd=store)
+    if wait:
+        mlflow_up(server, port, log)
+    return server
 
+
+def mlflow_up(server: subprocess.Popen, port: int, log: Path) -> None:
     def up() -> bool:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
@@ -148,7 +157,6 @@ def serve_mlflow(store: Path, port: int, log: Path) -> subprocess.Popen:
             return False
 
     wait_for(up, 120, "mlflow server", server, log)
-    return server
 
 
 @contextmanager

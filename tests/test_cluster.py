@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import ROOT, free_port, serve_mlflow, tiny_training, wait_for
+from conftest import ROOT, free_port, mlflow_up, serve_mlflow, tiny_training, wait_for
 from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 
@@ -38,11 +38,14 @@ class Tracking:
     def __init__(self, store: Path):
         self.store, self.port = store, free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
-        self.server = None
-        self.start()
+        self.log = store / "server.log"
+        self.server = serve_mlflow(self.store, self.port, self.log, wait=False)  # `up` waits for it
+
+    def up(self) -> None:
+        mlflow_up(self.server, self.port, self.log)
 
     def start(self) -> None:
-        self.server = serve_mlflow(self.store, self.port, self.store / "server.log")
+        self.server = serve_mlflow(self.store, self.port, self.log)
 
     def stop(self) -> None:
         self.server.terminate()
@@ -51,10 +54,12 @@ class Tracking:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    tracking = Tracking(tmp_path_factory.mktemp("cluster_mlflow"))
-    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    workers = [nodes.add_node(num_cpus=2, resources={"trainer_slot": 1}) for _ in range(2)]
+    tracking = Tracking(tmp_path_factory.mktemp("cluster_mlflow"))  # its server starts while the nodes do
+    nodes = Cluster(initialize_head=False)
     try:
+        nodes.add_node(num_cpus=1)  # the head
+        workers = [nodes.add_node(num_cpus=2, resources={"trainer_slot": 1}) for _ in range(2)]
+        tracking.up()
         yield nodes, workers, tracking
     finally:
         nodes.shutdown()
