@@ -1,4 +1,5 @@
-"""DenseIBN-121: torchvision's DenseNet-121 with IBN-Net's IBN-a normalisation.
+"""DenseIBN-121: DenseNet-121 (torchvision's layout, `cxrmodel.densenet`) with IBN-Net's IBN-a
+normalisation.
 
 As in IBN-Net's published DenseNet-IBN-a, `norm1` of dense layers 1, 4, 7, ... of dense blocks 1-3
 (14 layers) becomes an `IBN`: the first 60% of channels through BatchNorm, the other 40% through
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models import densenet121
+
+from cxrmodel.densenet import BLOCK_LAYERS, DenseNet121
 
 IBN_BLOCKS = (1, 2, 3)
 BN_FRACTION = 0.6
@@ -36,11 +38,10 @@ class IBN(nn.Module):
 
 def ibn_layer_names() -> list[str]:
     """'features.denseblockB.denselayerL' for every dense layer whose norm1 is an IBN."""
-    block_sizes = (6, 12, 24, 16)
     return [
         f"features.denseblock{b}.denselayer{i + 1}"
         for b in IBN_BLOCKS
-        for i in range(block_sizes[b - 1])
+        for i in range(BLOCK_LAYERS[b - 1])
         if i % 3 == 0
     ]
 
@@ -48,12 +49,12 @@ def ibn_layer_names() -> list[str]:
 def densenet121_ibn_a(weights: str | Path | None = None, in_channels: int = 3) -> nn.Module:
     """DenseIBN-121 feature extractor: images (B, in_channels, H, W) -> features (B, 1024).
 
-    Any input size works (torchvision's DenseNet pools adaptively). `weights` is a local file
+    Any input size works (DenseNet pools adaptively). `weights` is a local file
     holding either a torchvision `densenet121` state dict (mapped onto the IBN layers) or an
     official `densenet121_ibn_a` state dict. With `in_channels=1`, ImageNet's RGB first-layer
     filters are summed, which gives the same response to a gray image repeated on 3 channels.
     """
-    model = densenet121(weights=None)
+    model = DenseNet121()
     for name in ibn_layer_names():
         layer = model.get_submodule(name)
         layer.norm1 = IBN(layer.norm1.num_features)

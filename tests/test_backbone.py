@@ -4,6 +4,7 @@ from torch import nn
 from torchvision.models import densenet121
 
 from cxrmodel.backbone import IBN, WeightsError, densenet121_ibn_a, ibn_layer_names
+from cxrmodel.densenet import DenseNet121
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +22,23 @@ def torchvision_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("w") / "densenet121.pth"
     torch.save(reference.state_dict(), path)
     return path, reference.state_dict()
+
+
+def test_the_densenet_here_is_torchvisions_densenet121():
+    """cxrmodel.densenet writes torchvision's network out: a seed draws the same weights under the
+    same names, and they give the same outputs, training and evaluating."""
+    torch.manual_seed(1)
+    ours = DenseNet121()
+    torch.manual_seed(1)
+    theirs = densenet121(weights=None)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), theirs.state_dict().values()))
+    x = torch.randn(2, 3, 72, 72)
+    for training in (True, False):
+        ours.train(training)
+        theirs.train(training)
+        assert torch.equal(ours(x), theirs(x)), training
+    assert torch.equal(ours.features.norm5.running_mean, theirs.features.norm5.running_mean)
 
 
 def test_fourteen_ibn_layers_with_a_60_40_split():

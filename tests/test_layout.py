@@ -210,3 +210,19 @@ def test_the_training_workers_load_no_plotting_or_statistics_library():
     assert "torch" in loaded and "orchestration.evaluation.scoring" in loaded and "cxrmodel.roc" in loaded
     assert not [m for m in loaded if m.split(".")[0] in ("matplotlib", "sklearn")], "a plotting or scikit-learn module"
     assert "scipy.stats" not in loaded
+
+
+def test_what_builds_or_runs_the_network_loads_no_torchvision():
+    # torchvision's import loads torch._dynamo: ~1.5 s in each `cxr` command that builds and scores
+    # the network (predict, evaluate, calibrate, export, serve, a run's artifacts), none of which
+    # compiles. A training worker's optimizers load torch._dynamo anyway (torch.optim does), not
+    # torchvision's ~0.4 s more. Grad-CAM's library imports torchvision: explaining pays it.
+    loaded = _modules_after("import torch, orchestration.training.worker\n"
+                            "from cxrmodel.inference import predict_probs\n"
+                            "from cxrmodel.method import MethodSpec, build_network\n"
+                            "spec = MethodSpec(num_findings=2, common=(0,), num_domains=2, alpha=(1.0, 1.0), "
+                            "beta=(1.0, 1.0), num_samples=4)\n"
+                            "predict_probs(build_network(spec).eval(), torch.zeros(2, 64, 64, dtype=torch.uint8), "
+                            "tencrop=True)")
+    assert not [m for m in loaded if m.split(".")[0] == "torchvision"] and "torch._dynamo" not in loaded
+    assert "cxrmodel.densenet" in loaded

@@ -62,6 +62,19 @@ def test_tencrop_averages_ten_views():
     assert not torch.allclose(single, probs)
 
 
+@pytest.mark.parametrize("side", [15, 16, 17])
+def test_ten_crop_gives_torchvisions_views(side):
+    from torchvision.transforms.v2.functional import ten_crop as torchvision_ten_crop
+
+    from cxrmodel.inference import ten_crop
+
+    x = torch.randn(2, 1, side, side)
+    ours, theirs = ten_crop(x, 8), torchvision_ten_crop(x, [8, 8])
+    assert len(ours) == len(theirs) == 10 and all(torch.equal(a, b) for a, b in zip(ours, theirs))
+    with pytest.raises(ValueError, match="a 18x18 crop does not fit in"):
+        ten_crop(x, 18)
+
+
 def test_auc_table_of_an_empty_split_has_its_columns():
     from orchestration.evaluation.scoring import Predictions, auc_table, report_for
     from orchestration.settings.plan import TrainingPlan

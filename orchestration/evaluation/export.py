@@ -128,9 +128,7 @@ def _torchscript(model: ProbabilityModel, example: torch.Tensor, batch: torch.Te
 
 
 def _versions(fmt: str) -> dict[str, str]:
-    import torchvision
-
-    versions = {"torch": torch.__version__, "torchvision": torchvision.__version__}
+    versions = {"torch": torch.__version__}
     if fmt == "onnx":
         import onnx
         import onnxruntime
