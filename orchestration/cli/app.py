@@ -4,6 +4,7 @@ exit status 2, and the printing all verbs share (lines, warnings, tables)."""
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import sys
 from pathlib import Path
@@ -108,4 +109,10 @@ def main() -> None:
     # its warnings) and Ray's carry the tracking URI, credentials included.
     out, err = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = MaskedStream(lambda: out), MaskedStream(lambda: err)
-    app()
+    try:
+        app()
+    finally:
+        # What the command built lives until the process ends, and Python's last collections walk
+        # all of it (torch's, MLflow's and Ray's modules): ~0.8 s of each command here. Frozen, those
+        # objects are skipped; exit functions and the modules' teardown run as before.
+        gc.freeze()
