@@ -39,6 +39,22 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.ray)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _outside_the_checkout(tmp_path_factory):
+    """The tests run in a temporary folder: an experiment created in a sqlite store keeps its
+    artifacts in ./mlruns of the folder it was created from (MLflow's default), which was the
+    checkout. At the end, a check that nothing was written there after all."""
+    def runs() -> set[Path]:  # mlruns/<experiment>/<run or model>
+        return set((ROOT / "mlruns").glob("*/*"))
+
+    before, here = runs(), os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(here)
+    written = sorted(str(p) for p in runs() - before)
+    assert not written, f"tests wrote MLflow artifacts into the checkout: {written[:5]}"
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

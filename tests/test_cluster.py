@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import ROOT, free_port, mlflow_up, serve_mlflow, tiny_training, wait_for
+from conftest import free_port, mlflow_up, serve_mlflow, tiny_training, wait_for
 from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 
@@ -75,7 +75,7 @@ def _train(data: Path, address: str, uri: str, tmp: Path, run_name: str, log: Pa
     env = {**os.environ, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
     return subprocess.Popen(
         [sys.executable, "-m", "orchestration.cli", "train", "--data", str(data), "--run-name", run_name,
-         "--address", address, *settings], cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+         "--address", address, *settings], cwd=tmp, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
 
 
 def test_a_lost_node_and_a_minute_without_the_tracking_server_cost_no_metric(cluster, prepared_dir, tmp_path):

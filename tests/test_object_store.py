@@ -22,7 +22,7 @@ from cxrcommon.storage import Folder, StorageError
 from orchestration.cli import app
 from orchestration.settings.schema import CHECKPOINT_TAG
 from orchestration.settings.tracking import find_run
-from tests.conftest import ROOT, free_port, ray_head, tiny_training, wait_for
+from tests.conftest import free_port, ray_head, tiny_training, wait_for
 
 BUCKET = "cxr-lab"
 
@@ -109,7 +109,7 @@ def _objects(client, prefix: str) -> list[str]:
 
 
 def _cxr(args: list[str], env: dict, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "orchestration.cli", *args], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "orchestration.cli", *args], cwd=log.parent, env=env,
                             stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 

@@ -18,7 +18,7 @@ import mlflow
 import psutil
 import pytest
 import torch
-from conftest import ROOT, tiny_training, wait_for
+from conftest import tiny_training, wait_for
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
@@ -124,7 +124,7 @@ def _cli(data: Path, run_name: str, overrides: list[str], address: str, log: Pat
     command = [sys.executable, "-m", "orchestration.cli", "train", "--data", str(data), "--run-name", run_name,
                "--address", address, *overrides]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(command, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    return subprocess.Popen(command, cwd=log.parent, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
 
 
 def _checkpoint_epochs(storage: Path, run_name: str) -> list[int]:

@@ -57,7 +57,7 @@ def _grid(tmp_path: Path, values: tuple) -> Path:
 
 
 def _tune_cli(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "orchestration.cli", "tune", *args], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "orchestration.cli", "tune", *args], cwd=log.parent,
                             stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
 

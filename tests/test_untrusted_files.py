@@ -19,7 +19,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
 from typer.testing import CliRunner
 
 from cxrcommon.yaml_files import YamlError, load_yaml
@@ -257,7 +256,7 @@ def test_two_first_runs_on_a_new_sqlite_store_both_finish(tmp_path):
     them fails in MLflow's schema migration (3 of 3 tries on the old code)."""
     uri = f"sqlite:///{tmp_path / 'new.db'}"
     start = time.time() + 8  # both have imported MLflow by then
-    runs = [subprocess.Popen([sys.executable, "-c", _OPEN_AND_LOG, uri, str(start), f"run-{i}"], cwd=ROOT,
+    runs = [subprocess.Popen([sys.executable, "-c", _OPEN_AND_LOG, uri, str(start), f"run-{i}"], cwd=tmp_path,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in (1, 2)]
     outputs = [run.communicate(timeout=120)[0] for run in runs]
     assert [run.returncode for run in runs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
@@ -279,7 +278,7 @@ def test_a_ray_left_by_a_killed_driver_is_stopped_by_cxr_clean(tmp_path):
     driver = subprocess.Popen(
         [sys.executable, "-c", "from orchestration.settings.runtime import init_ray; import ray, time; init_ray(num_cpus=1); "
          "print(ray._private.worker._global_node.get_session_dir_path(), flush=True); time.sleep(600)"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         session = driver.stdout.readline().strip()
         assert session, "the driver did not start Ray"
@@ -289,7 +288,7 @@ def test_a_ray_left_by_a_killed_driver_is_stopped_by_cxr_clean(tmp_path):
         time.sleep(3)
         left = runtime.session_processes(session)
         assert left, "nothing outlived the killed driver: this test would prove nothing"
-        result = subprocess.run([sys.executable, "-m", "orchestration.cli", "clean"], cwd=ROOT, env=env,
+        result = subprocess.run([sys.executable, "-m", "orchestration.cli", "clean"], cwd=tmp_path, env=env,
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
         assert f"of the Ray session {session}" in result.stderr
