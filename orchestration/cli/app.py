@@ -113,6 +113,6 @@ def main() -> None:
         app()
     finally:
         # What the command built lives until the process ends, and Python's last collections walk
-        # all of it (torch's, MLflow's and Ray's modules): ~0.8 s of each command here. Frozen, those
+        # all of it (torch's, MLflow's and Ray's modules): ~0.7 s of each command here. Frozen, those
         # objects are skipped; exit functions and the modules' teardown run as before.
         gc.freeze()
