@@ -24,7 +24,7 @@ from data_prep.join import load_sources
 from data_prep.pipeline import run_prepare
 from data_prep.synth import finding_cell, synthesize
 from orchestration.cli import app
-from orchestration.evaluation.grad_cam import INDEX_FILE, explain_top_images, heat_maps
+from orchestration.evaluation.grad_cam import INDEX_FILE, _overlay, explain_top_images, heat_maps
 from orchestration.settings.config import load_config
 from orchestration.settings.plan import plan_training
 from orchestration.settings.schema import EXPLAIN_ARTIFACT_DIR
@@ -68,6 +68,15 @@ def test_heat_map_is_grad_cam_of_the_findings_output_on_the_last_dense_block():
         assert got.shape == (3, 128, 128) and got.min() >= 0 and got.max() <= 1
         np.testing.assert_allclose(got, _grad_cam_by_hand(net, images, c), atol=1e-4)
     assert not np.allclose(maps[1], maps[3], atol=1e-2)  # each finding its own map
+
+
+def test_an_overlay_shows_the_map_in_jet_colours_over_the_image():
+    """Half JET colour (0 dark blue, 1 dark red), half image, scaled so that the brightest value is 255."""
+    image = np.array([[100, 100], [100, 200]], np.uint8)
+    heat = np.array([[0.0, 1.0], [1.0, 0.0]], np.float32)
+    jet = {0.0: np.array([0, 0, 128]), 1.0: np.array([128, 0, 0])}  # OpenCV's JET at 0 and 255, as RGB
+    mixed = np.array([[0.5 * jet[h] / 255 + 0.5 * g / 255 for g, h in zip(*row)] for row in zip(image, heat)])
+    np.testing.assert_allclose(_overlay(image, heat), np.floor(255 * mixed / mixed.max()), atol=1)
 
 
 @pytest.mark.slow

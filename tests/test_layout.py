@@ -214,15 +214,18 @@ def test_the_training_workers_load_no_plotting_or_statistics_library():
 
 def test_what_builds_or_runs_the_network_loads_no_torchvision():
     # torchvision's import loads torch._dynamo: ~1.5 s in each `cxr` command that builds and scores
-    # the network (predict, evaluate, calibrate, export, serve, a run's artifacts), none of which
-    # compiles. A training worker's optimizers load torch._dynamo anyway (torch.optim does), not
-    # torchvision's ~0.4 s more. Grad-CAM's library imports torchvision: explaining pays it.
-    loaded = _modules_after("import torch, orchestration.training.worker\n"
+    # the network (predict, evaluate, calibrate, export, serve, explain, a run's artifacts), none of
+    # which compiles. A training worker's optimizers load torch._dynamo anyway (torch.optim does), not
+    # torchvision's ~0.4 s more. Heat maps are drawn here, not by the `grad-cam` package, which
+    # imported torchvision and scikit-learn (~2 s more) in each process that explains.
+    loaded = _modules_after("import numpy as np, torch, orchestration.training.worker\n"
                             "from cxrmodel.inference import predict_probs\n"
                             "from cxrmodel.method import MethodSpec, build_network\n"
+                            "from orchestration.evaluation.grad_cam import heat_maps\n"
                             "spec = MethodSpec(num_findings=2, common=(0,), num_domains=2, alpha=(1.0, 1.0), "
                             "beta=(1.0, 1.0), num_samples=4)\n"
-                            "predict_probs(build_network(spec).eval(), torch.zeros(2, 64, 64, dtype=torch.uint8), "
-                            "tencrop=True)")
-    assert not [m for m in loaded if m.split(".")[0] == "torchvision"] and "torch._dynamo" not in loaded
+                            "net = build_network(spec).eval()\n"
+                            "predict_probs(net, torch.zeros(2, 64, 64, dtype=torch.uint8), tencrop=True)\n"
+                            "heat_maps(net, np.zeros((2, 64, 64), np.uint8), 1)")
+    assert not [m for m in loaded if m.split(".")[0] in ("torchvision", "sklearn")] and "torch._dynamo" not in loaded
     assert "cxrmodel.densenet" in loaded
