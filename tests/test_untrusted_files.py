@@ -131,18 +131,31 @@ def test_every_verb_that_reads_a_checkpoint_refuses_the_crafted_one(prepared_dir
     assert not marker.exists()
 
 
-def test_ray_data_logging_config_is_a_fresh_private_file_never_the_old_shared_name(tmp_path, monkeypatch):
+def test_ray_data_logging_config_is_the_packages_own_file_never_one_in_the_temp_folder(tmp_path, monkeypatch):
+    """Ray Data builds whatever classes its logging config names: cxr points it at the file shipped
+    in the package, never at a temp folder's file (where one used to be written at each start, and
+    left behind when the process was killed)."""
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr(tempfile, "tempdir", None)
     planted = tmp_path / f"cxr-ray-data-logging-{os.getuid()}.yaml"  # where it used to be written and read
     hostile = json.dumps({"version": 1, "handlers": {"x": {"class": "os.system"}}})
     planted.write_text(hostile)
-    first, second = runtime._quiet_ray_data_logging(), runtime._quiet_ray_data_logging()
-    assert planted.read_text() == hostile  # neither written over nor used
-    assert len({first, second, planted}) == 3
-    for path in (first, second):
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.stat().st_uid == os.getuid()
-        assert json.loads(path.read_text())["handlers"]["console"]["level"] == "ERROR"
+    monkeypatch.delenv(runtime.RAY_DATA_LOGGING_CONFIG, raising=False)
+
+    class Started(Exception):
+        """Where ray.init would start a local Ray: the settings it inherits are all made by then."""
+
+    def start(**kwargs):
+        raise Started
+
+    monkeypatch.setattr(runtime.ray, "is_initialized", lambda: False)  # the session's own Ray may be up
+    monkeypatch.setattr(runtime, "stop_orphaned_ray", lambda: None)
+    monkeypatch.setattr(runtime.ray, "init", start)
+    with pytest.raises(Started):
+        runtime.init_ray("local")
+    used = Path(os.environ[runtime.RAY_DATA_LOGGING_CONFIG])
+    assert used == Path(runtime.__file__).with_name("ray_data_logging.yaml")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [planted.name] and planted.read_text() == hostile
 
 
 def test_undelivered_metrics_without_a_spill_file_go_to_a_new_private_file(tmp_path, monkeypatch):

@@ -10,7 +10,6 @@ shows it all, as Ray prints it.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -32,6 +31,10 @@ from cxrcommon.errors import UserError
 PROJECT_LINE = "[cxr] "  # marks the lines of `say` in Ray's worker logs
 PROJECT_HANDLER = "cxr_project_lines"
 RAY_DATA_LOGGING_CONFIG = "RAY_DATA_LOGGING_CONFIG"  # Ray Data reads its logging config from this file
+# Ray Data's default logging config with its console at ERROR, shipped with the package: nothing
+# to write at run time, nothing left behind by a killed process, and nothing anyone else could
+# have put there (Ray Data builds whatever classes the file names).
+QUIET_RAY_DATA_LOGGING = Path(__file__).with_name("ray_data_logging.yaml")
 PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"  # Ray Train's switch for its watcher actor
 TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # seconds between Ray Train controller polls
 RAY_CONNECT_TIMEOUT_S = float(os.environ.get("CXR_RAY_CONNECT_TIMEOUT_S", 30))  # a given address must answer
@@ -127,7 +130,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
     os.environ.setdefault(TRAIN_POLL_ENV, "0.5")
     quiet = not verbose()
     if quiet:  # before ray.init: a local Ray's workers inherit it
-        os.environ.setdefault(RAY_DATA_LOGGING_CONFIG, str(_quiet_ray_data_logging()))
+        os.environ.setdefault(RAY_DATA_LOGGING_CONFIG, str(QUIET_RAY_DATA_LOGGING))
     kwargs = {"logging_level": logging.ERROR if quiet else logging.WARNING, "log_to_driver": True}
     if address == "local":
         # A command's own Ray lives as long as the command: its dashboard would be ~1 s more of start
@@ -168,26 +171,6 @@ def quiet_console() -> None:
     for handler in logging.getLogger("ray.data").handlers:
         if type(handler).__name__ != "SessionFileHandler":
             handler.setLevel(logging.ERROR)
-
-
-def _quiet_ray_data_logging() -> Path:
-    """Ray Data's default logging config with its console handler at ERROR (its log file keeps all),
-    in a new file of this process's own (mkstemp: private, unpredictable; Ray Data builds whatever
-    classes the file names, so it must never be a file someone else could have put there), removed
-    at exit."""
-    import atexit
-    import json
-    import tempfile
-
-    from ray.data._internal.logging import DEFAULT_CONFIG
-
-    config = copy.deepcopy(DEFAULT_CONFIG)
-    config["handlers"]["console"]["level"] = "ERROR"
-    fd, name = tempfile.mkstemp(prefix="cxr-ray-data-logging-", suffix=".yaml")
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(config))  # JSON is YAML
-    atexit.register(Path(name).unlink, missing_ok=True)
-    return Path(name)
 
 
 # --- Ray processes left by a killed driver ------------------------------------------------------
