@@ -127,6 +127,12 @@ class Folder:
             infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
         return sorted(i.base_name for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(suffix))
 
+    def folders(self, prefix: str = "") -> list[str]:
+        """The names of the folders directly in this folder that start with `prefix`, sorted."""
+        with self.reached("list"):
+            infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
+        return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith(prefix))
+
     def read_bytes(self, *parts: str) -> bytes:
         with self.reached("read"), self.fs.open_input_stream(self.file(*parts)) as stream:
             return stream.read()
@@ -147,8 +153,9 @@ class Folder:
             self.fs.create_dir(self.path, recursive=True)
 
     def delete(self) -> None:
-        """Delete this folder and everything in it (only for a folder the user asked to replace). On a
-        local disk through shutil, which refuses a symbolic link instead of emptying what it points to."""
+        """Delete this folder and everything in it (only for a folder the user asked to replace, or a
+        run's checkpoint that its newer ones supersede). On a local disk through shutil, which refuses
+        a symbolic link instead of emptying what it points to."""
         if self.is_local:
             shutil.rmtree(self.path)
             return
@@ -161,6 +168,12 @@ class Folder:
             size = f.size()
             f.seek(max(0, size - count))
             return size, f.read()
+
+    def upload(self, local_file: str | os.PathLike, *parts: str) -> None:
+        """Copy a local file into this folder as `parts`."""
+        with self.reached("write to"):
+            pafs.copy_files(os.fspath(local_file), self.file(*parts), source_filesystem=pafs.LocalFileSystem(),
+                            destination_filesystem=self.fs)
 
     def download(self, into: str) -> None:
         """Copy this folder's files into the local folder `into`."""

@@ -113,13 +113,11 @@ def _cxr(args: list[str], env: dict, log: Path) -> subprocess.Popen:
                             stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
-def _registered_checkpoint(client, run_folder: str) -> bool:
-    """Ray Train's controller has recorded a checkpoint of the run (what a resume starts from)."""
-    try:
-        snapshot = json.loads(client.get_object(Bucket=BUCKET, Key=f"{run_folder}/checkpoint_manager_snapshot.json")["Body"].read())
-    except client.exceptions.NoSuchKey:
-        return False
-    return bool(snapshot.get("latest_checkpoint_result"))
+def _complete_checkpoint(client, run_folder: str) -> bool:
+    """A checkpoint of the run is complete in the store (its progress.json, written last, is there):
+    what a resume starts from."""
+    return any(k.startswith(f"{run_folder}/checkpoint_") and k.endswith("/progress.json")
+               for k in _objects(client, f"{run_folder}/"))
 
 
 @pytest.mark.slow
@@ -155,7 +153,7 @@ def test_prepare_train_resume_predict_round_trip_on_s3(s3, tmp_path):
         train = ["train", "--data", data, "--run-name", "on-s3", "--address", address, *overrides]
         log = tmp_path / "first.log"
         first = _cxr(train, env, log)
-        wait_for(lambda: _registered_checkpoint(client, "runs/on-s3"), 240, "the epoch-1 checkpoint", first, log)
+        wait_for(lambda: _complete_checkpoint(client, "runs/on-s3"), 240, "the epoch-1 checkpoint", first, log)
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=60) == 128 + signal.SIGTERM, log.read_text()[-3000:]
         log = tmp_path / "second.log"

@@ -1,7 +1,8 @@
 """`cxr train` with real Ray Train workers and a real MLflow store, on a tiny prepared set.
 
-Few and small on purpose (each TorchTrainer start costs ~10 s here): a 2-worker run, a Ctrl-C
-followed by a resume, a killed worker, and the input checks that need no Ray at all.
+Few and small on purpose: a 2-worker run (a TorchTrainer, whose start costs ~10 s here), one-worker
+runs (one Ray task each) stopped by Ctrl-C and resumed, or killed and restarted, and the input
+checks that need no Ray at all.
 """
 
 from __future__ import annotations
@@ -112,9 +113,9 @@ def test_an_exception_in_the_workers_ends_the_run_failed(prepared_dir, tmp_path)
     not_weights = tmp_path / "not_weights.pth"
     not_weights.write_text("not a state dict")  # exists, so only a worker finds out
     config = load_config([], tiny_training(tmp_path, **{"model.weights": str(not_weights)}))
-    import ray.train
+    import ray.exceptions
 
-    with pytest.raises(ray.train.TrainingFailedError, match="_read_state_dict"):
+    with pytest.raises(ray.exceptions.RayTaskError, match="_read_state_dict"):
         run_training(config, plan_training(config, prepared_dir), run_name="broken")
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert find_run(client, "cxr-orchestra", "broken").info.status == "FAILED"
@@ -169,6 +170,29 @@ def test_ctrl_c_ends_killed_and_the_same_command_resumes(prepared_dir, tmp_path,
     assert int(final["ensemble"]["updates"].max()) == 2 and final["ensemble"]["epochs"] == 2
     assert torch.equal(final["ensemble"]["updates"] >= epoch1["ensemble"]["updates"],
                        torch.ones_like(epoch1["ensemble"]["updates"], dtype=torch.bool))
+
+
+def test_a_killed_one_worker_run_is_restarted_from_its_last_checkpoint(prepared_dir, tmp_path, ray_session):
+    """train.max_failures=1: the one-worker task's process is killed (SIGKILL) in epoch 2; Ray runs the
+    task again, which resumes after epoch 1 in the same MLflow run and finishes it, no step logged twice."""
+    address = ray_session.get_runtime_context().gcs_address
+    overrides = tiny_training(tmp_path, **{"train.steps_per_epoch": 30, "train.max_failures": 1})
+    storage, log = tmp_path / "ray_results", tmp_path / "train.log"
+    process = _cli(prepared_dir, "restarted", overrides, address, log)
+    wait_for(lambda: 1 in _checkpoint_epochs(storage, "restarted"), 240, "the epoch-1 checkpoint", process, log)
+    worker = psutil.Process(int((storage / "restarted" / "workers" / "rank0.pid").read_text()))
+    assert worker.pid != process.pid  # the loop runs in a Ray task's process, not in the command's
+    worker.kill()
+    assert process.wait(timeout=300) == 0, log.read_text()[-3000:]
+    assert log.read_text().count("resumed after epoch 1") == 1
+    assert int((storage / "restarted" / "workers" / "rank0.pid").read_text()) != worker.pid
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = find_run(client, "cxr-orchestra", "restarted")
+    assert run.info.status == "FINISHED"
+    assert [v for _, v in _history(client, run.info.run_id, "epoch")] == [1.0, 2.0]
+    assert [s for s, _ in _history(client, run.info.run_id, "train/loss_cls")] == list(range(1, 61))
+    assert len(list((storage / "restarted").glob("checkpoint_*"))) == 2  # the latest two are kept
+    assert json.loads((_latest_checkpoint(storage, "restarted") / "progress.json").read_text())["epoch"] == 2
 
 
 runner = CliRunner()

@@ -73,7 +73,7 @@ from orchestration.settings.tracking import (
     trial_tags,
 )
 from orchestration.sweeps.spaces import SweepSpace
-from orchestration.training.train import run_training, trains_in_trial, worker_resources
+from orchestration.training.train import run_training, trains_alone, worker_resources
 
 # A multi-worker trial's driver only waits on its TorchTrainer: a sliver of a CPU, so clusters need no
 # custom resource.
@@ -181,7 +181,7 @@ def _trial_resources(params: dict, *, base: dict, space: SweepSpace) -> dict[str
     the driver of its TorchTrainer (whose workers book their own). Per trial: a space may vary
     train.workers."""
     config = _trial_config(params, base, space)
-    return worker_resources(config) if trains_in_trial(config) else TRIAL_DRIVER_RESOURCES
+    return worker_resources(config) if trains_alone(config) else TRIAL_DRIVER_RESOURCES
 
 
 def _check_trials(space: SweepSpace, base: Config, data: str, seeds: int) -> list[dict]:
@@ -271,7 +271,7 @@ def run_sweep(
     # Each trial checks its own training; trials running side by side are checked together here,
     # before the parent run opens (or is reopened).
     concurrent = min(settings.max_concurrent, settings.num_samples if space.kind == "search" else len(points))
-    in_trial = trains_in_trial(base)
+    in_trial = trains_alone(base)
     check_resources(worker_resources(base), base.train.min_workers or base.train.workers, base.train.placement,
                     trials=concurrent, trial_driver_cpus=0.0 if in_trial else TRIAL_DRIVER_RESOURCES["cpu"])
     if settings.resume:

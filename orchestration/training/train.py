@@ -2,8 +2,10 @@
 TorchTrainer on `worker.train_loop_per_worker` (each worker reads its own rows of the prepared
 shards: `feed`), log the run's artifacts (`run_artifacts`), end the run with the status that
 happened. The same run name again resumes: Ray Train restarts from the run's latest checkpoint
-under `train.storage_path/<run name>`, and the same MLflow run continues. A one-worker sweep trial
-runs the same loop in its own process instead (`trains_in_trial`), with Tune keeping its checkpoints.
+under `train.storage_path/<run name>`, and the same MLflow run continues. One worker needs no
+TorchTrainer (`trains_alone`): a one-worker `cxr train` runs the same loop in one Ray task, keeping
+its checkpoints in the same place itself (`run_checkpoints`); a one-worker sweep trial in its own
+process, with Tune keeping its checkpoints.
 
 What needs torch (the loop, the artifacts, the TorchTrainer) is imported where it is used: a sweep's
 driver imports this module to book its trials and never trains.
@@ -66,7 +68,7 @@ def run_training(
 ) -> TrainingOutcome:
     """Train as `plan` (from `plan_training`) says; `handle_signals` (main thread only) ends the
     MLflow run KILLED on SIGTERM / SIGINT. `in_trial`: this is a Ray Tune trial, which reports to
-    Tune (`trains_in_trial`: a one-worker trial trains in its own process)."""
+    Tune (`trains_alone`: a one-worker trial trains in its own process)."""
     run_name = check_run_name(run_name or config.train.run_name or default_run_name())
     uri = tracking_uri(config)
     client = mlflow_client(uri)
@@ -84,7 +86,7 @@ def run_training(
         mark("ray ready")
         check_shared_storage({"prepared dataset": plan.data, "train.storage_path": storage}, uri)
         loop_config = _loop_config(config, plan, uri, run_id, run_name, storage)
-        if in_trial and trains_in_trial(config):
+        if in_trial and trains_alone(config):
             from orchestration.training.worker import train_in_trial
 
             metrics = train_in_trial(loop_config)
@@ -92,7 +94,6 @@ def run_training(
         else:
             check_resources(worker_resources(config), config.train.min_workers or config.train.workers,
                             config.train.placement)
-            trainer = _make_trainer(config, loop_config, run_name, storage, in_trial)
 
             def killed(signal_name: str) -> None:
                 client.set_terminated(run_id, status="KILLED")
@@ -100,8 +101,11 @@ def run_training(
                       "to resume", file=sys.stderr, flush=True)
 
             with exit_on_signals(killed, handle_signals):
-                result = on_own_thread(trainer.fit)
-            metrics, final = result.metrics, result.checkpoint
+                if trains_alone(config) and not in_trial:
+                    metrics, final = _train_in_one_task(config, loop_config, storage, run_name)
+                else:
+                    result = on_own_thread(_make_trainer(config, loop_config, run_name, storage, in_trial).fit)
+                    metrics, final = result.metrics, result.checkpoint
         mark("fit returned")
         undelivered = undelivered_metrics_file(storage, run_name)
         if undelivered is not None and undelivered.exists():
@@ -155,9 +159,10 @@ def worker_resources(config: Config) -> dict[str, float]:
     return {"CPU": cpus, **({"GPU": 1} if train.gpu else {}), **train.worker_resources}
 
 
-def trains_in_trial(config: Config) -> bool:
-    """A one-worker sweep trial trains in Tune's trial process: a TorchTrainer there would start two
-    more processes (its controller and its worker, ~9 s here) for what the trial can do itself."""
+def trains_alone(config: Config) -> bool:
+    """One worker, not elastic: no TorchTrainer, whose start costs ~9 s here (six actor processes) for
+    what one process does by itself. A sweep trial trains in Tune's trial process; `cxr train` in one
+    Ray task (`_train_in_one_task`)."""
     return config.train.workers == 1 and config.train.min_workers is None
 
 
@@ -171,6 +176,27 @@ def _loop_config(config: Config, plan: TrainingPlan, uri: str, run_id: str, run_
         # The driver's MLflow retry settings.
         "mlflow_http_env": {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_HTTP_REQUEST_")},
     }
+
+
+def _train_in_one_task(config: Config, loop_config: dict, storage: str, run_name: str) -> tuple[dict, ray.train.Checkpoint]:
+    """One worker's loop in one Ray task placed with the worker's resources; Ray runs it again after an
+    exception or a lost process, up to train.max_failures times, and each attempt resumes from the
+    latest checkpoint. Returns the last report's metrics and the final checkpoint."""
+    from orchestration.training.run_checkpoints import RunCheckpoints
+
+    resources, retries = worker_resources(config), config.train.max_failures
+    task = ray.remote(_train_task).options(
+        num_cpus=resources["CPU"], num_gpus=resources.get("GPU", 0),
+        resources={k: v for k, v in resources.items() if k not in ("CPU", "GPU")},
+        max_retries=retries, retry_exceptions=retries > 0)
+    metrics = on_own_thread(lambda: ray.get(task.remote(loop_config, storage, run_name)))
+    return metrics, RunCheckpoints(storage, run_name).latest()
+
+
+def _train_task(loop_config: dict, storage: str, run_name: str) -> dict:
+    from orchestration.training.worker import train_in_task  # torch and the loop: in the task, not the driver
+
+    return train_in_task(loop_config, storage, run_name)
 
 
 def _make_trainer(config: Config, loop_config: dict, run_name: str, storage: str, in_trial: bool) -> TorchTrainer:

@@ -2,7 +2,8 @@
 shape of Ray's own TorchTrainer examples. Those touch points are one `RaySession`: the worker's
 rank and device, the checkpoint it resumes from, and where its reports go (Ray Train's for a
 TorchTrainer's workers; Ray Tune's for a one-worker sweep trial, which trains in the trial's own
-process). Each worker reads its own training rows from the prepared shards (`feed`).
+process; `RunCheckpoints` for a one-worker `cxr train`, which trains in one Ray task). Each worker
+reads its own training rows from the prepared shards (`feed`).
 
 Each step takes an equal batch from every domain; an epoch is one pass over the internal training
 split (`feed.InternalShare`). Random numbers are reseeded from (seed, rank, epoch) at each epoch
@@ -56,6 +57,7 @@ from orchestration.training.feed import (
     Prefetched,
     training_columns,
 )
+from orchestration.training.run_checkpoints import RunCheckpoints
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -65,7 +67,21 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
 def train_in_trial(loop_config: dict) -> dict:
     """A one-worker sweep trial's run in Tune's trial process; returns the last report's metrics."""
-    session = _tune_trial_session(Config.model_validate(loop_config["config"]).train.gpu)
+    return _train_alone(loop_config, ray.tune.get_checkpoint(), ray.tune.report, ray.tune.Checkpoint)
+
+
+def train_in_task(loop_config: dict, storage: str, run_name: str) -> dict:
+    """A one-worker `cxr train` in one Ray task, its checkpoints kept in `storage/<run_name>` by
+    `RunCheckpoints`; returns the last report's metrics."""
+    checkpoints = RunCheckpoints(storage, run_name)
+    return _train_alone(loop_config, checkpoints.latest(), checkpoints.report, ray.train.Checkpoint)
+
+
+def _train_alone(loop_config: dict, checkpoint, send: Callable[..., None], checkpoint_type: type) -> dict:
+    """The loop as the one worker of its run: Ray hands a GPU to the process as its only visible one."""
+    gpu = Config.model_validate(loop_config["config"]).train.gpu
+    device = torch.device("cuda", 0) if gpu else torch.device("cpu")
+    session = RaySession(0, 1, 1, device, lambda net: net, checkpoint, send, checkpoint_type)
     _train(loop_config, session)
     return session.last_metrics
 
@@ -105,12 +121,6 @@ def _ray_train_session() -> RaySession:
                       ray.train.torch.get_device(),
                       lambda net: ray.train.torch.prepare_model(net, move_to_device=False),
                       ray.train.get_checkpoint(), ray.train.report, ray.train.Checkpoint)
-
-
-def _tune_trial_session(gpu: bool) -> RaySession:
-    # Ray gives the trial's process its GPU as the only visible one.
-    device = torch.device("cuda", 0) if gpu else torch.device("cpu")
-    return RaySession(0, 1, 1, device, lambda net: net, ray.tune.get_checkpoint(), ray.tune.report, ray.tune.Checkpoint)
 
 
 @dataclass

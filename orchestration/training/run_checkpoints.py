@@ -1,0 +1,61 @@
+"""Where a one-worker `cxr train` keeps its checkpoints. It runs its loop in one Ray task instead of
+a TorchTrainer (`train.trains_alone`), so what Ray Train does with a run's checkpoints is done here:
+they lie where Ray Train puts them, `train.storage_path/<run name>/checkpoint_<time>` (on a local
+disk or an object store), the latest two are kept, and the run resumes from the newest complete one
+(`progress.json` is written last: a folder cut short by a lost process is never resumed from).
+
+A run's worker count is one of its settings, and resuming with another is refused (`open_run`): a
+run's folder holds these checkpoints or Ray Train's, never both.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import ray
+import ray.train
+
+from cxrcommon.storage import Folder
+
+CHECKPOINT_PREFIX = "checkpoint_"
+# Written last: a checkpoint folder without it was cut short and is never resumed from.
+COMPLETE_MARKER = "progress.json"
+KEEP = 2
+
+
+class RunCheckpoints:
+    """The checkpoints of one run, in `storage/<run name>`."""
+
+    def __init__(self, storage: str, run_name: str) -> None:
+        self.folder = Folder.at(storage).child(run_name)
+
+    def latest(self) -> ray.train.Checkpoint | None:
+        complete = self._complete()
+        return self._checkpoint(complete[-1]) if complete else None
+
+    def report(self, metrics: dict, checkpoint: ray.train.Checkpoint | None = None) -> None:
+        """Keep `checkpoint` (a local folder), in the shape of `ray.train.report`; the metrics are
+        the task's to return."""
+        if checkpoint is not None:
+            self.save(Path(checkpoint.path))
+
+    def save(self, directory: Path) -> None:
+        """Copy a local checkpoint folder in as the newest, then drop all but the newest `KEEP`."""
+        name = f"{CHECKPOINT_PREFIX}{datetime.now():%Y-%m-%d_%H-%M-%S.%f}"
+        target = self.folder.child(name)
+        target.create()
+        for file in sorted(directory.iterdir(), key=lambda f: f.name == COMPLETE_MARKER):
+            target.upload(file, file.name)
+        complete = self._complete()
+        if len(complete) >= KEEP:  # the names sort by time: older ones, complete or cut short, go
+            for old in self.folder.folders(CHECKPOINT_PREFIX):
+                if old < complete[-KEEP]:
+                    self.folder.child(old).delete()
+
+    def _complete(self) -> list[str]:
+        return [n for n in self.folder.folders(CHECKPOINT_PREFIX) if self.folder.child(n).exists(COMPLETE_MARKER)]
+
+    def _checkpoint(self, name: str) -> ray.train.Checkpoint:
+        folder = self.folder.child(name)
+        return ray.train.Checkpoint(folder.path, filesystem=folder.fs)
