@@ -175,6 +175,12 @@ class Folder:
             pafs.copy_files(os.fspath(local_file), self.file(*parts), source_filesystem=pafs.LocalFileSystem(),
                             destination_filesystem=self.fs)
 
+    def rename(self, old: str, new: str) -> None:
+        """Rename a file in this folder (a local disk renames at once; an object store copies, and the
+        new object appears whole)."""
+        with self.reached("rename in"):
+            self.fs.move(self.file(old), self.file(new))
+
     def download(self, into: str) -> None:
         """Copy this folder's files into the local folder `into`."""
         with self.reached("download"):

@@ -32,6 +32,7 @@ def test_the_newest_two_are_kept_and_the_newest_is_resumed_from(tmp_path):
     assert [json.loads((k / "progress.json").read_text())["epoch"] for k in kept] == [2, 3]
     assert all(k.name.startswith("checkpoint_") for k in kept)
     assert (kept[1] / "state.pt").read_bytes() == bytes([3]) * 10
+    assert sorted(f.name for f in kept[1].iterdir()) == ["progress.json", "state.pt"]  # the marker's staging name is gone
     assert _epoch(keeper.latest()) == 3 and Path(keeper.latest().path) == kept[1]
     keeper.report({"epoch": 4})  # metrics without a checkpoint keep nothing
     assert sorted((tmp_path / "runs" / "a-run").iterdir()) == kept

@@ -129,9 +129,10 @@ def _cli(data: Path, run_name: str, overrides: list[str], address: str, log: Pat
 
 
 def _checkpoint_epochs(storage: Path, run_name: str) -> list[int]:
+    """The epochs of the run's complete checkpoints: progress.json is the file a one-worker run writes last."""
     epochs = []
-    for summary in (storage / run_name).glob("checkpoint_*/summary.json"):
-        epochs.append(json.loads(summary.read_text())["epoch"])
+    for progress in (storage / run_name).glob("checkpoint_*/progress.json"):
+        epochs.append(json.loads(progress.read_text())["epoch"])
     return epochs
 
 

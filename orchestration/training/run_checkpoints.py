@@ -45,8 +45,12 @@ class RunCheckpoints:
         name = f"{CHECKPOINT_PREFIX}{datetime.now():%Y-%m-%d_%H-%M-%S.%f}"
         target = self.folder.child(name)
         target.create()
-        for file in sorted(directory.iterdir(), key=lambda f: f.name == COMPLETE_MARKER):
-            target.upload(file, file.name)
+        for file in directory.iterdir():
+            if file.name != COMPLETE_MARKER:
+                target.upload(file, file.name)
+        # The marker last, under another name first: it appears whole or not at all.
+        target.upload(directory / COMPLETE_MARKER, f".{COMPLETE_MARKER}")
+        target.rename(f".{COMPLETE_MARKER}", COMPLETE_MARKER)
         complete = self._complete()
         if len(complete) >= KEEP:  # the names sort by time: older ones, complete or cut short, go
             for old in self.folder.folders(CHECKPOINT_PREFIX):
