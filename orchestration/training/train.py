@@ -13,8 +13,10 @@ driver imports this module to book its trials and never trains.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -189,7 +191,11 @@ def _train_in_one_task(config: Config, loop_config: dict, storage: str, run_name
         num_cpus=resources["CPU"], num_gpus=resources.get("GPU", 0),
         resources={k: v for k, v in resources.items() if k not in ("CPU", "GPU")},
         max_retries=retries, retry_exceptions=retries > 0)
-    metrics = on_own_thread(lambda: ray.get(task.remote(loop_config, storage, run_name)))
+    pending = task.remote(loop_config, storage, run_name)
+    # What the run's artifacts need (torch, matplotlib: ~2 s here) is imported while the task trains.
+    threading.Thread(target=importlib.import_module, args=("orchestration.training.run_artifacts",),
+                     name="cxr-artifact-imports", daemon=True).start()
+    metrics = on_own_thread(lambda: ray.get(pending))
     return metrics, RunCheckpoints(storage, run_name).latest()
 
 
