@@ -23,7 +23,7 @@ echo "== 2/9 cxr prepare: join, split and preprocess with Ray Data"
 cxr prepare --nih "$OUT/raw/nih" --chexpert "$OUT/raw/chexpert" \
   --csv inhouse="$OUT/raw/inhouse/labels.csv" --out "$OUT/prepared" --image-size "$IMAGE_SIZE" \
   --max-bad-fraction 0.01  # the in-house DICOM set holds one file without pixels: listed as skipped
-echo "== 3/9 cxr train: DenseIBN-121 with TW + TAT + UTE on Ray Train"
+echo "== 3/9 cxr train: DenseIBN-121 with TW + TAT + UTE (one worker: one Ray task; more: Ray Train)"
 # Adam at 1e-3, not the paper's 1e-4 (set for 8 epochs over ~100k images): a few dozen steps from
 # random initialisation learn little at 1e-4 (test mean AUC 0.57-0.70 across seeds at the test's size).
 cxr train --data "$OUT/prepared" --run-name demo-train "train.epochs=$EPOCHS" train.lr=0.001 "${SMALL[@]}" \

@@ -103,7 +103,7 @@ def run_training(
                       "to resume", file=sys.stderr, flush=True)
 
             with exit_on_signals(killed, handle_signals):
-                if trains_alone(config) and not in_trial:
+                if trains_alone(config):
                     metrics, final = _train_in_one_task(config, loop_config, storage, run_name)
                 else:
                     result = on_own_thread(_make_trainer(config, loop_config, run_name, storage, in_trial).fit)
