@@ -24,7 +24,8 @@ def train(
     plan_json: Annotated[Optional[Path], typer.Option(help="Write the training plan as JSON here (the same document every run logs as plan/plan.json).")] = None,
     address: opt.Address = None, config: opt.ConfigFiles = None, overrides: opt.Overrides = None,
 ) -> None:
-    """Train DenseIBN-121 with TW + TAT + UTE on Ray Train; log everything to MLflow.
+    """Train DenseIBN-121 with TW + TAT + UTE on Ray (one worker: one Ray task; several: Ray Train
+    with DDP); log everything to MLflow.
 
     Settings: --config FILE and dotted overrides such as method.lambda_tat=0.03 train.epochs=8
     (every key: docs/configuration.md). Stop with Ctrl-C or SIGTERM: the run ends KILLED and the same
