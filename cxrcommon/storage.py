@@ -123,15 +123,16 @@ class Folder:
 
     def files(self, suffix: str = "") -> list[str]:
         """The names of the files directly in this folder that end with `suffix`, sorted."""
-        with self.reached("list"):
-            infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
-        return sorted(i.base_name for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(suffix))
+        return sorted(n for n in self._names(pafs.FileType.File) if n.endswith(suffix))
 
     def folders(self, prefix: str = "") -> list[str]:
         """The names of the folders directly in this folder that start with `prefix`, sorted."""
+        return sorted(n for n in self._names(pafs.FileType.Directory) if n.startswith(prefix))
+
+    def _names(self, kind: pafs.FileType) -> list[str]:
         with self.reached("list"):
             infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
-        return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith(prefix))
+        return [i.base_name for i in infos if i.type == kind]
 
     def read_bytes(self, *parts: str) -> bytes:
         with self.reached("read"), self.fs.open_input_stream(self.file(*parts)) as stream:

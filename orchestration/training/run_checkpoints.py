@@ -13,7 +13,6 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-import ray
 import ray.train
 
 from cxrcommon.storage import Folder
@@ -31,7 +30,7 @@ class RunCheckpoints:
         self.folder = Folder.at(storage).child(run_name)
 
     def latest(self) -> ray.train.Checkpoint | None:
-        complete = self._complete()
+        complete = self._complete(self.folder.folders(CHECKPOINT_PREFIX))
         return self._checkpoint(complete[-1]) if complete else None
 
     def report(self, metrics: dict, checkpoint: ray.train.Checkpoint | None = None) -> None:
@@ -51,14 +50,15 @@ class RunCheckpoints:
         # The marker last, under another name first: it appears whole or not at all.
         target.upload(directory / COMPLETE_MARKER, f".{COMPLETE_MARKER}")
         target.rename(f".{COMPLETE_MARKER}", COMPLETE_MARKER)
-        complete = self._complete()
+        names = self.folder.folders(CHECKPOINT_PREFIX)
+        complete = self._complete(names)
         if len(complete) >= KEEP:  # the names sort by time: older ones, complete or cut short, go
-            for old in self.folder.folders(CHECKPOINT_PREFIX):
+            for old in names:
                 if old < complete[-KEEP]:
                     self.folder.child(old).delete()
 
-    def _complete(self) -> list[str]:
-        return [n for n in self.folder.folders(CHECKPOINT_PREFIX) if self.folder.child(n).exists(COMPLETE_MARKER)]
+    def _complete(self, names: list[str]) -> list[str]:
+        return [n for n in names if self.folder.child(n).exists(COMPLETE_MARKER)]
 
     def _checkpoint(self, name: str) -> ray.train.Checkpoint:
         folder = self.folder.child(name)
