@@ -314,12 +314,13 @@ def test_calibrate_and_operating_points_travel_with_the_model_into_predict(train
 
 
 def test_export_runs_outside_pytorch_with_the_models_probabilities(trained, prepared_dir, tmp_path, monkeypatch):
-    """The exported file, loaded here by torch.jit, gives cxr predict's calibrated probabilities on
-    prepared images of another batch size than the export's example; a failed check leaves no
-    file. (The ONNX export, 25 s of torch.export here, is checked the same way with onnxruntime on
-    the demo's champion: tests/test_demo.py.)"""
-    fmt = "torchscript"
+    """Each exported file, loaded here by onnxruntime or torch.jit, gives cxr predict's calibrated
+    probabilities on prepared images of another batch size than the export's example; a failed
+    check leaves no file."""
     import shutil
+
+    import onnxruntime
+    import torch
 
     outcome, _ = trained
     model = tmp_path / "model"
@@ -327,15 +328,6 @@ def test_export_runs_outside_pytorch_with_the_models_probabilities(trained, prep
     prepared = PreparedDataset.load(prepared_dir)
     temperatures = {f: 0.5 + i / 10 for i, f in enumerate(prepared.label_space)}
     (model / "decisions.json").write_text(json.dumps({"temperatures": temperatures}))
-    out = tmp_path / "export"
-    result = runner.invoke(app, ["export", "--checkpoint", str(model), "--format", fmt, "--out", str(out),
-                                 "--images", "5"])
-    assert result.exit_code == 0, result.output
-    assert "checked on 5 prepared images" in result.output
-    description = json.loads((out / "export.json").read_text())
-    assert description["label_space"] == prepared.label_space and description["output"]["calibrated"]
-    assert description["checked"]["max_abs_difference"] <= 1e-4
-
     predicted = tmp_path / "p.csv"
     assert runner.invoke(app, ["predict", "--checkpoint", str(model), "--data", str(prepared_dir),
                                "--out", str(predicted), "--domain", "nih", "--split", "val"]).exit_code == 0
@@ -343,20 +335,37 @@ def test_export_runs_outside_pytorch_with_the_models_probabilities(trained, prep
     batches = list(prepared.iter_uint8_batches("nih", "val", 64))
     order = np.argsort(np.concatenate([ids for ids, _, _ in batches]))  # cxr predict's rows: by sample_id
     images = np.concatenate([b for _, b, _ in batches])[order]
-    import torch
+    run = {
+        "onnx": lambda path: onnxruntime.InferenceSession(str(path)).run(None, {"images": images})[0],
+        "torchscript": lambda path: torch.jit.load(str(path))(torch.from_numpy(images)).detach().numpy(),
+    }
+    for fmt, opset in (("onnx", ["--opset", "17"]), ("torchscript", [])):
+        out = tmp_path / fmt
+        result = runner.invoke(app, ["export", "--checkpoint", str(model), "--format", fmt, "--out", str(out),
+                                     "--images", "5", *opset])
+        assert result.exit_code == 0, result.output
+        assert "checked on 5 prepared images" in result.output
+        description = json.loads((out / "export.json").read_text())
+        assert description["label_space"] == prepared.label_space and description["output"]["calibrated"]
+        assert description["checked"]["max_abs_difference"] <= 1e-4
+        got = run[fmt](out / description["file"])
+        assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-4, fmt
+    import onnx
 
-    got = torch.jit.load(str(out / "model.pt"))(torch.from_numpy(images)).detach().numpy()
-    assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-4
+    assert onnx.load(str(tmp_path / "onnx" / "model.onnx")).opset_import[0].version == 17
 
+    out = tmp_path / "refused"
     bad = runner.invoke(app, ["export", "--checkpoint", str(model), "--format", "tflite", "--out", str(out)])
     assert bad.exit_code == 2 and "--format 'tflite': expected one of onnx, torchscript" in bad.output
+    bad = runner.invoke(app, ["export", "--checkpoint", str(model), "--opset", "21", "--out", str(out)])
+    assert bad.exit_code == 2 and "--opset 21: expected an ONNX opset from 7 to 20" in bad.output
     import orchestration.evaluation.export as export  # a check that fails (a tolerance nothing meets)
 
     monkeypatch.setattr(export, "TOLERANCE", -1.0)
-    refused = runner.invoke(app, ["export", "--checkpoint", str(model), "--format", fmt, "--out",
-                                  str(tmp_path / "refused"), "--images", "3"])
+    refused = runner.invoke(app, ["export", "--checkpoint", str(model), "--format", "onnx", "--out", str(out),
+                                  "--images", "3"])
     assert refused.exit_code == 2 and "differ from PyTorch's by up to" in refused.output
-    assert not (tmp_path / "refused" / "model.pt").exists()
+    assert not (out / "model.onnx").exists()
 
 
 def _post(url: str, body: bytes, method: str = "POST") -> tuple[int, dict]:
