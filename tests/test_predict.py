@@ -359,6 +359,9 @@ def test_export_runs_outside_pytorch_with_the_models_probabilities(trained, prep
     assert bad.exit_code == 2 and "--format 'tflite': expected one of onnx, torchscript" in bad.output
     bad = runner.invoke(app, ["export", "--checkpoint", str(model), "--opset", "21", "--out", str(out)])
     assert bad.exit_code == 2 and "--opset 21: expected an ONNX opset from 7 to 20" in bad.output
+    bad = runner.invoke(app, ["export", "--checkpoint", str(model), "--format", "torchscript", "--opset", "17",
+                              "--out", str(out)])
+    assert bad.exit_code == 2 and "--opset is for --format onnx, not torchscript" in bad.output
     import orchestration.evaluation.export as export  # a check that fails (a tolerance nothing meets)
 
     monkeypatch.setattr(export, "TOLERANCE", -1.0)

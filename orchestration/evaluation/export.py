@@ -67,9 +67,10 @@ def export_model(found: ModelReference, out: Path, *, fmt: str = "onnx", opset: 
     file removed) if any probability differs from PyTorch's by more than TOLERANCE."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    if opset is not None and (fmt != "onnx" or opset not in ONNX_OPSETS):
-        raise ConfigError(f"--opset {opset}: expected an ONNX opset from {ONNX_OPSETS.start} to "
-                          f"{ONNX_OPSETS.stop - 1}, with --format onnx")
+    if opset is not None and fmt != "onnx":
+        raise ConfigError(f"--opset is for --format onnx, not {fmt}")
+    if opset is not None and opset not in ONNX_OPSETS:
+        raise ConfigError(f"--opset {opset}: expected an ONNX opset from {ONNX_OPSETS.start} to {ONNX_OPSETS.stop - 1}")
     net, config, plan = load_trained(found.checkpoint)
     decisions = read_decisions(found.checkpoint, plan.label_space)
     temperatures = (torch.tensor(decisions.temperature_vector(plan.label_space), dtype=torch.float32)
@@ -130,10 +131,8 @@ def _onnx(model: ProbabilityModel, example: torch.Tensor, batch: torch.Tensor, p
 
 def _torchscript(model: ProbabilityModel, example: torch.Tensor, batch: torch.Tensor, path: Path) -> np.ndarray:
     with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore", FutureWarning)  # tracing is deprecated; it is what torchscript has
-        traced = torch.jit.trace(model, example)
-    traced.save(str(path))
-    with torch.no_grad():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated; it is what torchscript has
+        torch.jit.trace(model, example).save(str(path))
         return torch.jit.load(str(path)).eval()(batch).numpy()  # the file just written here
 
 
