@@ -353,6 +353,7 @@ def test_export_runs_outside_pytorch_with_the_models_probabilities(trained, prep
     import onnx
 
     assert onnx.load(str(tmp_path / "onnx" / "model.onnx")).opset_import[0].version == 17
+    assert json.loads((tmp_path / "onnx" / "export.json").read_text())["opset"] == 17
 
     out = tmp_path / "refused"
     bad = runner.invoke(app, ["export", "--checkpoint", str(model), "--format", "tflite", "--out", str(out)])

@@ -93,7 +93,7 @@ def export_model(found: ModelReference, out: Path, *, fmt: str = "onnx", opset: 
                           f"{len(batch)} prepared images (allowed: {TOLERANCE:g}); nothing written")
     description, side = out / EXPORT_FILE, int(batch.shape[-1])
     description.write_text(json.dumps({
-        "format": fmt, "file": path.name, "opset": opset if fmt == "onnx" else None,
+        "format": fmt, "file": path.name, "opset": _written_opset(path) if fmt == "onnx" else None,
         "input": {"name": "images", "dtype": "uint8", "shape": ["batch", side, side],
                   "preprocessing": f"x / 255, minus {GRAY_MEAN}, over {GRAY_STD} (inside the graph)"},
         "output": {"name": "probabilities", "shape": ["batch", len(plan.label_space)],
@@ -134,6 +134,14 @@ def _torchscript(model: ProbabilityModel, example: torch.Tensor, batch: torch.Te
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated; it is what torchscript has
         torch.jit.trace(model, example).save(str(path))
         return torch.jit.load(str(path)).eval()(batch).numpy()  # the file just written here
+
+
+def _written_opset(path: Path) -> int:
+    """The ONNX opset the file declares (the exporter's default when --opset is not given)."""
+    import onnx
+
+    declared = onnx.load(str(path), load_external_data=False).opset_import
+    return next(o.version for o in declared if o.domain in ("", "ai.onnx"))
 
 
 def _versions(fmt: str) -> dict[str, str]:
