@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+import threading
 from pathlib import Path
 
 import mlflow
@@ -33,6 +34,8 @@ from orchestration.settings.schema import (
     TEST_ROC_ARTIFACT,
 )
 from orchestration.training.checkpoint import SUMMARY_FILE, TEST_FILE, load_trained, read_test_predictions
+
+_EXPORTING = threading.Lock()  # torch.export is not documented as thread-safe: one export at a time
 
 
 def log_run_artifacts(client: MlflowClient, run_id: str, config: Config, plan: TrainingPlan, checkpoint: Path) -> None:
@@ -62,6 +65,13 @@ def log_run_artifacts(client: MlflowClient, run_id: str, config: Config, plan: T
         _log_explanations(client, run_id, net, plan, prepared, test, config.train.explain_top)
     if config.mlflow.log_model:
         _log_model(client.tracking_uri, run_id, net, manifest.image_size)
+
+
+def prepare_export() -> None:
+    """torch.export's first call in a process spends ~2 s importing and setting up (sympy, the
+    decomposition tables) beyond the export itself: a toy export pays that ahead of `_log_model`."""
+    with _EXPORTING:
+        torch.export.export(torch.nn.Linear(1, 1), (torch.zeros(2, 1),))
 
 
 def provenance() -> dict:
@@ -110,7 +120,7 @@ def _log_model(uri: str, run_id: str, net: torch.nn.Module, image_size: int) -> 
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()
     mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_id=run_id):
+    with _EXPORTING, mlflow.start_run(run_id=run_id):
         mlflow.pytorch.log_model(
             model, name=MODEL_ARTIFACT, input_example=example,
             signature=mlflow.models.infer_signature(example, output), pip_requirements=["torch"],

@@ -13,7 +13,6 @@ driver imports this module to book its trials and never trains.
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 import threading
@@ -106,7 +105,9 @@ def run_training(
                 if trains_alone(config):
                     metrics, final = _train_in_one_task(config, loop_config, storage, run_name)
                 else:
-                    result = on_own_thread(_make_trainer(config, loop_config, run_name, storage, in_trial).fit)
+                    trainer = _make_trainer(config, loop_config, run_name, storage, in_trial)
+                    _prepare_artifacts_meanwhile(config)
+                    result = on_own_thread(trainer.fit)
                     metrics, final = result.metrics, result.checkpoint
         mark("fit returned")
         undelivered = undelivered_metrics_file(storage, run_name)
@@ -132,6 +133,19 @@ def run_training(
     client.set_terminated(run_id, "FINISHED")
     mark("run ended")
     return TrainingOutcome(run_id, run_name, dict(metrics), checkpoint)
+
+
+def _prepare_artifacts_meanwhile(config: Config) -> None:
+    """Once the workers are on their way (not before: this thread's imports would hold the GIL over
+    their start): what the run's artifacts need (torch, matplotlib: ~2 s here) is imported, and
+    torch.export set up for the model's export, while they train."""
+    def prepare() -> None:
+        from orchestration.training.run_artifacts import prepare_export
+
+        if config.mlflow.log_model:
+            prepare_export()
+
+    threading.Thread(target=prepare, name="cxr-artifact-imports", daemon=True).start()
 
 
 def checkpoint_location(checkpoint: ray.train.Checkpoint, storage: str) -> str:
@@ -192,9 +206,7 @@ def _train_in_one_task(config: Config, loop_config: dict, storage: str, run_name
         resources={k: v for k, v in resources.items() if k not in ("CPU", "GPU")},
         max_retries=retries, retry_exceptions=retries > 0)
     pending = task.remote(loop_config, storage, run_name)
-    # What the run's artifacts need (torch, matplotlib: ~2 s here) is imported while the task trains.
-    threading.Thread(target=importlib.import_module, args=("orchestration.training.run_artifacts",),
-                     name="cxr-artifact-imports", daemon=True).start()
+    _prepare_artifacts_meanwhile(config)
     metrics = on_own_thread(lambda: ray.get(pending))
     return metrics, RunCheckpoints(storage, run_name).latest()
 
