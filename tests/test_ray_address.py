@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 
 from orchestration.settings import runtime
 from orchestration.settings.runtime import RayAddressError, ray_address
@@ -65,18 +66,26 @@ def test_auto_with_a_stale_cluster_file_fails_within_the_bound_and_says_why(mach
 
 
 @pytest.mark.ray
-def test_no_address_starts_a_fresh_local_ray_even_with_a_stale_cluster_file(machine_temp):
+def test_no_address_starts_a_fresh_local_ray_even_with_a_stale_cluster_file_and_stop_ray_ends_it(machine_temp):
+    """A command's own Ray: started fresh beside a stale cluster file, without a dashboard; at the
+    command's end `stop_ray` (which kills its autoscaler monitor first) leaves none of its
+    processes, and nothing about the autoscaler on the console."""
     stale = f"127.0.0.1:{_dead_port()}"
     (machine_temp / "ray" / "ray_current_cluster").write_text(stale)
     assert ray_address(None) == "local"
     started = time.monotonic()
     # ray.init's context names the dashboard's URL; init_ray keeps the context to itself.
-    done = _python(JOINED.format(address=None) + "; print('DASHBOARD', repr(ray._private.worker.get_dashboard_url()))",
+    done = _python(JOINED.format(address=None) + "; print('DASHBOARD', repr(ray._private.worker.get_dashboard_url()))"
+                   "; session = ray._private.worker._global_node.get_session_dir_path(); ray.get(ray.remote(lambda: 1).remote())"
+                   "; from orchestration.settings.runtime import stop_ray; stop_ray(); print('SESSION', session)",
                    timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     gcs = done.stdout.split("GCS ")[1].split()[0]
     assert gcs != stale and time.monotonic() - started < 120
     assert "DASHBOARD ''" in done.stdout  # a command's own Ray starts no dashboard
+    session = done.stdout.split("SESSION ")[1].split()[0]
+    wait_for(lambda: not runtime.session_processes(session), 30, "the session's processes to end")
+    assert "autoscaler" not in (done.stdout + done.stderr).lower(), done.stdout + done.stderr
 
 
 @pytest.mark.ray

@@ -112,6 +112,10 @@ def main() -> None:
     try:
         app()
     finally:
+        if "ray" in sys.modules:  # only commands that use Ray import it
+            from orchestration.settings.runtime import stop_ray
+
+            stop_ray()
         # What the command built lives until the process ends, and Python's last collections walk
         # all of it (torch's, MLflow's and Ray's modules): ~0.7 s of each command here. Frozen, those
         # objects are skipped; exit functions and the modules' teardown run as before.

@@ -173,6 +173,22 @@ def quiet_console() -> None:
             handler.setLevel(logging.ERROR)
 
 
+def stop_ray() -> None:
+    """Stop (or leave) this process's Ray at a command's end, ~1.3 s sooner than Python's exit would:
+    Ray's exit hook first waits 0.5 s for log lines that a quiet console does not show, then stops
+    the GCS before the autoscaler monitor of a local Ray, which on SIGTERM tries to tell that GCS
+    of its end and is killed after a second. The monitor of a Ray this process started is killed
+    first (it keeps nothing). Verbose, Ray's exit hook runs as it is, so that its last lines print."""
+    if verbose() or not ray.is_initialized():
+        return
+    node = ray._private.worker._global_node
+    if node is not None and node.is_head():
+        from ray._private.ray_constants import PROCESS_TYPE_MONITOR
+
+        node._kill_process_type(PROCESS_TYPE_MONITOR, allow_graceful=False, check_alive=False)
+    ray.shutdown()
+
+
 # --- Ray processes left by a killed driver ------------------------------------------------------
 # A local Ray's processes end with the driver that started it, unless the driver is killed with
 # SIGKILL: then its dashboard and runtime-env agents (~250 MB) live on and ignore SIGTERM. Each
