@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestration.evaluation.models import ModelReference, resolve_model
-from orchestration.settings.config import load_config
+from orchestration.settings.config import ConfigError, load_config
 from orchestration.settings.schema import CHAMPION, CHECKPOINT_TAG
 from orchestration.settings.tracking import register_and_promote
 
@@ -26,7 +28,7 @@ def _run(client: MlflowClient, exp: str, best: float, checkpoint: str) -> str:
     return run
 
 
-def test_champion_moves_only_to_a_better_model(tmp_path):
+def test_champion_moves_only_to_a_better_model(tmp_path, caplog):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp = client.create_experiment("cxr-orchestra", artifact_location=str(tmp_path / "artifacts"))
@@ -38,6 +40,11 @@ def test_champion_moves_only_to_a_better_model(tmp_path):
     assert client.get_model_version_by_alias("cxr", CHAMPION).run_id == first
     assert register_and_promote(client, "cxr", better, "val_mean_auc") == ("3", True)
     assert client.get_model_version_by_alias("cxr", CHAMPION).run_id == better
+    bare = client.create_run(exp).info.run_id
+    with pytest.raises(ConfigError, match=f"MLflow run {bare} logged no model named 'model'"):
+        register_and_promote(client, "cxr", bare, "val_mean_auc")
+    # Registered by the logged model's own URI: MLflow had nothing to warn about on the console.
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("mlflow")], caplog.text
 
     config = load_config([], [f"mlflow.tracking_uri={uri}"])
     assert resolve_model(config, "models:/cxr@champion") == ModelReference(tmp_path / "ckpt3", better, "cxr", "3")
@@ -50,7 +57,5 @@ def test_champion_moves_only_to_a_better_model(tmp_path):
 
 
 def test_registering_needs_the_logged_model():
-    from orchestration.settings.config import ConfigError
-
     with pytest.raises(ConfigError, match="mlflow.register_model needs mlflow.log_model=true"):
         load_config([], ["mlflow.register_model=cxr", "mlflow.log_model=false"])

@@ -56,6 +56,7 @@ def main_options(
     if os.environ.get("CXR_VERBOSE", "") in ("", "0"):
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # not its INFO lines (database setup, system metrics)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # nor a bar per artifact read back
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # nor "View run at URL" per run ended
 
 
 def say(line: str, style: str = "") -> None:

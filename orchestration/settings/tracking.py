@@ -163,8 +163,6 @@ def resolve_run_id(client: MlflowClient, experiment: str, run: str) -> str:
     return named.info.run_id
 
 
-
-
 def register_and_promote(client: MlflowClient, name: str, run_id: str, metric: str) -> tuple[str, bool]:
     """Register run `run_id`'s logged model as a new version of `name`; move the alias `champion`
     to it when the run's best `metric` beats the champion's run (or there is none). Returns the
@@ -174,7 +172,7 @@ def register_and_promote(client: MlflowClient, name: str, run_id: str, metric: s
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(client.tracking_uri)  # register_model finds the run's logged model there
     try:
-        version = mlflow.register_model(f"runs:/{run_id}/{MODEL_ARTIFACT}", name).version
+        version = mlflow.register_model(logged_model_uri(client, run_id), name).version
     finally:
         mlflow.set_tracking_uri(previous)
     mine = client.get_run(run_id).data.metrics.get(best_metric(metric), float("-inf"))
@@ -187,6 +185,18 @@ def register_and_promote(client: MlflowClient, name: str, run_id: str, metric: s
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, version)
     return str(version), promoted
+
+
+def logged_model_uri(client: MlflowClient, run_id: str) -> str:
+    """models:/ID of the model run `run_id` logged. MLflow 3 keeps a logged model beside its run, not
+    among the run's artifacts: given runs:/RUN/model, register_model warns on the console and looks
+    the model up this way itself."""
+    experiment = client.get_run(run_id).info.experiment_id
+    found = client.search_logged_models(
+        [experiment], filter_string=f"source_run_id = '{run_id}' AND name = '{MODEL_ARTIFACT}'", max_results=1)
+    if not found:
+        raise ConfigError(f"MLflow run {run_id} logged no model named {MODEL_ARTIFACT!r} (mlflow.log_model=false?)")
+    return f"models:/{found[0].model_id}"
 
 
 def registered_version(client: MlflowClient, uri: str):
