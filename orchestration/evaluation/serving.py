@@ -123,9 +123,11 @@ def start_serving(served: Served, *, host: str, port: int, replicas: int, gpu: b
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
     serve.start(http_options={"host": host, "port": port},
                 logging_config={"log_level": "WARNING", "enable_access_log": False})
+    # A replica being stopped looks for requests still in flight every graceful_shutdown_wait_loop_s
+    # (Serve's default 2 s): stopping the endpoint took 4.4 s here, 2.1 s with 0.2.
     deployment = serve.deployment(ModelEndpoint, name="model", num_replicas=replicas,
                                   ray_actor_options={"num_cpus": cpus, "num_gpus": 1 if gpu else 0},
-                                  max_ongoing_requests=4 * MAX_BATCH)
+                                  max_ongoing_requests=4 * MAX_BATCH, graceful_shutdown_wait_loop_s=0.2)
     serve.run(deployment.bind(served), name=APP_NAME, route_prefix="/", blocking=False,
               logging_config={"log_level": "WARNING", "enable_access_log": False})
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
