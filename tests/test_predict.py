@@ -4,6 +4,7 @@ AUC against scikit-learn on labels read here from the shards."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -313,6 +314,7 @@ def test_calibrate_and_operating_points_travel_with_the_model_into_predict(train
         refused.output
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")  # this test's own load
 def test_export_runs_outside_pytorch_with_the_models_probabilities(trained, prepared_dir, tmp_path, monkeypatch):
     """Each exported file, loaded here by onnxruntime or torch.jit, gives cxr predict's calibrated
     probabilities on prepared images of another batch size than the export's example; a failed
@@ -341,9 +343,12 @@ def test_export_runs_outside_pytorch_with_the_models_probabilities(trained, prep
     }
     for fmt, opset in (("onnx", ["--opset", "17"]), ("torchscript", [])):
         out = tmp_path / fmt
-        result = runner.invoke(app, ["export", "--checkpoint", str(model), "--format", fmt, "--out", str(out),
-                                     "--images", "5", *opset])
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
+            result = runner.invoke(app, ["export", "--checkpoint", str(model), "--format", fmt, "--out", str(out),
+                                         "--images", "5", *opset])
         assert result.exit_code == 0, result.output
+        assert not warned, [f"{w.category.__name__}: {w.message}" for w in warned]  # none about what it checks itself
         assert "checked on 5 prepared images" in result.output
         description = json.loads((out / "export.json").read_text())
         assert description["label_space"] == prepared.label_space and description["output"]["calibrated"]

@@ -119,6 +119,7 @@ def _onnx(model: ProbabilityModel, example: torch.Tensor, batch: torch.Tensor, p
     # The exporter may print to stdout; the console shows the project's own lines.
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", DeprecationWarning)  # the exporter's own; see the module's docstring
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # see _torchscript
         # IBN's instance norms keep no running statistics: they normalise by each image's own in
         # eval too, which is what the exporter warns it writes.
         warnings.filterwarnings("ignore", "ONNX export mode is set to TrainingMode.EVAL", UserWarning)
@@ -132,6 +133,9 @@ def _onnx(model: ProbabilityModel, example: torch.Tensor, batch: torch.Tensor, p
 def _torchscript(model: ProbabilityModel, example: torch.Tensor, batch: torch.Tensor, path: Path) -> np.ndarray:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated; it is what torchscript has
+        # Tracing warns at each shape check inside torch's own modules (instance norm, interpolate):
+        # the traced graph is checked against PyTorch on another batch size right after.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.jit.trace(model, example).save(str(path))
         return torch.jit.load(str(path)).eval()(batch).numpy()  # the file just written here
 
