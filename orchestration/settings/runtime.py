@@ -174,7 +174,7 @@ def quiet_console() -> None:
 
 
 def stop_ray() -> None:
-    """Stop (or leave) this process's Ray at a command's end, ~1.3 s sooner than Python's exit would:
+    """Stop (or leave) this process's Ray at a command's end, ~1.4 s sooner than Python's exit would:
     Ray's exit hook first waits 0.5 s for log lines that a quiet console does not show, then stops
     the GCS before the autoscaler monitor of a local Ray, which on SIGTERM tries to tell that GCS
     of its end and is killed after a second. The monitor of a Ray this process started is killed
