@@ -75,10 +75,10 @@ def test_no_address_starts_a_fresh_local_ray_even_with_a_stale_cluster_file_and_
     assert ray_address(None) == "local"
     started = time.monotonic()
     # ray.init's context names the dashboard's URL; init_ray keeps the context to itself.
-    done = _python(JOINED.format(address=None) + "; print('DASHBOARD', repr(ray._private.worker.get_dashboard_url()))"
-                   "; session = ray._private.worker._global_node.get_session_dir_path(); ray.get(ray.remote(lambda: 1).remote())"
-                   "; from orchestration.settings.runtime import stop_ray; stop_ray(); print('SESSION', session)",
-                   timeout=120)
+    done = _python("; ".join([
+        JOINED.format(address=None), "print('DASHBOARD', repr(ray._private.worker.get_dashboard_url()))",
+        "session = ray._private.worker._global_node.get_session_dir_path()", "ray.get(ray.remote(lambda: 1).remote())",
+        "from orchestration.settings.runtime import stop_ray", "stop_ray()", "print('SESSION', session)"]), timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     gcs = done.stdout.split("GCS ")[1].split()[0]
     assert gcs != stale and time.monotonic() - started < 120
