@@ -23,11 +23,13 @@ from conftest import tiny_training, wait_for
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
+from cxrmodel.inference import ProbabilityModel
 from orchestration.cli import app
 from orchestration.settings.config import load_config
 from orchestration.settings.plan import PlanError, plan_training
-from orchestration.settings.schema import RUN_NAME_TAG
+from orchestration.settings.schema import CHECKPOINT_TAG, RUN_NAME_TAG
 from orchestration.settings.tracking import find_run
+from orchestration.training.checkpoint import load_trained
 from orchestration.training.train import run_training
 
 pytestmark = pytest.mark.slow
@@ -80,11 +82,15 @@ def test_two_worker_training_logs_one_finished_run(prepared_dir, tmp_path):
     assert int(state["ensemble"]["updates"].max()) == 2
     assert state["ensemble"]["epochs"] == 2  # folded once per epoch, by both ranks together
 
-    # The logged model is servable: uint8 images in, one probability per finding out.
+    # The logged model is servable: uint8 images in, one probability per finding out; and it is the
+    # run's best network (its program was traced while the run trained, from untrained weights).
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
     probs = model(torch.zeros(3, 32, 32, dtype=torch.uint8))
     assert probs.shape == (3, len(plan.label_space)) and bool(((probs >= 0) & (probs <= 1)).all())
+    images = torch.randint(0, 256, (5, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    best = ProbabilityModel(load_trained(run.data.tags[CHECKPOINT_TAG])[0])
+    assert torch.allclose(model(images), best(images), rtol=0, atol=1e-6)
     # Registered, and the first version of its name is the champion; it loads by its alias.
     assert client.get_model_version_by_alias("cxr-two", "champion").run_id == run.info.run_id
     registered = mlflow.pytorch.load_model("models:/cxr-two@champion")

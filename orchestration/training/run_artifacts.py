@@ -7,6 +7,9 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -34,12 +37,15 @@ from orchestration.settings.schema import (
     TEST_ROC_ARTIFACT,
 )
 from orchestration.training.checkpoint import SUMMARY_FILE, TEST_FILE, load_trained, read_test_predictions
+from orchestration.training.configured import configured_network
 
 _EXPORTING = threading.Lock()  # torch.export is not documented as thread-safe: one export at a time
 
 
-def log_run_artifacts(client: MlflowClient, run_id: str, config: Config, plan: TrainingPlan, checkpoint: Path) -> None:
-    """The final checkpoint's figures, the resolved config, a data summary and (optionally) the model."""
+def log_run_artifacts(client: MlflowClient, run_id: str, config: Config, plan: TrainingPlan, checkpoint: Path,
+                      traced_model: Future[torch.export.ExportedProgram] | None = None) -> None:
+    """The final checkpoint's figures, the resolved config, a data summary and (optionally) the model;
+    `traced_model`: the model's program traced while the run trained (`trace_model`)."""
     prepared = PreparedDataset.load(plan.data)
     manifest = prepared.manifest
     client.log_text(run_id, yaml.safe_dump(masked(config.model_dump(mode="json")), sort_keys=False), CONFIG_ARTIFACT)
@@ -64,14 +70,22 @@ def log_run_artifacts(client: MlflowClient, run_id: str, config: Config, plan: T
     if config.train.explain_top and len(test.sample_id):
         _log_explanations(client, run_id, net, plan, prepared, test, config.train.explain_top)
     if config.mlflow.log_model:
-        _log_model(client.tracking_uri, run_id, net, manifest.image_size)
+        _log_model(client.tracking_uri, run_id, net, manifest.image_size, traced_model)
 
 
-def prepare_export() -> None:
-    """torch.export's first call in a process spends ~2 s importing and setting up (sympy, the
-    decomposition tables) beyond the export itself: a toy export pays that ahead of `_log_model`."""
+def trace_model(config: Config, plan: TrainingPlan) -> torch.export.ExportedProgram:
+    """The logged model's program, traced from a network of the run's architecture with random
+    weights, which `_log_model` replaces with the trained ones: torch.export's trace takes 7-10 s
+    here, and this way it runs while the run trains rather than after it."""
+    image_size = PreparedDataset.load(plan.data).manifest.image_size
+    return _trace(ProbabilityModel(configured_network(config, plan)), image_size)
+
+
+def _trace(model: torch.nn.Module, image_size: int) -> torch.export.ExportedProgram:
+    """`model`'s program as MLflow's "pt2" flavour traces it for `_log_model`'s signature: any batch size."""
     with _EXPORTING:
-        torch.export.export(torch.nn.Linear(1, 1), (torch.zeros(2, 1),))
+        return torch.export.export(model, (torch.from_numpy(_example(image_size)),),
+                                   dynamic_shapes=({0: torch.export.Dim.AUTO},))
 
 
 def provenance() -> dict:
@@ -109,20 +123,67 @@ def _log_explanations(client: MlflowClient, run_id: str, net: torch.nn.Module, p
         client.log_artifacts(run_id, folder, EXPLAIN_ARTIFACT_DIR)
 
 
-def _log_model(uri: str, run_id: str, net: torch.nn.Module, image_size: int) -> None:
+def _log_model(uri: str, run_id: str, net: torch.nn.Module, image_size: int,
+               traced: Future[torch.export.ExportedProgram] | None = None) -> None:
     """The best network as an mlflow.pytorch model taking uint8 images (the one fluent MLflow call:
     log_model writes only to an active run). Saved as a torch.export program ("pt2"), which loads
     without unpickling; MLflow's check that loads it back and runs the example is left out (5.5 s of
-    every run's 17 s export here): tests/test_train.py loads a logged model and runs it."""
+    every run's 17 s export here): tests/test_train.py loads a logged model and runs it. With the
+    program `traced` ahead, MLflow saves that one, holding the trained weights."""
     model = ProbabilityModel(net)
-    # Two images: an example of one would fix the exported graph's batch size to 1.
-    example = np.zeros((2, image_size, image_size), np.uint8)
+    example = _example(image_size)
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()
+    # A trace that failed leaves the export to MLflow, which names what fails, if anything does.
+    program = None
+    if traced is not None and traced.exception() is None:
+        program = _with_weights_of(model, traced.result(), image_size)
     mlflow.set_tracking_uri(uri)
-    with _EXPORTING, mlflow.start_run(run_id=run_id):
+    with _EXPORTING, _exported_as(model, program), mlflow.start_run(run_id=run_id):
         mlflow.pytorch.log_model(
             model, name=MODEL_ARTIFACT, input_example=example,
             signature=mlflow.models.infer_signature(example, output), pip_requirements=["torch"],
             serialization_format="pt2", validate_serving_input=False,
         )
+
+
+def _example(image_size: int) -> np.ndarray:
+    # Two images: an example of one would fix the exported graph's batch size to 1.
+    return np.zeros((2, image_size, image_size), np.uint8)
+
+
+def _with_weights_of(model: torch.nn.Module, program: torch.export.ExportedProgram,
+                     image_size: int) -> torch.export.ExportedProgram | None:
+    """`program`, traced from a model of `model`'s architecture, holding `model`'s weights; None when
+    its tensors differ from `model`'s in name, shape or type (another architecture), or when it then
+    computes otherwise than `model` on a probe batch of another size than the example's (a graph that
+    depended on the weights): MLflow then exports `model` itself."""
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    held = program.state_dict | {name: program.constants[name] for name in program.constants.keys() & tensors.keys()}
+    if any(name not in tensors or (tensors[name].shape, tensors[name].dtype) != (value.shape, value.dtype)
+           for name, value in held.items()):
+        return None
+    for name in program.state_dict:
+        program.state_dict[name] = tensors[name]
+    for name in held.keys() - program.state_dict.keys():
+        program.constants[name] = tensors[name]
+    probe = torch.randint(0, 256, (3, image_size, image_size), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        same = torch.allclose(program.module()(probe), model(probe), rtol=0, atol=1e-6)
+    return program if same else None
+
+
+@contextmanager
+def _exported_as(model: torch.nn.Module, program: torch.export.ExportedProgram | None) -> Iterator[None]:
+    """MLflow's "pt2" flavour exports the model it is given with `torch.export.export`; inside this
+    block, that call for `model` returns `program` (when there is one) instead of tracing again.
+    Callers hold `_EXPORTING`, so no other export runs meanwhile."""
+    export = torch.export.export
+    if program is not None:
+        torch.export.export = lambda module, *args, **kwargs: (
+            program if module is model else export(module, *args, **kwargs))
+    try:
+        yield
+    finally:
+        torch.export.export = export

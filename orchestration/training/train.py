@@ -16,10 +16,11 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import ray.train
 import ray.tune
@@ -87,6 +88,7 @@ def run_training(
         mark("ray ready")
         check_shared_storage({"prepared dataset": plan.data, "train.storage_path": storage}, uri)
         loop_config = _loop_config(config, plan, uri, run_id, run_name, storage)
+        meanwhile = _ArtifactsMeanwhile(config, plan)
         if in_trial and trains_alone(config):
             from orchestration.training.worker import train_in_trial
 
@@ -103,10 +105,10 @@ def run_training(
 
             with exit_on_signals(killed, handle_signals):
                 if trains_alone(config):
-                    metrics, final = _train_in_one_task(config, loop_config, storage, run_name)
+                    metrics, final = _train_in_one_task(config, loop_config, storage, run_name, meanwhile.start)
                 else:
                     trainer = _make_trainer(config, loop_config, run_name, storage, in_trial)
-                    _prepare_artifacts_meanwhile(config)
+                    meanwhile.start()
                     result = on_own_thread(trainer.fit)
                     metrics, final = result.metrics, result.checkpoint
         mark("fit returned")
@@ -119,7 +121,7 @@ def run_training(
         from orchestration.training.run_artifacts import log_run_artifacts
 
         with final.as_directory() as directory:
-            log_run_artifacts(client, run_id, config, plan, Path(directory))
+            log_run_artifacts(client, run_id, config, plan, Path(directory), meanwhile.traced_model)
         if config.mlflow.register_model:
             from orchestration.evaluation.model_card import register_version
 
@@ -135,17 +137,32 @@ def run_training(
     return TrainingOutcome(run_id, run_name, dict(metrics), checkpoint)
 
 
-def _prepare_artifacts_meanwhile(config: Config) -> None:
-    """Once the workers are on their way (not before: this thread's imports would hold the GIL over
-    their start): what the run's artifacts need (torch, matplotlib: ~2 s here) is imported, and
-    torch.export set up for the model's export, while they train."""
-    def prepare() -> None:
-        from orchestration.training.run_artifacts import prepare_export
+class _ArtifactsMeanwhile:
+    """Work for the run's artifacts done on a thread while the workers train, started once they are
+    on their way (not before: the thread's imports would hold the GIL over their start): importing
+    what the artifacts need (torch, matplotlib: ~2 s here) and tracing the logged model's program
+    (`run_artifacts.trace_model`: 7-10 s here)."""
 
-        if config.mlflow.log_model:
-            prepare_export()
+    def __init__(self, config: Config, plan: TrainingPlan):
+        self.config, self.plan = config, plan
+        self.traced_model: Future | None = None  # set once started, when the run logs its model
 
-    threading.Thread(target=prepare, name="cxr-artifact-imports", daemon=True).start()
+    def start(self) -> None:
+        traced = self.traced_model = Future() if self.config.mlflow.log_model else None
+
+        def prepare() -> None:
+            if sys.platform == "linux":  # a thread's own nice value: the training comes first for the cores
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+            try:
+                from orchestration.training.run_artifacts import trace_model
+
+                if traced is not None:
+                    traced.set_result(trace_model(self.config, self.plan))
+            except BaseException as exc:
+                if traced is not None:
+                    traced.set_exception(exc)
+
+        threading.Thread(target=prepare, name="cxr-artifacts-meanwhile", daemon=True).start()
 
 
 def checkpoint_location(checkpoint: ray.train.Checkpoint, storage: str) -> str:
@@ -194,10 +211,12 @@ def _loop_config(config: Config, plan: TrainingPlan, uri: str, run_id: str, run_
     }
 
 
-def _train_in_one_task(config: Config, loop_config: dict, storage: str, run_name: str) -> tuple[dict, ray.train.Checkpoint]:
+def _train_in_one_task(config: Config, loop_config: dict, storage: str, run_name: str,
+                       once_submitted: Callable[[], None]) -> tuple[dict, ray.train.Checkpoint]:
     """One worker's loop in one Ray task placed with the worker's resources; Ray runs it again after an
     exception or a lost process, up to train.max_failures times, and each attempt resumes from the
-    latest checkpoint. Returns the last report's metrics and the final checkpoint."""
+    latest checkpoint. `once_submitted` runs as the task is on its way. Returns the last report's
+    metrics and the final checkpoint."""
     from orchestration.training.run_checkpoints import RunCheckpoints
 
     resources, retries = worker_resources(config), config.train.max_failures
@@ -206,7 +225,7 @@ def _train_in_one_task(config: Config, loop_config: dict, storage: str, run_name
         resources={k: v for k, v in resources.items() if k not in ("CPU", "GPU")},
         max_retries=retries, retry_exceptions=retries > 0)
     pending = task.remote(loop_config, storage, run_name)
-    _prepare_artifacts_meanwhile(config)
+    once_submitted()
     metrics = on_own_thread(lambda: ray.get(pending))
     return metrics, RunCheckpoints(storage, run_name).latest()
 
