@@ -151,9 +151,9 @@ class _ArtifactsMeanwhile:
         traced = self.traced_model = Future() if self.config.mlflow.log_model else None
 
         def prepare() -> None:
-            if sys.platform == "linux":  # a thread's own nice value: the training comes first for the cores
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
             try:
+                if sys.platform == "linux":  # this thread's own nice value: the training comes first for the cores
+                    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
                 from orchestration.training.run_artifacts import trace_model
 
                 if traced is not None:
