@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import psutil
@@ -146,10 +146,26 @@ def wait_for(condition, timeout: float, what: str, process: subprocess.Popen | N
     raise AssertionError(f"timed out waiting for {what}\n{tail}")
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` ports free now, none handed out before in this session: a port let go may be the
+    kernel's next answer (the demo's head once got one port for two of its options), so every probe
+    stays bound until all are picked, and ports picked earlier, perhaps not yet taken, are skipped."""
+    picked: list[int] = []
+    with ExitStack() as probes:
+        while len(picked) < count:
+            probe = probes.enter_context(socket.socket())
+            probe.bind(("127.0.0.1", 0))
+            if probe.getsockname()[1] not in _HANDED_OUT:
+                picked.append(probe.getsockname()[1])
+                _HANDED_OUT.add(picked[-1])
+    return picked
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def serve_mlflow(store: Path, port: int, log: Path, *, wait: bool = True) -> subprocess.Popen:
@@ -186,12 +202,12 @@ def ray_head(env: dict, token_dir: Path, *options: str, num_cpus: int = 4):
     env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     env.pop("RAY_ADDRESS", None)
     temp = Path(f"/tmp/cxr_head_{secrets.token_hex(3)}")  # short: Ray's socket paths have a length limit
-    port = free_port()
+    port, client, agent, agent_grpc, metrics, runtime_env = free_ports(6)
     subprocess.run(
         [str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={port}",
-         f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-         f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
-         f"--runtime-env-agent-port={free_port()}", f"--temp-dir={temp}", f"--num-cpus={num_cpus}",
+         f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
+         f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+         f"--runtime-env-agent-port={runtime_env}", f"--temp-dir={temp}", f"--num-cpus={num_cpus}",
          "--disable-usage-stats", *options],
         env=env, check=True, capture_output=True, timeout=120,
     )
