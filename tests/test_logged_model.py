@@ -1,6 +1,7 @@
 """The logged model's program is traced while a run trains and saved after it with the trained
-weights (`run_artifacts.trace_model`, `_log_model`): what MLflow serves must be the trained network,
-for any batch size, and a program that does not fit the network is not used."""
+weights (`run_artifacts.trace_model`, `_log_model`), and the program a process logged last serves its
+next network of the same architecture (a reused Tune trial process): what MLflow serves must be the
+trained network, for any batch size, and a program that does not fit the network is not used."""
 
 from __future__ import annotations
 
@@ -49,6 +50,11 @@ def _traced(net: torch.nn.Module) -> Future:
     return future
 
 
+@pytest.fixture(autouse=True)
+def nothing_logged_before(monkeypatch):
+    monkeypatch.setattr(run_artifacts, "_last_logged_program", None)
+
+
 @pytest.fixture(scope="module")
 def client(tmp_path_factory) -> MlflowClient:
     return MlflowClient(f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}")
@@ -92,3 +98,16 @@ def test_without_a_program_that_fits_mlflow_traces_the_trained_network(client, t
     images = torch.randint(0, 256, (3, SIDE, SIDE), dtype=torch.uint8)
     assert torch.allclose(_logged(client, run_id)(images), ProbabilityModel(trained)(images), rtol=0, atol=1e-6)
 
+
+
+def test_the_program_a_process_logged_last_serves_its_next_network_of_that_architecture(client, tmp_path, monkeypatch):
+    """As in a Tune trial process reused for trial after trial: only the first network and one of
+    another architecture are traced; every logged model serves its own network's weights."""
+    networks = [_trained(1), _trained(2), _trained(3, width=6), _trained(4, width=6)]
+    logged = [_log(client, tmp_path, net, None, monkeypatch) for net in networks]
+    assert [traces for _, traces in logged] == [1, 0, 1, 0]
+    images = torch.randint(0, 256, (4, SIDE, SIDE), dtype=torch.uint8)
+    served = [_logged(client, run_id)(images) for run_id, _ in logged]
+    for net, got in zip(networks, served):  # the earlier ones too, though their program took later weights
+        assert torch.allclose(got, ProbabilityModel(net)(images), rtol=0, atol=1e-6)
+    assert not torch.allclose(served[0], served[1], atol=1e-2)

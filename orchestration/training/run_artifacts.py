@@ -40,6 +40,10 @@ from orchestration.training.checkpoint import SUMMARY_FILE, TEST_FILE, load_trai
 from orchestration.training.configured import configured_network
 
 _EXPORTING = threading.Lock()  # torch.export is not documented as thread-safe: one export at a time
+# The program `_log_model` saved last, holding that network's tensors. A Tune trial process that
+# Tune reuses for the next trial (`reuse_actors`) logs that trial's network, of the same
+# architecture unless the sweep changes it, without tracing again (7-10 s a trial here).
+_last_logged_program: torch.export.ExportedProgram | None = None
 
 
 def log_run_artifacts(client: MlflowClient, run_id: str, config: Config, plan: TrainingPlan, checkpoint: Path,
@@ -128,23 +132,26 @@ def _log_model(uri: str, run_id: str, net: torch.nn.Module, image_size: int,
     """The best network as an mlflow.pytorch model taking uint8 images (the one fluent MLflow call:
     log_model writes only to an active run). Saved as a torch.export program ("pt2"), which loads
     without unpickling; MLflow's check that loads it back and runs the example is left out (5.5 s of
-    every run's 17 s export here): tests/test_train.py loads a logged model and runs it. With the
-    program `traced` ahead, MLflow saves that one, holding the trained weights."""
+    every run's 17 s export here): tests/test_train.py loads a logged model and runs it. MLflow saves
+    the program `traced` ahead or, failing that, the one this process logged last, holding the
+    trained weights, when either fits the network; otherwise it traces the network itself."""
+    global _last_logged_program
     model = ProbabilityModel(net)
     example = _example(image_size)
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()
     # A trace that failed leaves the export to MLflow, which names what fails, if anything does.
-    program = None
-    if traced is not None and traced.exception() is None:
-        program = _with_weights_of(model, traced.result(), image_size)
+    ahead = [traced.result()] if traced is not None and traced.exception() is None else []
     mlflow.set_tracking_uri(uri)
-    with _EXPORTING, _exported_as(model, program), mlflow.start_run(run_id=run_id):
-        mlflow.pytorch.log_model(
-            model, name=MODEL_ARTIFACT, input_example=example,
-            signature=mlflow.models.infer_signature(example, output), pip_requirements=["torch"],
-            serialization_format="pt2", validate_serving_input=False,
-        )
+    with _EXPORTING:
+        program = _first_fitting(model, [*ahead, _last_logged_program], image_size)
+        with _exported_as(model, program) as saved, mlflow.start_run(run_id=run_id):
+            mlflow.pytorch.log_model(
+                model, name=MODEL_ARTIFACT, input_example=example,
+                signature=mlflow.models.infer_signature(example, output), pip_requirements=["torch"],
+                serialization_format="pt2", validate_serving_input=False,
+            )
+        _last_logged_program = saved[-1] if saved else _last_logged_program
 
 
 def _example(image_size: int) -> np.ndarray:
@@ -152,12 +159,20 @@ def _example(image_size: int) -> np.ndarray:
     return np.zeros((2, image_size, image_size), np.uint8)
 
 
+def _first_fitting(model: torch.nn.Module, programs: list[torch.export.ExportedProgram | None],
+                   image_size: int) -> torch.export.ExportedProgram | None:
+    for program in programs:
+        if program is not None and (fitted := _with_weights_of(model, program, image_size)) is not None:
+            return fitted
+    return None
+
+
 def _with_weights_of(model: torch.nn.Module, program: torch.export.ExportedProgram,
                      image_size: int) -> torch.export.ExportedProgram | None:
     """`program`, traced from a model of `model`'s architecture, holding `model`'s weights; None when
     its tensors differ from `model`'s in name, shape or type (another architecture), or when it then
     computes otherwise than `model` on a probe batch of another size than the example's (a graph that
-    depended on the weights): MLflow then exports `model` itself."""
+    depended on the weights)."""
     tensors = dict(model.named_parameters()) | dict(model.named_buffers())
     held = program.state_dict | {name: program.constants[name] for name in program.constants.keys() & tensors.keys()}
     if any(name not in tensors or (tensors[name].shape, tensors[name].dtype) != (value.shape, value.dtype)
@@ -175,15 +190,23 @@ def _with_weights_of(model: torch.nn.Module, program: torch.export.ExportedProgr
 
 
 @contextmanager
-def _exported_as(model: torch.nn.Module, program: torch.export.ExportedProgram | None) -> Iterator[None]:
+def _exported_as(model: torch.nn.Module, program: torch.export.ExportedProgram | None
+                 ) -> Iterator[list[torch.export.ExportedProgram]]:
     """MLflow's "pt2" flavour exports the model it is given with `torch.export.export`; inside this
     block, that call for `model` returns `program` (when there is one) instead of tracing again.
-    Callers hold `_EXPORTING`, so no other export runs meanwhile."""
+    Yields the list of the programs that call returned. Callers hold `_EXPORTING`, so no other
+    export runs meanwhile."""
     export = torch.export.export
-    if program is not None:
-        torch.export.export = lambda module, *args, **kwargs: (
-            program if module is model else export(module, *args, **kwargs))
+    returned: list[torch.export.ExportedProgram] = []
+
+    def export_model(module: torch.nn.Module, *args, **kwargs) -> torch.export.ExportedProgram:
+        if module is not model:
+            return export(module, *args, **kwargs)
+        returned.append(program if program is not None else export(module, *args, **kwargs))
+        return returned[-1]
+
+    torch.export.export = export_model
     try:
-        yield
+        yield returned
     finally:
         torch.export.export = export
