@@ -24,7 +24,7 @@ from data_prep.join import load_sources
 from data_prep.pipeline import run_prepare
 from data_prep.synth import finding_cell, synthesize
 from orchestration.cli import app
-from orchestration.evaluation.grad_cam import INDEX_FILE, _overlay, explain_top_images, heat_maps
+from orchestration.evaluation.grad_cam import INDEX_FILE, _contact_sheet, _overlay, explain_top_images, heat_maps
 from orchestration.settings.config import load_config
 from orchestration.settings.plan import plan_training
 from orchestration.settings.schema import EXPLAIN_ARTIFACT_DIR
@@ -77,6 +77,31 @@ def test_an_overlay_shows_the_map_in_jet_colours_over_the_image():
     jet = {0.0: np.array([0, 0, 128]), 1.0: np.array([128, 0, 0])}  # OpenCV's JET at 0 and 255, as RGB
     mixed = np.array([[0.5 * jet[h] / 255 + 0.5 * g / 255 for g, h in zip(*row)] for row in zip(image, heat)])
     np.testing.assert_allclose(_overlay(image, heat), np.floor(255 * mixed / mixed.max()), atol=1)
+
+
+def test_a_contact_sheet_shows_each_overlay_whole_in_reading_order_each_under_its_own_caption():
+    rng = np.random.default_rng(0)
+    pictures = [_overlay(rng.integers(0, 256, (32, 32), dtype=np.uint8), rng.random((32, 32), dtype=np.float32))
+                for _ in range(6)]
+    # Captions wider than a 224-pixel tile: MIMIC-CXR's image ids are paths.
+    rows = [{"rank": r, "image_id": f"p10/p1000003{r}/s5041426{r}/02aa804e-bde0afdd-112c0b34-7bc16630-4e38401{r}.jpg",
+             "probability": 1 - r / 10, "label": r % 2} for r in range(1, 7)]
+    sheet = np.asarray(_contact_sheet("Edema", pictures, rows, "mimic test"))
+    corners = []
+    for picture in pictures:
+        tile = cv2.resize(picture, None, fx=7, fy=7, interpolation=cv2.INTER_NEAREST)  # 32² enlarged to 224²
+        distances = cv2.matchTemplate(sheet, tile, cv2.TM_SQDIFF)
+        y, x = np.unravel_index(int(distances.argmin()), distances.shape)
+        assert np.array_equal(sheet[y:y + 224, x:x + 224], tile)  # the whole overlay, pixel for pixel
+        corners.append((y, x))
+    ys, xs = zip(*corners)
+    # Rows of four, left to right: the first row's four tiles side by side, then two under the first two.
+    assert len(set(ys[:4])) == 1 and len(set(ys[4:])) == 1 and ys[4] >= ys[0] + 224
+    assert all(later - earlier >= 224 for earlier, later in zip(xs[:4], xs[1:4])) and xs[4:] == xs[:2]
+    # In the band above the first row, four captions apart from one another (8+ blank pixels between).
+    ink = (sheet[ys[0] - 36:ys[0], :] < 128).any(axis=(0, 2))
+    columns = np.flatnonzero(ink)
+    assert len(columns) and 1 + int((np.diff(columns) > 8).sum()) == 4
 
 
 @pytest.mark.slow

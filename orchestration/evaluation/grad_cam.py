@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image, ImageDraw, ImageFont
 
-from cxrcommon.plotting import headless_pyplot
 from cxrmodel.inputs import to_model_input
 from data_prep.prepared import IMAGE_COLUMN, PreparedDataset, images_from_arrow
 from orchestration.settings.config import ConfigError
@@ -31,11 +31,11 @@ from orchestration.settings.config import ConfigError
 if TYPE_CHECKING:
     from orchestration.evaluation.scoring import Predictions
 
-plt = headless_pyplot()
-
 TARGET_LAYER = "backbone.features.denseblock4"
 INDEX_FILE = "explain.csv"
 DISPLAY_SIDE = 224  # overlays are enlarged to at least this side: a 32² picture shows nothing
+SHEET_COLUMNS = 4
+LABEL_WORDS = {1: "positive", 0: "negative"}  # a caption's word for the image's label (-1: not labelled)
 
 
 def heat_maps(net: torch.nn.Module, images: np.ndarray, finding: int) -> np.ndarray:
@@ -111,8 +111,7 @@ def explain_top_images(
                 "overlay": _write_overlay(out, finding, rank, image_ids[row], picture) if overlays else "",
             })
         sheet = out / f"{_file_name(finding)}.png"
-        _contact_sheet(finding, pictures, found, f"{domain} {split}").savefig(sheet, dpi=100)
-        plt.close("all")
+        _contact_sheet(finding, pictures, found, f"{domain} {split}").save(sheet)
         rows.extend(found)
         sheets.append(sheet)
         if progress:
@@ -139,19 +138,40 @@ def _write_overlay(out: Path, finding: str, rank: int, image_id: str, picture: n
     return str(path.relative_to(out))
 
 
-def _contact_sheet(finding: str, pictures: list[np.ndarray], rows: list[dict], where: str) -> plt.Figure:
-    columns = min(len(pictures), 4)
-    lines = -(-len(pictures) // columns)
-    figure, axes = plt.subplots(lines, columns, figsize=(3 * columns, 3.3 * lines + 0.4), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, picture, row in zip(axes.flat, pictures, rows):
-        label = {1: "positive", 0: "negative"}.get(row["label"], "not labelled")
-        ax.imshow(_enlarged(picture))
-        ax.set_title(f"#{row['rank']} {row['image_id']}\np = {row['probability']:.3f}, {label}", fontsize=8)
-    figure.suptitle(f"Grad-CAM for {finding}: the {len(pictures)} highest-scoring images of {where}", fontsize=10)
-    figure.tight_layout()
-    return figure
+def _contact_sheet(finding: str, pictures: list[np.ndarray], rows: list[dict], where: str) -> Image.Image:
+    """The pictures, enlarged, in rows of up to `SHEET_COLUMNS`, each under its caption (rank, image,
+    probability, label), under a title. Drawn with Pillow: matplotlib took ~0.2 s a sheet here, 14
+    sheets after every run's test, against ~0.01 s."""
+    tiles = [_enlarged(picture) for picture in pictures]
+    captions = [f"#{row['rank']} {row['image_id']}\np = {row['probability']:.3f}, "
+                f"{LABEL_WORDS.get(row['label'], 'not labelled')}" for row in rows]
+    title = f"Grad-CAM for {finding}: the {len(pictures)} highest-scoring images of {where}"
+    caption_font, title_font = _font(11), _font(14)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    side = tiles[0].shape[0]
+    cell = max([side] + [measure.multiline_textbbox((0, 0), c, font=caption_font)[2] for c in captions])
+    columns = min(len(tiles), SHEET_COLUMNS)
+    lines = -(-len(tiles) // columns)
+    margin, title_height, caption_height = 16, 32, 36
+    grid = margin + columns * (cell + margin)
+    width = max(grid, measure.textbbox((0, 0), title, font=title_font)[2] + 2 * margin)
+    sheet = Image.new("RGB", (width, title_height + lines * (caption_height + side + margin)), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((width // 2, title_height // 2), title, fill="black", font=title_font, anchor="mm")
+    for i, (tile, caption) in enumerate(zip(tiles, captions)):
+        x = (width - grid) // 2 + margin + (i % columns) * (cell + margin)
+        y = title_height + (i // columns) * (caption_height + side + margin)
+        draw.multiline_text((x + cell // 2, y + caption_height - 4), caption, fill="black", font=caption_font,
+                            anchor="md", align="center")
+        sheet.paste(Image.fromarray(tile), (x + (cell - side) // 2, y + caption_height))
+    return sheet
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    # matplotlib's DejaVu Sans, the report's figures' font: Pillow's built-in one spaced these captions badly.
+    import matplotlib
+
+    return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"), size)
 
 
 def _enlarged(picture: np.ndarray) -> np.ndarray:
