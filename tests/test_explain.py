@@ -68,6 +68,10 @@ def test_heat_map_is_grad_cam_of_the_findings_output_on_the_last_dense_block():
         assert got.shape == (3, 128, 128) and got.min() >= 0 and got.max() <= 1
         np.testing.assert_allclose(got, _grad_cam_by_hand(net, images, c), atol=1e-4)
     assert not np.allclose(maps[1], maps[3], atol=1e-2)  # each finding its own map
+    # Each image its own finding, two images through the network at a time: the same maps.
+    mixed = heat_maps(net, images, [3, 1, 3], batch=2)
+    for i, c in enumerate([3, 1, 3]):
+        np.testing.assert_allclose(mixed[i], maps[c][i], atol=1e-5)
 
 
 def test_an_overlay_shows_the_map_in_jet_colours_over_the_image():

@@ -13,7 +13,7 @@ and a row per image in `explain.csv` (with the heat map's peak, in pixels of the
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,11 +38,19 @@ SHEET_COLUMNS = 4
 LABEL_WORDS = {1: "positive", 0: "negative"}  # a caption's word for the image's label (-1: not labelled)
 
 
-def heat_maps(net: torch.nn.Module, images: np.ndarray, finding: int) -> np.ndarray:
-    """uint8 images (B, S, S) -> Grad-CAM maps (B, S, S) in [0, 1] for output column `finding`: the
-    block's channels weighed by the spatial mean of the finding logit's gradient, the ReLU of their
-    sum scaled to [0, 1], resized (bilinear) to the image and scaled again, as the method's authors
-    and the `grad-cam` package draw it."""
+def heat_maps(net: torch.nn.Module, images: np.ndarray, findings: int | Sequence[int], batch: int = 16) -> np.ndarray:
+    """uint8 images (B, S, S) -> Grad-CAM maps (B, S, S) in [0, 1], image i's for output column
+    `findings[i]` (or `findings` for all): the block's channels weighed by the spatial mean of the
+    finding logit's gradient, the ReLU of their sum scaled to [0, 1], resized (bilinear) to the image
+    and scaled again, as the method's authors and the `grad-cam` package draw it. `batch` images go
+    through the network at a time, each with its own finding: in eval mode an image's logits depend
+    on that image alone, so one backward pass gives each image its own finding's gradient."""
+    columns = np.broadcast_to(np.asarray(findings), (len(images),)).astype(np.int64)  # a writable copy
+    return np.concatenate([_heat_maps(net, images[start:start + batch], columns[start:start + batch])
+                           for start in range(0, len(images), batch)])
+
+
+def _heat_maps(net: torch.nn.Module, images: np.ndarray, columns: np.ndarray) -> np.ndarray:
     device = next(net.parameters()).device
     captured = {}
     hook = net.get_submodule(TARGET_LAYER).register_forward_hook(
@@ -53,7 +61,8 @@ def heat_maps(net: torch.nn.Module, images: np.ndarray, finding: int) -> np.ndar
     finally:
         hook.remove()
     activations = captured["activations"]
-    gradients, = torch.autograd.grad(logits[:, finding].sum(), activations)
+    chosen = logits.gather(1, torch.from_numpy(columns).to(device)[:, None])
+    gradients, = torch.autograd.grad(chosen.sum(), activations)
     weights = gradients.mean(dim=(2, 3), keepdim=True)
     coarse = torch.relu((weights * activations).sum(dim=1)).detach().float().cpu().numpy()
     side = images.shape[-1]
@@ -93,16 +102,21 @@ def explain_top_images(
     table = prepared.read_columns(domain, split, ["sample_id", "image_id", IMAGE_COLUMN], sample_ids=wanted)
     row_of = {int(s): i for i, s in enumerate(table.column("sample_id").to_numpy())}
     image_ids = table.column("image_id").to_pylist()
+    in_table = {f: [row_of[int(predictions.sample_id[i])] for i in chosen] for f, chosen in top_rows.items()}
+    # Every finding's top images in one list, each with its finding: the heat maps go a batch at a time.
+    all_images = images_from_arrow(table.column(IMAGE_COLUMN).take(np.concatenate(list(in_table.values()))),
+                                   prepared.image_size)
+    all_maps = heat_maps(net, all_images, np.repeat([label_space.index(f) for f in top_rows],
+                                                    [len(rows) for rows in in_table.values()]))
     out.mkdir(parents=True, exist_ok=True)
-    rows, sheets = [], []
+    rows, sheets, start = [], [], 0
     for finding, chosen in top_rows.items():
         c = label_space.index(finding)
-        in_table = [row_of[int(predictions.sample_id[i])] for i in chosen]
-        images = images_from_arrow(table.column(IMAGE_COLUMN).take(in_table), prepared.image_size)
-        maps = heat_maps(net, images, c)
+        images, maps = all_images[start:start + len(chosen)], all_maps[start:start + len(chosen)]
+        start += len(chosen)
         pictures = [_overlay(image, heat) for image, heat in zip(images, maps)]
         found = []
-        for rank, (i, row, heat, picture) in enumerate(zip(chosen, in_table, maps, pictures), start=1):
+        for rank, (i, row, heat, picture) in enumerate(zip(chosen, in_table[finding], maps, pictures), start=1):
             peak_row, peak_col = np.unravel_index(int(heat.argmax()), heat.shape)
             found.append({
                 "finding": finding, "rank": rank, "image_id": image_ids[row],

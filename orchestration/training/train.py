@@ -13,6 +13,7 @@ driver imports this module to book its trials and never trains.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import threading
@@ -140,7 +141,7 @@ def run_training(
 class _ArtifactsMeanwhile:
     """Work for the run's artifacts done on a thread while the workers train, started once they are
     on their way (not before: the thread's imports would hold the GIL over their start): importing
-    what the artifacts need (torch, matplotlib: ~2 s here) and tracing the logged model's program
+    what the artifacts need (torch, matplotlib, OpenCV: ~2.5 s here) and tracing the logged model's program
     (`run_artifacts.trace_model`: 7-10 s here)."""
 
     def __init__(self, config: Config, plan: TrainingPlan):
@@ -154,8 +155,12 @@ class _ArtifactsMeanwhile:
             try:
                 if sys.platform == "linux":  # this thread's own nice value: the training comes first for the cores
                     os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+                from cxrcommon.plotting import headless_pyplot
                 from orchestration.training.run_artifacts import trace_model
 
+                headless_pyplot()  # for the test's ROC figure
+                if self.config.train.explain_top:
+                    importlib.import_module("orchestration.evaluation.grad_cam")  # OpenCV, Pillow
                 if traced is not None:
                     traced.set_result(trace_model(self.config, self.plan))
             except BaseException as exc:
