@@ -17,11 +17,14 @@ def headless_pyplot():
 
 def panel_grid(items: Sequence, draw: Callable, title: str, *, x_label: str, y_label: str, width: float = 3.2):
     """One square panel per item, four to a row, each with the diagonal y = x: `draw(ax, item)`
-    plots it and returns the panel's title. Returns the figure."""
-    plt = headless_pyplot()
+    plots it and returns the panel's title. Returns the figure, made without pyplot, which would keep
+    every figure until it is closed (a reused sweep trial process draws one per trial)."""
+    from matplotlib.figure import Figure
+
     cols = min(4, max(len(items), 1))
     rows = max(1, -(-len(items) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, 3.0 * rows), squeeze=False)
+    fig = Figure(figsize=(width * cols, 3.0 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.set_visible(False)
     for ax, item in zip(axes.flat, items):

@@ -3,11 +3,16 @@ best marks worked out by hand, excluded runs, Fig. 4 curves, artifacts on the pa
 
 from __future__ import annotations
 
+import gc
+import io
+import weakref
+
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
+from cxrcommon.plotting import headless_pyplot, panel_grid
 from orchestration.cli import app
 from orchestration.evaluation.report import collect_sections, result_table
 from orchestration.settings.schema import (
@@ -241,3 +246,22 @@ def test_ablation_rows_are_compared_with_a_and_g_on_logged_test_predictions(tmp_
     [found] = table.to_dict("records")
     assert found["row"] == "best trial t1" and found["against"] == "paper default"
     assert found["ΔMean"] == pytest.approx(mean_auc(saved[("b", 0)]) - mean_auc(saved[("a", 0)]))
+
+
+def test_a_panel_grid_has_a_titled_panel_per_item_and_goes_when_its_last_reference_does():
+    """ROC and reliability figures: a sweep's reused trial process draws one per trial, so pyplot
+    must not keep them (it keeps every figure it makes until it is closed)."""
+    plt = headless_pyplot()
+    before = plt.get_fignums()
+    figure = panel_grid(["a", "b", "c", "d", "e"], lambda ax, item: ax.plot([0, 1], [0, 0.5]) and f"panel {item}",
+                        "five", x_label="x", y_label="y")
+    shown = [ax for ax in figure.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in shown] == [f"panel {item}" for item in "abcde"] and len(figure.axes) == 8
+    png = io.BytesIO()
+    figure.savefig(png, format="png")
+    assert png.getvalue().startswith(b"\x89PNG")
+    assert plt.get_fignums() == before
+    gone = weakref.ref(figure)
+    del figure, shown
+    gc.collect()
+    assert gone() is None

@@ -155,10 +155,9 @@ class _ArtifactsMeanwhile:
             try:
                 if sys.platform == "linux":  # this thread's own nice value: the training comes first for the cores
                     os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-                from cxrcommon.plotting import headless_pyplot
                 from orchestration.training.run_artifacts import trace_model
 
-                headless_pyplot()  # for the test's ROC figure
+                importlib.import_module("matplotlib.figure")  # for the test's ROC figure
                 if self.config.train.explain_top:
                     importlib.import_module("orchestration.evaluation.grad_cam")  # OpenCV, Pillow
                 if traced is not None:
