@@ -99,7 +99,6 @@ def test_without_a_program_that_fits_mlflow_traces_the_trained_network(client, t
     assert torch.allclose(_logged(client, run_id)(images), ProbabilityModel(trained)(images), rtol=0, atol=1e-6)
 
 
-
 def test_the_program_a_process_logged_last_serves_its_next_network_of_that_architecture(client, tmp_path, monkeypatch):
     """As in a Tune trial process reused for trial after trial: only the first network and one of
     another architecture are traced; every logged model serves its own network's weights."""

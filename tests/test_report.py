@@ -253,8 +253,11 @@ def test_a_panel_grid_has_a_titled_panel_per_item_and_goes_when_its_last_referen
     must not keep them (it keeps every figure it makes until it is closed)."""
     plt = headless_pyplot()
     before = plt.get_fignums()
-    figure = panel_grid(["a", "b", "c", "d", "e"], lambda ax, item: ax.plot([0, 1], [0, 0.5]) and f"panel {item}",
-                        "five", x_label="x", y_label="y")
+    def draw(ax, item: str) -> str:
+        ax.plot([0, 1], [0, 0.5])
+        return f"panel {item}"
+
+    figure = panel_grid(["a", "b", "c", "d", "e"], draw, "five", x_label="x", y_label="y")
     shown = [ax for ax in figure.axes if ax.get_visible()]
     assert [ax.get_title() for ax in shown] == [f"panel {item}" for item in "abcde"] and len(figure.axes) == 8
     png = io.BytesIO()
