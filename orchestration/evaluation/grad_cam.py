@@ -106,14 +106,14 @@ def explain_top_images(
     # Every finding's top images in one list, each with its finding: the heat maps go a batch at a time.
     all_images = images_from_arrow(table.column(IMAGE_COLUMN).take(np.concatenate(list(in_table.values()))),
                                    prepared.image_size)
-    all_maps = heat_maps(net, all_images, np.repeat([label_space.index(f) for f in top_rows],
-                                                    [len(rows) for rows in in_table.values()]))
+    counts = [len(chosen) for chosen in top_rows.values()]
+    all_maps = heat_maps(net, all_images, np.repeat([label_space.index(f) for f in top_rows], counts))
+    bounds = np.cumsum(counts)[:-1]
     out.mkdir(parents=True, exist_ok=True)
-    rows, sheets, start = [], [], 0
-    for finding, chosen in top_rows.items():
+    rows, sheets = [], []
+    for (finding, chosen), images, maps in zip(top_rows.items(), np.split(all_images, bounds),
+                                               np.split(all_maps, bounds)):
         c = label_space.index(finding)
-        images, maps = all_images[start:start + len(chosen)], all_maps[start:start + len(chosen)]
-        start += len(chosen)
         pictures = [_overlay(image, heat) for image, heat in zip(images, maps)]
         found = []
         for rank, (i, row, heat, picture) in enumerate(zip(chosen, in_table[finding], maps, pictures), start=1):

@@ -186,7 +186,8 @@ class MlflowConfig(_Section):
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here
     experiment: str = "cxr-orchestra"  # the MLflow experiment runs are logged to
     # The best model as an mlflow.pytorch export: traced while the run trains, ~3 s after it on a CPU
-    # (a sweep trial, which trains in its own process, traces after: ~10 s); off for quick sweeps.
+    # (a sweep trial, which trains in its own process, traces after: ~10 s for a trial process's first
+    # trial, ~3 s for its later ones of the same architecture); off for quick sweeps.
     log_model: bool = True
     # Register the logged model under this name in the Model Registry; alias `champion` moves to it
     # when its best validation metric (train.select_metric) beats the current champion's.
