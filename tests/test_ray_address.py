@@ -6,6 +6,7 @@ that does not answer fails within a bound, naming it. The address file is redire
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -36,7 +37,8 @@ def machine_temp(monkeypatch):
     (root / "ray").mkdir()
     monkeypatch.setenv("TMPDIR", str(root))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    return root
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _python(code: str, timeout: float) -> subprocess.CompletedProcess:
