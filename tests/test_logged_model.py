@@ -72,9 +72,11 @@ def _log(client: MlflowClient, tmp_path, net: torch.nn.Module, traced: Future | 
     return run_id, len(traces)
 
 
-def _logged(client: MlflowClient, run_id: str) -> torch.nn.Module:
+def _logged(client: MlflowClient, run_id: str, tmp_path) -> torch.nn.Module:
     mlflow.set_tracking_uri(client.tracking_uri)
-    return mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+    downloads = tmp_path / "downloads" / run_id  # MLflow downloads a model it loads
+    downloads.mkdir(parents=True)
+    return mlflow.pytorch.load_model(f"runs:/{run_id}/model", dst_path=str(downloads))
 
 
 def test_the_program_traced_ahead_is_logged_holding_the_trained_weights(client, tmp_path, monkeypatch):
@@ -82,7 +84,7 @@ def test_the_program_traced_ahead_is_logged_holding_the_trained_weights(client, 
     run_id, traces = _log(client, tmp_path, trained, _traced(untrained), monkeypatch)
     assert traces == 0  # MLflow saved the program traced ahead instead of tracing again
     images = torch.randint(0, 256, (5, SIDE, SIDE), dtype=torch.uint8)  # another batch size than the trace's
-    served = _logged(client, run_id)(images)
+    served = _logged(client, run_id, tmp_path)(images)
     assert torch.allclose(served, ProbabilityModel(trained)(images), rtol=0, atol=1e-6)
     assert not torch.allclose(served, ProbabilityModel(untrained)(images), atol=1e-2)
 
@@ -96,7 +98,7 @@ def test_without_a_program_that_fits_mlflow_traces_the_trained_network(client, t
     run_id, traces = _log(client, tmp_path, trained, traced, monkeypatch)
     assert traces == 1
     images = torch.randint(0, 256, (3, SIDE, SIDE), dtype=torch.uint8)
-    assert torch.allclose(_logged(client, run_id)(images), ProbabilityModel(trained)(images), rtol=0, atol=1e-6)
+    assert torch.allclose(_logged(client, run_id, tmp_path)(images), ProbabilityModel(trained)(images), rtol=0, atol=1e-6)
 
 
 def test_the_program_a_process_logged_last_serves_its_next_network_of_that_architecture(client, tmp_path, monkeypatch):
@@ -106,7 +108,7 @@ def test_the_program_a_process_logged_last_serves_its_next_network_of_that_archi
     logged = [_log(client, tmp_path, net, None, monkeypatch) for net in networks]
     assert [traces for _, traces in logged] == [1, 0, 1, 0]
     images = torch.randint(0, 256, (4, SIDE, SIDE), dtype=torch.uint8)
-    served = [_logged(client, run_id)(images) for run_id, _ in logged]
+    served = [_logged(client, run_id, tmp_path)(images) for run_id, _ in logged]
     for net, got in zip(networks, served):  # the earlier ones too, though their program took later weights
         assert torch.allclose(got, ProbabilityModel(net)(images), rtol=0, atol=1e-6)
     assert not torch.allclose(served[0], served[1], atol=1e-2)

@@ -85,7 +85,10 @@ def test_two_worker_training_logs_one_finished_run(prepared_dir, tmp_path):
     # The logged model is servable: uint8 images in, one probability per finding out; and it is the
     # run's best network (its program was traced while the run trained, from untrained weights).
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    downloads = tmp_path / "downloads"  # MLflow downloads a model it loads; into the test's own folder
+    for folder in ("run", "registered"):
+        (downloads / folder).mkdir(parents=True)
+    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model", dst_path=str(downloads / "run"))
     probs = model(torch.zeros(3, 32, 32, dtype=torch.uint8))
     assert probs.shape == (3, len(plan.label_space)) and bool(((probs >= 0) & (probs <= 1)).all())
     images = torch.randint(0, 256, (5, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
@@ -93,7 +96,7 @@ def test_two_worker_training_logs_one_finished_run(prepared_dir, tmp_path):
     assert torch.allclose(model(images), best(images), rtol=0, atol=1e-6)
     # Registered, and the first version of its name is the champion; it loads by its alias.
     assert client.get_model_version_by_alias("cxr-two", "champion").run_id == run.info.run_id
-    registered = mlflow.pytorch.load_model("models:/cxr-two@champion")
+    registered = mlflow.pytorch.load_model("models:/cxr-two@champion", dst_path=str(downloads / "registered"))
     assert torch.equal(registered(torch.zeros(2, 32, 32, dtype=torch.uint8)), probs[:2])
 
     # Nothing of the run lives on in this process's Ray: Ray Train's SIGINT handler, installed when fit
