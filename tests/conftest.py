@@ -202,6 +202,7 @@ def ray_head(env: dict, token_dir: Path, *options: str, num_cpus: int = 4):
     env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     env.pop("RAY_ADDRESS", None)
     temp = Path(f"/tmp/cxr_head_{secrets.token_hex(3)}")  # short: Ray's socket paths have a length limit
+    temp.mkdir(mode=0o700)
     port, client, agent, agent_grpc, metrics, runtime_env = free_ports(6)
     subprocess.run(
         [str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={port}",
@@ -209,7 +210,9 @@ def ray_head(env: dict, token_dir: Path, *options: str, num_cpus: int = 4):
          f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
          f"--runtime-env-agent-port={runtime_env}", f"--temp-dir={temp}", f"--num-cpus={num_cpus}",
          "--disable-usage-stats", *options],
-        env=env, check=True, capture_output=True, timeout=120,
+        # Its processes' own temporary files too (the dashboard's forkserver socket), since they are
+        # killed rather than left to clean up.
+        env={**env, "TMPDIR": str(temp)}, check=True, capture_output=True, timeout=120,
     )
     from ray.util import get_node_ip_address  # where the head's GCS listens unless told otherwise
 
