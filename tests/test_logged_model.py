@@ -112,3 +112,22 @@ def test_the_program_a_process_logged_last_serves_its_next_network_of_that_archi
     for net, got in zip(networks, served):  # the earlier ones too, though their program took later weights
         assert torch.allclose(got, ProbabilityModel(net)(images), rtol=0, atol=1e-6)
     assert not torch.allclose(served[0], served[1], atol=1e-2)
+
+
+def test_mlflow_lists_the_installed_distributions_ahead_of_the_models_log(client, tmp_path, monkeypatch):
+    """MLflow checks a logged model's requirements against the installed distributions, listing them
+    once in a process: `prepare_model_logging` (on the thread that traces while a run trains) does
+    that listing, so the model's log after the test does not."""
+    import importlib_metadata
+    from mlflow.utils import requirements_utils
+
+    listed = []
+    packages_distributions = importlib_metadata.packages_distributions
+    monkeypatch.setattr(importlib_metadata, "packages_distributions",
+                        lambda: listed.append(1) or packages_distributions())
+    monkeypatch.setattr(requirements_utils, "_MODULES_TO_PACKAGES", None)  # as in a new process
+    run_artifacts.prepare_model_logging()
+    assert listed == [1]
+    run_id, _ = _log(client, tmp_path, _trained(1), None, monkeypatch)
+    assert listed == [1]
+    assert client.list_artifacts(run_id, "model")

@@ -141,7 +141,8 @@ def run_training(
 class _ArtifactsMeanwhile:
     """Work for the run's artifacts done on a thread while the workers train, started once they are
     on their way (not before: the thread's imports would hold the GIL over their start): importing
-    what the artifacts need (torch, matplotlib, OpenCV: ~2.5 s here) and tracing the logged model's program
+    what the artifacts need (torch, matplotlib, OpenCV: ~2.5 s here), MLflow's once-a-process work
+    before a model's log (`run_artifacts.prepare_model_logging`) and tracing the logged model's program
     (`run_artifacts.trace_model`: 7-10 s here)."""
 
     def __init__(self, config: Config, plan: TrainingPlan):
@@ -155,12 +156,13 @@ class _ArtifactsMeanwhile:
             try:
                 if sys.platform == "linux":  # this thread's own nice value: the training comes first for the cores
                     os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-                from orchestration.training.run_artifacts import trace_model
+                from orchestration.training.run_artifacts import prepare_model_logging, trace_model
 
                 importlib.import_module("matplotlib.figure")  # for the test's ROC figure
                 if self.config.train.explain_top:
                     importlib.import_module("orchestration.evaluation.grad_cam")  # OpenCV, Pillow
                 if traced is not None:
+                    prepare_model_logging()
                     traced.set_result(trace_model(self.config, self.plan))
             except BaseException as exc:
                 if traced is not None:
