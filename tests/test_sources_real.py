@@ -35,6 +35,15 @@ def chexpert_independent(shared_data):
 
 
 @pytest.fixture(scope="module")
+def joined(shared_data):
+    """NIH and CheXpert joined with the default settings."""
+    return load_sources(PrepareConfig(sources=[
+        SourceConfig(name="nih", kind="nih", path=shared_data / "nih"),
+        SourceConfig(name="chexpert", kind="chexpert", path=shared_data / "chexpert"),
+    ]), find_images=False)
+
+
+@pytest.fixture(scope="module")
 def nih_table(shared_data):
     return read_source(SourceConfig(name="nih", kind="nih", path=shared_data / "nih"), find_images=False)
 
@@ -103,14 +112,8 @@ def test_chexpert_view_filter(shared_data):
     assert len(frontal.rows) == 191_027 and len(lateral.rows) == 32_387
 
 
-def test_joined_stats_of_the_real_tables(shared_data, nih_independent, chexpert_independent, tmp_path):
-    config = PrepareConfig(
-        sources=[
-            SourceConfig(name="nih", kind="nih", path=shared_data / "nih"),
-            SourceConfig(name="chexpert", kind="chexpert", path=shared_data / "chexpert"),
-        ]
-    )
-    stats = dataset_stats(load_sources(config, find_images=False))
+def test_joined_stats_of_the_real_tables(joined, chexpert_independent):
+    stats = dataset_stats(joined)
     json.dumps(stats)  # the --stats-json document is plain JSON
     assert stats["common"] == [
         "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Pneumonia", "Pneumothorax"
@@ -134,16 +137,11 @@ def test_joined_stats_of_the_real_tables(shared_data, nih_independent, chexpert_
     }
 
 
-def test_beta_of_a_single_dataset_run_comes_from_that_dataset(shared_data):
+def test_beta_of_a_single_dataset_run_comes_from_that_dataset(joined):
     """β_c = N_c / P_c over the trained domains: NIH's Edema is rare (β ≈ 47), CheXpert's common;
     pooling both (what every run did before) would give NIH alone β ≈ 3.5."""
     from data_prep.join import train_class_balance
 
-    config = PrepareConfig(sources=[
-        SourceConfig(name="nih", kind="nih", path=shared_data / "nih"),
-        SourceConfig(name="chexpert", kind="chexpert", path=shared_data / "chexpert"),
-    ])
-    joined = load_sources(config, find_images=False)
     balance = train_class_balance(joined)
     train = joined.rows[joined.rows["split"] == "train"]
     for domain in ("nih", "chexpert"):
