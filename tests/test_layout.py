@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 # orchestration: cli -> its floor's verbs (cli.sweep_verbs) -> the verb's module -> the verb it runs (a sweep
 # trains) -> its part (the worker loop) -> building block (the checkpoint format) -> settings -> schema
@@ -157,75 +159,99 @@ def test_the_spelling_guard_sees_tags_metric_names_and_f_string_pieces(tmp_path)
     assert sorted(line for line, _ in _spelled_names(code)) == [1, 2, 3, 4, 7]
 
 
-def _modules_after(code: str) -> list[str]:
-    out = subprocess.run([sys.executable, "-c", code + "\nimport json, sys; print(json.dumps(sorted(sys.modules)))"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def _probes(folder: Path) -> dict[str, str]:
+    """Code whose loaded modules a test checks, each run in a fresh interpreter."""
+    return {
+        "all of cxrmodel": "import importlib, pkgutil, cxrmodel\n"
+                           "for m in pkgutil.iter_modules(cxrmodel.__path__): importlib.import_module(f'cxrmodel.{m.name}')",
+        "the label encoding": "from cxrmodel.labels import UNKNOWN; from data_prep.findings import canonical_name",
+        "cxr report": "from orchestration.cli import app\n"
+                      f"try: app(['report', '--out', {str(folder / 'r')!r}, 'mlflow.tracking_uri=sqlite:///{folder}/m.db'])\n"
+                      "except SystemExit: pass\n"
+                      "import orchestration.evaluation.report",
+        "a sweep's driver": "import orchestration.cli.sweep_verbs, orchestration.sweeps.tune",
+        # Ray Data's decode tasks of `cxr predict --images` import the module that holds their function.
+        "the image decode tasks": "import orchestration.evaluation.image_prediction",
+        # Every Ray Train worker and sweep trial imports the loop's module before its first step, and
+        # scores its validation split (cxrmodel.roc's AUC: scikit-learn and scipy.stats cost a second).
+        "a training worker": "import numpy as np, orchestration.training.worker\n"
+                             "from cxrmodel.metrics import auc_report\n"
+                             "auc_report(np.array([[.2], [.7]]), np.array([[0], [1]]), ['A'], evaluated=['A'], "
+                             "common=[], internal_only=['A'])",
+        # torchvision's import loads torch._dynamo: ~1.5 s in each `cxr` command that builds and scores
+        # the network (predict, evaluate, calibrate, export, serve, explain, a run's artifacts), none of
+        # which compiles. A training worker's optimizers load torch._dynamo anyway (torch.optim does), not
+        # torchvision's ~0.4 s more. Heat maps are drawn here, not by the `grad-cam` package, which
+        # imported torchvision and scikit-learn (~2 s more) in each process that explains.
+        "building and running the network": "import numpy as np, torch, orchestration.training.worker\n"
+                                            "from cxrmodel.inference import predict_probs\n"
+                                            "from cxrmodel.method import MethodSpec, build_network\n"
+                                            "from orchestration.evaluation.grad_cam import heat_maps\n"
+                                            "spec = MethodSpec(num_findings=2, common=(0,), num_domains=2, "
+                                            "alpha=(1.0, 1.0), beta=(1.0, 1.0), num_samples=4)\n"
+                                            "net = build_network(spec).eval()\n"
+                                            "predict_probs(net, torch.zeros(2, 64, 64, dtype=torch.uint8), tencrop=True)\n"
+                                            "heat_maps(net, np.zeros((2, 64, 64), np.uint8), 1)",
+    }
 
 
-def test_cxrmodel_needs_nothing_from_data_prep_or_orchestration():
-    code = ("import importlib, pkgutil, cxrmodel\n"
-            "for m in pkgutil.iter_modules(cxrmodel.__path__): importlib.import_module(f'cxrmodel.{m.name}')")
-    loaded = _modules_after(code)
+@pytest.fixture(scope="module")
+def modules_after(tmp_path_factory):
+    """The modules each probe left loaded. The interpreters start together the first time a test asks
+    (each is ~2-4 s of imports on one core), not one after another."""
+    listing = "\nimport json, sys; print(json.dumps(sorted(sys.modules)))"
+    running = {name: subprocess.Popen([sys.executable, "-c", code + listing], cwd=ROOT, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+               for name, code in _probes(tmp_path_factory.mktemp("probes")).items()}
+
+    def loaded(name: str) -> list[str]:
+        out, err = running[name].communicate(timeout=120)
+        assert running[name].returncode == 0, f"{name}: {err[-3000:]}"
+        return json.loads(out.strip().splitlines()[-1])
+
+    yield loaded
+    for process in running.values():
+        process.kill()
+        process.communicate()
+
+
+def test_cxrmodel_needs_nothing_from_data_prep_or_orchestration(modules_after):
+    loaded = modules_after("all of cxrmodel")
     assert "cxrmodel.training_step" in loaded
     assert not [m for m in loaded if m.split(".")[0] in ("data_prep", "orchestration")]
 
 
-def test_the_label_encoding_loads_without_torch():
-    loaded = _modules_after("from cxrmodel.labels import UNKNOWN; from data_prep.findings import canonical_name")
-    assert "torch" not in loaded
+def test_the_label_encoding_loads_without_torch(modules_after):
+    assert "torch" not in modules_after("the label encoding")
 
 
-def test_cxr_report_loads_neither_torch_nor_ray_train(tmp_path):
-    code = ("from orchestration.cli import app\n"
-            f"try: app(['report', '--out', {str(tmp_path / 'r')!r}, 'mlflow.tracking_uri=sqlite:///{tmp_path}/m.db'])\n"
-            "except SystemExit: pass\n"
-            "import orchestration.evaluation.report")
-    loaded = _modules_after(code)
+def test_cxr_report_loads_neither_torch_nor_ray_train(modules_after):
+    loaded = modules_after("cxr report")
     assert "orchestration.evaluation.report" in loaded and "mlflow" in loaded
     assert "torch" not in loaded and not [m for m in loaded if m.startswith("ray.train")]
 
 
-def test_a_sweeps_driver_loads_no_torch():
+def test_a_sweeps_driver_loads_no_torch(modules_after):
     # Its trials train, each in a process of its own; the driver only books and watches them.
-    loaded = _modules_after("import orchestration.cli.sweep_verbs, orchestration.sweeps.tune")
+    loaded = modules_after("a sweep's driver")
     assert "orchestration.training.train" in loaded and "ray.tune" in loaded
     assert "torch" not in loaded
 
 
-def test_the_image_decode_tasks_load_neither_torch_nor_ray_train():
-    # Ray Data's decode tasks of `cxr predict --images` import the module that holds their function.
-    loaded = _modules_after("import orchestration.evaluation.image_prediction")
+def test_the_image_decode_tasks_load_neither_torch_nor_ray_train(modules_after):
+    loaded = modules_after("the image decode tasks")
     assert "data_prep.images" in loaded
     assert "torch" not in loaded and not [m for m in loaded if m.startswith("ray.train")]
 
 
-def test_the_training_workers_load_no_plotting_or_statistics_library():
-    # Every Ray Train worker and sweep trial imports the loop's module before its first step, and
-    # scores its validation split (cxrmodel.roc's AUC: scikit-learn and scipy.stats cost a second).
-    loaded = _modules_after("import numpy as np, orchestration.training.worker\n"
-                            "from cxrmodel.metrics import auc_report\n"
-                            "auc_report(np.array([[.2], [.7]]), np.array([[0], [1]]), ['A'], evaluated=['A'], "
-                            "common=[], internal_only=['A'])")
+def test_the_training_workers_load_no_plotting_or_statistics_library(modules_after):
+    loaded = modules_after("a training worker")
     assert "torch" in loaded and "orchestration.evaluation.scoring" in loaded and "cxrmodel.roc" in loaded
     assert not [m for m in loaded if m.split(".")[0] in ("matplotlib", "sklearn")], "a plotting or scikit-learn module"
     assert "scipy.stats" not in loaded
 
 
-def test_what_builds_or_runs_the_network_loads_no_torchvision():
-    # torchvision's import loads torch._dynamo: ~1.5 s in each `cxr` command that builds and scores
-    # the network (predict, evaluate, calibrate, export, serve, explain, a run's artifacts), none of
-    # which compiles. A training worker's optimizers load torch._dynamo anyway (torch.optim does), not
-    # torchvision's ~0.4 s more. Heat maps are drawn here, not by the `grad-cam` package, which
-    # imported torchvision and scikit-learn (~2 s more) in each process that explains.
-    loaded = _modules_after("import numpy as np, torch, orchestration.training.worker\n"
-                            "from cxrmodel.inference import predict_probs\n"
-                            "from cxrmodel.method import MethodSpec, build_network\n"
-                            "from orchestration.evaluation.grad_cam import heat_maps\n"
-                            "spec = MethodSpec(num_findings=2, common=(0,), num_domains=2, alpha=(1.0, 1.0), "
-                            "beta=(1.0, 1.0), num_samples=4)\n"
-                            "net = build_network(spec).eval()\n"
-                            "predict_probs(net, torch.zeros(2, 64, 64, dtype=torch.uint8), tencrop=True)\n"
-                            "heat_maps(net, np.zeros((2, 64, 64), np.uint8), 1)")
+def test_what_builds_or_runs_the_network_loads_no_torchvision(modules_after):
+    loaded = modules_after("building and running the network")
     assert not [m for m in loaded if m.split(".")[0] in ("torchvision", "sklearn")] and "torch._dynamo" not in loaded
     assert "cxrmodel.densenet" in loaded
