@@ -60,8 +60,9 @@ def cluster(tmp_path_factory):
         # A removed node is declared dead after 3 failed health checks a second apart instead of
         # Ray's 5 of 3-10 s (15-50 s): the one-worker restart comes sooner (31 s after the loss
         # here, against 44 s), so its last epoch trains well inside the tracking server's outage.
-        nodes.add_node(num_cpus=1, include_dashboard=False, _system_config={"health_check_period_ms": 1000, "health_check_timeout_ms": 5000,
-                                                   "health_check_failure_threshold": 3})  # the head
+        nodes.add_node(num_cpus=1, include_dashboard=False,  # the head
+                       _system_config={"health_check_period_ms": 1000, "health_check_timeout_ms": 5000,
+                                       "health_check_failure_threshold": 3})
         workers = [nodes.add_node(num_cpus=2, resources={"trainer_slot": 1}) for _ in range(2)]
         tracking.up()
         yield nodes, workers, tracking

@@ -51,7 +51,8 @@ def test_cross_domain_matrix(two_domains, tmp_path, ray_session):
     trained_on = sorted(c.data.params["train.domains"] for c in children)
     assert trained_on == sorted(f'["{d}"]' for d in prepared.domains)
 
-    matrix = pd.read_csv(client.download_artifacts(parent.info.run_id, "cross_domain/matrix.csv", str(tmp_path)), index_col=0)
+    matrix_csv = client.download_artifacts(parent.info.run_id, "cross_domain/matrix.csv", str(tmp_path))
+    matrix = pd.read_csv(matrix_csv, index_col=0)
     assert list(matrix.index) == prepared.domains and list(matrix.columns) == prepared.domains
     # CheXpert's test split is its official valid.csv (prepare.chexpert_test: valid): every cell of
     # Table II is an AUC, the CheXpert row included.

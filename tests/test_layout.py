@@ -163,10 +163,12 @@ def _probes(folder: Path) -> dict[str, str]:
     """Code whose loaded modules a test checks, each run in a fresh interpreter."""
     return {
         "all of cxrmodel": "import importlib, pkgutil, cxrmodel\n"
-                           "for m in pkgutil.iter_modules(cxrmodel.__path__): importlib.import_module(f'cxrmodel.{m.name}')",
+                           "for m in pkgutil.iter_modules(cxrmodel.__path__):\n"
+                           "    importlib.import_module(f'cxrmodel.{m.name}')",
         "the label encoding": "from cxrmodel.labels import UNKNOWN; from data_prep.findings import canonical_name",
         "cxr report": "from orchestration.cli import app\n"
-                      f"try: app(['report', '--out', {str(folder / 'r')!r}, 'mlflow.tracking_uri=sqlite:///{folder}/m.db'])\n"
+                      f"try: app(['report', '--out', {str(folder / 'r')!r}, "
+                      f"'mlflow.tracking_uri=sqlite:///{folder}/m.db'])\n"
                       "except SystemExit: pass\n"
                       "import orchestration.evaluation.report",
         "a sweep's driver": "import orchestration.cli.sweep_verbs, orchestration.sweeps.tune",
@@ -190,7 +192,8 @@ def _probes(folder: Path) -> dict[str, str]:
                                             "spec = MethodSpec(num_findings=2, common=(0,), num_domains=2, "
                                             "alpha=(1.0, 1.0), beta=(1.0, 1.0), num_samples=4)\n"
                                             "net = build_network(spec).eval()\n"
-                                            "predict_probs(net, torch.zeros(2, 64, 64, dtype=torch.uint8), tencrop=True)\n"
+                                            "images = torch.zeros(2, 64, 64, dtype=torch.uint8)\n"
+                                            "predict_probs(net, images, tencrop=True)\n"
                                             "heat_maps(net, np.zeros((2, 64, 64), np.uint8), 1)",
     }
 

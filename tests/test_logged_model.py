@@ -98,7 +98,8 @@ def test_without_a_program_that_fits_mlflow_traces_the_trained_network(client, t
     run_id, traces = _log(client, tmp_path, trained, traced, monkeypatch)
     assert traces == 1
     images = torch.randint(0, 256, (3, SIDE, SIDE), dtype=torch.uint8)
-    assert torch.allclose(_logged(client, run_id, tmp_path)(images), ProbabilityModel(trained)(images), rtol=0, atol=1e-6)
+    served = _logged(client, run_id, tmp_path)(images)
+    assert torch.allclose(served, ProbabilityModel(trained)(images), rtol=0, atol=1e-6)
 
 
 def test_the_program_a_process_logged_last_serves_its_next_network_of_that_architecture(client, tmp_path, monkeypatch):

@@ -129,7 +129,8 @@ def test_prepare_train_resume_predict_round_trip_on_s3(s3, tmp_path):
     env_s3, client = s3
     synthesize(tmp_path / "raw", images_per_source=40, image_size=40, seed=5, sources=("nih", "chexpert"))
     data, storage = f"s3://{BUCKET}/prepared", f"s3://{BUCKET}/runs"
-    with ray_head({**os.environ, **env_s3, "PYTHONUNBUFFERED": "1"}, tmp_path, "--include-dashboard=false", num_cpus=2) as (address, env):
+    head_env = {**os.environ, **env_s3, "PYTHONUNBUFFERED": "1"}
+    with ray_head(head_env, tmp_path, "--include-dashboard=false", num_cpus=2) as (address, env):
         log = tmp_path / "prepare.log"
         prepare = _cxr(["prepare", "--nih", str(tmp_path / "raw/nih"), "--chexpert", str(tmp_path / "raw/chexpert"),
                         "--image-size", "32", "--out", data, "--address", address], env, log)

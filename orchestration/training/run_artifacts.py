@@ -39,7 +39,7 @@ from orchestration.settings.schema import (
 from orchestration.training.checkpoint import SUMMARY_FILE, TEST_FILE, load_trained, read_test_predictions
 from orchestration.training.configured import configured_network
 
-MODEL_REQUIREMENTS = ["torch"]  # what serving the logged program needs besides MLflow
+MODEL_REQUIREMENTS = ("torch",)  # what serving the logged program needs besides MLflow
 _EXPORTING = threading.Lock()  # torch.export is not documented as thread-safe: one export at a time
 # The program `_log_model` saved last, holding that network's tensors. A Tune trial process that
 # Tune reuses for the next trial (`reuse_actors`) logs that trial's network, of the same
@@ -86,7 +86,7 @@ def prepare_model_logging() -> None:
         from mlflow.utils.requirements_utils import warn_dependency_requirement_mismatches
     except ImportError:
         return
-    warn_dependency_requirement_mismatches(MODEL_REQUIREMENTS)
+    warn_dependency_requirement_mismatches(list(MODEL_REQUIREMENTS))
 
 
 def trace_model(config: Config, plan: TrainingPlan) -> torch.export.ExportedProgram:
@@ -160,7 +160,7 @@ def _log_model(uri: str, run_id: str, net: torch.nn.Module, image_size: int,
         with _exported_as(model, program) as saved, mlflow.start_run(run_id=run_id):
             mlflow.pytorch.log_model(
                 model, name=MODEL_ARTIFACT, input_example=example,
-                signature=mlflow.models.infer_signature(example, output), pip_requirements=MODEL_REQUIREMENTS,
+                signature=mlflow.models.infer_signature(example, output), pip_requirements=list(MODEL_REQUIREMENTS),
                 serialization_format="pt2", validate_serving_input=False,
             )
         _last_logged_program = saved[-1] if saved else _last_logged_program
