@@ -253,6 +253,7 @@ def test_a_panel_grid_has_a_titled_panel_per_item_and_goes_when_its_last_referen
     must not keep them (it keeps every figure it makes until it is closed)."""
     plt = headless_pyplot()
     before = plt.get_fignums()
+
     def draw(ax, item: str) -> str:
         ax.plot([0, 1], [0, 0.5])
         return f"panel {item}"
