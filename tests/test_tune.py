@@ -145,6 +145,11 @@ def test_asha_stops_a_trial_after_its_first_epoch(prepared_dir, tmp_path, ray_se
     trial_processes = [e["pid"] for e in events if e["event"] == "ray ready"]
     assert len(trial_processes) == 3
     assert [e["pid"] for e in events if e["event"] == "worker entered"] == trial_processes
+    # Tune's own CSV and JSON results, no TensorBoard files: their writer's import loads torch in the driver.
+    trial_dirs = [d for d in (tmp_path / "ray_results" / "asha").glob("_trial_*") if d.is_dir()]
+    assert len(trial_dirs) == 3 and all((d / "progress.csv").is_file() and (d / "result.json").is_file()
+                                        for d in trial_dirs)
+    assert not list((tmp_path / "ray_results" / "asha").rglob("events.out.tfevents.*"))
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     parent = _parent(client, "asha")

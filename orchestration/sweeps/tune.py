@@ -32,6 +32,7 @@ import ray
 import yaml
 from mlflow.tracking import MlflowClient
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
@@ -290,6 +291,10 @@ def run_sweep(
     # Tune saves its experiment state at most every 10 s by default: a trial started in between is
     # not in it, and --resume would start it again as a new trial beside its orphaned MLflow run.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    # Tune adds a TensorBoard logger beside its CSV and JSON ones unless told not to: importing
+    # tensorboardX imports torch, ~2.4 s of the sweep's driver before its first trial here. MLflow is
+    # this project's record; the CSV and JSON loggers (Tune's own results) are passed explicitly.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     if settings.resume:
         tuner = tune.Tuner.restore(str(experiment_path), trainable=trainable, resume_unfinished=True,
                                    resume_errored=False, restart_errored=False)
@@ -414,7 +419,8 @@ def _new_tuner(trainable, space: SweepSpace, settings: SweepSettings, data: str,
         ),
         run_config=tune.RunConfig(name=settings.sweep_name, storage_path=str(experiment_path.parent),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                                  failure_config=tune.FailureConfig(max_failures=max_failures)),
+                                  failure_config=tune.FailureConfig(max_failures=max_failures),
+                                  callbacks=[CSVLoggerCallback(), JsonLoggerCallback()]),
     )
 
 
