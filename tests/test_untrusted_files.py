@@ -248,12 +248,13 @@ _OPEN_AND_LOG = """
 import sys, time
 from orchestration.settings.config import load_config
 from orchestration.settings.tracking import MetricLogger, client_for, open_run
-start = float(sys.argv[2])
+print("imported", flush=True)
+start = float(sys.stdin.readline())  # the same instant for both processes
 while time.time() < start:
     time.sleep(0.005)
 config = load_config([], [f"mlflow.tracking_uri={sys.argv[1]}"])
 client = client_for(config)
-run_id, _ = open_run(client, config, sys.argv[3])
+run_id, _ = open_run(client, config, sys.argv[2])
 logger = MetricLogger(client.tracking_uri, run_id)
 for step in (1, 2, 3):
     logger.log({"train/loss_cls": 1.0 / step}, step)
@@ -268,10 +269,15 @@ def test_two_first_runs_on_a_new_sqlite_store_both_finish(tmp_path):
     start at the same instant on a store that does not exist yet: without the creation lock one of
     them fails in MLflow's schema migration (3 of 3 tries on the old code)."""
     uri = f"sqlite:///{tmp_path / 'new.db'}"
-    start = time.time() + 8  # both have imported MLflow by then
-    runs = [subprocess.Popen([sys.executable, "-c", _OPEN_AND_LOG, uri, str(start), f"run-{i}"], cwd=tmp_path,
+    runs = [subprocess.Popen([sys.executable, "-c", _OPEN_AND_LOG, uri, f"run-{i}"], cwd=tmp_path, stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in (1, 2)]
-    outputs = [run.communicate(timeout=120)[0] for run in runs]
+    before = [_lines_until("imported\n", run.stdout) for run in runs]  # both have imported MLflow
+    assert all(line.endswith("imported\n") for line in before), "\n".join(b[-2000:] for b in before)
+    start = f"{time.time() + 0.2}\n"
+    for run in runs:
+        run.stdin.write(start)
+        run.stdin.flush()
+    outputs = [b + run.communicate(timeout=120)[0] for b, run in zip(before, runs)]
     assert [run.returncode for run in runs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
     from mlflow.tracking import MlflowClient
 
@@ -281,6 +287,16 @@ def test_two_first_runs_on_a_new_sqlite_store_both_finish(tmp_path):
                                    f"tags.`cxr.run_name` = '{name}'")
         assert run.info.status == "FINISHED"
         assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss_cls")] == [1, 2, 3]
+
+
+def _lines_until(last: str, stream) -> str:
+    """What `stream` says up to and including the line `last` (or to its end)."""
+    said = ""
+    for line in stream:
+        said += line
+        if line == last:
+            break
+    return said
 
 
 @pytest.mark.slow
