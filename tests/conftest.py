@@ -170,11 +170,14 @@ def free_port() -> int:
 
 def serve_mlflow(store: Path, port: int, log: Path, *, wait: bool = True) -> subprocess.Popen:
     """A real `mlflow server` on 127.0.0.1:`port` over a SQLite store in `store`, once it answers
-    (`wait=False`: at once; `mlflow_up` waits, so that its start overlaps other work)."""
+    (`wait=False`: at once; `mlflow_up` waits, so that its start overlaps other work). Without
+    MLflow's job runner (GenAI jobs, unused here): four more processes importing MLflow beside the
+    server, a 5 s stop, and a folder left in /dev/shm per server."""
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
          "--artifacts-destination", str(store / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], stdout=log.open("a"), stderr=subprocess.STDOUT, cwd=store)
+         "--workers", "1"], stdout=log.open("a"), stderr=subprocess.STDOUT, cwd=store,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     if wait:
         mlflow_up(server, port, log)
     return server
