@@ -272,7 +272,7 @@ def test_two_first_runs_on_a_new_sqlite_store_both_finish(tmp_path):
     runs = [subprocess.Popen([sys.executable, "-c", _OPEN_AND_LOG, uri, f"run-{i}"], cwd=tmp_path, stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in (1, 2)]
     before = [_lines_until("imported\n", run.stdout) for run in runs]  # both have imported MLflow
-    assert all(line.endswith("imported\n") for line in before), "\n".join(b[-2000:] for b in before)
+    assert all(said.endswith("imported\n") for said in before), "\n".join(b[-2000:] for b in before)
     start = f"{time.time() + 0.2}\n"
     for run in runs:
         run.stdin.write(start)
