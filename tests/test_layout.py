@@ -172,6 +172,17 @@ def _probes(folder: Path) -> dict[str, str]:
                       "except SystemExit: pass\n"
                       "import orchestration.evaluation.report",
         "a sweep's driver": "import orchestration.cli.sweep_verbs, orchestration.sweeps.tune",
+        # Commands that read prediction tables or MLflow, each run until it finds its input missing.
+        "the commands that read predictions": "from orchestration.cli import app\n"
+                                              f"store = 'mlflow.tracking_uri=sqlite:///{folder}/m.db'\n"
+                                              "for argv in (['model-card', '--model', 'models:/absent/1', store],\n"
+                                              "             ['evaluate', '--predictions', 'absent.csv', '--data', '.'],\n"
+                                              "             ['compare', '--data', '.', '--predictions', 'a.csv',\n"
+                                              "              '--predictions', 'b.csv']):\n"
+                                              "    try: app(argv)\n"
+                                              "    except SystemExit: pass\n"
+                                              "import orchestration.evaluation.model_card, "
+                                              "orchestration.evaluation.evaluate, orchestration.evaluation.comparison",
         # Ray Data's decode tasks of `cxr predict --images` import the module that holds their function.
         "the image decode tasks": "import orchestration.evaluation.image_prediction",
         # Every Ray Train worker and sweep trial imports the loop's module before its first step, and
@@ -238,6 +249,13 @@ def test_a_sweeps_driver_loads_no_torch(modules_after):
     # Its trials train, each in a process of its own; the driver only books and watches them.
     loaded = modules_after("a sweep's driver")
     assert "orchestration.training.train" in loaded and "ray.tune" in loaded
+    assert "torch" not in loaded
+
+
+def test_commands_that_read_predictions_load_no_torch(modules_after):
+    # cxr model-card, compare and evaluate --predictions score nothing: torch would be ~1.3 s of their start.
+    loaded = modules_after("the commands that read predictions")
+    assert {"orchestration.evaluation.model_card", "orchestration.evaluation.scoring", "mlflow"} <= set(loaded)
     assert "torch" not in loaded
 
 

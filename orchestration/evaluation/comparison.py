@@ -21,7 +21,6 @@ from orchestration.evaluation.models import resolve_model
 from orchestration.evaluation.prediction import read_predictions
 from orchestration.evaluation.scoring import Predictions, prediction_frame
 from orchestration.settings.config import Config, ConfigError
-from orchestration.training.checkpoint import read_run_description, read_test_predictions
 
 
 @dataclass
@@ -40,6 +39,8 @@ class Comparison:
 
 def run_test_predictions(config: Config, run: str, prepared: PreparedDataset) -> pd.DataFrame:
     """The internal test split's predictions a training run saved with its final checkpoint."""
+    from orchestration.training.checkpoint import read_run_description, read_test_predictions  # torch: runs only
+
     checkpoint = resolve_model(config, run).checkpoint
     _, plan = read_run_description(checkpoint)
     plan.require_labels_of(prepared, f"run {run!r}")

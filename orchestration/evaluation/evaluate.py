@@ -31,7 +31,6 @@ from orchestration.settings.schema import (
     temperature_metric,
 )
 from orchestration.settings.tracking import client_for, log_evaluation, log_metrics_now, resolve_run_id
-from orchestration.training.checkpoint import load_trained, read_run_description
 
 
 @dataclass
@@ -79,6 +78,8 @@ def model_scores(found: ModelReference, data: Path, *, split: str | None, tencro
                  with_val: bool) -> ModelScores:
     """Load the model once; score `split` of every domain (None: none) and, with `with_val`, the
     internal domain's validation split."""
+    from orchestration.training.checkpoint import load_trained  # torch: not for `--predictions`
+
     net, _, plan = load_trained(found.checkpoint)
     prepared = PreparedDataset.load(data)
     decisions = read_decisions(found.checkpoint, plan.label_space)
@@ -200,6 +201,8 @@ def calibrate_model(config: Config, found: ModelReference, data: Path | None, *,
     """Fit one temperature per finding on the internal domain's validation split of `data` (default:
     the data the model was trained on) and save them with the model; the before/after table, what
     was saved, warnings."""
+    from orchestration.training.checkpoint import read_run_description
+
     data = data or read_run_description(found.checkpoint)[1].data
     scores = model_scores(found, data, split=None, tencrop=tencrop, device=device, with_val=True)
     temperatures, table, warnings = fit_temperatures(scores.val, scores.prepared, scores.internal, scores.evaluated,

@@ -4,9 +4,9 @@ table (image_id, domain, one column per finding): what `cxr evaluate --predictio
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
-import torch
 
 from cxrcommon.errors import DataPrepError
 from data_prep.prepared import PreparedDataset
@@ -15,11 +15,15 @@ from orchestration.evaluation.decisions import read_decisions
 from orchestration.evaluation.scoring import PREDICTION_COLUMNS, prediction_frame, score_split
 from orchestration.settings.config import ConfigError
 from orchestration.settings.plan import TrainingPlan
-from orchestration.training.checkpoint import load_trained, read_run_description
+
+if TYPE_CHECKING:  # torch only where a model is loaded: `cxr compare` and `evaluate --predictions` read tables
+    import torch
 
 
 def trained_image_size(checkpoint: Path) -> int:
     """The side of the images a model was trained on: that of its prepared dataset."""
+    from orchestration.training.checkpoint import read_run_description
+
     _, plan = read_run_description(checkpoint)
     try:
         return PreparedDataset.load(plan.data).image_size
@@ -50,6 +54,8 @@ def predict_prepared(checkpoint: Path, data: Path, *, split: str = "test", domai
                      tencrop: bool = False, device: str = "cpu") -> pd.DataFrame:
     """`predict_table` for the model in a checkpoint folder, on a prepared dataset folder, with the
     calibrated probabilities and 0/1 calls of its decisions file when it has one."""
+    from orchestration.training.checkpoint import load_trained
+
     net, _, plan = load_trained(checkpoint)
     frame = predict_table(net, plan, PreparedDataset.load(data), split=split, domains=domains, tencrop=tencrop,
                           device=device)

@@ -13,13 +13,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
-import torch.distributed as dist
 
 from cxrcommon.plotting import panel_grid
 from cxrcommon.storage import absolute
 from cxrmodel.auc_statistics import auc_intervals
-from cxrmodel.inference import predict_probs
 from cxrmodel.metrics import SUMMARIES, AucReport, auc_report, figure_name
 from cxrmodel.roc import roc_curve
 from data_prep.prepared import PreparedDataset
@@ -29,6 +26,7 @@ from orchestration.settings.plan import TrainingPlan
 from orchestration.settings.schema import domain_metric, interval_metric
 
 if TYPE_CHECKING:
+    import torch
     from matplotlib.figure import Figure
 
 PREDICTION_COLUMNS = ("image_id", "domain")  # then one probability column per finding
@@ -59,6 +57,8 @@ def prediction_frame(predictions: Predictions, prepared: PreparedDataset, domain
 
 
 def _gather(parts: Predictions) -> Predictions:
+    import torch.distributed as dist
+
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return parts.sorted()
     gathered: list[Predictions | None] = [None] * dist.get_world_size()
@@ -83,6 +83,13 @@ def score_split(
     channels_last: bool = False,
 ) -> Predictions:
     """Probabilities for every sample of one domain's split (gathered over ranks when distributed)."""
+    # torch here, not at the top: the commands that only read predictions (model-card, compare,
+    # calibrate, evaluate --predictions) then start without importing it (~1.3 s).
+    import torch
+    import torch.distributed as dist
+
+    from cxrmodel.inference import predict_probs
+
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
     was_training = model.training
     model.eval()
