@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import CancelledError
 from pathlib import Path
 
 import mlflow
@@ -30,7 +31,7 @@ from orchestration.settings.plan import PlanError, plan_training
 from orchestration.settings.schema import CHECKPOINT_TAG, RUN_NAME_TAG
 from orchestration.settings.tracking import find_run
 from orchestration.training.checkpoint import load_trained
-from orchestration.training.train import run_training
+from orchestration.training.train import _ArtifactsMeanwhile, run_training
 
 pytestmark = pytest.mark.slow
 
@@ -128,6 +129,17 @@ def test_an_exception_in_the_workers_ends_the_run_failed(prepared_dir, tmp_path)
         run_training(config, plan_training(config, prepared_dir), run_name="broken")
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert find_run(client, "cxr-orchestra", "broken").info.status == "FAILED"
+
+
+def test_a_failed_run_starts_no_trace_of_its_model(prepared_dir, tmp_path):
+    """The thread that prepares the run's artifacts starts before Ray does; a run that has failed by
+    the time the thread would trace the logged model's program (7-10 s of CPU) gets no trace."""
+    config = load_config([], tiny_training(tmp_path, **{"mlflow.log_model": "true"}))
+    meanwhile = _ArtifactsMeanwhile(config, plan_training(config, prepared_dir))
+    meanwhile.abandon()
+    meanwhile.start()
+    with pytest.raises(CancelledError):
+        meanwhile.traced_model.result(timeout=120)
 
 
 def _cli(data: Path, run_name: str, overrides: list[str], address: str, log: Path) -> subprocess.Popen:

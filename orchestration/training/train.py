@@ -21,7 +21,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import ray.train
 import ray.tune
@@ -83,14 +83,17 @@ def run_training(
         Path(storage).mkdir(parents=True, exist_ok=True)
     system_metrics = SystemMetricsMonitor(run_id, tracking_uri=uri)
     system_metrics.start()
+    meanwhile = _ArtifactsMeanwhile(config, plan)
     try:
         client.log_dict(run_id, plan_document(config, plan), PLAN_ARTIFACT)
+        in_process = in_trial and trains_alone(config)
+        if not in_process:  # a trial that trains here would share the GIL with the thread
+            meanwhile.start()
         init_ray(address)
         mark("ray ready")
         check_shared_storage({"prepared dataset": plan.data, "train.storage_path": storage}, uri)
         loop_config = _loop_config(config, plan, uri, run_id, run_name, storage)
-        meanwhile = _ArtifactsMeanwhile(config, plan)
-        if in_trial and trains_alone(config):
+        if in_process:
             from orchestration.training.worker import train_in_trial
 
             metrics = train_in_trial(loop_config)
@@ -106,10 +109,9 @@ def run_training(
 
             with exit_on_signals(killed, handle_signals):
                 if trains_alone(config):
-                    metrics, final = _train_in_one_task(config, loop_config, storage, run_name, meanwhile.start)
+                    metrics, final = _train_in_one_task(config, loop_config, storage, run_name)
                 else:
                     trainer = _make_trainer(config, loop_config, run_name, storage, in_trial)
-                    meanwhile.start()
                     result = on_own_thread(trainer.fit)
                     metrics, final = result.metrics, result.checkpoint
         mark("fit returned")
@@ -129,6 +131,7 @@ def run_training(
             print(register_version(client, config.mlflow.register_model, run_id, config.train.select_metric,
                                    f"model {config.mlflow.register_model}"), flush=True)
     except BaseException:
+        meanwhile.abandon()
         client.set_terminated(run_id, "FAILED")
         raise
     finally:
@@ -139,15 +142,21 @@ def run_training(
 
 
 class _ArtifactsMeanwhile:
-    """Work for the run's artifacts done on a thread while the workers train, started once they are
-    on their way (not before: the thread's imports would hold the GIL over their start): importing
-    what the artifacts need (torch, matplotlib, OpenCV: ~2.5 s here), MLflow's once-a-process work
-    before a model's log (`run_artifacts.prepare_model_logging`) and tracing the logged model's program
-    (`run_artifacts.trace_model`: 7-10 s here)."""
+    """Work for the run's artifacts done on a thread, at the lowest CPU priority, while Ray starts and
+    the workers train: importing what the artifacts need (torch, matplotlib, OpenCV: ~2.5 s here),
+    MLflow's once-a-process work before a model's log (`run_artifacts.prepare_model_logging`) and
+    tracing the logged model's program (`run_artifacts.trace_model`: 7-10 s here). Started before
+    `ray.init`, which mostly waits for the processes it starts, not before the MLflow run opens
+    (measured: a later first step)."""
 
     def __init__(self, config: Config, plan: TrainingPlan):
         self.config, self.plan = config, plan
         self.traced_model: Future | None = None  # set once started, when the run logs its model
+        self._abandoned = threading.Event()
+
+    def abandon(self) -> None:
+        """The run failed: no trace is started for it (one under way runs out; the thread is a daemon)."""
+        self._abandoned.set()
 
     def start(self) -> None:
         traced = self.traced_model = Future() if self.config.mlflow.log_model else None
@@ -161,7 +170,9 @@ class _ArtifactsMeanwhile:
                 importlib.import_module("matplotlib.figure")  # for the test's ROC figure
                 if self.config.train.explain_top:
                     importlib.import_module("orchestration.evaluation.grad_cam")  # OpenCV, Pillow
-                if traced is not None:
+                if traced is not None and self._abandoned.is_set():
+                    traced.cancel()
+                elif traced is not None:
                     prepare_model_logging()
                     traced.set_result(trace_model(self.config, self.plan))
             except BaseException as exc:
@@ -217,12 +228,11 @@ def _loop_config(config: Config, plan: TrainingPlan, uri: str, run_id: str, run_
     }
 
 
-def _train_in_one_task(config: Config, loop_config: dict, storage: str, run_name: str,
-                       once_submitted: Callable[[], None]) -> tuple[dict, ray.train.Checkpoint]:
+def _train_in_one_task(config: Config, loop_config: dict, storage: str, run_name: str
+                       ) -> tuple[dict, ray.train.Checkpoint]:
     """One worker's loop in one Ray task placed with the worker's resources; Ray runs it again after an
     exception or a lost process, up to train.max_failures times, and each attempt resumes from the
-    latest checkpoint. `once_submitted` runs as the task is on its way. Returns the last report's
-    metrics and the final checkpoint."""
+    latest checkpoint. Returns the last report's metrics and the final checkpoint."""
     from orchestration.training.run_checkpoints import RunCheckpoints
 
     resources, retries = worker_resources(config), config.train.max_failures
@@ -231,7 +241,6 @@ def _train_in_one_task(config: Config, loop_config: dict, storage: str, run_name
         resources={k: v for k, v in resources.items() if k not in ("CPU", "GPU")},
         max_retries=retries, retry_exceptions=retries > 0)
     pending = task.remote(loop_config, storage, run_name)
-    once_submitted()
     metrics = on_own_thread(lambda: ray.get(pending))
     return metrics, RunCheckpoints(storage, run_name).latest()
 
