@@ -172,13 +172,16 @@ def _probes(folder: Path) -> dict[str, str]:
                       "except SystemExit: pass\n"
                       "import orchestration.evaluation.report",
         "a sweep's driver": "import orchestration.cli.sweep_verbs, orchestration.sweeps.tune",
-        # Commands that read prediction tables or MLflow, each run until it finds its input missing.
-        "the commands that read predictions": "from orchestration.cli import app\n"
-                                              f"store = 'mlflow.tracking_uri=sqlite:///{folder}/m.db'\n"
+        # Commands that read prediction tables or MLflow, each run in the probe's folder until it finds
+        # its input missing.
+        "the commands that read predictions": f"import os; os.chdir({str(folder)!r})\n"
+                                              "from orchestration.cli import app\n"
+                                              "store = 'mlflow.tracking_uri=sqlite:///m.db'\n"
                                               "for argv in (['model-card', '--model', 'models:/absent/1', store],\n"
-                                              "             ['evaluate', '--predictions', 'absent.csv', '--data', '.'],\n"
+                                              "             ['evaluate', '--predictions', 'absent.csv', '--data', '.',\n"
+                                              "              store],\n"
                                               "             ['compare', '--data', '.', '--predictions', 'a.csv',\n"
-                                              "              '--predictions', 'b.csv']):\n"
+                                              "              '--predictions', 'b.csv', store]):\n"
                                               "    try: app(argv)\n"
                                               "    except SystemExit: pass\n"
                                               "import orchestration.evaluation.model_card, "
