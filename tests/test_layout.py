@@ -256,7 +256,7 @@ def test_a_sweeps_driver_loads_no_torch(modules_after):
 
 
 def test_commands_that_read_predictions_load_no_torch(modules_after):
-    # cxr model-card, compare and evaluate --predictions score nothing: torch would be ~1.3 s of their start.
+    # cxr model-card, compare and evaluate --predictions score nothing: torch was ~2.4 s of their start here.
     loaded = modules_after("the commands that read predictions")
     assert {"orchestration.evaluation.model_card", "orchestration.evaluation.scoring", "mlflow"} <= set(loaded)
     assert "torch" not in loaded
