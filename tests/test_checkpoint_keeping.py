@@ -27,7 +27,7 @@ def test_the_newest_two_are_kept_and_the_newest_is_resumed_from(tmp_path):
     keeper = RunCheckpoints(str(tmp_path / "runs"), "a-run")
     assert keeper.latest() is None  # a new run: no folder yet
     for epoch in (1, 2, 3):
-        keeper.report({"epoch": epoch}, ray.train.Checkpoint.from_directory(str(_checkpoint(tmp_path / f"e{epoch}", epoch))))
+        keeper.report({"epoch": epoch}, str(_checkpoint(tmp_path / f"e{epoch}", epoch)))
     kept = sorted((tmp_path / "runs" / "a-run").iterdir())
     assert [json.loads((k / "progress.json").read_text())["epoch"] for k in kept] == [2, 3]
     assert all(k.name.startswith("checkpoint_") for k in kept)

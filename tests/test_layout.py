@@ -190,7 +190,8 @@ def _probes(folder: Path) -> dict[str, str]:
         "the image decode tasks": "import orchestration.evaluation.image_prediction",
         # Every Ray Train worker and sweep trial imports the loop's module before its first step, and
         # scores its validation split (cxrmodel.roc's AUC: scikit-learn and scipy.stats cost a second).
-        "a training worker": "import numpy as np, orchestration.training.worker\n"
+        # A one-worker run's task imports the driver's module first: its function is pickled from there.
+        "a training worker": "import numpy as np, orchestration.training.train, orchestration.training.worker\n"
                              "from cxrmodel.metrics import auc_report\n"
                              "auc_report(np.array([[.2], [.7]]), np.array([[0], [1]]), ['A'], evaluated=['A'], "
                              "common=[], internal_only=['A'])",
@@ -273,6 +274,13 @@ def test_the_training_workers_load_no_plotting_or_statistics_library(modules_aft
     assert "torch" in loaded and "orchestration.evaluation.scoring" in loaded and "cxrmodel.roc" in loaded
     assert not [m for m in loaded if m.split(".")[0] in ("matplotlib", "sklearn")], "a plotting or scikit-learn module"
     assert "scipy.stats" not in loaded
+
+
+def test_a_one_worker_runs_task_loads_neither_ray_train_nor_tune(modules_after):
+    # ~0.5 s of imports before its first step; a TorchTrainer's workers and sweep trials have them loaded.
+    loaded = modules_after("a training worker")
+    assert "orchestration.training.run_checkpoints" in loaded
+    assert not [m for m in loaded if m.split(".")[:2] in (["ray", "train"], ["ray", "tune"])]
 
 
 def test_what_builds_or_runs_the_network_loads_no_torchvision(modules_after):

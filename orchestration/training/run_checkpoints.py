@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-
-import ray.train
+from typing import TYPE_CHECKING
 
 from cxrcommon.storage import Folder
+
+if TYPE_CHECKING:
+    from ray.train import Checkpoint
 
 CHECKPOINT_PREFIX = "checkpoint_"
 # Written last: a checkpoint folder without it was cut short and is never resumed from.
@@ -29,15 +31,14 @@ class RunCheckpoints:
     def __init__(self, storage: str, run_name: str) -> None:
         self.folder = Folder.at(storage).child(run_name)
 
-    def latest(self) -> ray.train.Checkpoint | None:
+    def latest(self) -> Checkpoint | None:
         complete = self._complete(self.folder.folders(CHECKPOINT_PREFIX))
         return self._checkpoint(complete[-1]) if complete else None
 
-    def report(self, metrics: dict, checkpoint: ray.train.Checkpoint | None = None) -> None:
-        """Keep `checkpoint` (a local folder), in the shape of `ray.train.report`; the metrics are
-        the task's to return."""
-        if checkpoint is not None:
-            self.save(Path(checkpoint.path))
+    def report(self, metrics: dict, directory: str | None = None) -> None:
+        """Keep the checkpoint in local folder `directory`, if any; the metrics are the task's to return."""
+        if directory is not None:
+            self.save(Path(directory))
 
     def save(self, directory: Path) -> None:
         """Copy a local checkpoint folder in as the newest, then drop all but the newest `KEEP`."""
@@ -60,6 +61,8 @@ class RunCheckpoints:
     def _complete(self, names: list[str]) -> list[str]:
         return [n for n in names if self.folder.child(n).exists(COMPLETE_MARKER)]
 
-    def _checkpoint(self, name: str) -> ray.train.Checkpoint:
+    def _checkpoint(self, name: str) -> Checkpoint:
+        from ray.train import Checkpoint  # ~0.5 s of imports the task's first attempt does without
+
         folder = self.folder.child(name)
-        return ray.train.Checkpoint(folder.path, filesystem=folder.fs)
+        return Checkpoint(folder.path, filesystem=folder.fs)

@@ -7,8 +7,9 @@ TorchTrainer (`trains_alone`): a one-worker `cxr train` runs the same loop in on
 its checkpoints in the same place itself (`run_checkpoints`); a one-worker sweep trial in its own
 process, with Tune keeping its checkpoints.
 
-What needs torch (the loop, the artifacts, the TorchTrainer) is imported where it is used: a sweep's
-driver imports this module to book its trials and never trains.
+What needs torch or Ray Train (the loop, the artifacts, the TorchTrainer) is imported where it is
+used: a sweep's driver imports this module to book its trials and never trains, and a one-worker
+run's task, which unpickles `_train_task` from here, trains without Ray Train or Tune.
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import ray.train
-import ray.tune
+import ray
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
 from cxrcommon.storage import Folder, absolute, is_uri
@@ -43,6 +43,7 @@ from orchestration.settings.schema import CHECKPOINT_TAG, PLAN_ARTIFACT, TEST_SU
 from orchestration.settings.tracking import mlflow_client, open_run, tracking_uri
 
 if TYPE_CHECKING:
+    from ray.train import Checkpoint, ScalingConfig
     from ray.train.torch import TorchTrainer
 
 
@@ -94,10 +95,12 @@ def run_training(
         check_shared_storage({"prepared dataset": plan.data, "train.storage_path": storage}, uri)
         loop_config = _loop_config(config, plan, uri, run_id, run_name, storage)
         if in_process:
+            from ray.tune import get_checkpoint
+
             from orchestration.training.worker import train_in_trial
 
             metrics = train_in_trial(loop_config)
-            final = ray.tune.get_checkpoint()  # the last report's, persisted in the trial's folder
+            final = get_checkpoint()  # the last report's, persisted in the trial's folder
         else:
             check_resources(worker_resources(config), config.train.min_workers or config.train.workers,
                             config.train.placement)
@@ -182,7 +185,7 @@ class _ArtifactsMeanwhile:
         threading.Thread(target=prepare, name="cxr-artifacts-meanwhile", daemon=True).start()
 
 
-def checkpoint_location(checkpoint: ray.train.Checkpoint, storage: str) -> str:
+def checkpoint_location(checkpoint: Checkpoint, storage: str) -> str:
     """Where a checkpoint lies, as a path or, in an object store, a URI (Ray keeps the path in the store)."""
     return f"{storage.split('://', 1)[0]}://{checkpoint.path}" if is_uri(storage) else checkpoint.path
 
@@ -195,11 +198,13 @@ def undelivered_metrics_file(storage: str, run_name: str) -> Path | None:
     return Path(storage) / run_name / "undelivered_metrics.jsonl"
 
 
-def _scaling(config: Config) -> ray.train.ScalingConfig:
+def _scaling(config: Config) -> ScalingConfig:
+    from ray.train import ScalingConfig
+
     train = config.train
     workers = (train.min_workers, train.workers) if train.min_workers is not None else train.workers
-    return ray.train.ScalingConfig(num_workers=workers, use_gpu=train.gpu, resources_per_worker=worker_resources(config),
-                                   placement_strategy=train.placement)
+    return ScalingConfig(num_workers=workers, use_gpu=train.gpu, resources_per_worker=worker_resources(config),
+                         placement_strategy=train.placement)
 
 
 def worker_resources(config: Config) -> dict[str, float]:
@@ -229,7 +234,7 @@ def _loop_config(config: Config, plan: TrainingPlan, uri: str, run_id: str, run_
 
 
 def _train_in_one_task(config: Config, loop_config: dict, storage: str, run_name: str
-                       ) -> tuple[dict, ray.train.Checkpoint]:
+                       ) -> tuple[dict, Checkpoint]:
     """One worker's loop in one Ray task placed with the worker's resources; Ray runs it again after an
     exception or a lost process, up to train.max_failures times, and each attempt resumes from the
     latest checkpoint. Returns the last report's metrics and the final checkpoint."""
@@ -241,6 +246,7 @@ def _train_in_one_task(config: Config, loop_config: dict, storage: str, run_name
         resources={k: v for k, v in resources.items() if k not in ("CPU", "GPU")},
         max_retries=retries, retry_exceptions=retries > 0)
     pending = task.remote(loop_config, storage, run_name)
+    importlib.import_module("ray.train")  # the final checkpoint's handle (~0.5 s): imported while the task starts
     metrics = on_own_thread(lambda: ray.get(pending))
     return metrics, RunCheckpoints(storage, run_name).latest()
 
@@ -253,6 +259,7 @@ def _train_task(loop_config: dict, storage: str, run_name: str) -> dict:
 
 def _make_trainer(config: Config, loop_config: dict, run_name: str, storage: str, in_trial: bool) -> TorchTrainer:
     """Ray Train's TorchTrainer over the loop; in a sweep trial it reports to Tune."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -262,10 +269,10 @@ def _make_trainer(config: Config, loop_config: dict, run_name: str, storage: str
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=_scaling(config),
-        run_config=ray.train.RunConfig(
+        run_config=RunConfig(
             name=run_name, storage_path=storage,
-            failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=config.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=[TuneReportCallback()] if in_trial else [],
         ),
     )

@@ -19,11 +19,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import ray.train
-import ray.train.torch
-import ray.tune
+import ray
 import torch
 
 from cxrcommon.errors import first_line
@@ -59,6 +58,12 @@ from orchestration.training.feed import (
 )
 from orchestration.training.run_checkpoints import RunCheckpoints
 
+if TYPE_CHECKING:
+    from ray.train import Checkpoint
+
+# Ray Train and Tune are imported where a TorchTrainer's worker or a sweep trial starts: a one-worker
+# `cxr train` task does without them (~0.5 s of imports before its first step).
+
 
 def train_loop_per_worker(loop_config: dict) -> None:
     """A TorchTrainer worker's whole run."""
@@ -67,21 +72,23 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
 def train_in_trial(loop_config: dict) -> dict:
     """A one-worker sweep trial's run in Tune's trial process; returns the last report's metrics."""
-    return _train_alone(loop_config, ray.tune.get_checkpoint(), ray.tune.report, ray.tune.Checkpoint)
+    from ray import tune
+
+    return _train_alone(loop_config, tune.get_checkpoint(), _reporting(tune.report, tune.Checkpoint))
 
 
 def train_in_task(loop_config: dict, storage: str, run_name: str) -> dict:
     """A one-worker `cxr train` in one Ray task, its checkpoints kept in `storage/<run_name>` by
     `RunCheckpoints`; returns the last report's metrics."""
     checkpoints = RunCheckpoints(storage, run_name)
-    return _train_alone(loop_config, checkpoints.latest(), checkpoints.report, ray.train.Checkpoint)
+    return _train_alone(loop_config, checkpoints.latest(), checkpoints.report)
 
 
-def _train_alone(loop_config: dict, checkpoint, send: Callable[..., None], checkpoint_type: type) -> dict:
+def _train_alone(loop_config: dict, checkpoint: Checkpoint | None, send: Callable[[dict, str | None], None]) -> dict:
     """The loop as the one worker of its run: Ray hands a GPU to the process as its only visible one."""
     gpu = Config.model_validate(loop_config["config"]).train.gpu
     device = torch.device("cuda", 0) if gpu else torch.device("cpu")
-    session = RaySession(0, 1, 1, device, lambda net: net, checkpoint, send, checkpoint_type)
+    session = RaySession(0, 1, 1, device, lambda net: net, checkpoint, send)
     _train(loop_config, session)
     return session.last_metrics
 
@@ -105,22 +112,29 @@ class RaySession:
     local_world: int  # this run's workers on this node: they share its cores
     device: torch.device
     wrap: Callable[[torch.nn.Module], torch.nn.Module]  # DDP around the network where there are several workers
-    checkpoint: ray.train.Checkpoint | None  # the latest one after a restart
-    send: Callable[..., None]  # report(metrics, checkpoint=...)
-    checkpoint_type: type
+    checkpoint: Checkpoint | None  # the latest one after a restart
+    send: Callable[[dict, str | None], None]  # (metrics, the checkpoint's local folder or None)
     last_metrics: dict = field(default_factory=dict)
 
     def report(self, metrics: dict, directory: str | None = None) -> None:
         self.last_metrics = metrics
-        self.send(metrics, checkpoint=self.checkpoint_type.from_directory(directory) if directory else None)
+        self.send(metrics, directory)
+
+
+def _reporting(report: Callable[..., None], checkpoint_type: type) -> Callable[[dict, str | None], None]:
+    """A session's `send` through Ray Train's or Tune's `report`, a folder wrapped as their checkpoint."""
+    return lambda metrics, directory: report(
+        metrics, checkpoint=checkpoint_type.from_directory(directory) if directory else None)
 
 
 def _ray_train_session() -> RaySession:
-    context = ray.train.get_context()
+    from ray import train
+    from ray.train import torch as ray_torch
+
+    context = train.get_context()
     return RaySession(context.get_world_rank(), context.get_world_size(), context.get_local_world_size(),
-                      ray.train.torch.get_device(),
-                      lambda net: ray.train.torch.prepare_model(net, move_to_device=False),
-                      ray.train.get_checkpoint(), ray.train.report, ray.train.Checkpoint)
+                      ray_torch.get_device(), lambda net: ray_torch.prepare_model(net, move_to_device=False),
+                      train.get_checkpoint(), _reporting(train.report, train.Checkpoint))
 
 
 @dataclass
