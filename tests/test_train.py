@@ -145,9 +145,9 @@ def test_a_failed_run_starts_no_trace_of_its_model(prepared_dir, tmp_path):
 
 @pytest.mark.skipif(sys.platform != "linux", reason="SCHED_IDLE is Linux's")
 def test_the_model_is_traced_only_on_idle_cores(prepared_dir, tmp_path, monkeypatch):
-    """The trace runs in the thread's own scheduling class, SCHED_IDLE: at nice 19 it kept its time
-    slices and a 2-step run's first step here took 1.2-1.7 s instead of 0.4 s. The command's main
-    thread keeps its own."""
+    """The trace runs in the thread's own scheduling class, SCHED_IDLE: at nice 19 the training still
+    waited for it, and a 2-step run's first step here took 1.2-1.7 s instead of 0.4 s. The command's
+    main thread keeps its own."""
     monkeypatch.setattr(run_artifacts, "trace_model", lambda config, plan: os.sched_getscheduler(0))
     config = load_config([], tiny_training(tmp_path, **{"mlflow.log_model": "true"}))
     meanwhile = _ArtifactsMeanwhile(config, plan_training(config, prepared_dir))

@@ -168,8 +168,8 @@ class _ArtifactsMeanwhile:
             try:
                 if sys.platform == "linux":
                     # This thread only: runs when a core is idle, and gives it up the moment the training
-                    # wakes. At nice 19 it kept its time slices, and the training's threads waited for
-                    # them at every op: a 2-step run's first step took 1.2-1.7 s instead of 0.4 s here.
+                    # wakes. At nice 19 the training's threads still waited for it at every op: a 2-step
+                    # run's first step took 1.2-1.7 s instead of 0.4 s here.
                     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
                 from orchestration.training.run_artifacts import prepare_model_logging, trace_model
 
