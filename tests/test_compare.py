@@ -97,6 +97,14 @@ def test_identical_predictions_differ_by_nothing(files, tmp_path):
     assert refused.exit_code == 2 and "give two models" in refused.output
 
 
+def test_evaluate_of_a_missing_file_names_it_and_leaves_no_store(files, tmp_path, monkeypatch):
+    prepared, _ = files
+    monkeypatch.chdir(tmp_path)  # where the default store, ./mlflow.db, would be made
+    result = CliRunner().invoke(app, ["evaluate", "--predictions", "absent.csv", "--data", str(prepared.root)])
+    assert result.exit_code == 2 and "predictions file absent.csv does not exist" in result.output, result.output
+    assert not list(tmp_path.iterdir())
+
+
 def test_evaluate_bootstrap_intervals_are_printed_logged_and_reproducible(files, tmp_path):
     prepared, paths = files
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -126,6 +126,8 @@ def evaluate_model(config: Config, *, predictions: Path | None, data: Path | Non
     keys = parse_keys(by) if by else None
     if keys and clean_labels:
         raise ConfigError("--by needs the prepared data's subgroups: give --data, not --clean-labels")
+    if not predict_here:  # a missing or malformed file is named before the MLflow store is made
+        frame, source = read_predictions(predictions), str(predictions.resolve())
     client, experiment = client_for(config), config.mlflow.experiment
     scores = None
     if predict_here:
@@ -141,7 +143,6 @@ def evaluate_model(config: Config, *, predictions: Path | None, data: Path | Non
     else:
         evaluates = resolve_run_id(client, experiment, run) if run else None
         what = predictions.name
-        frame, source = read_predictions(predictions), str(predictions.resolve())
     if clean_labels:
         result = evaluate_on_relabelled(frame, clean_labels, set_name)
         return Evaluated(result, what, log_evaluation(client, experiment, f"evaluate {what} against relabelled NIH "
