@@ -118,6 +118,7 @@ def run_training(
                     result = on_own_thread(trainer.fit)
                     metrics, final = result.metrics, result.checkpoint
         mark("fit returned")
+        meanwhile.hurry()
         undelivered = undelivered_metrics_file(storage, run_name)
         if undelivered is not None and undelivered.exists():
             print(f"[{run_name}] some metrics could not reach the MLflow server at {mask_text(uri)} during training; "
@@ -156,10 +157,23 @@ class _ArtifactsMeanwhile:
         self.config, self.plan = config, plan
         self.traced_model: Future | None = None  # set once started, when the run logs its model
         self._abandoned = threading.Event()
+        self._thread_id: int | None = None  # the thread's, for the scheduler, while it runs
+        self._scheduling = threading.Lock()  # the id is not used once the thread is gone (it could be another's)
 
     def abandon(self) -> None:
         """The run failed: no trace is started for it (one under way runs out; the thread is a daemon)."""
         self._abandoned.set()
+
+    def hurry(self) -> None:
+        """The run has trained: what is left of the thread's work is now waited for, so the thread goes
+        back to the ordinary class where the system allows it (root, CAP_SYS_NICE or an RLIMIT_NICE of
+        20): on a machine whose cores other work keeps busy, SCHED_IDLE would leave it a fraction of one."""
+        with self._scheduling:
+            if self._thread_id is not None:
+                try:
+                    os.sched_setscheduler(self._thread_id, os.SCHED_OTHER, os.sched_param(0))
+                except PermissionError:
+                    pass
 
     def start(self) -> None:
         traced = self.traced_model = Future() if self.config.mlflow.log_model else None
@@ -171,6 +185,7 @@ class _ArtifactsMeanwhile:
                     # wakes. At nice 19 the training's threads still waited for it at every op: a 2-step
                     # run's first step took 1.2-1.7 s instead of 0.4 s here.
                     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+                    self._thread_id = threading.get_native_id()
                 from orchestration.training.run_artifacts import prepare_model_logging, trace_model
 
                 importlib.import_module("matplotlib.figure")  # for the test's ROC figure
@@ -184,6 +199,9 @@ class _ArtifactsMeanwhile:
             except BaseException as exc:
                 if traced is not None:
                     traced.set_exception(exc)
+            finally:
+                with self._scheduling:
+                    self._thread_id = None
 
         threading.Thread(target=prepare, name="cxr-artifacts-meanwhile", daemon=True).start()
 
